@@ -1,0 +1,38 @@
+"""Class activation maps: Grad-CAM and its family behind one entry point, :func:`compute_cam`."""
+
+from torch import Tensor, nn
+
+# Importing the method files registers them.
+from models.cam import eigencam, gradcam, gradcampp, hirescam, layercam, scorecam, xgradcam  # noqa: F401
+from models.cam.base import BaseCAM, CamOutput, Targets, resolve_layer
+from models.cam.registry import get_cam_method, list_cam_methods, register_cam
+
+
+def compute_cam(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    method: str = "gradcam",
+    targets: Targets = None,
+    layer: str | nn.Module | None = None,
+) -> CamOutput:
+    """Explain ``model``'s decisions on a normalised batch ``images`` (B, 3, H, W).
+
+    Returns ``(heatmaps, logits, targets)``: heatmaps (B, H, W) at the input size with values in
+    [0, 1], on the model's device; the logits of the same forward pass; and the class explained for
+    each image (``targets``, or the predicted class where it is None). ``layer`` is a submodule or its
+    dotted path, by default the model's last convolutional stage (its ``cam_layer``). The model should
+    be in eval mode.
+    """
+    return get_cam_method(method)(model, layer)(images, targets)
+
+
+__all__ = [
+    "BaseCAM",
+    "CamOutput",
+    "compute_cam",
+    "get_cam_method",
+    "list_cam_methods",
+    "register_cam",
+    "resolve_layer",
+]

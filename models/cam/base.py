@@ -1,0 +1,116 @@
+"""The class-activation-map pipeline that every method shares.
+
+Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization", ICCV 2017) and its relatives differ only in how they weight the channels of one
+layer's activation. :class:`BaseCAM` owns everything else: the hook, the forward pass, the choice of
+target class, the gradient, the ReLU, upsampling to the input size and per-image scaling to [0, 1].
+"""
+
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.cam.hooks import ActivationCapture, frozen_parameters
+
+Targets = Sequence[int] | Tensor | None
+
+
+class CamOutput(NamedTuple):
+    """What one CAM call computed: heatmaps (B, H, W) in [0, 1], logits (B, classes), targets (B,)."""
+
+    heatmaps: Tensor
+    logits: Tensor
+    targets: Tensor
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    """The module to explain: ``layer`` itself, a dotted submodule path, or the model's ``cam_layer``."""
+    if isinstance(layer, nn.Module):
+        return layer
+    if layer is None:
+        layer = getattr(model, "cam_layer", None)
+        if not isinstance(layer, str):
+            raise ValueError(f"{type(model).__name__} has no default cam_layer; pass layer=")
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        known = ", ".join(name for name, _ in model.named_children())
+        raise ValueError(
+            f"unknown layer {layer!r}; give a submodule path of the model, e.g. one of: {known}"
+        ) from None
+
+
+def resolve_targets(logits: Tensor, targets: Targets) -> Tensor:
+    """One class index per image: the predicted class where ``targets`` is None."""
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    resolved = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    if resolved.numel() != batch:
+        raise ValueError(f"expected {batch} targets, one per image, got {resolved.numel()}")
+    if bool(((resolved < 0) | (resolved >= num_classes)).any()):
+        raise ValueError(f"target classes must be in [0, {num_classes - 1}], got {resolved.tolist()}")
+    return resolved
+
+
+def scale_to_unit(maps: Tensor, eps: float = 1e-7) -> Tensor:
+    """Shift each map so its minimum is 0 and divide by its maximum (maps of zeros stay zero)."""
+    flat = maps.flatten(1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    flat = flat / (flat.max(dim=1, keepdim=True).values + eps)
+    return flat.view_as(maps)
+
+
+class BaseCAM:
+    """A CAM method: subclasses override :meth:`channel_weights`, or :meth:`cam_image` when their
+    weights vary over space. Hooks exist only inside a call, so none outlives it, even on error."""
+
+    #: Whether the method needs d(score)/d(activation). EigenCAM does not, and skips the backward.
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None) -> None:
+        self.model = model
+        self.layer = resolve_layer(model, layer)
+
+    def __call__(self, images: Tensor, targets: Targets = None) -> CamOutput:
+        if images.dim() != 4:
+            raise ValueError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        with (
+            frozen_parameters(self.model),
+            ActivationCapture(self.layer, track_gradients=self.uses_gradients) as capture,
+        ):
+            with torch.set_grad_enabled(self.uses_gradients):
+                logits = self.model(images)
+            activations = capture.activation
+            target_classes = resolve_targets(logits, targets)
+            gradients = None
+            if self.uses_gradients:
+                score = logits.gather(1, target_classes[:, None]).sum()
+                (gradients,) = torch.autograd.grad(score, activations)
+        with torch.no_grad():
+            cams = self.cam_image(images, activations.detach(), gradients, target_classes).clamp_min(0)
+            cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+            heatmaps = scale_to_unit(cams[:, 0])
+        return CamOutput(heatmaps, logits.detach(), target_classes)
+
+    def cam_image(
+        self, images: Tensor, activations: Tensor, gradients: Tensor | None, targets: Tensor
+    ) -> Tensor:
+        """Raw class activation maps (B, h, w) at the layer's resolution, before ReLU and scaling."""
+        weights = self.channel_weights(images, activations, gradients, targets)
+        return torch.einsum("bk,bkhw->bhw", weights, activations)
+
+    def channel_weights(
+        self, images: Tensor, activations: Tensor, gradients: Tensor | None, targets: Tensor
+    ) -> Tensor:
+        """One weight per channel and image (B, K)."""
+        raise NotImplementedError
+
+
+def require_gradients(gradients: Tensor | None) -> Tensor:
+    if gradients is None:
+        raise RuntimeError("this CAM method needs gradients; set uses_gradients = True")
+    return gradients

@@ -1,0 +1,1 @@
+"""Training: data sets, splits, the training loop and its CLI."""
