@@ -1,0 +1,34 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from models.checkpoint import ModelSpec
+from models.transforms import build_eval_transform, denormalize, preprocess_batch
+
+SPEC = ModelSpec(
+    arch="simple_cnn",
+    class_names=("a", "b"),
+    input_size=48,
+    mean=(0.5, 0.4, 0.3),
+    std=(0.2, 0.25, 0.3),
+)
+
+
+def test_eval_transform_resizes_and_normalises_with_the_specs_statistics() -> None:
+    image = Image.new("RGB", (100, 60), color=(255, 0, 128))
+    tensor = build_eval_transform(SPEC)(image)
+    assert tensor.shape == (3, 48, 48)
+    expected = [(1.0 - 0.5) / 0.2, (0.0 - 0.4) / 0.25, (128 / 255 - 0.3) / 0.3]
+    torch.testing.assert_close(tensor.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_preprocess_batch_converts_any_mode_to_rgb_and_denormalize_inverts() -> None:
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    gray = Image.new("L", (30, 30), color=77)
+    batch = preprocess_batch([rgb, gray], SPEC)
+    assert batch.shape == (2, 3, 48, 48)
+    restored = denormalize(batch, SPEC)
+    torch.testing.assert_close(
+        restored[0], torch.from_numpy(np.array(rgb)).permute(2, 0, 1) / 255.0, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(restored[1], torch.full((3, 48, 48), 77 / 255.0), atol=1e-5, rtol=0)
