@@ -1,21 +1,102 @@
-"""The FastAPI application."""
+"""The FastAPI application: ``create_app()`` wires settings, the serving model and the routes."""
 
-from fastapi import FastAPI
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings, get_settings
+from app.metrics import Metrics
+from app.routes import classify, explain, health
+from app.routes import models as models_routes
+from app.serving import InferenceService, ModelManager, NoModelError
+from models.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+MODEL_REFRESH_SECONDS = 2.0
 
 
-def create_app() -> FastAPI:
+async def follow_default_model(app: FastAPI) -> None:
+    """Pick up a new default model registered by another process (a finished training job)."""
+    manager: ModelManager = app.state.service.manager
+    metrics: Metrics = app.state.metrics
+    while True:
+        await asyncio.sleep(MODEL_REFRESH_SECONDS)
+        try:
+            if await run_in_threadpool(manager.refresh):
+                metrics.model_loads.inc()
+        except Exception:
+            logger.exception("could not load the new default model; still serving the previous one")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.inference_threads is not None:
+        torch.set_num_threads(settings.inference_threads)
+    manager = ModelManager(
+        store=app.state.store,
+        explicit_path=settings.model_path,
+        shipped_path=settings.shipped_model_path,
+        device_name=settings.device,
+    )
+    await run_in_threadpool(manager.load_initial)
+    if manager.loaded:
+        app.state.metrics.model_loads.inc()
+    service = InferenceService(
+        manager,
+        max_batch_size=settings.batch_max_size,
+        max_wait_s=settings.batch_max_wait_ms / 1000.0,
+        on_batch=app.state.metrics.observe_batch,
+    )
+    app.state.service = service
+    service.start()
+    follower = asyncio.create_task(follow_default_model(app))
+    try:
+        yield
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await service.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="trashcam",
         summary="Explainable waste-image recognition: material classes with Grad-CAM heatmaps.",
         version="0.1.0",
+        lifespan=lifespan,
     )
+    app.state.settings = settings or get_settings()
+    app.state.store = ModelStore(app.state.settings.models_dir)
+    app.state.metrics = Metrics()
 
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, str]:
-        """Liveness: the process is up."""
-        return {"status": "ok"}
+    @app.exception_handler(NoModelError)
+    async def no_model(request: Request, error: NoModelError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
+    @app.middleware("http")
+    async def record_metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics: Metrics = request.app.state.metrics
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    for router in (classify.router, explain.router, models_routes.router, health.router):
+        app.include_router(router)
     return app
-
-
-app = create_app()

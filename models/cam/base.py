@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from models.cam.hooks import ActivationCapture, frozen_parameters
 
-Targets = Sequence[int] | Tensor | None
+# One class per image; None (for the batch or for one image) means "the predicted class".
+Targets = Sequence[int | None] | Tensor | None
 
 
 class CamOutput(NamedTuple):
@@ -44,11 +45,22 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
 
 
 def resolve_targets(logits: Tensor, targets: Targets) -> Tensor:
-    """One class index per image: the predicted class where ``targets`` is None."""
+    """One class index per image: the predicted class wherever ``targets`` (or an entry of it) is None."""
     batch, num_classes = logits.shape
+    predicted = logits.argmax(dim=1)
     if targets is None:
-        return logits.argmax(dim=1)
-    resolved = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+        return predicted
+    if isinstance(targets, Tensor):
+        resolved = targets.to(device=logits.device, dtype=torch.long).reshape(-1)
+    else:
+        resolved = torch.tensor(
+            [-1 if target is None else int(target) for target in targets],
+            dtype=torch.long,
+            device=logits.device,
+        )
+        if len(targets) == batch:
+            chosen = torch.tensor([target is None for target in targets], device=logits.device)
+            resolved = torch.where(chosen, predicted, resolved)
     if resolved.numel() != batch:
         raise ValueError(f"expected {batch} targets, one per image, got {resolved.numel()}")
     if bool(((resolved < 0) | (resolved >= num_classes)).any()):

@@ -43,6 +43,15 @@ def colorize(heatmap: FloatMap, colormap: str = "jet") -> U8Image:
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
+def resize_heatmap(heatmap: FloatMap, size: tuple[int, int]) -> FloatMap:
+    """A heatmap resized (bilinear) to ``size`` = (height, width)."""
+    height, width = size
+    array = np.asarray(heatmap, dtype=np.float32)
+    if array.shape == (height, width):
+        return array
+    return np.asarray(cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+
+
 def overlay_heatmap(
     image: U8Image, heatmap: FloatMap, *, colormap: str = "jet", alpha: float = 0.5
 ) -> U8Image:
@@ -56,12 +65,7 @@ def overlay_heatmap(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     height, width = image.shape[:2]
-    sized = np.asarray(heatmap, dtype=np.float32)
-    if sized.shape != (height, width):
-        sized = np.asarray(
-            cv2.resize(sized, (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32
-        )
-    color = colorize(sized, colormap).astype(np.float32)
+    color = colorize(resize_heatmap(heatmap, (height, width)), colormap).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color
     return np.asarray(np.clip(np.round(blended), 0, 255), dtype=np.uint8)
 

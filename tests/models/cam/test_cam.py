@@ -153,6 +153,13 @@ def test_targets_choose_the_class_explained(method: str, images: torch.Tensor) -
     assert not torch.allclose(first.heatmaps, other.heatmaps)
 
 
+def test_none_entries_explain_the_predicted_class(images: torch.Tensor) -> None:
+    model = build("simple_cnn")
+    predicted = compute_cam(model, images).targets
+    mixed = compute_cam(model, images, targets=[None, 4, None])
+    assert mixed.targets.tolist() == [int(predicted[0]), 4, int(predicted[2])]
+
+
 @pytest.mark.parametrize("method", list_cam_methods())
 @pytest.mark.parametrize(
     ("targets", "message"),

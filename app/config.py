@@ -1,0 +1,66 @@
+"""The service's settings: one typed object, read from ``TRASHCAM_*`` environment variables (or .env).
+
+Nothing else in the project reads the environment.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRASHCAM_", env_file=".env", extra="ignore")
+
+    # Models: an explicit checkpoint wins; else the store's default; else the shipped weights.
+    model_path: Path | None = None
+    shipped_model_path: Path = PROJECT_ROOT / "weights" / "se_resnet50" / "model.pt"
+    var_dir: Path = PROJECT_ROOT / "var"
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    inference_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; None = torch's default"
+    )
+
+    # Micro-batching of concurrent /classify and /explain requests.
+    batch_max_size: int = Field(16, ge=1, le=256)
+    batch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+
+    # Uploads.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_files_per_request: int = Field(32, ge=1)
+    max_archive_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1, description="uncompressed bytes in an uploaded archive"
+    )
+    max_archive_files: int = Field(100_000, ge=1)
+
+    # Security: keys accepted in the X-API-Key header. With none configured, state-changing
+    # endpoints are refused (403) rather than left open.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    protect_reads: bool = False
+
+    # Jobs.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    training_queue: str = "training"
+    heatmaps_queue: str = "heatmaps"
+    data_root: Path | None = Field(None, description="folder that POST /train may read data sets from")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.var_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.var_dir / "jobs"
+
+    @property
+    def resolved_data_root(self) -> Path:
+        return self.data_root if self.data_root is not None else self.var_dir / "data"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

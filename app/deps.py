@@ -1,0 +1,53 @@
+"""Dependencies shared by the routes, as Annotated aliases."""
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from app.config import Settings
+from app.metrics import Metrics
+from app.security import API_KEY_HEADER, check_api_key
+from app.serving import InferenceService
+from models.store import ModelStore
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_service(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.service
+    return service
+
+
+def get_store(request: Request) -> ModelStore:
+    store: ModelStore = request.app.state.store
+    return store
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[InferenceService, Depends(get_service)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ApiKeyHeader = Annotated[str | None, Header(alias=API_KEY_HEADER, description="an API key")]
+
+
+def require_api_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
+    """For endpoints that change state."""
+    check_api_key(settings, api_key)
+
+
+def require_read_access(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
+    """Open unless ``protect_reads`` is set."""
+    if settings.protect_reads:
+        check_api_key(settings, api_key)
+
+
+WriteAccess = Depends(require_api_key)
+ReadAccess = Depends(require_read_access)

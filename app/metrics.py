@@ -1,0 +1,41 @@
+"""Prometheus metrics for the API, in a registry of the app's own (so several apps can coexist)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "trashcam_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "trashcam_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "trashcam_inference_batch_size",
+            "images per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "trashcam_inference_batch_seconds", "model time per inference batch", registry=self.registry
+        )
+        self.model_loaded = Gauge("trashcam_model_loaded", "1 if a model is serving", registry=self.registry)
+        self.model_loads = Counter(
+            "trashcam_model_loads", "models loaded or swapped in", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "trashcam_queue_depth", "messages waiting in a Celery queue", ["queue"], registry=self.registry
+        )
+        self.jobs = Gauge(
+            "trashcam_jobs", "jobs by kind and state", ["kind", "state"], registry=self.registry
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)

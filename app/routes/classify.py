@@ -1,0 +1,34 @@
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+
+from app.deps import ReadAccess, ServiceDep, SettingsDep
+from app.routes.inference_views import classification
+from app.schemas import ClassifyPublic, ErrorPublic
+from app.uploads import gather_uploads, read_image
+
+router = APIRouter(tags=["inference"], dependencies=[ReadAccess])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorPublic} for code in (401, 413, 415, 422, 503)
+}
+
+
+@router.post("/classify", response_model=ClassifyPublic, responses=ERRORS)
+async def classify_images(
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile | None, File(description="one photo")] = None,
+    files: Annotated[list[UploadFile] | None, File(description="several photos")] = None,
+) -> ClassifyPublic:
+    """Which material each photo shows, with the probability of every class."""
+    uploads = gather_uploads(file, files, settings)
+    images = [await read_image(upload, settings) for upload in uploads]
+    outcomes = await asyncio.gather(*(service.classify(image) for image in images))
+    return ClassifyPublic(
+        results=[
+            classification(upload.filename, outcome)
+            for upload, outcome in zip(uploads, outcomes, strict=True)
+        ]
+    )

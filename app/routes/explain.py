@@ -1,0 +1,91 @@
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import ReadAccess, ServiceDep, SettingsDep
+from app.routes.classify import ERRORS
+from app.routes.inference_views import classification
+from app.schemas import ExplanationPublic, TargetPublic
+from app.serving import Explained
+from app.uploads import read_image
+from models.cam import list_cam_methods
+from models.cam.overlay import (
+    heatmap_to_uint8,
+    list_colormaps,
+    overlay_heatmap,
+    resize_heatmap,
+    to_base64_png,
+)
+
+router = APIRouter(tags=["inference"], dependencies=[ReadAccess])
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None:
+    """A class given by name or index; None means the predicted class."""
+    if target is None or target == "":
+        return None
+    if target in class_names:
+        return class_names.index(target)
+    if target.isdigit() and int(target) < len(class_names):
+        return int(target)
+    valid = ", ".join(f"{index} ({name})" for index, name in enumerate(class_names))
+    raise _unprocessable(f"unknown target {target!r}; valid classes: {valid}")
+
+
+def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: float) -> tuple[str, str]:
+    """(overlay, heatmap) as base64 PNGs at the photo's own size."""
+    photo = np.asarray(image.convert("RGB"))
+    heatmap = resize_heatmap(outcome.heatmap, photo.shape[:2])
+    return (
+        to_base64_png(overlay_heatmap(photo, heatmap, colormap=colormap, alpha=alpha)),
+        to_base64_png(heatmap_to_uint8(heatmap)),
+    )
+
+
+@router.post("/explain", response_model=ExplanationPublic, responses=ERRORS)
+async def explain_image(
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="one photo")],
+    method: Annotated[str, Form(description=f"one of: {', '.join(list_cam_methods())}")] = "gradcam",
+    target: Annotated[
+        str | None, Form(description="class name or index to explain; the predicted class if omitted")
+    ] = None,
+    alpha: Annotated[float, Form(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5,
+    colormap: Annotated[str, Form(description=f"one of: {', '.join(list_colormaps())}")] = "jet",
+    layer: Annotated[
+        str | None, Form(description="submodule to explain; the last convolutional stage if omitted")
+    ] = None,
+) -> ExplanationPublic:
+    """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
+    if method not in list_cam_methods():
+        raise _unprocessable(f"unknown method {method!r}; valid methods: {', '.join(list_cam_methods())}")
+    if colormap not in list_colormaps():
+        raise _unprocessable(f"unknown colormap {colormap!r}; valid colormaps: {', '.join(list_colormaps())}")
+    predictor = service.manager.predictor
+    target_index = parse_target(target, predictor.class_names)
+    layer = layer or None
+    if layer is not None:
+        try:
+            service.check_layer(layer)
+        except ValueError as error:
+            raise _unprocessable(str(error)) from None
+    image = await read_image(file, settings)
+    outcome = await service.explain(image, method=method, target=target_index, layer=layer)
+    overlay, heatmap = await run_in_threadpool(render, image, outcome, colormap=colormap, alpha=alpha)
+    names = outcome.predictor.class_names
+    return ExplanationPublic(
+        **classification(file.filename, outcome).model_dump(),
+        method=method,
+        layer=layer or str(getattr(outcome.predictor.model, "cam_layer", "")),
+        target=TargetPublic(index=outcome.target, label=names[outcome.target]),
+        overlay=overlay,
+        heatmap=heatmap,
+    )

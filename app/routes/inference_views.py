@@ -1,0 +1,22 @@
+"""Turning inference outcomes into response bodies."""
+
+from app.schemas import Classification, ClassProbability, ModelRef
+from app.serving import Classified
+from models.predictor import Predictor
+
+
+def model_ref(predictor: Predictor) -> ModelRef:
+    return ModelRef(name=predictor.name, version=predictor.version)
+
+
+def classification(filename: str | None, outcome: Classified) -> Classification:
+    names = outcome.predictor.class_names
+    ranked = sorted(zip(names, outcome.probabilities, strict=True), key=lambda pair: pair[1], reverse=True)
+    return Classification(
+        filename=filename,
+        model=model_ref(outcome.predictor),
+        label=ranked[0][0],
+        predictions=[ClassProbability(label=label, probability=p) for label, p in ranked],
+        inference_ms=round(outcome.batch_ms, 3),
+        batch_size=outcome.batch_size,
+    )

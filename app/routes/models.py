@@ -1,0 +1,62 @@
+from fastapi import APIRouter, HTTPException, status
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
+from app.routes.classify import ERRORS
+from app.routes.inference_views import model_ref
+from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic
+from models.store import ModelNotFoundError, ModelVersion
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def model_public(version: ModelVersion, serving: ModelRef | None) -> ModelPublic:
+    spec = version.spec
+    return ModelPublic(
+        name=version.name,
+        version=version.version,
+        default=serving is not None and (serving.name, serving.version) == (version.name, version.version),
+        arch=spec.arch,
+        classes=list(spec.class_names),
+        input_size=spec.input_size,
+        metrics=spec.metrics,
+        recipe=spec.recipe,
+        created_at=spec.created_at,
+        sha256=version.sha256,
+    )
+
+
+def serving_ref(service: ServiceDep) -> ModelRef | None:
+    return model_ref(service.manager.predictor) if service.manager.loaded else None
+
+
+@router.get("", response_model=ModelsPublic, dependencies=[ReadAccess])
+def read_models(service: ServiceDep, store: StoreDep) -> ModelsPublic:
+    """Every stored model version, and which one is serving."""
+    serving = serving_ref(service)
+    return ModelsPublic(serving=serving, models=[model_public(v, serving) for v in store.all_versions()])
+
+
+@router.get("/{name}", response_model=list[ModelPublic], responses=ERRORS, dependencies=[ReadAccess])
+def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPublic]:
+    """The versions of one model, oldest first."""
+    versions = store.versions(name)
+    if not versions:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no model named {name!r}; known: {', '.join(store.names())}"
+        )
+    serving = serving_ref(service)
+    return [model_public(v, serving) for v in versions]
+
+
+@router.put("/default", response_model=ModelPublic, responses=ERRORS, dependencies=[WriteAccess])
+async def update_default_model(
+    update: DefaultModelUpdate, service: ServiceDep, store: StoreDep
+) -> ModelPublic:
+    """Serve another stored version. It is loaded first; requests in flight finish on the old one."""
+    try:
+        await run_in_threadpool(service.manager.switch, update.name, update.version)
+        chosen = store.get(update.name, update.version)
+    except ModelNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    return model_public(chosen, serving_ref(service))

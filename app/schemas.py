@@ -1,0 +1,85 @@
+"""Request and response bodies, named by role."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorPublic(BaseModel):
+    detail: str = Field(
+        examples=["photo.txt: not an image in a supported format (JPEG, PNG, WEBP, BMP, GIF, TIFF)"]
+    )
+
+
+class ModelRef(BaseModel):
+    name: str = Field(examples=["se_resnet50"])
+    version: str = Field(examples=["v3"])
+
+
+class ClassProbability(BaseModel):
+    label: str = Field(examples=["glass"])
+    probability: float = Field(ge=0.0, le=1.0, examples=[0.91])
+
+
+class Classification(BaseModel):
+    filename: str | None = Field(None, examples=["bottle.jpg"])
+    model: ModelRef
+    label: str = Field(description="the most probable class", examples=["glass"])
+    predictions: list[ClassProbability] = Field(description="every class, most probable first; sums to 1")
+    inference_ms: float = Field(description="model time of the batch this image was computed in")
+    batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
+
+
+class ClassifyPublic(BaseModel):
+    results: list[Classification]
+
+
+class TargetPublic(BaseModel):
+    index: int = Field(examples=[1])
+    label: str = Field(examples=["glass"])
+
+
+class ExplanationPublic(Classification):
+    method: str = Field(examples=["gradcam"])
+    layer: str = Field(examples=["layer4"])
+    target: TargetPublic = Field(description="the class the heatmap explains")
+    overlay: str = Field(description="base64 PNG: the heatmap over the photo, at the photo's own size")
+    heatmap: str = Field(
+        description="base64 grayscale PNG of the heatmap (255 = strongest), at the photo's size"
+    )
+
+
+class ModelPublic(BaseModel):
+    name: str
+    version: str
+    default: bool = Field(description="whether the service is serving this version")
+    arch: str
+    classes: list[str]
+    input_size: int
+    metrics: dict[str, Any]
+    recipe: dict[str, Any]
+    created_at: str
+    sha256: str
+
+
+class ModelsPublic(BaseModel):
+    serving: ModelRef | None
+    models: list[ModelPublic]
+
+
+class DefaultModelUpdate(BaseModel):
+    name: str = Field(examples=["se_resnet50"])
+    version: str | None = Field(
+        None, description="a version of the model; the newest if omitted", examples=["v2"]
+    )
+
+
+class HealthPublic(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ReadyPublic(BaseModel):
+    ready: bool
+    model: ModelRef | None
+    redis: bool
+    detail: str | None = None

@@ -1,0 +1,202 @@
+"""The serving model and the batched inference around it.
+
+:class:`ModelManager` decides which checkpoint serves (explicit path, else the store's default, else
+the shipped weights) and swaps predictors atomically: a batch takes the current predictor when it
+starts, so requests in flight finish on the model they began with. :class:`InferenceService` feeds
+requests through micro-batchers that share one inference thread.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from app.batching import MicroBatcher
+from models.cam import resolve_layer
+from models.predictor import Predictor, select_device
+from models.store import ModelStore, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+class NoModelError(RuntimeError):
+    """No model is configured, stored or shipped."""
+
+
+class ModelManager:
+    def __init__(
+        self, *, store: ModelStore, explicit_path: Path | None, shipped_path: Path, device_name: str
+    ) -> None:
+        self.store = store
+        self.explicit_path = explicit_path
+        self.shipped_path = shipped_path
+        self.device = select_device(device_name)
+        self._predictor: Predictor | None = None
+        self._seen_default: str | None = None
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise NoModelError(
+                "no model is loaded: set TRASHCAM_MODEL_PATH, register one with POST /train, "
+                f"or ship weights at {self.shipped_path}"
+            )
+        return self._predictor
+
+    @property
+    def loaded(self) -> bool:
+        return self._predictor is not None
+
+    def load_initial(self) -> None:
+        """Serve the explicit checkpoint, else the store's default, else the shipped weights."""
+        default = self.store.default()
+        self._seen_default = default.ref if default is not None else None
+        if self.explicit_path is not None:
+            self._predictor = self._from_file(self.explicit_path)
+        elif default is not None:
+            self._predictor = self._from_version(default)
+        elif self.shipped_path.is_file():
+            self._predictor = self._from_file(self.shipped_path)
+        if self._predictor is not None:
+            logger.info("serving model %s:%s", self._predictor.name, self._predictor.version)
+
+    def refresh(self) -> bool:
+        """Follow the store's default when something else (a finished training job) changed it.
+
+        Returns True if a new predictor was swapped in.
+        """
+        default = self.store.default()
+        ref = default.ref if default is not None else None
+        if ref == self._seen_default or default is None:
+            self._seen_default = ref
+            return False
+        predictor = self._from_version(default)
+        self._predictor, self._seen_default = predictor, ref
+        logger.info("serving model %s (new default)", ref)
+        return True
+
+    def switch(self, name: str, version: str | None) -> Predictor:
+        """Make a stored version the default and serve it; it is loaded before the swap."""
+        chosen = self.store.get(name, version)
+        predictor = self._from_version(chosen)
+        self.store.set_default(chosen.name, chosen.version)
+        self._predictor, self._seen_default = predictor, chosen.ref
+        return predictor
+
+    def _from_file(self, path: Path) -> Predictor:
+        name = path.parent.name if path.name == "model.pt" else path.stem
+        predictor = Predictor.from_checkpoint(str(path), name=name, version="", device=self.device)
+        # A file outside the store is versioned by its weights' digest.
+        predictor.version = predictor.sha256[:12]
+        return predictor
+
+    def _from_version(self, version: ModelVersion) -> Predictor:
+        return Predictor.from_checkpoint(
+            str(version.path), name=version.name, version=version.version, device=self.device
+        )
+
+
+@dataclass(frozen=True)
+class Classified:
+    predictor: Predictor
+    probabilities: list[float]
+    batch_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Explained(Classified):
+    heatmap: npt.NDArray[np.float32]
+    target: int
+
+
+@dataclass(frozen=True)
+class ExplainItem:
+    image: Image.Image
+    target: int | None
+
+
+ExplainKey = tuple[str, str | None]  # (method, layer)
+
+
+class InferenceService:
+    """Classify and explain through micro-batchers that share one inference thread."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._classifier: MicroBatcher[Image.Image, Classified] = MicroBatcher(
+            self._classify_batch,
+            max_size=max_batch_size,
+            max_wait=max_wait_s,
+            executor=self.executor,
+            on_batch=on_batch,
+        )
+        self._explainer: MicroBatcher[ExplainItem, Explained] = MicroBatcher(
+            self._explain_batch,
+            max_size=max_batch_size,
+            max_wait=max_wait_s,
+            executor=self.executor,
+            on_batch=on_batch,
+        )
+
+    def start(self) -> None:
+        self._classifier.start()
+        self._explainer.start()
+
+    async def stop(self) -> None:
+        await self._classifier.stop()
+        await self._explainer.stop()
+        self.executor.shutdown(wait=True)
+
+    def _classify_batch(self, key: Hashable, images: list[Image.Image]) -> list[Classified]:
+        predictor = self.manager.predictor
+        started = time.perf_counter()
+        probabilities = predictor.classify(images)
+        elapsed = (time.perf_counter() - started) * 1000
+        return [Classified(predictor, row.tolist(), elapsed, len(images)) for row in probabilities]
+
+    def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
+        method, layer = cast(ExplainKey, key)
+        predictor = self.manager.predictor
+        started = time.perf_counter()
+        result = predictor.explain(
+            [item.image for item in items],
+            method=method,
+            targets=[item.target for item in items],
+            layer=layer,
+        )
+        elapsed = (time.perf_counter() - started) * 1000
+        return [
+            Explained(predictor, row.tolist(), elapsed, len(items), heatmap.numpy(), int(target))
+            for row, heatmap, target in zip(
+                result.probabilities, result.heatmaps, result.targets, strict=True
+            )
+        ]
+
+    async def classify(self, image: Image.Image) -> Classified:
+        return await self._classifier.submit(("classify",), image)
+
+    async def explain(
+        self, image: Image.Image, *, method: str, target: int | None, layer: str | None
+    ) -> Explained:
+        key: ExplainKey = (method, layer)
+        return await self._explainer.submit(key, ExplainItem(image, target))
+
+    def check_layer(self, layer: str) -> None:
+        """Raise ValueError listing the model's layers if ``layer`` is not one of its submodules."""
+        resolve_layer(self.manager.predictor.model, layer)

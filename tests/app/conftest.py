@@ -1,0 +1,63 @@
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import SecretStr
+
+import models
+from app.config import Settings
+from app.main import create_app
+from models.checkpoint import ModelSpec, save_checkpoint
+from models.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
+API_KEY = "test-key-0123456789"
+
+
+def tiny_checkpoint(path: Path, *, seed: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:
+    """A small random simple CNN with a real spec: fast enough for every API test."""
+    import torch
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        arch="simple_cnn",
+        class_names=classes,
+        input_size=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        arch_kwargs={"width": 4},
+        recipe={"note": "random weights for tests"},
+        metrics={},
+    )
+    save_checkpoint(path, models.create_model("simple_cnn", num_classes=len(classes), width=4), spec)
+    return path
+
+
+def png_bytes(size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(array).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        model_path=tiny_checkpoint(tmp_path / "tiny.pt"),
+        var_dir=tmp_path / "var",
+        shipped_model_path=tmp_path / "no-shipped-model.pt",
+        api_keys=[SecretStr(API_KEY)],
+        batch_max_wait_ms=2.0,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
