@@ -33,6 +33,8 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image
         ) from None
     except Image.DecompressionBombError as error:
         raise BadImageError(413, f"{name}: image too large: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(422, f"{name}: truncated or corrupt image: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise BadImageError(413, f"{name}: {width}x{height} pixels is over the limit of {max_pixels} pixels")

@@ -1,0 +1,36 @@
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import png_bytes
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {
+        "ready": True,
+        "model": response.json()["model"],
+        "redis": True,
+        "detail": None,
+    }
+
+
+def test_ready_is_503_when_redis_is_unreachable(client: TestClient) -> None:
+    client.app.state.settings.redis_url = "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "redis unreachable"
+
+
+def test_metrics_count_requests_per_route_and_batches(client: TestClient) -> None:
+    client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")})
+    client.post("/classify", files={"file": ("p.txt", b"nope", "text/plain")})
+    text = client.get("/metrics").text
+    assert 'trashcam_http_requests_total{method="POST",route="/classify",status="200"} 1.0' in text
+    assert 'trashcam_http_requests_total{method="POST",route="/classify",status="415"} 1.0' in text
+    assert 'trashcam_http_request_seconds_count{method="POST",route="/classify"} 2.0' in text
+    assert "trashcam_inference_batch_size_count 1.0" in text
+    assert "trashcam_model_loaded 1.0" in text

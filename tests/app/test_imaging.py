@@ -1,0 +1,103 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import BadImageError, decode_image
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, max_pixels: int = 10_000_000) -> Image.Image:
+    return decode_image(data, max_pixels=max_pixels, name="photo")
+
+
+def rejected(data: bytes, max_pixels: int = 10_000_000) -> BadImageError:
+    with pytest.raises(BadImageError) as caught:
+        decode(data, max_pixels)
+    return caught.value
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode(encode(image, "JPEG", exif=exif))
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])
+def test_other_modes_become_rgb(mode: str) -> None:
+    image = Image.new("RGB", (16, 16), (10, 120, 250)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    decoded = decode(encode(image, fmt))
+    assert decoded.mode == "RGB"
+    assert decoded.size == (16, 16)
+
+
+def test_transparent_pixels_are_laid_over_white() -> None:
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert decode(encode(image, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_images_are_rescaled_not_clipped() -> None:
+    array = np.full((8, 8), 32768, dtype=np.uint16)
+    decoded = decode(encode(Image.fromarray(array), "PNG"))
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_not_an_image_is_415() -> None:
+    error = rejected(b"%PDF-1.4 not an image at all")
+    assert error.status_code == 415
+    assert "photo: not an image in a supported format" in error.message
+
+
+def test_unsupported_format_is_415() -> None:
+    error = rejected(encode(Image.new("RGB", (8, 8)), "PPM"))
+    assert error.status_code == 415
+
+
+def test_empty_file_is_422() -> None:
+    assert rejected(b"").status_code == 422
+
+
+def test_truncated_image_is_422() -> None:
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    error = rejected(data[: len(data) // 2])
+    assert error.status_code == 422
+    assert "truncated or corrupt JPEG" in error.message
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size; the pixel data is a few bytes (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("side", "message"),
+    [(10_000, "10000x10000 pixels is over the limit of 40000000 pixels"), (50_000, "image too large")],
+)
+def test_too_many_pixels_is_413_before_decoding(side: int, message: str) -> None:
+    error = rejected(png_header_only(side, side), max_pixels=40_000_000)
+    assert error.status_code == 413
+    assert message in error.message

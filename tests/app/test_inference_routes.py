@@ -1,0 +1,183 @@
+import asyncio
+import base64
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Settings
+from app.main import create_app
+from models.cam import list_cam_methods
+from tests.app.conftest import CLASSES, png_bytes
+
+
+def upload(name: str = "photo.png", data: bytes | None = None) -> tuple[str, bytes, str]:
+    return (name, png_bytes() if data is None else data, "image/png")
+
+
+def decode_png(text: str) -> Image.Image:
+    data = base64.b64decode(text)
+    assert data.startswith(b"\x89PNG")
+    return Image.open(io.BytesIO(data))
+
+
+def test_classify_one_image(client: TestClient) -> None:
+    response = client.post("/classify", files={"file": upload()})
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    probabilities = [p["probability"] for p in result["predictions"]]
+    assert sorted(p["label"] for p in result["predictions"]) == sorted(CLASSES)
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert result["label"] == result["predictions"][0]["label"]
+    assert result["filename"] == "photo.png"
+    assert result["model"]["name"] == "tiny"
+    assert result["inference_ms"] > 0
+
+
+def test_classify_several_images_keeps_their_order(client: TestClient) -> None:
+    files = [("files", upload(f"p{i}.png", png_bytes(size=(20 + i, 20)))) for i in range(3)]
+    response = client.post("/classify", files=[("file", upload("first.png")), *files])
+    assert response.status_code == 200
+    assert [r["filename"] for r in response.json()["results"]] == ["first.png", "p0.png", "p1.png", "p2.png"]
+
+
+def test_classify_without_images_is_422(client: TestClient) -> None:
+    response = client.post("/classify", data={"x": "1"})
+    assert response.status_code == 422
+    assert "at least one image" in response.json()["detail"]
+
+
+def test_too_many_files_is_413(client: TestClient, settings: Settings) -> None:
+    files = [("files", upload()) for _ in range(settings.max_files_per_request + 1)]
+    response = client.post("/classify", files=files)
+    assert response.status_code == 413
+    assert "per request" in response.json()["detail"]
+
+
+def test_too_large_upload_is_413(settings: Settings) -> None:
+    settings.max_upload_bytes = 1000
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/classify", files={"file": upload(data=png_bytes(size=(200, 200)))})
+    assert response.status_code == 413
+    assert "photo.png: larger than the limit of 1000 bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"plain text, not a photo", 415),
+        (png_bytes(size=(64, 64), fmt="JPEG")[:300], 422),
+        (b"", 422),
+    ],
+)
+def test_bad_images_get_their_status_on_both_routes(client: TestClient, data: bytes, status: int) -> None:
+    for route in ("/classify", "/explain"):
+        response = client.post(route, files={"file": upload(data=data)})
+        assert response.status_code == status, route
+        assert response.json()["detail"].startswith("photo.png:")
+
+
+@pytest.mark.parametrize("method", list_cam_methods())
+def test_explain_every_method(client: TestClient, method: str) -> None:
+    response = client.post(
+        "/explain", files={"file": upload(data=png_bytes(size=(50, 30)))}, data={"method": method}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == method
+    assert body["layer"] == "relu2"
+    assert body["target"]["label"] == body["label"]
+    overlay = decode_png(body["overlay"])
+    heatmap = decode_png(body["heatmap"])
+    assert overlay.size == (50, 30)
+    assert overlay.mode == "RGB"
+    assert heatmap.size == (50, 30)
+    assert heatmap.mode == "L"
+
+
+@pytest.mark.parametrize(("target", "index"), [("metal", 2), ("4", 4)])
+def test_explain_a_chosen_class(client: TestClient, target: str, index: int) -> None:
+    response = client.post("/explain", files={"file": upload()}, data={"target": target})
+    assert response.status_code == 200
+    assert response.json()["target"] == {"index": index, "label": CLASSES[index]}
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"method": "gradcam9"}, "unknown method 'gradcam9'; valid methods: eigencam, gradcam"),
+        ({"target": "banana"}, "unknown target 'banana'; valid classes: 0 (cardboard), 1 (glass)"),
+        ({"target": "6"}, "unknown target '6'"),
+        ({"colormap": "rainbow"}, "unknown colormap 'rainbow'; valid colormaps: jet"),
+        (
+            {"layer": "layer4"},
+            "unknown layer 'layer4'; give a submodule path of the model, e.g. one of: conv1",
+        ),
+    ],
+)
+def test_explain_refuses_unknown_options_listing_valid_ones(
+    client: TestClient, form: dict[str, str], message: str
+) -> None:
+    response = client.post("/explain", files={"file": upload()}, data=form)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+
+
+def test_explain_alpha_out_of_range_is_422(client: TestClient) -> None:
+    response = client.post("/explain", files={"file": upload()}, data={"alpha": "1.5"})
+    assert response.status_code == 422
+
+
+def test_explain_another_layer(client: TestClient) -> None:
+    response = client.post("/explain", files={"file": upload()}, data={"layer": "conv1"})
+    assert response.status_code == 200
+    assert response.json()["layer"] == "conv1"
+
+
+def test_alpha_zero_overlay_is_the_photo(client: TestClient) -> None:
+    data = png_bytes(size=(24, 24))
+    response = client.post("/explain", files={"file": upload(data=data)}, data={"alpha": "0"})
+    overlay = decode_png(response.json()["overlay"])
+    assert overlay.tobytes() == Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+
+
+def test_no_model_is_503_and_not_ready(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", shipped_model_path=tmp_path / "missing.pt")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/classify", files={"file": upload()})
+        assert response.status_code == 503
+        assert "no model is loaded" in response.json()["detail"]
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False
+
+
+def test_concurrent_requests_share_batches_and_get_the_same_answers(settings: Settings) -> None:
+    settings.batch_max_wait_ms = 200.0
+    app = create_app(settings)
+    images = [png_bytes(size=(20 + i, 24)) for i in range(8)]
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+        ):
+            together = await asyncio.gather(
+                *(ac.post("/classify", files={"file": upload(data=data)}) for data in images)
+            )
+            alone = [await ac.post("/classify", files={"file": upload(data=data)}) for data in images]
+        return together, alone
+
+    together, alone = asyncio.run(run())
+    assert all(r.status_code == 200 for r in together + alone)
+    assert max(r.json()["results"][0]["batch_size"] for r in together) > 1
+    for batched, single in zip(together, alone, strict=True):
+        a = batched.json()["results"][0]["predictions"]
+        b = single.json()["results"][0]["predictions"]
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        assert [p["probability"] for p in a] == pytest.approx([p["probability"] for p in b], abs=1e-5)

@@ -1,0 +1,138 @@
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from models.store import ModelStore
+from tests.app.conftest import API_KEY, png_bytes, tiny_checkpoint
+
+
+@pytest.fixture
+def stored(settings: Settings, tmp_path: Path) -> ModelStore:
+    store = ModelStore(settings.models_dir)
+    store.add("waste", tiny_checkpoint(tmp_path / "a.pt", seed=1), report={"accuracy": 0.5})
+    store.add("waste", tiny_checkpoint(tmp_path / "b.pt", seed=2))
+    store.add("other", tiny_checkpoint(tmp_path / "c.pt", seed=3, classes=("a", "b")))
+    return store
+
+
+def test_list_models_shows_versions_and_what_serves(client: TestClient, stored: ModelStore) -> None:
+    body = client.get("/models").json()
+    assert body["serving"]["name"] == "tiny"
+    assert [(m["name"], m["version"]) for m in body["models"]] == [
+        ("other", "v1"),
+        ("waste", "v1"),
+        ("waste", "v2"),
+    ]
+    waste = body["models"][1]
+    assert waste["arch"] == "simple_cnn"
+    assert waste["input_size"] == 32
+    assert waste["classes"][0] == "cardboard"
+    assert len(waste["sha256"]) == 64
+    assert waste["default"] is False
+
+
+def test_one_model_and_unknown_model(client: TestClient, stored: ModelStore) -> None:
+    assert [m["version"] for m in client.get("/models/waste").json()] == ["v1", "v2"]
+    missing = client.get("/models/nothing")
+    assert missing.status_code == 404
+    assert "no model named 'nothing'; known: other, waste" in missing.json()["detail"]
+
+
+def test_switching_the_default_needs_a_valid_key(client: TestClient, stored: ModelStore) -> None:
+    body = {"name": "waste", "version": "v1"}
+    assert client.put("/models/default", json=body).status_code == 401
+    assert client.put("/models/default", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert stored.default() is None
+
+
+def test_state_changes_are_refused_when_no_key_is_configured(settings: Settings, stored: ModelStore) -> None:
+    settings.api_keys = []
+    with TestClient(create_app(settings)) as client:
+        response = client.put("/models/default", json={"name": "waste"}, headers={"X-API-Key": "anything"})
+    assert response.status_code == 403
+    assert "none is configured" in response.json()["detail"]
+
+
+def test_switching_the_default_serves_the_new_model(client: TestClient, stored: ModelStore) -> None:
+    response = client.put("/models/default", json={"name": "waste"}, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200
+    assert (response.json()["version"], response.json()["default"]) == ("v2", True)
+    assert stored.default() is not None
+    classified = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")}).json()
+    assert classified["results"][0]["model"] == {"name": "waste", "version": "v2"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "nope"}, "no model named 'nope'"),
+        ({"name": "waste", "version": "v9"}, "has no version 'v9'"),
+    ],
+)
+def test_switching_to_an_unknown_model_is_404(
+    client: TestClient, stored: ModelStore, body: dict[str, str], message: str
+) -> None:
+    response = client.put("/models/default", json=body, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 404
+    assert message in response.json()["detail"]
+
+
+def test_reads_can_be_protected(settings: Settings) -> None:
+    settings.protect_reads = True
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/models").status_code == 401
+        assert client.get("/models", headers={"X-API-Key": API_KEY}).status_code == 200
+        assert client.get("/health").status_code == 200
+
+
+def test_a_swap_drops_no_request_in_flight(settings: Settings, stored: ModelStore) -> None:
+    settings.batch_max_wait_ms = 20.0
+    app = create_app(settings)
+
+    async def run() -> tuple[list[httpx.Response], httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+        ):
+            photo = {"file": ("p.png", png_bytes(), "image/png")}
+            requests = [ac.post("/explain", files=photo) for _ in range(12)]
+            swap = ac.put(
+                "/models/default", json={"name": "waste", "version": "v1"}, headers={"X-API-Key": API_KEY}
+            )
+            *explained, swapped = await asyncio.gather(*requests, swap)
+            return explained, swapped
+
+    explained, swapped = asyncio.run(run())
+    assert swapped.status_code == 200
+    assert [r.status_code for r in explained] == [200] * 12
+    served = {r.json()["model"]["name"] for r in explained}
+    assert served <= {"tiny", "waste"}
+
+
+def test_a_default_set_by_another_process_is_picked_up(
+    settings: Settings, stored: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.main.MODEL_REFRESH_SECONDS", 0.05)
+    app = create_app(settings)
+
+    async def run() -> dict[str, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+        ):
+            stored.set_default("waste", "v1")  # as a finished training job would
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                serving: dict[str, str] = (await ac.get("/models")).json()["serving"]
+                if serving["name"] == "waste":
+                    return serving
+        raise AssertionError("the new default was never picked up")
+
+    assert asyncio.run(run()) == {"name": "waste", "version": "v1"}
