@@ -1,0 +1,66 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.transforms import IMAGENET_MEAN, IMAGENET_STD
+from training.config import TrainConfig, make_config
+
+
+def test_defaults_are_the_papers_recipe() -> None:
+    config = make_config(data="d", out="o")
+    assert config.recipe == "paper"
+    assert config.model == "se_resnet50"
+    assert config.input_size == 128
+    assert config.hflip is True
+    assert (config.crop_min_scale, config.rotation, config.color_jitter) == (None, 0.0, 0.0)
+    assert (config.optimizer, config.lr, config.weight_decay) == ("adam", 1e-3, 0.0)
+    assert (config.batch_size, config.epochs, config.label_smoothing) == (128, 50, 0.0)
+    assert (config.schedule, config.warmup_epochs) == ("constant", 0)
+    assert (config.mean, config.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert config.split == (0.70, 0.13, 0.17)
+
+
+def test_improved_recipe_and_overrides() -> None:
+    config = make_config("improved", data="d", out="o", epochs=7, lr=None, warmup_epochs=2)
+    assert (config.optimizer, config.schedule, config.label_smoothing) == ("adamw", "cosine", 0.1)
+    assert config.crop_min_scale == 0.5
+    assert config.rotation > 0
+    assert config.color_jitter > 0
+    assert config.epochs == 7
+    assert config.warmup_epochs == 2
+    assert config.lr == 1e-3  # None means "the recipe's value"
+
+
+def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
+    config = make_config("improved", data=str(tmp_path), out="o", model_kwargs={"width": 4})
+    data = config.to_dict()
+    assert isinstance(data["mean"], list)
+    assert TrainConfig.from_dict(data) == config
+    assert "data" not in config.recipe_record()
+    assert config.recipe_record()["optimizer"] == "adamw"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"epochs": 0},
+        {"lr": 0.0},
+        {"optimizer": "adagrad"},
+        {"schedule": "step"},
+        {"split": (0.5, 0.2, 0.2)},
+        {"label_smoothing": 1.0},
+        {"warmup_epochs": 50},
+        {"recipe": "nope"},
+    ],
+)
+def test_invalid_values_raise(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="invalid training config"):
+        TrainConfig(data="d", out="o", **change)
+
+
+def test_unknown_recipe_and_keys_raise() -> None:
+    with pytest.raises(ValueError, match="unknown recipe"):
+        make_config("fancy", data="d", out="o")
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "colour": "red"})

@@ -1,0 +1,123 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
+from training.engine import RunExistsError, TrainResult, amp_dtype, resume, select_device, train
+from training.progress import Progress, TrainingCancelled
+from training.state import load_resume_state
+
+
+def test_callback_reports_every_step_and_each_checkpointed_epoch(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    events: list[Progress] = []
+
+    def callback(progress: Progress) -> None:
+        events.append(progress)
+        if progress.phase == "epoch":
+            # The epoch event comes after its checkpoint is on disk.
+            assert load_resume_state(out / "resume.pt").epoch == progress.epoch
+
+    result = train(tiny_config(image_folder, out, epochs=2, warmup_epochs=0, workers=0), callback=callback)
+    assert result.status == "completed"
+    for epoch in (1, 2):
+        train_steps = [e for e in events if e.epoch == epoch and e.phase == "train"]
+        val_steps = [e for e in events if e.epoch == epoch and e.phase == "val"]
+        assert [e.step for e in train_steps] == [1, 2, 3, 4, 5]  # 36 training images, batch 8
+        assert {e.steps for e in train_steps} == {5}
+        assert [e.step for e in val_steps] == [1]
+        assert all(e.epochs == 2 and {"loss", "accuracy"} <= set(e.metrics) for e in train_steps + val_steps)
+    assert [(e.epoch, e.phase) for e in events if e.phase == "epoch"] == [(1, "epoch"), (2, "epoch")]
+    # The epoch event carries the epoch's history record.
+    history = json.loads((out / "history.json").read_text())
+    assert [dict(e.metrics) for e in events if e.phase == "epoch"] == history
+    etas = [e.eta_seconds for e in events if e.eta_seconds is not None]
+    assert len(etas) == len(events)
+    assert all(eta >= 0 for eta in etas)
+    assert events[-1].eta_seconds == 0.0
+    assert etas[0] > 0
+
+
+def test_cancelling_stops_cleanly_and_the_run_resumes_exactly(
+    reference_data: Path, reference_run: TrainResult, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+
+    def cancel_in_epoch_two(progress: Progress) -> None:
+        if progress.epoch == 2 and progress.phase == "train" and progress.step == 2:
+            raise TrainingCancelled
+
+    result = train(tiny_config(reference_data, out, workers=0), callback=cancel_in_epoch_two)
+    assert (result.status, result.epochs_completed) == ("cancelled", 1)
+    assert load_resume_state(out / "resume.pt").epoch == 1
+    assert not (out / "final.pt").exists()
+    assert not (out / "report.json").exists()
+
+    resumed = resume(out)
+    assert (resumed.status, resumed.epochs_completed) == ("completed", 3)
+    reference = reference_run.out_dir
+    assert_same_weights(checkpoint_weights(out / "final.pt"), checkpoint_weights(reference / "final.pt"))
+    assert_same_weights(checkpoint_weights(out / "best.pt"), checkpoint_weights(reference / "best.pt"))
+    history = json.loads((out / "history.json").read_text())
+    assert without_timing(history) == without_timing(json.loads((reference / "history.json").read_text()))
+
+
+def test_a_run_stopped_in_its_first_epoch_restarts_from_its_saved_config(
+    reference_data: Path, reference_run: TrainResult, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+
+    def cancel_in_epoch_one(progress: Progress) -> None:
+        if progress.epoch == 1 and progress.step == 3:
+            raise TrainingCancelled
+
+    assert (
+        train(tiny_config(reference_data, out, workers=0), callback=cancel_in_epoch_one).epochs_completed == 0
+    )
+    assert not (out / "resume.pt").exists()
+    assert resume(out).status == "completed"
+    assert_same_weights(
+        checkpoint_weights(out / "final.pt"), checkpoint_weights(reference_run.out_dir / "final.pt")
+    )
+
+
+def test_resume_file_is_weights_only(reference_run: TrainResult) -> None:
+    payload = torch.load(reference_run.out_dir / "resume.pt", weights_only=True)
+    assert payload["format"] == "trashcam.resume"
+    assert payload["epoch"] == 3
+    assert isinstance(payload["rng"]["torch"], torch.Tensor)
+    assert isinstance(payload["rng"]["python"]["state"], torch.Tensor)
+    assert payload["optimizer"]["state"]
+    assert payload["scheduler"]["last_epoch"] == 15
+    assert len(payload["history"]) == 3
+    assert payload["config"]["seed"] == 7
+
+
+def test_a_finished_run_resumes_to_the_same_outputs(reference_run: TrainResult, tmp_path: Path) -> None:
+    # Resuming after the last epoch (e.g. after a kill during the final report) only redoes the report.
+    final = checkpoint_weights(reference_run.out_dir / "final.pt")
+    result = resume(reference_run.out_dir)
+    assert result.status == "completed"
+    assert result.test_accuracy == reference_run.test_accuracy
+    assert_same_weights(checkpoint_weights(reference_run.out_dir / "final.pt"), final)
+
+
+def test_a_run_folder_is_not_overwritten(reference_run: TrainResult, reference_data: Path) -> None:
+    with pytest.raises(RunExistsError):
+        train(tiny_config(reference_data, reference_run.out_dir))
+
+
+def test_bf16_autocast_on_the_cpu(image_folder: Path, tmp_path: Path) -> None:
+    assert amp_dtype(torch.device("cpu"), True) == torch.bfloat16
+    assert amp_dtype(torch.device("cpu"), False) is None
+    assert select_device("cpu") == torch.device("cpu")
+    result = train(
+        tiny_config(image_folder, tmp_path / "run", epochs=1, warmup_epochs=0, amp=True, workers=0)
+    )
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert result.status == "completed"
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    # Weights stay fp32; only the arithmetic is bf16.
+    assert all(t.dtype == torch.float32 for t in checkpoint_weights(tmp_path / "run" / "final.pt").values())

@@ -1,0 +1,206 @@
+"""Safe extraction of data-set archives (``.tar.gz``/``.tgz``/``.tar`` and ``.zip``).
+
+Every member is checked before anything is written: absolute names, ``..`` that would climb out of the
+target, and links pointing outside it are refused; the total uncompressed size and the number of files
+are capped (also while streaming, since a zip may under-declare its sizes). Only regular files and
+folders are extracted; other members (links that stay inside, devices, fifos) are skipped and logged.
+Extraction goes to a temporary sibling folder that is renamed into place, so a killed extraction never
+looks complete.
+"""
+
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from models.checkpoint import file_sha256
+from training.files import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+DEFAULT_MAX_BYTES = 8 << 30
+DEFAULT_MAX_FILES = 200_000
+#: Written last into an extraction folder; it names the archive digest the folder holds.
+MARKER = ".trashcam-extracted.json"
+_CHUNK = 1 << 20
+
+
+class ArchiveError(Exception):
+    """An archive is unsafe, too large, or unreadable."""
+
+
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a supported archive format (by its suffix)."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def safe_member_path(name: str) -> PurePosixPath:
+    """The member's path relative to the target, or :class:`ArchiveError` if it could escape it."""
+    # Zip tools on Windows write backslashes; treat them as separators so they cannot hide a "..".
+    normalized = name.replace("\\", "/")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise ArchiveError(f"absolute path in archive: {name!r}")
+    parts = [part for part in PurePosixPath(normalized).parts if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"path escapes the target folder: {name!r}")
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _link_escapes(member_path: PurePosixPath, target: str, *, hard: bool) -> bool:
+    if target.startswith("/"):
+        return True
+    # A symlink resolves against its own folder, a hard link against the archive root.
+    base = "" if hard else str(member_path.parent)
+    resolved = posixpath.normpath(posixpath.join(base, target.replace("\\", "/")))
+    return resolved == ".." or resolved.startswith("../")
+
+
+class _Budget:
+    """Counts files and bytes against the caps."""
+
+    def __init__(self, max_bytes: int, max_files: int) -> None:
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes, self.files = 0, 0
+
+    def add_file(self, declared_size: int = 0) -> None:
+        """Count one file; refuse it early if its declared size alone would break the cap."""
+        self.files += 1
+        if self.files > self.max_files:
+            raise ArchiveError(f"archive holds more than {self.max_files} files")
+        if self.bytes + declared_size > self.max_bytes:
+            raise ArchiveError(f"archive expands to more than {self.max_bytes} bytes")
+
+    def add_bytes(self, size: int) -> None:
+        self.bytes += size
+        if self.bytes > self.max_bytes:
+            raise ArchiveError(f"archive expands to more than {self.max_bytes} bytes")
+
+
+def _copy_capped(source: IO[bytes], dest: Path, budget: _Budget) -> None:
+    with open(dest, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            budget.add_bytes(len(chunk))
+            out.write(chunk)
+
+
+def _extract_tar(archive: Path, target: Path, budget: _Budget) -> None:
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            rel = safe_member_path(member.name)
+            if member.issym() or member.islnk():
+                if _link_escapes(rel, member.linkname, hard=member.islnk()):
+                    raise ArchiveError(
+                        f"link escapes the target folder: {member.name!r} -> {member.linkname!r}"
+                    )
+                logger.warning("skipping link in archive: %s", member.name)
+            elif member.isdir():
+                (target / rel).mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                budget.add_file(member.size)
+                handle = tar.extractfile(member)
+                if handle is None:
+                    raise ArchiveError(f"cannot read archive member {member.name!r}")
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                with handle:
+                    _copy_capped(handle, target / rel, budget)
+            else:
+                logger.warning("skipping special file in archive: %s", member.name)
+
+
+def _extract_zip(archive: Path, target: Path, budget: _Budget) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            rel = safe_member_path(info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                link_target = zf.read(info).decode("utf-8", errors="replace")
+                if _link_escapes(rel, link_target, hard=False):
+                    raise ArchiveError(
+                        f"link escapes the target folder: {info.filename!r} -> {link_target!r}"
+                    )
+                logger.warning("skipping link in archive: %s", info.filename)
+            elif info.is_dir():
+                (target / rel).mkdir(parents=True, exist_ok=True)
+            else:
+                # Declared zip sizes can lie; _copy_capped counts the bytes actually written.
+                budget.add_file()
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as handle:
+                    _copy_capped(handle, target / rel, budget)
+
+
+def extract_archive(
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> Path:
+    """Safely extract ``archive`` into the new folder ``dest`` (which must not exist); return ``dest``."""
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise ArchiveError(f"{archive}: no such archive")
+    if dest.exists():
+        raise ArchiveError(f"{dest}: extraction target already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    budget = _Budget(max_bytes, max_files)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, staging, budget)
+        elif is_archive(archive):
+            _extract_tar(archive, staging, budget)
+        else:
+            raise ArchiveError(
+                f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})"
+            )
+        os.replace(staging, dest)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArchiveError(f"{archive}: cannot extract: {error}") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("extracted %s (%d files, %d bytes) to %s", archive, budget.files, budget.bytes, dest)
+    return dest
+
+
+def ensure_extracted(
+    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, sha256: str | None = None
+) -> Path:
+    """Extract ``archive`` into ``dest`` unless ``dest`` already holds this archive; return ``dest``.
+
+    ``sha256`` is the archive digest the caller expects (e.g. from a manifest). If the archive is gone
+    but ``dest`` holds an extraction with that digest, the extraction is used as it is.
+    """
+    archive, dest = Path(archive), Path(dest)
+    held = _extracted_digest(dest)
+    if not archive.is_file():
+        if sha256 is not None and held == sha256:
+            return dest
+        raise ArchiveError(f"{archive}: no such archive")
+    actual = file_sha256(archive)
+    if sha256 is not None and actual != sha256:
+        raise ArchiveError(f"{archive}: sha256 {actual} differs from the expected {sha256}")
+    if held == actual:
+        return dest
+    if dest.exists():
+        raise ArchiveError(f"{dest}: exists and does not hold an extraction of {archive}")
+    extract_archive(archive, dest)
+    write_json(dest / MARKER, {"source": str(archive), "sha256": actual})
+    return dest
+
+
+def _extracted_digest(dest: Path) -> str | None:
+    marker = dest / MARKER
+    if not marker.is_file():
+        return None
+    data = read_json(marker)
+    return str(data["sha256"]) if isinstance(data, dict) and "sha256" in data else None

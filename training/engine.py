@@ -1,0 +1,393 @@
+"""The training loop: epochs, checkpoints after each one, resume, and the final test report.
+
+Run folder layout (``config.out``)::
+
+    config.json        the run's TrainConfig          manifest.json   the split (see training.split)
+    resume.pt          state after the last epoch     history.json    per-epoch metrics (lr: at the
+                                                                      epoch's first step)
+    best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
+    report.json, confusion_matrix.png                 test report of best.pt
+    data/              the extracted archive, when the data set is one
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models import create_model
+from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from training.augment import build_train_transform
+from training.config import TrainConfig
+from training.data import EpochShuffleSampler, ImageDataset, make_loader
+from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
+from training.files import read_json, write_json
+from training.optim import build_criterion, build_optimizer, build_scheduler
+from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
+from training.report import plot_curves
+from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from training.split import Manifest, create_manifest, load_manifest, manifest_data_root, save_manifest
+from training.state import ResumeError, ResumeState, load_resume_state, save_resume_state
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, MANIFEST_FILE, RESUME_FILE = "config.json", "manifest.json", "resume.pt"
+HISTORY_FILE, BEST_FILE, FINAL_FILE = "history.json", "best.pt", "final.pt"
+DATA_DIR = "data"
+
+
+class RunExistsError(Exception):
+    """``train`` was asked to start a run in a folder that already holds one."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a call to :func:`train` or :func:`resume` ended (``test_accuracy`` is best.pt's)."""
+
+    status: Literal["completed", "cancelled"]
+    out_dir: Path
+    epochs_completed: int
+    best_val_accuracy: float
+    best_epoch: int
+    test_accuracy: float | None = None
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else CUDA when available, else the CPU."""
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Autocast dtype: bf16 on the CPU and on GPUs that support it, else fp16 (with a GradScaler)."""
+    if not enabled:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def model_spec(config: TrainConfig, manifest: Manifest, metrics: dict[str, Any] | None = None) -> ModelSpec:
+    """The spec that every checkpoint of this run carries (recipe and data set included)."""
+    recipe = {**config.recipe_record(), "data_source": manifest.source, "data_digest": manifest.digest}
+    return ModelSpec(
+        arch=config.model,
+        class_names=manifest.class_names,
+        input_size=config.input_size,
+        mean=config.mean,
+        std=config.std,
+        arch_kwargs=dict(config.model_kwargs),
+        recipe=recipe,
+        metrics=metrics or {},
+    )
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    amp: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the (detached) loss and logits."""
+    with autocast(images.device, amp):
+        logits = model(images)
+        loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+class _Run:
+    """One training process's view of a run: the objects it trains and the state it checkpoints."""
+
+    def __init__(
+        self, config: TrainConfig, manifest: Manifest, root: Path, callback: ProgressCallback | None
+    ) -> None:
+        self.config, self.manifest, self.callback = config, manifest, callback
+        self.out = Path(config.out)
+        self.device = select_device(config.device)
+        self.amp = amp_dtype(self.device, config.amp)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        seed_everything(derive_seed(config.seed, "init"))
+        self.model = create_model(
+            config.model, num_classes=len(manifest.class_names), **config.model_kwargs
+        ).to(self.device)
+        self._build_loaders(root)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.criterion = build_criterion(config)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best_val_accuracy, self.best_epoch = -1.0, 0
+        self.clock = EtaClock(self._units(config.epochs))
+
+    def _build_loaders(self, root: Path) -> None:
+        config, manifest = self.config, self.manifest
+        train_samples = manifest.select("train")
+        self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
+        train_set = ImageDataset(root, train_samples, build_train_transform(config))
+        self.train_loader = make_loader(
+            train_set,
+            batch_size=config.batch_size,
+            device=self.device,
+            workers=config.workers,
+            sampler=self.sampler,
+        )
+        self.val_loader = eval_loader(
+            model_spec(config, manifest),
+            root,
+            manifest.select("val"),
+            batch_size=config.batch_size,
+            device=self.device,
+            workers=config.workers,
+        )
+
+    def _units(self, epochs: int) -> int:
+        return epochs * (len(self.train_loader) + len(self.val_loader))
+
+    def load(self, state: ResumeState) -> None:
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        restore_rng_state(state.rng)
+        self.epoch, self.history = state.epoch, list(state.history)
+        self.best_val_accuracy, self.best_epoch = state.best_val_accuracy, state.best_epoch
+        self.clock = EtaClock(self._units(self.config.epochs), self._units(self.epoch))
+
+    def state(self) -> ResumeState:
+        return ResumeState(
+            config=self.config.to_dict(),
+            epoch=self.epoch,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            rng=capture_rng_state(),
+            history=self.history,
+            best_val_accuracy=self.best_val_accuracy,
+            best_epoch=self.best_epoch,
+            manifest_digest=self.manifest.digest,
+        )
+
+    def _report(self, phase: Phase, step: int, steps: int, metrics: dict[str, float], done: int) -> None:
+        if self.callback is not None:
+            progress = Progress(
+                phase=phase,
+                epoch=self.epoch + 1 if phase != "epoch" else self.epoch,
+                epochs=self.config.epochs,
+                step=step,
+                steps=steps,
+                metrics=metrics,
+                eta_seconds=self.clock.eta(done),
+            )
+            self.callback(progress)
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        done = self._units(self.epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        loader: DataLoader[tuple[torch.Tensor, int]] = self.train_loader
+        for step, (images, labels) in enumerate(loader, start=1):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            loss, logits = train_step(
+                self.model,
+                images,
+                labels,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                criterion=self.criterion,
+                amp=self.amp,
+            )
+            self.scheduler.step()
+            loss_sum += float(loss) * len(labels)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+            metrics = {"loss": loss_sum / seen, "accuracy": correct / seen}
+            self._report("train", step, len(loader), metrics, done + step)
+        return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+    def val_epoch(self) -> dict[str, float]:
+        done = self._units(self.epoch) + len(self.train_loader)
+        predictions = predict(
+            self.model,
+            self.val_loader,
+            device=self.device,
+            amp_dtype=self.amp,
+            on_step=lambda step, steps, metrics: self._report("val", step, steps, dict(metrics), done + step),
+        )
+        return {"loss": predictions.loss, "accuracy": predictions.accuracy}
+
+    def run_epoch(self) -> None:
+        epoch = self.epoch + 1
+        # Reseeding from (seed, epoch) makes the epoch independent of the process that runs it.
+        seed_everything(derive_seed(self.config.seed, "epoch", epoch))
+        self.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        train = self.train_epoch()
+        val = self.val_epoch()
+        record = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+        }
+        self.epoch = epoch
+        self.history.append(record)
+        if val["accuracy"] > self.best_val_accuracy:
+            self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
+            self._save_model(BEST_FILE, record)
+        # The resume file goes last: a kill before it only repeats this epoch, deterministically.
+        save_resume_state(self.out / RESUME_FILE, self.state())
+        self._write_history()
+        logger.info(
+            "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)",
+            epoch,
+            self.config.epochs,
+            record["train_loss"],
+            record["train_accuracy"],
+            record["val_loss"],
+            record["val_accuracy"],
+            record["seconds"],
+        )
+        self._report("epoch", len(self.train_loader), len(self.train_loader), record, self._units(epoch))
+
+    def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
+        save_checkpoint(self.out / name, self.model, model_spec(self.config, self.manifest, metrics))
+
+    def _write_history(self) -> None:
+        write_json(self.out / HISTORY_FILE, self.history)
+        plot_curves(self.history, self.out)
+
+    def finish(self, root: Path) -> float:
+        """final.pt, then the test report of best.pt; returns best.pt's test accuracy."""
+        self._write_history()
+        test = self.manifest.select("test")
+        spec = model_spec(self.config, self.manifest)
+        loader = eval_loader(
+            spec,
+            root,
+            test,
+            batch_size=self.config.batch_size,
+            device=self.device,
+            workers=self.config.workers,
+        )
+        final_test = predict(self.model, loader, device=self.device)
+        last = self.history[-1]
+        self._save_model(
+            FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
+        )
+        report = evaluate_checkpoint(
+            self.out / BEST_FILE,
+            root=root,
+            samples=test,
+            data_classes=self.manifest.class_names,
+            device=self.device,
+            batch_size=self.config.batch_size,
+            workers=self.config.workers,
+            split="test",
+            manifest_digest=self.manifest.digest,
+            best_epoch=self.best_epoch,
+            skipped_images=[{"path": path, "error": error} for path, error in self.manifest.skipped],
+        )
+        # best.pt is rewritten with the weights of its epoch, now with its test metrics too.
+        best = self.history[self.best_epoch - 1]
+        best_metrics = {**best, "test_loss": report["loss"], "test_accuracy": report["accuracy"]}
+        _rewrite_metrics(self.out / BEST_FILE, best_metrics)
+        write_report(report, self.out)
+        return float(report["accuracy"])
+
+
+def _rewrite_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    checkpoint = load_checkpoint(path)
+    spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "metrics": metrics})
+    save_checkpoint(path, checkpoint.state_dict, spec)
+
+
+def _fit(run: _Run, root: Path) -> TrainResult:
+    try:
+        while run.epoch < run.config.epochs:
+            run.run_epoch()
+    except TrainingCancelled:
+        logger.info("training cancelled; resumable from epoch %d", run.epoch)
+        return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)
+    test_accuracy = run.finish(root)
+    logger.info(
+        "finished: best val acc %.4f (epoch %d), test acc %.4f",
+        run.best_val_accuracy,
+        run.best_epoch,
+        test_accuracy,
+    )
+    return TrainResult("completed", run.out, run.epoch, run.best_val_accuracy, run.best_epoch, test_accuracy)
+
+
+def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> TrainResult:
+    """Start a new run in ``config.out``: split the data set, train, checkpoint, report.
+
+    Raises :class:`RunExistsError` if the folder already holds a run (use :func:`resume`).
+    """
+    out = Path(config.out)
+    if (out / RESUME_FILE).exists() or (out / MANIFEST_FILE).exists():
+        raise RunExistsError(f"{out} already holds a run; resume it or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, root = create_manifest(config.data, out / DATA_DIR, seed=config.seed, fractions=config.split)
+    for split, count in ((s, len(manifest.select(s))) for s in ("train", "val", "test")):
+        if count == 0:
+            raise ValueError(f"the {split} split is empty; the data set is too small to split")
+    write_json(out / CONFIG_FILE, config.to_dict())
+    save_manifest(manifest, out / MANIFEST_FILE)
+    logger.info("split %s: %s", config.data, {s: len(manifest.select(s)) for s in ("train", "val", "test")})
+    return _fit(_Run(config, manifest, root, callback), root)
+
+
+def resume(
+    out_dir: str | Path,
+    *,
+    callback: ProgressCallback | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+) -> TrainResult:
+    """Continue the run in ``out_dir`` after its last completed epoch, with the same split, optimiser
+    and schedule state. ``device`` and ``workers`` may differ from the original run.
+
+    A run stopped before its first epoch finished (no resume file yet) starts again from its saved
+    config and manifest.
+    """
+    out = Path(out_dir)
+    state = load_resume_state(out / RESUME_FILE) if (out / RESUME_FILE).exists() else None
+    if state is None and not (out / CONFIG_FILE).is_file():
+        raise ResumeError(f"{out}: no run to resume (no {RESUME_FILE} or {CONFIG_FILE})")
+    saved = state.config if state is not None else read_json(out / CONFIG_FILE)
+    runtime = {"device": device, "workers": workers}
+    config = TrainConfig.from_dict(saved).replace(
+        out=str(out), **{key: value for key, value in runtime.items() if value is not None}
+    )
+    manifest = load_manifest(out / MANIFEST_FILE)
+    if state is not None and manifest.digest != state.manifest_digest:
+        raise ResumeError(f"{out}: manifest does not match the resume file")
+    root = manifest_data_root(manifest, out / DATA_DIR)
+    run = _Run(config, manifest, root, callback)
+    if state is not None:
+        run.load(state)
+    logger.info("resuming %s after epoch %d of %d", out, run.epoch, config.epochs)
+    return _fit(run, root)

@@ -1,0 +1,151 @@
+"""Evaluating a model on a split: predictions, loss, and the test report.
+
+Preprocessing always comes from the checkpoint spec (``models.transforms.build_eval_transform``), the
+same as the API and the worker use.
+"""
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from models.checkpoint import ModelSpec, load_checkpoint
+from models.checkpoint import build_model as build_checkpoint_model
+from models.transforms import build_eval_transform
+from training.data import DataError, ImageDataset, Sample, make_loader
+from training.files import write_json
+from training.report import IntArray, classification_metrics, plot_confusion_matrix
+
+logger = logging.getLogger(__name__)
+
+#: Called after each batch with (step, steps, running metrics).
+StepCallback = Callable[[int, int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Targets and predicted classes of every image, and the mean cross-entropy."""
+
+    targets: IntArray
+    predictions: IntArray
+    loss: float
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.targets == self.predictions).mean()) if len(self.targets) else 0.0
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast | nullcontext[None]:
+    """Mixed precision at ``dtype`` on ``device``, or nothing when ``dtype`` is ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, int]],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    on_step: StepCallback | None = None,
+) -> Predictions:
+    """Run ``model`` in eval mode over ``loader``. The loss is plain cross-entropy (no label smoothing),
+    so validation curves compare across recipes."""
+    model.eval()
+    targets, predictions = [], []
+    loss_sum, seen, correct = 0.0, 0, 0
+    steps = len(loader)
+    for step, (images, labels) in enumerate(loader, start=1):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        predicted = logits.argmax(dim=1)
+        seen += len(labels)
+        correct += int((predicted == labels).sum())
+        targets.append(labels.cpu())
+        predictions.append(predicted.cpu())
+        if on_step is not None:
+            on_step(step, steps, {"loss": loss_sum / seen, "accuracy": correct / seen})
+    return Predictions(
+        targets=torch.cat(targets).numpy().astype(np.int64) if targets else np.zeros(0, dtype=np.int64),
+        predictions=torch.cat(predictions).numpy().astype(np.int64)
+        if predictions
+        else np.zeros(0, dtype=np.int64),
+        loss=loss_sum / seen if seen else float("nan"),
+    )
+
+
+def eval_loader(
+    spec: ModelSpec,
+    root: Path,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int,
+    device: torch.device,
+    workers: int | None,
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A loader over ``samples`` preprocessed by the spec's eval transform."""
+    dataset = ImageDataset(root, samples, build_eval_transform(spec))
+    return make_loader(dataset, batch_size=batch_size, device=device, workers=workers)
+
+
+def remap_labels(
+    samples: Sequence[Sample], data_classes: Sequence[str], model_classes: Sequence[str]
+) -> list[Sample]:
+    """Relabel samples from the data set's class order to the model's, by class name."""
+    missing = [name for name in data_classes if name not in model_classes]
+    if missing:
+        raise DataError(f"data set classes {missing} are not classes of the model {list(model_classes)}")
+    index = {name: model_classes.index(name) for name in data_classes}
+    return [(path, index[data_classes[label]]) for path, label in samples]
+
+
+def build_report(predictions: Predictions, spec: ModelSpec, **context: Any) -> dict[str, Any]:
+    """The report: ``context`` (split, checkpoint, data set...), loss and the classification metrics."""
+    metrics = classification_metrics(predictions.targets, predictions.predictions, spec.class_names)
+    return {**context, "loss": predictions.loss, "class_names": list(spec.class_names), **metrics}
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
+    """``report.json`` and ``confusion_matrix.png`` in ``out_dir``."""
+    write_json(out_dir / "report.json", dict(report))
+    matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    plot_confusion_matrix(matrix, report["class_names"], out_dir / "confusion_matrix.png")
+
+
+def evaluate_checkpoint(
+    checkpoint_path: Path,
+    *,
+    root: Path,
+    samples: Sequence[Sample],
+    data_classes: Sequence[str],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(device)
+    samples = remap_labels(samples, data_classes, checkpoint.spec.class_names)
+    loader = eval_loader(
+        checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=workers
+    )
+    predictions = predict(model, loader, device=device)
+    logger.info("%s: accuracy %.4f on %d images", checkpoint_path, predictions.accuracy, len(samples))
+    return build_report(
+        predictions,
+        checkpoint.spec,
+        checkpoint=str(checkpoint_path),
+        checkpoint_sha256=checkpoint.sha256,
+        **context,
+    )

@@ -1,0 +1,310 @@
+"""Command line: ``python -m training.run {train,resume,evaluate,speed} ...``.
+
+python -m training.run train --data ../shared/data/trashnet-112.tar.gz --model se_resnet50 --out runs/se
+python -m training.run resume --out runs/se
+python -m training.run evaluate --checkpoint runs/se/best.pt --manifest runs/se/manifest.json
+python -m training.run speed --model resnet50 --batch-size 32 --input-size 128
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# tqdm ships no type information and the dev dependencies pin no stubs for it.
+from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+
+from models import list_models
+from models.checkpoint import CheckpointError, load_checkpoint
+from training.archive import ArchiveError
+from training.config import DEFAULT_SPLIT, OPTIMIZERS, RECIPES, SCHEDULES, make_config
+from training.data import DataError
+from training.engine import DATA_DIR, RunExistsError, TrainResult, resume, select_device, train
+from training.evaluation import evaluate_checkpoint, write_report
+from training.progress import Progress, ProgressCallback
+from training.speed import PRECISIONS, time_train_steps
+from training.split import SPLITS, create_manifest, load_manifest, manifest_data_root
+from training.state import ResumeError
+
+logger = logging.getLogger("training.run")
+
+#: ``train`` options copied into the TrainConfig as they are (``None``: the recipe's value).
+CONFIG_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "input_size",
+    "hflip",
+    "crop_min_scale",
+    "rotation",
+    "color_jitter",
+    "seed",
+    "amp",
+    "device",
+    "workers",
+    "model_kwargs",
+)
+#: Errors that mean bad input or a bad file, reported as one line instead of a traceback.
+USER_ERRORS = (ArchiveError, CheckpointError, DataError, ResumeError, RunExistsError, ValueError)
+
+
+class TqdmProgress:
+    """A progress bar per epoch phase, with running loss, accuracy and the run's ETA."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm[Any] | None = None
+        self.key: tuple[int, str] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase == "epoch":
+            self.close()
+            return
+        key = (progress.epoch, progress.phase)
+        if self.bar is None or key != self.key:
+            self.close()
+            desc = f"epoch {progress.epoch}/{progress.epochs} {progress.phase}"
+            self.bar = tqdm(
+                total=progress.steps, desc=desc, unit="batch", leave=False, disable=not self.enabled
+            )
+            self.key = key
+        metrics = progress.metrics
+        eta = "?" if progress.eta_seconds is None else tqdm.format_interval(progress.eta_seconds)
+        self.bar.set_postfix(
+            loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}", run_eta=eta, refresh=False
+        )
+        self.bar.update(progress.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def kill_after_epoch(epoch: int) -> ProgressCallback:
+    """A callback that SIGKILLs this process once ``epoch`` is checkpointed: a real crash, for testing
+    that a run resumes exactly (no cleanup code runs, as after an out-of-memory kill)."""
+
+    def callback(progress: Progress) -> None:
+        if progress.phase == "epoch" and progress.epoch == epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return callback
+
+
+def _callbacks(*callbacks: ProgressCallback | None) -> ProgressCallback:
+    active = [callback for callback in callbacks if callback is not None]
+
+    def callback(progress: Progress) -> None:
+        for each in active:
+            each(progress)
+
+    return callback
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--workers", type=int, help="data-loader processes (default: sized to the CPUs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--kill-after-epoch",
+        type=int,
+        metavar="K",
+        help="testing: SIGKILL the process once epoch K is checkpointed",
+    )
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", required=True, help="image folder (one sub-folder per class), .tar.gz or .zip"
+    )
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--model", default="se_resnet50", choices=list_models())
+    parser.add_argument(
+        "--model-kwargs", type=json.loads, help="builder keywords as JSON, e.g. '{\"width\": 4}'"
+    )
+    parser.add_argument(
+        "--recipe", default="paper", choices=list(RECIPES), help="defaults for the options below"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--schedule", choices=SCHEDULES)
+    parser.add_argument("--warmup-epochs", type=int)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--crop-min-scale", type=float, help="random-resized-crop minimum area fraction")
+    parser.add_argument("--rotation", type=float, help="random rotation range in degrees")
+    parser.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation jitter")
+    parser.add_argument("--mean", type=float, nargs=3)
+    parser.add_argument("--std", type=float, nargs=3)
+    parser.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16/fp16 autocast"
+    )
+    _add_runtime_args(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train_args(commands.add_parser("train", help="start a new run"))
+    resume_parser = commands.add_parser("resume", help="continue a run after its last checkpointed epoch")
+    resume_parser.add_argument("--out", required=True, help="run folder")
+    _add_runtime_args(resume_parser)
+    evaluate = commands.add_parser("evaluate", help="test report of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, type=Path)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="data set; split again with the checkpoint's seed and fractions")
+    source.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
+    evaluate.add_argument("--split", default="test", choices=[*SPLITS, "all"])
+    evaluate.add_argument(
+        "--out", type=Path, help="report folder (default: <checkpoint folder>/eval-<split>)"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device")
+    evaluate.add_argument("--workers", type=int)
+    speed = commands.add_parser("speed", help="time training steps per precision")
+    speed.add_argument("--model", default="resnet50", choices=list_models())
+    speed.add_argument("--batch-size", type=int, default=32)
+    speed.add_argument("--input-size", type=int, default=128)
+    speed.add_argument("--steps", type=int, default=5)
+    speed.add_argument("--warmup", type=int, default=2)
+    speed.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(PRECISIONS))
+    speed.add_argument("--device")
+    return parser
+
+
+def _finish(result: TrainResult) -> int:
+    test = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    sys.stdout.write(
+        f"{result.status}: {result.epochs_completed} epochs, best val acc {result.best_val_accuracy:.4f} "
+        f"(epoch {result.best_epoch}), test acc {test}, in {result.out_dir}\n"
+    )
+    return 0 if result.status == "completed" else 3
+
+
+def _progress(args: argparse.Namespace) -> tuple[TqdmProgress, ProgressCallback]:
+    bar = TqdmProgress(enabled=not args.no_progress)
+    kill = None if args.kill_after_epoch is None else kill_after_epoch(args.kill_after_epoch)
+    return bar, _callbacks(bar, kill)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    options = {key: getattr(args, key) for key in CONFIG_OPTIONS}
+    if options["model_kwargs"] is not None and not isinstance(options["model_kwargs"], dict):
+        raise ValueError("--model-kwargs must be a JSON object")
+    for key in ("mean", "std", "split"):
+        value = getattr(args, key)
+        options[key] = None if value is None else tuple(value)
+    config = make_config(args.recipe, data=args.data, out=args.out, model=args.model, **options)
+    bar, callback = _progress(args)
+    try:
+        return _finish(train(config, callback=callback))
+    finally:
+        bar.close()
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    bar, callback = _progress(args)
+    try:
+        return _finish(resume(args.out, callback=callback, device=args.device, workers=args.workers))
+    finally:
+        bar.close()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    spec = load_checkpoint(args.checkpoint).spec
+    out = args.out or args.checkpoint.parent / f"eval-{args.split}"
+    with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
+        if args.manifest is not None:
+            manifest = load_manifest(args.manifest)
+            root = manifest_data_root(manifest, args.manifest.parent / DATA_DIR)
+        else:
+            seed = int(spec.recipe.get("seed", 0))
+            split = spec.recipe.get("split", DEFAULT_SPLIT)
+            fractions = (float(split[0]), float(split[1]), float(split[2]))
+            manifest, root = create_manifest(
+                args.data, Path(scratch) / DATA_DIR, seed=seed, fractions=fractions
+            )
+            if manifest.digest != spec.recipe.get("data_digest"):
+                logger.warning("data set or split differs from the one %s was trained on", args.checkpoint)
+        report = evaluate_checkpoint(
+            args.checkpoint,
+            root=root,
+            samples=manifest.select(args.split),
+            data_classes=manifest.class_names,
+            device=select_device(args.device),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            split=args.split,
+            data_source=manifest.source,
+            manifest_digest=manifest.digest,
+            skipped_images=[{"path": path, "error": error} for path, error in manifest.skipped],
+        )
+    write_report(report, out)
+    sys.stdout.write(
+        f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images: {out}\n"
+    )
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    timings = [
+        time_train_steps(
+            args.model,
+            precision=precision,
+            batch_size=args.batch_size,
+            input_size=args.input_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=device,
+        )
+        for precision in args.precisions
+    ]
+    for timing in timings:
+        ratio = timings[0].seconds_per_step / timing.seconds_per_step
+        sys.stdout.write(
+            f"{args.model} {device} batch {args.batch_size} {args.input_size}px {timing.precision}: "
+            f"{timing.seconds_per_step:.3f} s/step, {timing.images_per_second:.1f} img/s, "
+            f"x{ratio:.2f} vs {timings[0].precision}\n"
+        )
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate, "speed": cmd_speed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        with logging_redirect_tqdm():
+            return COMMANDS[args.command](args)
+    except USER_ERRORS as error:
+        logger.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.warning("interrupted; `python -m training.run resume --out ...` continues from the last epoch")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
