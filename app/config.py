@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     training_queue: str = "training"
     heatmaps_queue: str = "heatmaps"
     data_root: Path | None = Field(None, description="folder that POST /train may read data sets from")
+    max_archive_upload_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=1, description="size of an uploaded archive"
+    )
+    # A job whose worker stops renewing its lock for this long is considered lost and resubmitted.
+    job_lock_seconds: int = Field(120, ge=5)
+    # Redis redelivers an unacknowledged task after this long (a backstop for the lock above).
+    job_visibility_timeout_seconds: int = Field(6 * 3600, ge=60)
+    job_recovery_interval_seconds: float = Field(30.0, gt=0)
 
     @property
     def models_dir(self) -> Path:

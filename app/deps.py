@@ -5,10 +5,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from app.config import Settings
+from app.jobs import JobSubmitter
 from app.metrics import Metrics
 from app.security import API_KEY_HEADER, check_api_key
 from app.serving import InferenceService
 from models.store import ModelStore
+from worker.jobs import JobStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -26,6 +28,16 @@ def get_store(request: Request) -> ModelStore:
     return store
 
 
+def get_jobs(request: Request) -> JobStore:
+    jobs: JobStore = request.app.state.jobs
+    return jobs
+
+
+def get_submitter(request: Request) -> JobSubmitter:
+    submitter: JobSubmitter = request.app.state.submitter
+    return submitter
+
+
 def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -35,6 +47,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+SubmitterDep = Annotated[JobSubmitter, Depends(get_submitter)]
 ApiKeyHeader = Annotated[str | None, Header(alias=API_KEY_HEADER, description="an API key")]
 
 

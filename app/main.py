@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
+from app.jobs import JobSubmitter
 from app.metrics import Metrics
-from app.routes import classify, explain, health
+from app.routes import batches, classify, explain, health, jobs
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
 from models.store import ModelStore
+from worker.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,31 @@ async def follow_default_model(app: FastAPI) -> None:
                 metrics.model_loads.inc()
         except Exception:
             logger.exception("could not load the new default model; still serving the previous one")
+
+
+async def recover_lost_jobs(app: FastAPI) -> None:
+    """Resubmit jobs whose worker died or whose queue message a Redis restart lost."""
+    settings: Settings = app.state.settings
+    jobs_store: JobStore = app.state.jobs
+    while True:
+        try:
+            for job in await run_in_threadpool(jobs_store.orphans):
+                logger.warning("resubmitting %s job %s (was %s)", job.kind, job.id, job.state)
+                job.attempts += 1
+                job.state = "queued"
+                jobs_store.save(job)
+                app.state.submitter(job)
+        except Exception:
+            logger.exception("job recovery failed; will retry")
+        await asyncio.sleep(settings.job_recovery_interval_seconds)
+
+
+def celery_submitter(settings: Settings) -> JobSubmitter:
+    from worker.celery_app import create_celery
+    from worker.recovery import submit
+
+    celery = create_celery(settings)
+    return lambda job: submit(celery, job)
 
 
 @asynccontextmanager
@@ -59,17 +86,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.service = service
     service.start()
-    follower = asyncio.create_task(follow_default_model(app))
+    background = [
+        asyncio.create_task(follow_default_model(app)),
+        asyncio.create_task(recover_lost_jobs(app)),
+    ]
     try:
         yield
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await service.stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | None = None) -> FastAPI:
+    """The application; ``submitter`` queues jobs (Celery by default, a fake in unit tests)."""
     app = FastAPI(
         title="trashcam",
         summary="Explainable waste-image recognition: material classes with Grad-CAM heatmaps.",
@@ -79,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.state.store = ModelStore(app.state.settings.models_dir)
     app.state.metrics = Metrics()
+    app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
+    app.state.submitter = submitter or celery_submitter(app.state.settings)
 
     @app.exception_handler(NoModelError)
     async def no_model(request: Request, error: NoModelError) -> JSONResponse:
@@ -97,6 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
         return response
 
-    for router in (classify.router, explain.router, models_routes.router, health.router):
+    for router in (
+        classify.router,
+        batches.router,
+        explain.router,
+        jobs.router,
+        models_routes.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

@@ -83,3 +83,24 @@ class ReadyPublic(BaseModel):
     model: ModelRef | None
     redis: bool
     detail: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str = Field(examples=["3f1c0e6a9b8d4c2e8f7a6b5c4d3e2f10"])
+    kind: str = Field(examples=["training"])
+    state: str = Field(description="queued, running, succeeded, failed or cancelled", examples=["running"])
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    epoch: int = Field(description="training: epochs started; heatmaps: images done")
+    epochs: int = Field(description="training: epochs in the run; heatmaps: images in the batch")
+    progress: float = Field(ge=0.0, le=1.0)
+    eta_seconds: float | None
+    metrics: dict[str, float] = Field(description="latest step's running metrics")
+    history: list[dict[str, Any]] = Field(description="one record per finished epoch")
+    result: dict[str, Any] = Field(description="training: the registered model version; heatmaps: the zip")
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    params: dict[str, Any]

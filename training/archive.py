@@ -36,6 +36,10 @@ class ArchiveError(Exception):
     """An archive is unsafe, too large, or unreadable."""
 
 
+class ArchiveTooLargeError(ArchiveError):
+    """An archive holds more files or bytes than allowed (a size or file-count bomb)."""
+
+
 def is_archive(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` names a supported archive format (by its suffix)."""
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
@@ -73,14 +77,14 @@ class _Budget:
         """Count one file; refuse it early if its declared size alone would break the cap."""
         self.files += 1
         if self.files > self.max_files:
-            raise ArchiveError(f"archive holds more than {self.max_files} files")
+            raise ArchiveTooLargeError(f"archive holds more than {self.max_files} files")
         if self.bytes + declared_size > self.max_bytes:
-            raise ArchiveError(f"archive expands to more than {self.max_bytes} bytes")
+            raise ArchiveTooLargeError(f"archive expands to more than {self.max_bytes} bytes")
 
     def add_bytes(self, size: int) -> None:
         self.bytes += size
         if self.bytes > self.max_bytes:
-            raise ArchiveError(f"archive expands to more than {self.max_bytes} bytes")
+            raise ArchiveTooLargeError(f"archive expands to more than {self.max_bytes} bytes")
 
 
 def _copy_capped(source: IO[bytes], dest: Path, budget: _Budget) -> None:
@@ -134,6 +138,49 @@ def _extract_zip(archive: Path, target: Path, budget: _Budget) -> None:
                 (target / rel).parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as handle:
                     _copy_capped(handle, target / rel, budget)
+
+
+def check_archive(
+    archive: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES
+) -> int:
+    """Vet ``archive`` without extracting it: member paths, links, file count and declared sizes.
+
+    Returns the number of files. Raises :class:`ArchiveTooLargeError` for a size or file-count bomb
+    and :class:`ArchiveError` for anything unsafe or unreadable. Extraction checks again while
+    streaming, since a zip can under-declare its sizes.
+    """
+    archive = Path(archive)
+    budget = _Budget(max_bytes, max_files)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    rel = safe_member_path(info.filename)
+                    if stat.S_ISLNK(info.external_attr >> 16):
+                        link_target = zf.read(info).decode("utf-8", errors="replace")
+                        if _link_escapes(rel, link_target, hard=False):
+                            raise ArchiveError(f"link escapes the target folder: {info.filename!r}")
+                    elif not info.is_dir():
+                        budget.add_file(info.file_size)
+                        budget.add_bytes(info.file_size)
+        elif is_archive(archive):
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    rel = safe_member_path(member.name)
+                    if (member.issym() or member.islnk()) and _link_escapes(
+                        rel, member.linkname, hard=member.islnk()
+                    ):
+                        raise ArchiveError(f"link escapes the target folder: {member.name!r}")
+                    if member.isfile():
+                        budget.add_file(member.size)
+                        budget.add_bytes(member.size)
+        else:
+            raise ArchiveError(
+                f"{archive.name}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})"
+            )
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ArchiveError(f"{archive.name}: unreadable archive: {error}") from error
+    return budget.files
 
 
 def extract_archive(

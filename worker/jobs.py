@@ -86,7 +86,7 @@ class JobStore:
     # Records -------------------------------------------------------------------------------------
     def create(self, kind: JobKind, params: dict[str, Any], *, job_id: str | None = None) -> Job:
         job = Job(id=job_id or new_job_id(), kind=kind, params=params)
-        self.folder(job.id).mkdir(parents=True, exist_ok=False)
+        self.folder(job.id).mkdir(parents=True, exist_ok=True)
         self.save(job)
         return job
 

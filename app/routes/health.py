@@ -1,9 +1,11 @@
+from collections import Counter
+
 import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import MetricsDep, ServiceDep, SettingsDep
+from app.deps import JobsDep, MetricsDep, ServiceDep, SettingsDep
 from app.routes.inference_views import model_ref
 from app.schemas import HealthPublic, ReadyPublic
 
@@ -43,8 +45,28 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
     )
 
 
+def queue_depths(url: str, queues: tuple[str, ...]) -> dict[str, int]:
+    """Messages waiting per Celery queue (a Redis list per queue); empty if Redis is unreachable."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return {queue: int(client.llen(queue)) for queue in queues}
+        finally:
+            client.close()
+    except redis.RedisError:
+        return {}
+
+
 @router.get("/metrics", response_class=Response)
-def read_metrics(metrics: MetricsDep, service: ServiceDep) -> Response:
-    """Prometheus metrics."""
+def read_metrics(metrics: MetricsDep, service: ServiceDep, settings: SettingsDep, jobs: JobsDep) -> Response:
+    """Prometheus metrics: requests and latencies per route, batches, model loads, queues and jobs."""
     metrics.model_loaded.set(1 if service.manager.loaded else 0)
+    for queue, depth in queue_depths(
+        settings.redis_url, (settings.training_queue, settings.heatmaps_queue)
+    ).items():
+        metrics.queue_depth.labels(queue).set(depth)
+    counts = Counter((job.kind, job.state) for job in jobs.all())
+    for kind in ("training", "heatmaps"):
+        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+            metrics.jobs.labels(kind, state).set(counts.get((kind, state), 0))
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

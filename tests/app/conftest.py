@@ -13,9 +13,12 @@ from app.config import Settings
 from app.main import create_app
 from models.checkpoint import ModelSpec, save_checkpoint
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
+from worker.jobs import Job
 
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
 API_KEY = "test-key-0123456789"
+#: Tests use their own Redis database, so they never touch a running service's jobs.
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def tiny_checkpoint(path: Path, *, seed: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:
@@ -54,10 +57,27 @@ def settings(tmp_path: Path) -> Settings:
         shipped_model_path=tmp_path / "no-shipped-model.pt",
         api_keys=[SecretStr(API_KEY)],
         batch_max_wait_ms=2.0,
+        redis_url=TEST_REDIS_URL,
+        data_root=tmp_path / "data-root",
     )
 
 
+class FakeSubmitter:
+    """Records the jobs the API would queue."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def __call__(self, job: Job) -> None:
+        self.jobs.append(job)
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def submitted() -> FakeSubmitter:
+    return FakeSubmitter()
+
+
+@pytest.fixture
+def client(settings: Settings, submitted: FakeSubmitter) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, submitter=submitted)) as test_client:
         yield test_client

@@ -1,0 +1,157 @@
+"""Training jobs: POST /train starts one, GET /train/{id} follows it, DELETE /train/{id} cancels it."""
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import JobsDep, ReadAccess, SettingsDep, SubmitterDep, WriteAccess
+from app.jobs import (
+    archive_name,
+    confined_data_path,
+    discard,
+    public_params,
+    save_upload,
+    unprocessable,
+    vet_archive,
+)
+from app.routes.classify import ERRORS
+from app.schemas import JobPublic
+from models import create_model, list_models
+from models.store import validate_name
+from training.config import RECIPES, make_config
+from worker.jobs import Job, JobNotFoundError, JobStore, new_job_id
+
+router = APIRouter(prefix="/train", tags=["training"])
+
+
+def job_public(job: Job) -> JobPublic:
+    return JobPublic(**{**job.__dict__, "params": public_params(job.params)})
+
+
+def find_job(jobs: JobStore, job_id: str, kind: str) -> Job:
+    try:
+        job = jobs.get(job_id)
+    except JobNotFoundError:
+        job = None
+    if job is None or job.kind != kind:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {kind} job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS, dependencies=[WriteAccess])
+async def create_training_job(
+    response: Response,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    submit: SubmitterDep,
+    file: Annotated[
+        UploadFile | None, File(description="a data set archive (.zip, .tar.gz): a folder per class")
+    ] = None,
+    data_path: Annotated[
+        str | None, Form(description="a data set folder or archive under the data root")
+    ] = None,
+    model: Annotated[str, Form(description=f"one of: {', '.join(list_models())}")] = "se_resnet50",
+    name: Annotated[
+        str | None, Form(description="model name to register the result under; default: model")
+    ] = None,
+    recipe: Annotated[str, Form(description=f"one of: {', '.join(RECIPES)}")] = "paper",
+    epochs: Annotated[int | None, Form(ge=1, le=1000)] = None,
+    batch_size: Annotated[int | None, Form(ge=1, le=4096)] = None,
+    lr: Annotated[float | None, Form(gt=0, le=10)] = None,
+    seed: Annotated[int | None, Form(ge=0)] = None,
+    input_size: Annotated[int | None, Form(ge=8, le=1024)] = None,
+    amp: Annotated[bool | None, Form(description="bf16 autocast on the CPU, mixed precision on CUDA")] = None,
+    model_kwargs: Annotated[
+        str | None, Form(description='architecture options as JSON, e.g. {"width": 8}')
+    ] = None,
+    make_default: Annotated[bool, Form(description="serve the trained model once it is registered")] = False,
+) -> JobPublic:
+    """Train a model on a data set; 202 with the job to follow. The result becomes a new model version."""
+    if model not in list_models():
+        raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
+    if recipe not in RECIPES:
+        raise unprocessable(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
+    if (file is None) == (data_path is None or data_path == ""):
+        raise unprocessable("give the data set either as an uploaded archive ('file') or as 'data_path'")
+    try:
+        registered_name = validate_name(name or model)
+    except ValueError as error:
+        raise unprocessable(str(error)) from None
+    options: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "model": model,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "input_size": input_size,
+            "amp": amp,
+        }.items()
+        if value is not None
+    }
+    if model_kwargs:
+        try:
+            options["model_kwargs"] = dict(json.loads(model_kwargs))
+        except (ValueError, TypeError) as error:
+            raise unprocessable(f"model_kwargs must be a JSON object: {error}") from None
+        try:  # building the network is the one complete check of its options
+            await run_in_threadpool(create_model, model, num_classes=2, **options["model_kwargs"])
+        except (TypeError, ValueError) as error:
+            raise unprocessable(f"invalid model_kwargs for {model}: {error}") from None
+
+    job_id = new_job_id()
+    folder = jobs.folder(job_id)
+    folder.mkdir(parents=True)
+    try:
+        if file is not None:
+            archive = await save_upload(
+                file, folder / archive_name(file), max_bytes=settings.max_archive_upload_bytes
+            )
+            vet_archive(archive, settings, label=file.filename or "upload")
+            data, source = archive, f"upload:{file.filename}"
+        else:
+            data, source = confined_data_path(str(data_path), settings), f"data_root:{data_path}"
+        try:
+            make_config(recipe, data=str(data), out=str(folder / "run"), **options)
+        except (TypeError, ValueError) as error:
+            raise unprocessable(f"invalid training options: {error}") from None
+    except BaseException:
+        discard(folder)
+        raise
+    params = {
+        "name": registered_name,
+        "recipe": recipe,
+        "options": options,
+        "data": str(data),
+        "source": source,
+        "make_default": make_default,
+    }
+    job = jobs.create("training", params, job_id=job_id)
+    submit(job)
+    response.headers["Location"] = f"/train/{job.id}"
+    return job_public(job)
+
+
+@router.get("", response_model=list[JobPublic], dependencies=[ReadAccess])
+def read_training_jobs(jobs: JobsDep) -> list[JobPublic]:
+    """Every training job, oldest first."""
+    return [
+        job_public(job) for job in sorted(jobs.all(), key=lambda j: j.created_at) if job.kind == "training"
+    ]
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, dependencies=[ReadAccess])
+def read_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    """State, epoch, progress, metrics so far, ETA and error of a training job."""
+    return job_public(find_job(jobs, job_id, "training"))
+
+
+@router.delete("/{job_id}", response_model=JobPublic, responses=ERRORS, dependencies=[WriteAccess])
+def cancel_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    """Cancel a training job: a queued one never starts, a running one stops after its current step
+    (its last epoch checkpoint stays on disk). A finished job is returned as it is."""
+    find_job(jobs, job_id, "training")
+    return job_public(jobs.request_cancel(job_id))

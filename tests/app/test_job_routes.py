@@ -1,0 +1,234 @@
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
+from tests.training.helpers import make_image_folder
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def zip_of_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*.png")):
+            archive.write(path, path.relative_to(folder.parent).as_posix())
+    return buffer.getvalue()
+
+
+def zip_with(names: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, png_bytes())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def dataset_zip(tmp_path: Path) -> bytes:
+    return zip_of_folder(make_image_folder(tmp_path / "trash-photos", per_class=3))
+
+
+def test_training_needs_an_api_key(client: TestClient, dataset_zip: bytes) -> None:
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)})
+    assert response.status_code == 401
+
+
+def test_training_job_from_an_uploaded_archive(
+    client: TestClient, submitted: FakeSubmitter, dataset_zip: bytes, settings: Settings
+) -> None:
+    form = {"model": "simple_cnn", "epochs": "1", "batch_size": "4", "input_size": "32", "name": "tiny-waste"}
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/train/{job['id']}"
+    assert (job["kind"], job["state"], job["progress"]) == ("training", "queued", 0.0)
+    assert job["params"]["name"] == "tiny-waste"
+    assert job["params"]["options"] == {"model": "simple_cnn", "epochs": 1, "batch_size": 4, "input_size": 32}
+    assert "data" not in job["params"]  # server paths stay private
+    assert [j.id for j in submitted.jobs] == [job["id"]]
+    assert (settings.jobs_dir / job["id"] / "upload.zip").read_bytes() == dataset_zip
+    assert client.get(f"/train/{job['id']}").json()["id"] == job["id"]
+    assert [j["id"] for j in client.get("/train").json()] == [job["id"]]
+
+
+def test_training_job_from_the_data_root(
+    client: TestClient, settings: Settings, submitted: FakeSubmitter
+) -> None:
+    make_image_folder(settings.resolved_data_root / "photos", per_class=3)
+    response = client.post("/train", data={"data_path": "photos", "model": "simple_cnn"}, headers=KEY)
+    assert response.status_code == 202, response.text
+    assert submitted.jobs[0].params["data"] == str((settings.resolved_data_root / "photos").resolve())
+
+
+def test_cancelling_a_queued_job(client: TestClient, dataset_zip: bytes) -> None:
+    job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
+    assert client.delete(f"/train/{job['id']}").status_code == 401
+    cancelled = client.delete(f"/train/{job['id']}", headers=KEY).json()
+    assert (cancelled["state"], cancelled["cancel_requested"]) == ("cancelled", True)
+    assert client.get(f"/train/{job['id']}").json()["state"] == "cancelled"
+
+
+def test_unknown_jobs_are_404(client: TestClient) -> None:
+    assert client.get("/train/" + "0" * 32).status_code == 404
+    assert client.get("/train/not-an-id").status_code == 404
+    assert client.delete("/train/" + "0" * 32, headers=KEY).status_code == 404
+    assert client.get("/explain/batch/" + "0" * 32).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "message"),
+    [
+        ({"model": "vgg16"}, 422, "unknown model 'vgg16'; valid models: resnet50"),
+        ({"recipe": "magic"}, 422, "unknown recipe 'magic'; valid recipes: paper, improved"),
+        ({"name": "Bad Name!"}, 422, "invalid model name"),
+        ({"model_kwargs": "[1, 2]"}, 422, "model_kwargs must be a JSON object"),
+        ({"model_kwargs": '{"depth": 3}'}, 422, "invalid model_kwargs for se_resnet50"),
+        ({"data_path": "photos"}, 422, "either as an uploaded archive ('file') or as 'data_path'"),
+    ],
+)
+def test_bad_training_requests(
+    client: TestClient,
+    dataset_zip: bytes,
+    settings: Settings,
+    form: dict[str, str],
+    status: int,
+    message: str,
+) -> None:
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == status, response.text
+    assert message in str(response.json()["detail"])
+    assert not settings.jobs_dir.exists() or not any(settings.jobs_dir.iterdir())
+
+
+def test_epochs_out_of_range_is_422(client: TestClient, dataset_zip: bytes) -> None:
+    response = client.post(
+        "/train", files={"file": ("d.zip", dataset_zip)}, data={"epochs": "0"}, headers=KEY
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("data_path", ["../outside", "/etc", "photos/../../outside", "missing"])
+def test_data_paths_are_confined_to_the_data_root(
+    client: TestClient, settings: Settings, data_path: str
+) -> None:
+    (settings.resolved_data_root / "photos").mkdir(parents=True)
+    response = client.post("/train", data={"data_path": data_path}, headers=KEY)
+    assert response.status_code == 422
+    assert "data_path" in response.json()["detail"]
+
+
+def test_a_symlink_out_of_the_data_root_is_refused(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    outside = make_image_folder(tmp_path / "elsewhere", per_class=2)
+    settings.resolved_data_root.mkdir(parents=True)
+    os.symlink(outside, settings.resolved_data_root / "link")
+    response = client.post("/train", data={"data_path": "link"}, headers=KEY)
+    assert response.status_code == 422
+    assert "leads outside the data root" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/abs/olute.png", "ok/../../escape.png"])
+def test_zip_slip_archives_are_refused(client: TestClient, name: str) -> None:
+    response = client.post(
+        "/train", files={"file": ("evil.zip", zip_with(["glass/a.png", name]))}, headers=KEY
+    )
+    assert response.status_code == 422
+    assert "evil.zip" in response.json()["detail"]
+
+
+def test_tar_links_out_of_the_archive_are_refused(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        link = tarfile.TarInfo("glass/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tar.addfile(link)
+    response = client.post("/train", files={"file": ("evil.tar.gz", buffer.getvalue())}, headers=KEY)
+    assert response.status_code == 422
+    assert "link escapes" in response.json()["detail"]
+
+
+def test_archive_bombs_are_413(settings: Settings, submitted: FakeSubmitter) -> None:
+    settings.max_archive_files = 3
+    with TestClient(create_app(settings, submitter=submitted)) as client:
+        names = [f"glass/{i}.png" for i in range(4)]
+        response = client.post("/train", files={"file": ("many.zip", zip_with(names))}, headers=KEY)
+    assert response.status_code == 413
+    assert "more than 3 files" in response.json()["detail"]
+    assert submitted.jobs == []
+
+
+def test_archive_expanding_past_the_byte_limit_is_413(settings: Settings, submitted: FakeSubmitter) -> None:
+    settings.max_archive_bytes = 10_000
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("glass/zeros.png", b"\0" * 1_000_000)  # compresses to about 1 KB
+    with TestClient(create_app(settings, submitter=submitted)) as client:
+        response = client.post("/train", files={"file": ("bomb.zip", buffer.getvalue())}, headers=KEY)
+    assert response.status_code == 413
+    assert "expands to more than 10000 bytes" in response.json()["detail"]
+
+
+def test_oversized_archive_upload_is_413(
+    settings: Settings, submitted: FakeSubmitter, dataset_zip: bytes
+) -> None:
+    settings.max_archive_upload_bytes = 1000
+    with TestClient(create_app(settings, submitter=submitted)) as client:
+        response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY)
+    assert response.status_code == 413
+
+
+def test_a_training_upload_that_is_not_an_archive_is_415(client: TestClient) -> None:
+    response = client.post("/train", files={"file": ("photo.png", png_bytes())}, headers=KEY)
+    assert response.status_code == 415
+
+
+def test_heatmap_batch_from_photos(client: TestClient, submitted: FakeSubmitter, settings: Settings) -> None:
+    files = [("files", (f"p{i}.png", png_bytes(), "image/png")) for i in range(3)]
+    response = client.post("/explain/batch", files=files, data={"method": "gradcampp"})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["kind"], job["state"], job["params"]["method"]) == ("heatmaps", "queued", "gradcampp")
+    assert len(list((settings.jobs_dir / job["id"] / "inputs").iterdir())) == 3
+    assert submitted.jobs[0].id == job["id"]
+    result = client.get(f"/explain/batch/{job['id']}/result")
+    assert result.status_code == 409
+    assert "is queued" in result.json()["detail"]
+
+
+def test_heatmap_batch_from_an_archive(client: TestClient, settings: Settings) -> None:
+    response = client.post(
+        "/explain/batch", files={"files": ("photos.zip", zip_with(["a/1.png", "b/2.png"]))}
+    )
+    assert response.status_code == 202
+    assert len(list((settings.jobs_dir / response.json()["id"] / "inputs").rglob("*.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("files", "form", "status"),
+    [
+        ([("files", ("notes.txt", b"hi", "text/plain"))], {}, 415),
+        ([("files", ("p.png", png_bytes(), "image/png"))], {"method": "nope"}, 422),
+        ([("files", ("p.png", png_bytes(), "image/png"))], {"colormap": "nope"}, 422),
+        ([("files", ("empty.zip", zip_with([]), "application/zip"))], {}, 422),
+        ([("files", ("evil.zip", zip_with(["../x.png"]), "application/zip"))], {}, 422),
+    ],
+)
+def test_bad_heatmap_batches(
+    client: TestClient,
+    submitted: FakeSubmitter,
+    files: list[tuple[str, tuple[str, bytes, str]]],
+    form: dict[str, str],
+    status: int,
+) -> None:
+    response = client.post("/explain/batch", files=files, data=form)
+    assert response.status_code == status, response.text
+    assert submitted.jobs == []

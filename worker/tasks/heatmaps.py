@@ -1,0 +1,26 @@
+from celery import Task
+
+from app.config import get_settings
+from app.serving import ModelManager
+from models.predictor import Predictor
+from worker.celery_app import HEATMAPS_TASK, celery_app
+from worker.runner import run_heatmap_job, serving_manager
+
+
+class PredictorTask(Task):  # type: ignore[misc]
+    """Keeps the serving model loaded in each worker process, following changes of the default."""
+
+    _manager: ModelManager | None = None
+
+    def predictor(self) -> Predictor:
+        if self._manager is None:
+            self._manager = serving_manager(get_settings())
+        else:
+            self._manager.refresh()
+        return self._manager.predictor
+
+
+@celery_app.task(name=HEATMAPS_TASK, bind=True, base=PredictorTask)
+def explain_batch(self: PredictorTask, job_id: str) -> str:
+    """Run heatmap batch job ``job_id``; returns its final state."""
+    return run_heatmap_job(job_id, get_settings(), self.predictor).state

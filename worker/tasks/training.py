@@ -1,0 +1,11 @@
+from celery import Task
+
+from app.config import get_settings
+from worker.celery_app import TRAIN_TASK, celery_app
+from worker.runner import run_training_job
+
+
+@celery_app.task(name=TRAIN_TASK, bind=True)
+def train_model(self: Task, job_id: str) -> str:
+    """Run training job ``job_id``; returns its final state."""
+    return run_training_job(job_id, get_settings()).state
