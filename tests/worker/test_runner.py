@@ -1,0 +1,120 @@
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.config import Settings
+from models.predictor import Predictor
+from models.store import ModelStore
+from tests.app.conftest import png_bytes, tiny_checkpoint
+from tests.training.helpers import make_image_folder
+from training.progress import Progress, TrainingCancelled
+from worker.jobs import JobStore
+from worker.progress import JobProgress
+from worker.runner import INPUTS_DIR, RESULT_ZIP, run_heatmap_job, run_training_job, serving_manager
+
+TINY = {
+    "model": "simple_cnn",
+    "model_kwargs": {"width": 4},
+    "epochs": 2,
+    "batch_size": 8,
+    "input_size": 32,
+    "device": "cpu",
+    "workers": 0,
+}
+
+
+def training_job(jobs: JobStore, data: Path, **params: object) -> str:
+    job = jobs.create(
+        "training",
+        {
+            "name": "tiny",
+            "recipe": "paper",
+            "options": dict(TINY),
+            "data": str(data),
+            "make_default": True,
+            **params,
+        },
+    )
+    return job.id
+
+
+def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5))
+    job = run_training_job(job_id, settings)
+    assert job.state == "succeeded", job.error
+    assert (job.epoch, job.epochs, job.progress) == (2, 2, 1.0)
+    assert len(job.history) == 2
+    assert {"train_loss", "val_accuracy"} <= set(job.history[0])
+    assert job.result["model"] == {"name": "tiny", "version": "v1"}
+    store = ModelStore(settings.models_dir)
+    assert store.default() is not None
+    assert store.get("tiny").spec.metrics["test_accuracy"] == job.result["test_accuracy"]
+    assert not jobs.locked(job_id)
+    # Running a finished job again (a redelivered message) changes nothing.
+    assert run_training_job(job_id, settings).state == "succeeded"
+    assert [v.version for v in store.versions("tiny")] == ["v1"]
+
+
+def test_a_job_someone_else_owns_is_left_alone(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
+    job_id = training_job(jobs, tmp_path / "missing")
+    jobs.acquire(job_id, "another-worker", 30)
+    assert run_training_job(job_id, settings).state == "queued"
+
+
+def test_a_failing_job_records_why(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
+    job_id = training_job(jobs, tmp_path / "missing")
+    job = run_training_job(job_id, settings)
+    assert job.state == "failed"
+    assert job.error is not None
+    assert "missing" in job.error
+    assert jobs.get(job_id).state == "failed"
+
+
+def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
+    job = jobs.create("training", {})
+    jobs.acquire(job.id, "me", 30)
+    progress = JobProgress(jobs, job, owner="me", lock_seconds=30, interval=0.0)
+    progress(
+        Progress(phase="train", epoch=1, epochs=4, step=5, steps=10, metrics={"loss": 1.0}, eta_seconds=12.0)
+    )
+    stored = jobs.get(job.id)
+    assert (stored.epoch, stored.progress, stored.eta_seconds) == (1, 0.125, 12.0)
+    assert stored.metrics == {"train_loss": 1.0}
+    jobs.request_cancel(job.id)
+    with pytest.raises(TrainingCancelled):
+        progress(Progress(phase="train", epoch=1, epochs=4, step=6, steps=10))
+
+
+def test_a_heatmap_job_writes_overlays_and_a_manifest(
+    jobs: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    job = jobs.create("heatmaps", {"method": "gradcam", "alpha": 0.4, "colormap": "turbo"})
+    inputs = jobs.folder(job.id) / INPUTS_DIR
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes(png_bytes(size=(30, 20)))
+    (inputs / "b.png").write_bytes(png_bytes(size=(16, 16)))
+    (inputs / "broken.jpg").write_bytes(b"not a photo")
+    settings.model_path = tiny_checkpoint(tmp_path / "tiny.pt")
+    manager = serving_manager(settings)
+
+    def predictor() -> Predictor:
+        return manager.predictor
+
+    done = run_heatmap_job(job.id, settings, predictor)
+    assert done.state == "succeeded", done.error
+    assert done.result["images"] == 3
+    assert done.result["failed"] == 1
+    with zipfile.ZipFile(jobs.folder(job.id) / RESULT_ZIP) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["model"]["name"] == "tiny"
+        by_file = {entry["file"]: entry for entry in manifest["images"]}
+        assert "not an image" in by_file["broken.jpg"]["error"]
+        overlay = Image.open(io.BytesIO(archive.read(by_file["a.png"]["overlay"])))
+        assert overlay.size == (30, 20)
+        heatmap = Image.open(io.BytesIO(archive.read(by_file["a.png"]["heatmap"])))
+        assert heatmap.mode == "L"
+        assert sum(p["probability"] for p in by_file["b.png"]["predictions"]) == pytest.approx(1.0, abs=1e-5)
