@@ -48,8 +48,7 @@ async def recover_lost_jobs(app: FastAPI) -> None:
             for job in await run_in_threadpool(jobs_store.orphans):
                 logger.warning("resubmitting %s job %s (was %s)", job.kind, job.id, job.state)
                 job.attempts += 1
-                job.state = "queued"
-                jobs_store.save(job)
+                jobs_store.mark_queued(job)
                 app.state.submitter(job)
         except Exception:
             logger.exception("job recovery failed; will retry")

@@ -26,6 +26,8 @@ FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 KEY_PREFIX = "trashcam:job:"
 LOCK_PREFIX = "trashcam:lock:"
+#: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
+INSTANCE_KEY = "trashcam:instance"
 
 
 class JobNotFoundError(LookupError):
@@ -52,6 +54,8 @@ class Job:
     error: str | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    #: The Redis instance that held this job's queue message when it was last queued.
+    queued_on: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -113,8 +117,17 @@ class JobStore:
             self.redis.set(KEY_PREFIX + job_id, job.to_json())
         return job
 
-    def in_redis(self, job_id: str) -> bool:
-        return bool(self.redis.exists(KEY_PREFIX + job_id))
+    def redis_instance(self) -> str:
+        """The running Redis server's instance id (created by whoever asks first after a start)."""
+        self.redis.set(INSTANCE_KEY, uuid.uuid4().hex, nx=True)
+        value = self.redis.get(INSTANCE_KEY)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def mark_queued(self, job: Job) -> None:
+        """Record that ``job``'s message is now in the queues of the running Redis."""
+        job.state = "queued"
+        job.queued_on = self.redis_instance()
+        self.save(job)
 
     def all(self) -> Iterator[Job]:
         if not self.jobs_dir.is_dir():
@@ -164,15 +177,19 @@ class JobStore:
     def orphans(self) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.
 
-        A running job whose lock expired lost its worker; a queued or running job missing from
-        Redis lost its queue message when Redis restarted. Either is safe to submit again: training
-        resumes from its last checkpoint and heatmap batches are recomputed.
+        A running job whose lock expired lost its worker; a queued job whose message went to an
+        earlier Redis instance lost that message when Redis restarted (it keeps nothing on disk).
+        Either is safe to submit again: training resumes from its last checkpoint and heatmap
+        batches are recomputed.
         """
+        instance = self.redis_instance()
         found = []
         for job in self.all():
             if job.finished or job.cancel_requested:
                 continue
-            if (job.state == "running" and not self.locked(job.id)) or not self.in_redis(job.id):
+            lost_worker = job.state == "running" and not self.locked(job.id)
+            lost_message = job.state == "queued" and job.queued_on != instance
+            if lost_worker or lost_message:
                 found.append(job)
         return found
 

@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 def submit(celery: Celery, job: Job) -> None:
-    """Queue ``job``'s task; the job id doubles as the task id."""
+    """Queue ``job``'s task (the caller records it as queued first, see :meth:`JobStore.mark_queued`)."""
     from worker.celery_app import HEATMAPS_TASK, TRAIN_TASK
 
     name = TRAIN_TASK if job.kind == "training" else HEATMAPS_TASK
@@ -24,8 +24,7 @@ def resubmit_orphans(celery: Celery, settings: Settings) -> list[str]:
     for job in jobs.orphans():
         logger.warning("resubmitting %s job %s (was %s)", job.kind, job.id, job.state)
         job.attempts += 1
-        job.state = "queued"
-        jobs.save(job)
+        jobs.mark_queued(job)
         submit(celery, job)
         resubmitted.append(job.id)
     return resubmitted

@@ -60,8 +60,11 @@ def owned(jobs: JobStore, job_id: str, lock_seconds: int) -> Iterator[Job | None
     finally:
         job.params.pop("_owner", None)
         job.finished_at = time.time() if job.finished else None
-        jobs.save(job)
-        jobs.release(job_id, owner)
+        # Only the lock holder records the outcome: if the lock was lost (the job was given to
+        # another worker), that worker's record wins.
+        if jobs.renew(job_id, owner, lock_seconds):
+            jobs.save(job)
+            jobs.release(job_id, owner)
 
 
 def run_training_job(job_id: str, settings: Settings) -> Job:
@@ -81,7 +84,7 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             )
             result = train(config, callback=callback)
         if result.status == "cancelled":
-            job.state = "cancelled" if job.cancel_requested else "queued"
+            job.state = "cancelled"
             return job
         store = ModelStore(settings.models_dir)
         report_path = run_dir / "report.json"

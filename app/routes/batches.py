@@ -50,6 +50,7 @@ async def create_heatmap_batch(
         discard(folder)
         raise
     job = jobs.create("heatmaps", {"method": method, "alpha": alpha, "colormap": colormap}, job_id=job_id)
+    jobs.mark_queued(job)
     submit(job)
     response.headers["Location"] = f"/explain/batch/{job.id}"
     return job_public(job)

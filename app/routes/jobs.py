@@ -130,6 +130,7 @@ async def create_training_job(
         "make_default": make_default,
     }
     job = jobs.create("training", params, job_id=job_id)
+    jobs.mark_queued(job)
     submit(job)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)

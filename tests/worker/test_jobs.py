@@ -10,7 +10,7 @@ def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
     jobs.redis.delete(KEY_PREFIX + job.id)  # as after a Redis restart
     restored = jobs.get(job.id)
     assert (restored.state, restored.epoch) == ("running", 3)
-    assert jobs.in_redis(job.id)  # the read put it back
+    assert jobs.redis.exists(KEY_PREFIX + job.id)  # the read put it back
 
 
 def test_a_job_is_readable_while_redis_is_down(jobs: JobStore) -> None:
@@ -57,11 +57,13 @@ def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
     running_lost.state = "running"
     jobs.save(running_lost)
     queued = jobs.create("heatmaps", {})
-    queued_lost = jobs.create("heatmaps", {})
-    jobs.redis.delete(KEY_PREFIX + queued_lost.id)
+    jobs.mark_queued(queued)
     done = jobs.create("training", {})
     done.state = "succeeded"
     jobs.save(done)
-    jobs.redis.delete(KEY_PREFIX + done.id)
-    assert {job.id for job in jobs.orphans()} == {running_lost.id, queued_lost.id}
+    assert {job.id for job in jobs.orphans()} == {running_lost.id}
+
+    jobs.redis.flushdb()  # a Redis restart: queues, locks and the instance id are gone
+    assert {job.id for job in jobs.orphans()} == {running_locked.id, running_lost.id, queued.id}
+    jobs.mark_queued(queued)  # resubmitted to the new instance
     assert queued.id not in {job.id for job in jobs.orphans()}

@@ -1,0 +1,203 @@
+"""A real system for the integration tests: a Redis server of their own, a uvicorn server running the
+API, and a Celery worker process, all configured through TRASHCAM_* environment variables."""
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from tests.app.conftest import API_KEY, tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRASHNET = REPO_ROOT / "data" / "trashnet-112.tar.gz"
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+@dataclass
+class System:
+    root: Path
+    env: dict[str, str]
+    redis_port: int
+    api_url: str
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_files: list[IO[bytes]] = field(default_factory=list)
+
+    def start_redis(self) -> None:
+        self.processes["redis"] = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=self._log_file("redis"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._redis_answers, 15, "redis")
+
+    def _redis_answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start_api(self) -> None:
+        port = self.api_url.rsplit(":", 1)[1]
+        self.processes["api"] = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", port],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self._log_file("api"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._api_answers, 60, "api")
+
+    def _api_answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self) -> None:
+        self.processes["worker"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                "training,heatmaps",
+                "--pool",
+                "solo",
+                "-n",
+                f"test-{time.time_ns()}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self._log_file("worker"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: b"ready." in (self.logs / "worker.log").read_bytes(), 60, "worker")
+
+    def _log_file(self, name: str) -> IO[bytes]:
+        handle = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 -- closed in stop_all
+        self.log_files.append(handle)
+        return handle
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        process.wait(30)
+
+    def stop_all(self) -> None:
+        for name in ("worker", "api", "redis"):
+            if name in self.processes:
+                self.kill(name, signal.SIGTERM)
+        for handle in self.log_files:
+            handle.close()
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="session")
+def trashnet_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real TrashNet photos per class."""
+    root = tmp_path_factory.mktemp("trashnet")
+    with tarfile.open(TRASHNET) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
+        chosen: dict[str, int] = {}
+        for member in members:
+            label = Path(member.name).parent.name
+            if chosen.get(label, 0) < 4:
+                chosen[label] = chosen.get(label, 0) + 1
+                data = tar.extractfile(member)
+                assert data is not None
+                (root / label).mkdir(exist_ok=True)
+                (root / label / Path(member.name).name).write_bytes(data.read())
+    return root
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for the integration tests")
+    root = tmp_path_factory.mktemp("system")
+    logs = root / "logs"
+    logs.mkdir()
+    redis_port = free_port()
+    env = {
+        **os.environ,
+        "TRASHCAM_VAR_DIR": str(root / "var"),
+        "TRASHCAM_SHIPPED_MODEL_PATH": str(tiny_checkpoint(root / "shipped.pt")),
+        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "TRASHCAM_API_KEYS": f'["{API_KEY}"]',
+        "TRASHCAM_JOB_LOCK_SECONDS": "5",
+        "TRASHCAM_JOB_RECOVERY_INTERVAL_SECONDS": "1",
+        "TRASHCAM_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "TRASHCAM_INFERENCE_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    system = System(root, env, redis_port, f"http://127.0.0.1:{free_port()}", logs)
+    try:
+        system.start_redis()
+        system.start_api()
+        system.start_worker()
+        yield system
+    finally:
+        system.stop_all()
+
+
+@pytest.fixture
+def api(system: System) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=system.api_url, timeout=60) as client:
+        yield client
+
+
+def zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*.jpg")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()

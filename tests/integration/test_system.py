@@ -1,0 +1,194 @@
+"""The whole system over HTTP: real uvicorn, real Celery worker, real Redis, real TrashNet photos."""
+
+import base64
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.app.conftest import API_KEY
+from tests.integration.conftest import System, zip_folder
+
+pytestmark = pytest.mark.integration
+KEY = {"X-API-Key": API_KEY}
+CLASSES = {"cardboard", "glass", "metal", "paper", "plastic", "trash"}
+
+
+def wait_for_job(api: httpx.Client, url: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = api.get(url).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} never reached {states}; last: {job}")
+
+
+def photo(trashnet_photos: Path, label: str = "glass") -> tuple[str, bytes, str]:
+    path = sorted((trashnet_photos / label).glob("*.jpg"))[0]
+    return (path.name, path.read_bytes(), "image/jpeg")
+
+
+def test_ready(api: httpx.Client) -> None:
+    body = api.get("/ready").json()
+    assert body["ready"] is True
+    assert body["redis"] is True
+
+
+def test_classify_real_photos(api: httpx.Client, trashnet_photos: Path) -> None:
+    files = [("files", photo(trashnet_photos, label)) for label in sorted(CLASSES)]
+    response = api.post("/classify", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 6
+    for result in results:
+        assert result["label"] in CLASSES
+        assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_explain_a_real_photo(api: httpx.Client, trashnet_photos: Path) -> None:
+    response = api.post(
+        "/explain", files={"file": photo(trashnet_photos)}, data={"method": "gradcampp", "target": "glass"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["target"]["label"] == "glass"
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"])))
+    assert overlay.size == Image.open(io.BytesIO(photo(trashnet_photos)[1])).size
+
+
+@pytest.mark.parametrize(
+    ("files", "form", "status"),
+    [
+        ({"file": ("big.jpg", b"\xff\xd8" + b"0" * (3 * 1024 * 1024), "image/jpeg")}, {}, 413),
+        ({"file": ("notes.txt", b"not a photo", "text/plain")}, {}, 415),
+        ({"file": ("cut.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "image/jpeg")}, {}, 422),
+        ({"file": ("ok.jpg", b"", "image/jpeg")}, {"method": "nope"}, 422),
+    ],
+)
+def test_bad_input_over_http(
+    api: httpx.Client, files: dict[str, tuple[str, bytes, str]], form: dict[str, str], status: int
+) -> None:
+    response = api.post("/explain", files=files, data=form)
+    assert response.status_code == status, response.text
+    assert isinstance(response.json()["detail"], str)
+
+
+def test_a_training_job_becomes_the_served_model(api: httpx.Client, trashnet_photos: Path) -> None:
+    form = {
+        "model": "simple_cnn",
+        "model_kwargs": '{"width": 4}',
+        "epochs": "2",
+        "batch_size": "8",
+        "input_size": "32",
+        "name": "tiny-trashnet",
+        "make_default": "true",
+    }
+    created = api.post(
+        "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
+    )
+    assert created.status_code == 202, created.text
+    job = wait_for_job(api, created.headers["location"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "succeeded", job["error"]
+    assert len(job["history"]) == 2
+    version = job["result"]["model"]
+    assert version["name"] == "tiny-trashnet"
+    listed = api.get("/models/tiny-trashnet").json()
+    assert [m["version"] for m in listed] == [version["version"]]
+    deadline = time.monotonic() + 20
+    while api.get("/models").json()["serving"] != version and time.monotonic() < deadline:
+        time.sleep(0.3)
+    classified = api.post("/classify", files={"file": photo(trashnet_photos)}).json()
+    assert classified["results"][0]["model"] == version
+
+
+def test_a_heatmap_batch_returns_its_zip(api: httpx.Client, trashnet_photos: Path) -> None:
+    files = [("files", photo(trashnet_photos, label)) for label in ("glass", "metal", "paper")]
+    created = api.post("/explain/batch", files=files, data={"method": "layercam"})
+    assert created.status_code == 202, created.text
+    job = wait_for_job(api, created.headers["location"], {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job["error"]
+    download = api.get(f"{created.headers['location']}/result")
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["method"] == "layercam"
+        assert len(manifest["images"]) == 3
+        sizes = {name: Image.open(io.BytesIO(data)).size for name, data, _ in (f for _, f in files)}
+        for entry in manifest["images"]:
+            original = entry["file"].split("-", 1)[1]
+            assert Image.open(io.BytesIO(archive.read(entry["overlay"]))).size == sizes[original]
+
+
+def test_cancelling_a_running_training_job(api: httpx.Client, trashnet_photos: Path) -> None:
+    form = {
+        "model": "simple_cnn",
+        "model_kwargs": '{"width": 4}',
+        "epochs": "500",
+        "batch_size": "4",
+        "input_size": "32",
+    }
+    created = api.post(
+        "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
+    )
+    url = created.headers["location"]
+    running = wait_for_job(api, url, {"running"})
+    assert running["state"] == "running"
+    assert api.delete(url, headers=KEY).json()["cancel_requested"] is True
+    assert wait_for_job(api, url, {"cancelled", "failed", "succeeded"}, timeout=60)["state"] == "cancelled"
+
+
+def test_a_killed_worker_loses_no_training_job(
+    system: System, api: httpx.Client, trashnet_photos: Path
+) -> None:
+    form = {
+        "model": "simple_cnn",
+        "model_kwargs": '{"width": 4}',
+        "epochs": "6",
+        "batch_size": "4",
+        "input_size": "32",
+        "name": "survivor",
+    }
+    created = api.post(
+        "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
+    )
+    url = created.headers["location"]
+    deadline = time.monotonic() + 120
+    while api.get(url).json()["epoch"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    system.kill("worker")  # SIGKILL mid-run: no clean shutdown, no acknowledgement
+    interrupted = api.get(url).json()
+    assert interrupted["state"] == "running"
+    system.start_worker()
+    job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert job["state"] == "succeeded", (job["error"], system.log("worker"))
+    assert job["attempts"] >= 2
+    assert [record["epoch"] for record in job["history"]][-1] == 6
+
+
+def test_a_redis_restart_loses_no_job(system: System, api: httpx.Client, trashnet_photos: Path) -> None:
+    system.kill("worker")
+    created = api.post("/explain/batch", files=[("files", photo(trashnet_photos))])
+    url = created.headers["location"]
+    system.kill("redis")  # Redis keeps nothing on disk: the queued message and the record's copy are gone
+    system.start_redis()
+    assert api.get(url).json()["state"] == "queued"  # read back from the job's file
+    system.start_worker()
+    job = wait_for_job(api, url, {"succeeded", "failed"}, timeout=120)
+    assert job["state"] == "succeeded", (job["error"], system.log("worker"), system.log("api"))
+
+
+def test_a_restarted_api_still_reports_every_job(system: System, api: httpx.Client) -> None:
+    before = api.get("/train").json()
+    assert before
+    system.kill("api")
+    system.start_api()
+    after = api.get("/train").json()
+    assert [(j["id"], j["state"]) for j in after] == [(j["id"], j["state"]) for j in before]
