@@ -18,8 +18,9 @@ install: $(STAMP)
 redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --port 6379 --save "" --appendonly no
 
-serve: install redis
-	$(BIN)/uvicorn app.main:app --host 0.0.0.0 --port 8000
+# The API on http://127.0.0.1:8000 with a training and a heatmap worker (and Redis if none answers).
+serve: install
+	$(BIN)/trashcam serve --host 0.0.0.0 --port 8000
 
 lint: install
 	$(BIN)/ruff check .

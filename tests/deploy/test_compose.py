@@ -1,0 +1,69 @@
+"""Docker cannot run here, so check the deployment files against the code they start."""
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def scripts() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(project["project"]["scripts"])
+
+
+def check_trashcam_command(command: list[str]) -> None:
+    assert command[0] in scripts(), f"{command[0]} is not an entry point of the project"
+    build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
+
+
+def test_the_services_are_api_two_workers_and_redis() -> None:
+    assert set(compose()["services"]) == {"api", "training-worker", "heatmap-worker", "redis"}
+
+
+@pytest.mark.parametrize("service", ["api", "training-worker", "heatmap-worker"])
+def test_every_command_points_at_a_real_entry_point(service: str) -> None:
+    definition = compose()["services"][service]
+    check_trashcam_command(definition["command"])
+    assert definition["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert definition["environment"]["TRASHCAM_REDIS_URL"].startswith("redis://redis:")
+    assert any(volume.startswith("trashcam-data:") for volume in definition["volumes"])
+
+
+def test_the_workers_serve_the_two_queues() -> None:
+    services = compose()["services"]
+    queues = {services[name]["command"][-1] for name in ("training-worker", "heatmap-worker")}
+    assert queues == {"training", "heatmaps"}
+
+
+def test_redis_has_a_healthcheck() -> None:
+    assert compose()["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_entry_points_resolve_to_callables() -> None:
+    import importlib
+
+    for target in scripts().values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_dockerfile_copies_every_package_and_runs_an_entry_point() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("app", "models", "training", "worker"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert cmd is not None
+    check_trashcam_command(yaml.safe_load(cmd.group(1)))
+    assert "torch==2.14.1 torchvision==0.29.1" in dockerfile
