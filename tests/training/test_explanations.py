@@ -1,0 +1,39 @@
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from training.engine import TrainResult
+from training.explanations import main, pick_images
+from training.split import load_manifest
+
+
+def test_faithfulness_cli_scores_the_test_split(reference_run: TrainResult, tmp_path: Path) -> None:
+    out = tmp_path / "faithfulness.json"
+    run = reference_run.out_dir
+    manifest_path, checkpoint = str(run / "manifest.json"), str(run / "best.pt")
+    args = ["--checkpoint", checkpoint, "--manifest", manifest_path, "--steps", "4", "--out", str(out)]
+    assert main(["faithfulness", *args, "--device", "cpu"]) == 0
+    scores = json.loads(out.read_text())
+    manifest = load_manifest(run / "manifest.json")
+    assert scores["images"] == len(manifest.select("test"))
+    assert 0 <= scores["average_drop_pct"] <= 100
+    assert 0 <= scores["increase_in_confidence_pct"] <= 100
+    assert 0 <= scores["deletion_auc"] <= 1
+    assert 0 <= scores["insertion_auc"] <= 1
+
+
+def test_figure_has_a_column_per_image_and_a_row_per_model(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    run = reference_run.out_dir
+    manifest = load_manifest(run / "manifest.json")
+    chosen = pick_images(manifest, split="test", per_class=1)
+    assert [label for _, label in chosen] == sorted({label for _, label in manifest.select("test")})
+    out = tmp_path / "figure.png"
+    best, final = run / "best.pt", run / "final.pt"
+    models = ["--checkpoint", f"best={best}", "--checkpoint", f"final={final}"]
+    args = ["--manifest", str(run / "manifest.json"), "--per-class", "1", "--out", str(out), *models]
+    assert main(["figure", *args, "--device", "cpu"]) == 0
+    width, height = Image.open(out).size
+    assert width > height  # six columns, three rows

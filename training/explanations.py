@@ -1,0 +1,199 @@
+"""Explanations of trained models on a split: faithfulness scores and side-by-side Grad-CAM figures.
+
+python -m training.explanations faithfulness --checkpoint runs/se/best.pt --manifest runs/se/manifest.json
+python -m training.explanations figure --manifest runs/se/manifest.json --out docs/figures/gradcam.png \\
+    --checkpoint ResNet-50=runs/r50/best.pt --checkpoint SE-ResNet-50=runs/se/best.pt
+"""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display
+import numpy as np
+import torch
+from matplotlib import pyplot as plt
+from PIL import Image
+
+from models.cam import compute_cam, list_cam_methods
+from models.cam.faithfulness import faithfulness
+from models.cam.overlay import overlay_heatmap
+from models.checkpoint import build_model, load_checkpoint
+from models.predictor import select_device
+from models.transforms import build_eval_transform
+from training.engine import DATA_DIR
+from training.evaluation import eval_loader, remap_labels
+from training.split import Manifest, load_manifest, manifest_data_root
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_faithfulness(
+    checkpoint_path: Path,
+    manifest: Manifest,
+    root: Path,
+    *,
+    split: str = "test",
+    method: str = "gradcam",
+    steps: int = 32,
+    batch_size: int = 32,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Mean faithfulness of ``method``'s heatmaps for the predicted class over a split."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = build_model(checkpoint, source=str(checkpoint_path)).to(device).requires_grad_(False)
+    samples = remap_labels(manifest.select(split), manifest.class_names, checkpoint.spec.class_names)
+    loader = eval_loader(checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=None)
+    totals = {"drop": 0.0, "increase": 0.0, "deletion_auc": 0.0, "insertion_auc": 0.0}
+    count = 0
+    for images, _ in loader:
+        images = images.to(device)
+        heatmaps, _, targets = compute_cam(model, images, method=method)
+        scores = faithfulness(model, images, heatmaps, targets, steps=steps)
+        totals["drop"] += float(scores.drop.sum())
+        totals["increase"] += float(scores.increase.sum())
+        totals["deletion_auc"] += float(scores.deletion_auc.sum())
+        totals["insertion_auc"] += float(scores.insertion_auc.sum())
+        count += len(images)
+        logger.info("%s: %d/%d images", checkpoint_path, count, len(samples))
+    return {
+        "checkpoint": str(checkpoint_path),
+        "arch": checkpoint.spec.arch,
+        "method": method,
+        "split": split,
+        "images": count,
+        "deletion_steps": steps,
+        "average_drop_pct": 100 * totals["drop"] / count,
+        "increase_in_confidence_pct": 100 * totals["increase"] / count,
+        "deletion_auc": totals["deletion_auc"] / count,
+        "insertion_auc": totals["insertion_auc"] / count,
+    }
+
+
+def pick_images(manifest: Manifest, *, split: str, per_class: int) -> list[tuple[str, int]]:
+    """The first ``per_class`` images of each class in the split, in manifest order (deterministic)."""
+    chosen: list[tuple[str, int]] = []
+    for label in range(len(manifest.class_names)):
+        chosen += [sample for sample in manifest.select(split) if sample[1] == label][:per_class]
+    return chosen
+
+
+def gradcam_figure(
+    checkpoints: Sequence[tuple[str, Path]],
+    manifest: Manifest,
+    root: Path,
+    out: Path,
+    *,
+    split: str = "test",
+    per_class: int = 2,
+    method: str = "gradcam",
+    device: torch.device,
+) -> None:
+    """Columns: the chosen images; rows: the photo, then each model's heatmap for its prediction."""
+    samples = pick_images(manifest, split=split, per_class=per_class)
+    photos = [Image.open(root / path).convert("RGB") for path, _ in samples]
+    figure, axes = plt.subplots(
+        len(checkpoints) + 1,
+        len(samples),
+        figsize=(1.6 * len(samples), 1.8 * (len(checkpoints) + 1)),
+        squeeze=False,
+    )
+    for column, (photo, (_, label)) in enumerate(zip(photos, samples, strict=True)):
+        axes[0, column].imshow(photo)
+        axes[0, column].set_title(manifest.class_names[label], fontsize=8)
+    for row, (name, path) in enumerate(checkpoints, start=1):
+        checkpoint = load_checkpoint(path)
+        model = build_model(checkpoint, source=str(path)).to(device).requires_grad_(False)
+        transform = build_eval_transform(checkpoint.spec)
+        batch = torch.stack([transform(photo) for photo in photos]).to(device)
+        heatmaps, logits, targets = compute_cam(model, batch, method=method)
+        probabilities = logits.float().softmax(dim=1)
+        for column, photo in enumerate(photos):
+            target = int(targets[column])
+            overlay = overlay_heatmap(np.asarray(photo), heatmaps[column].cpu().numpy(), alpha=0.5)
+            axes[row, column].imshow(overlay)
+            correct = checkpoint.spec.class_names[target] == manifest.class_names[samples[column][1]]
+            axes[row, column].set_title(
+                f"{checkpoint.spec.class_names[target]} {probabilities[column, target]:.2f}",
+                fontsize=7,
+                color="black" if correct else "red",
+            )
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(
+        f"{method} on {split} images (title: predicted class and probability; red: wrong)", fontsize=9
+    )
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def _manifest_and_root(path: Path) -> tuple[Manifest, Path]:
+    manifest = load_manifest(path)
+    return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    scores = commands.add_parser(
+        "faithfulness", help="average drop, increase in confidence, deletion/insertion AUC"
+    )
+    scores.add_argument("--checkpoint", type=Path, required=True)
+    scores.add_argument("--steps", type=int, default=32)
+    scores.add_argument("--out", type=Path, help="write the scores here as JSON")
+    figure = commands.add_parser("figure", help="a grid of heatmaps: images as columns, models as rows")
+    figure.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH")
+    figure.add_argument("--per-class", type=int, default=2)
+    figure.add_argument("--out", type=Path, required=True)
+    for command in (scores, figure):
+        command.add_argument("--manifest", type=Path, required=True)
+        command.add_argument("--split", default="test")
+        command.add_argument("--method", default="gradcam", choices=list_cam_methods())
+        command.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest, root = _manifest_and_root(args.manifest)
+    device = select_device(args.device)
+    if args.command == "faithfulness":
+        result = evaluate_faithfulness(
+            args.checkpoint,
+            manifest,
+            root,
+            split=args.split,
+            method=args.method,
+            steps=args.steps,
+            device=device,
+        )
+        text = json.dumps(result, indent=2)
+        if args.out is not None:
+            args.out.write_text(text + "\n")
+        sys.stdout.write(text + "\n")
+    else:
+        named = [tuple(item.split("=", 1)) for item in args.checkpoint]
+        gradcam_figure(
+            [(name, Path(path)) for name, path in named],
+            manifest,
+            root,
+            args.out,
+            split=args.split,
+            per_class=args.per_class,
+            method=args.method,
+            device=device,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
