@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import file_sha256, load_checkpoint, load_model
+from training.engine import TrainResult
+from training.export import export_run
+
+
+def test_export_writes_fp16_weights_with_spec_report_and_checksums(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    out = export_run(reference_run.out_dir, tmp_path / "shipped").parent
+    shipped = load_checkpoint(out / "model.pt")
+    original = load_checkpoint(reference_run.out_dir / "best.pt")
+    assert shipped.spec == original.spec
+    assert all(t.dtype == torch.float16 for t in shipped.state_dict.values() if t.is_floating_point())
+    assert (out / "report.json").is_file()
+    sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
+    assert sums["model.pt"] == file_sha256(out / "model.pt")
+    assert set(sums) >= {"model.pt", "spec.json", "report.json"}
+    model, _ = load_model(out / "model.pt")
+    reference, _ = load_model(reference_run.out_dir / "best.pt")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images), atol=2e-2, rtol=2e-2)
