@@ -13,9 +13,9 @@ from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.transforms import build_eval_transform
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``"auto"``: the GPU when there is one, else the CPU."""
-    if name == "auto":
+def select_device(name: str | None = "auto") -> torch.device:
+    """``"auto"`` (or None): the GPU when there is one, else the CPU."""
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

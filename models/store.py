@@ -10,12 +10,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.checkpoint import ModelSpec, file_sha256, load_checkpoint
+from models.files import write_json
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^v(\d+)$")
@@ -39,19 +39,6 @@ class ModelVersion:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def validate_name(name: str) -> str:
@@ -135,21 +122,19 @@ class ModelStore:
             os.fsync(handle.fileno())
         os.replace(tmp, folder / CHECKPOINT_FILE)
         if report is not None:
-            _atomic_write_text(folder / "report.json", json.dumps(report, indent=2))
+            write_json(folder / "report.json", report)
         meta = {
             "spec": loaded.spec.to_dict(),
             "sha256": loaded.sha256,
             "file_sha256": file_sha256(folder / CHECKPOINT_FILE),
         }
         # spec.json is written last: a version folder without it is ignored by readers.
-        _atomic_write_text(folder / "spec.json", json.dumps(meta, indent=2))
+        write_json(folder / "spec.json", meta)
         return self._read(name, folder)
 
     def set_default(self, name: str, version: str | None = None) -> ModelVersion:
         chosen = self.get(name, version)
-        _atomic_write_text(
-            self.root / "default.json", json.dumps({"name": chosen.name, "version": chosen.version})
-        )
+        write_json(self.root / "default.json", {"name": chosen.name, "version": chosen.version})
         return chosen
 
     def _claim_version(self, name: str) -> Path:

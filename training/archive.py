@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from models.checkpoint import file_sha256
-from training.files import read_json, write_json
+from models.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 

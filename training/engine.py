@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from models import create_model
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from models.files import read_json, write_json
+from models.predictor import select_device
 from training.augment import build_train_transform
 from training.config import TrainConfig
 from training.data import EpochShuffleSampler, ImageDataset, make_loader
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
-from training.files import read_json, write_json
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
 from training.report import plot_curves
@@ -55,13 +56,6 @@ class TrainResult:
     best_val_accuracy: float
     best_epoch: int
     test_accuracy: float | None = None
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else CUDA when available, else the CPU."""
-    if name is not None:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

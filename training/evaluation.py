@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import ModelSpec, load_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
+from models.files import write_json
 from models.transforms import build_eval_transform
 from training.data import DataError, ImageDataset, Sample, make_loader
-from training.files import write_json
 from training.report import IntArray, classification_metrics, plot_confusion_matrix
 
 logger = logging.getLogger(__name__)

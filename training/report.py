@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from training.files import atomic_write_bytes
+from models.files import atomic_write_bytes
 
 IntArray = npt.NDArray[np.int64]
 

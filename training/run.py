@@ -23,10 +23,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-un
 
 from models import list_models
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.predictor import select_device
 from training.archive import ArchiveError
 from training.config import DEFAULT_SPLIT, OPTIMIZERS, RECIPES, SCHEDULES, make_config
 from training.data import DataError
-from training.engine import DATA_DIR, RunExistsError, TrainResult, resume, select_device, train
+from training.engine import DATA_DIR, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps

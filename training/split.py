@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import file_sha256
+from models.files import read_json, write_json
 from training.data import DataError, ImageFolder, Sample, find_class_root, resolve_source, scan_image_folder
-from training.files import read_json, write_json
 
 SPLITS = ("train", "val", "test")
 FORMAT = "trashcam.split-manifest"

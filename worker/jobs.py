@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+
+from models.files import atomic_write_bytes
 
 JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -97,7 +98,7 @@ class JobStore:
     def save(self, job: Job) -> None:
         job.updated_at = time.time()
         text = job.to_json()
-        _atomic_write(self.folder(job.id) / "job.json", text)
+        atomic_write_bytes(self.folder(job.id) / "job.json", text.encode())
         # The file is the durable copy; Redis is refilled from it on the next read if this fails.
         with contextlib.suppress(redis.RedisError):
             self.redis.set(KEY_PREFIX + job.id, text)
@@ -192,16 +193,3 @@ class JobStore:
             if lost_worker or lost_message:
                 found.append(job)
         return found
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.files import read_json
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config, write_broken_images
 from training.augment import build_train_transform
 from training.data import DataError, EpochShuffleSampler, ImageDataset, find_class_root, scan_image_folder
 from training.engine import TrainResult
-from training.files import read_json
 from training.split import load_manifest
 
 

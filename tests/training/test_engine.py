@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.predictor import select_device
 from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
-from training.engine import RunExistsError, TrainResult, amp_dtype, resume, select_device, train
+from training.engine import RunExistsError, TrainResult, amp_dtype, resume, train
 from training.progress import Progress, TrainingCancelled
 from training.state import load_resume_state
 

@@ -1,4 +1,4 @@
-"""Atomic writes for the run folder's text and image files.
+"""Atomic writes for text, JSON and image files.
 
 Checkpoints and the resume state go through :func:`models.checkpoint.atomic_save`; these helpers do the
 same (temporary file, fsync, rename) for JSON and PNG, so a killed run never leaves a half-written
