@@ -11,7 +11,6 @@ when it still unpickles.
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.files import atomic_open
 from models.registry import create_model
 
 FORMAT = "trashcam.checkpoint"
@@ -118,24 +118,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     A reader sees either the old file or the complete new one, never a partial write, even if the
     process is killed mid-save.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # Persist the rename itself.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
 
 
 def _cast_floating(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> StateDict:

@@ -1,15 +1,16 @@
 """Atomic writes for text, JSON and image files.
 
-Checkpoints and the resume state go through :func:`models.checkpoint.atomic_save`; these helpers do the
-same (temporary file, fsync, rename) for JSON and PNG, so a killed run never leaves a half-written
-manifest, history or report behind.
+Checkpoints, job records, manifests, histories, reports and figures are all written through
+:func:`atomic_open`, so a killed process never leaves a half-written file behind.
 """
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -19,8 +20,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+@contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary handle whose contents replace ``path`` only once the block ends without error.
+
+    The data goes to a temporary file in the same folder, is fsynced, then renamed over ``path`` (and
+    the rename fsynced), so readers see the old file or the whole new one, even after a kill.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,13 +34,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    with atomic_open(path) as handle:
+        handle.write(data)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import ModelSpec, file_sha256, load_checkpoint
-from models.files import write_json
+from models.files import atomic_open, write_json
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^v(\d+)$")
@@ -116,11 +116,8 @@ class ModelStore:
         validate_name(name)
         loaded = load_checkpoint(checkpoint)  # refuse a bad file before it enters the store
         folder = self._claim_version(name)
-        tmp = folder / f".{CHECKPOINT_FILE}.tmp"
-        shutil.copyfile(checkpoint, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / CHECKPOINT_FILE)
+        with open(checkpoint, "rb") as source, atomic_open(folder / CHECKPOINT_FILE) as target:
+            shutil.copyfileobj(source, target)
         if report is not None:
             write_json(folder / "report.json", report)
         meta = {
