@@ -9,6 +9,7 @@ def test_a_finished_run_becomes_a_table_row(reference_run: TrainResult) -> None:
     assert result["best_val_accuracy"] == reference_run.best_val_accuracy
     assert result["epochs"] == "3/3"
     assert result["parameters"] > 0
+    assert reference_run.test_accuracy is not None
     table = markdown([result])
     assert table.count("\n") == 3
     assert f"{100 * reference_run.test_accuracy:.2f}%" in table
