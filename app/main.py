@@ -20,6 +20,7 @@ from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
 from models.store import ModelStore
 from worker.jobs import JobStore
+from worker.recovery import recover_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,9 @@ async def follow_default_model(app: FastAPI) -> None:
 async def recover_lost_jobs(app: FastAPI) -> None:
     """Resubmit jobs whose worker died or whose queue message a Redis restart lost."""
     settings: Settings = app.state.settings
-    jobs_store: JobStore = app.state.jobs
     while True:
         try:
-            for job in await run_in_threadpool(jobs_store.orphans):
-                logger.warning("resubmitting %s job %s (was %s)", job.kind, job.id, job.state)
-                job.attempts += 1
-                jobs_store.mark_queued(job)
-                app.state.submitter(job)
+            await run_in_threadpool(recover_orphans, app.state.jobs, app.state.submitter)
         except Exception:
             logger.exception("job recovery failed; will retry")
         await asyncio.sleep(settings.job_recovery_interval_seconds)

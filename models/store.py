@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import ModelSpec, file_sha256, load_checkpoint
+from models.checkpoint import ModelSpec, load_checkpoint
 from models.files import atomic_open, write_json
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -115,16 +115,15 @@ class ModelStore:
         """Copy a verified checkpoint in as the next version of ``name``."""
         validate_name(name)
         loaded = load_checkpoint(checkpoint)  # refuse a bad file before it enters the store
+        for existing in self.versions(name):
+            if existing.sha256 == loaded.sha256:
+                return existing  # the same weights again (a job run twice): nothing new to store
         folder = self._claim_version(name)
         with open(checkpoint, "rb") as source, atomic_open(folder / CHECKPOINT_FILE) as target:
             shutil.copyfileobj(source, target)
         if report is not None:
             write_json(folder / "report.json", report)
-        meta = {
-            "spec": loaded.spec.to_dict(),
-            "sha256": loaded.sha256,
-            "file_sha256": file_sha256(folder / CHECKPOINT_FILE),
-        }
+        meta = {"spec": loaded.spec.to_dict(), "sha256": loaded.sha256}
         # spec.json is written last: a version folder without it is ignored by readers.
         write_json(folder / "spec.json", meta)
         return self._read(name, folder)

@@ -44,6 +44,10 @@ celery_app = create_celery(get_settings())
 @worker_ready.connect
 def _recover_lost_jobs(**_: object) -> None:
     """A starting worker resubmits jobs whose worker died or whose queue message Redis lost."""
-    from worker.recovery import resubmit_orphans
+    from worker.jobs import JobStore
+    from worker.recovery import recover_orphans, submit
 
-    resubmit_orphans(celery_app, get_settings())
+    settings = get_settings()
+    recover_orphans(
+        JobStore.from_url(settings.redis_url, settings.jobs_dir), lambda job: submit(celery_app, job)
+    )

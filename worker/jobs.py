@@ -1,23 +1,28 @@
 """Job records kept in Redis (fast, shared) and on disk (durable), so that neither a restarted API, a
 crashed worker nor a restarted Redis loses a job's state.
 
-A record lives at ``<jobs_dir>/<id>/job.json`` and under the Redis key ``trashcam:job:<id>``. Every
-write goes to both; reads prefer Redis and fall back to the file. The job's folder is also where its
-work happens (a training run's checkpoints, a heatmap batch's inputs and zip).
+A record lives at ``<jobs_dir>/<id>/job.json`` (the authority) and under the Redis key
+``trashcam:job:<id>`` (a copy for whoever reads Redis). A cancellation is a separate marker file that
+only the API writes, so a worker saving progress can never undo it. The job's folder is also where its
+work happens (a training run's checkpoints, a heatmap batch's inputs and zip). A worker holds a job
+through a :class:`JobLease`, a Redis lock that a heartbeat keeps alive while the job runs.
 """
 
 import contextlib
 import json
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from redis.lock import Lock
 
 from models.files import atomic_write_bytes
 
@@ -25,10 +30,12 @@ JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 _ID = re.compile(r"^[0-9a-f]{32}$")
+logger = logging.getLogger(__name__)
 KEY_PREFIX = "trashcam:job:"
 LOCK_PREFIX = "trashcam:lock:"
 #: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
 INSTANCE_KEY = "trashcam:instance"
+CANCEL_MARKER = "cancel"
 
 
 class JobNotFoundError(LookupError):
@@ -67,7 +74,10 @@ class Job:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Job":
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        # Fields written by another version of the service are ignored rather than fatal.
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def new_job_id() -> str:
@@ -99,24 +109,31 @@ class JobStore:
         job.updated_at = time.time()
         text = job.to_json()
         atomic_write_bytes(self.folder(job.id) / "job.json", text.encode())
-        # The file is the durable copy; Redis is refilled from it on the next read if this fails.
-        with contextlib.suppress(redis.RedisError):
+        try:
             self.redis.set(KEY_PREFIX + job.id, text)
+        except redis.RedisError:
+            logger.warning("could not copy job %s to Redis; its file is up to date", job.id)
 
     def get(self, job_id: str) -> Job:
-        try:
-            cached = self.redis.get(KEY_PREFIX + job_id) if _ID.match(job_id) else None
-        except redis.RedisError:
-            cached = None
-        if isinstance(cached, bytes | str):
-            return Job.from_json(cached)
         path = self.folder(job_id) / "job.json"
-        if not path.is_file():
-            raise JobNotFoundError(f"no job {job_id!r}")
-        job = Job.from_json(path.read_text(encoding="utf-8"))
-        with contextlib.suppress(redis.RedisError):
-            self.redis.set(KEY_PREFIX + job_id, job.to_json())
+        try:
+            job = Job.from_json(path.read_bytes())
+        except FileNotFoundError:
+            raise JobNotFoundError(f"no job {job_id!r}") from None
+        except (ValueError, TypeError) as error:
+            raise JobNotFoundError(f"job {job_id!r} has an unreadable record: {error}") from None
+        job.cancel_requested = job.cancel_requested or self.cancel_requested(job_id)
         return job
+
+    def all(self) -> Iterator[Job]:
+        if not self.jobs_dir.is_dir():
+            return
+        for folder in sorted(self.jobs_dir.iterdir()):
+            if _ID.match(folder.name) and (folder / "job.json").is_file():
+                try:
+                    yield self.get(folder.name)
+                except JobNotFoundError as error:
+                    logger.warning("skipping %s: %s", folder.name, error)
 
     def redis_instance(self) -> str:
         """The running Redis server's instance id (created by whoever asks first after a start)."""
@@ -130,47 +147,25 @@ class JobStore:
         job.queued_on = self.redis_instance()
         self.save(job)
 
-    def all(self) -> Iterator[Job]:
-        if not self.jobs_dir.is_dir():
-            return
-        for folder in sorted(self.jobs_dir.iterdir()):
-            if _ID.match(folder.name) and (folder / "job.json").is_file():
-                yield Job.from_json((folder / "job.json").read_text(encoding="utf-8"))
-
+    # Cancellation --------------------------------------------------------------------------------
     def request_cancel(self, job_id: str) -> Job:
+        """Ask for a job to stop. A queued job is cancelled at once; a running one at its next step."""
         job = self.get(job_id)
-        if not job.finished:
-            job.cancel_requested = True
-            if job.state == "queued":
-                job.state, job.finished_at = "cancelled", time.time()
+        if job.finished:
+            return job
+        atomic_write_bytes(self.folder(job_id) / CANCEL_MARKER, b"cancel requested\n")
+        job.cancel_requested = True
+        if job.state == "queued" and not self.locked(job_id):
+            job.state, job.finished_at = "cancelled", time.time()
             self.save(job)
         return job
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.get(job_id).cancel_requested
+        return (self.folder(job_id) / CANCEL_MARKER).is_file()
 
-    # Ownership: one worker runs a job at a time --------------------------------------------------
-    def acquire(self, job_id: str, owner: str, ttl_seconds: int) -> bool:
-        return bool(self.redis.set(LOCK_PREFIX + job_id, owner, nx=True, ex=ttl_seconds))
-
-    def renew(self, job_id: str, owner: str, ttl_seconds: int) -> bool:
-        """Extend the lock if ``owner`` still holds it."""
-        key = LOCK_PREFIX + job_id
-        current = self.redis.get(key)
-        if current is None:
-            return bool(self.redis.set(key, owner, nx=True, ex=ttl_seconds))
-        if (current.decode() if isinstance(current, bytes) else str(current)) != owner:
-            return False
-        return bool(self.redis.expire(key, ttl_seconds))
-
-    def release(self, job_id: str, owner: str) -> None:
-        key = LOCK_PREFIX + job_id
-        current = self.redis.get(key)
-        if (
-            current is not None
-            and (current.decode() if isinstance(current, bytes) else str(current)) == owner
-        ):
-            self.redis.delete(key)
+    # Ownership -----------------------------------------------------------------------------------
+    def lease(self, job_id: str, ttl_seconds: int) -> "JobLease":
+        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds)
 
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
@@ -178,7 +173,7 @@ class JobStore:
     def orphans(self) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.
 
-        A running job whose lock expired lost its worker; a queued job whose message went to an
+        A running job whose lease expired lost its worker; a queued job whose message went to an
         earlier Redis instance lost that message when Redis restarted (it keeps nothing on disk).
         Either is safe to submit again: training resumes from its last checkpoint and heatmap
         batches are recomputed.
@@ -186,10 +181,58 @@ class JobStore:
         instance = self.redis_instance()
         found = []
         for job in self.all():
-            if job.finished or job.cancel_requested:
+            if job.finished:
                 continue
             lost_worker = job.state == "running" and not self.locked(job.id)
             lost_message = job.state == "queued" and job.queued_on != instance
             if lost_worker or lost_message:
                 found.append(job)
         return found
+
+
+class JobLease:
+    """A Redis lock on one job, kept alive by a heartbeat thread while the job runs.
+
+    ``lost`` is set when the lock could not be kept (it expired and someone else took it, or Redis
+    lost it and it could not be taken back); the job's work should then stop, writing nothing.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int) -> None:
+        # Not thread-local: the heartbeat thread extends the lock the job's thread acquired.
+        self._lock = Lock(client, key, timeout=ttl_seconds, blocking=False, thread_local=False)
+        self.ttl = ttl_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self._heartbeat = threading.Thread(target=self._beat, name="job-lease", daemon=True)
+        self._heartbeat.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                # Redis lost the lock (a restart): take it back unless another worker has it.
+                if not self._take_back():
+                    self.lost.set()
+                    return
+            except redis.RedisError:
+                logger.warning("could not renew a job lease; retrying", exc_info=True)
+
+    def _take_back(self) -> bool:
+        try:
+            return bool(self._lock.acquire(blocking=False))
+        except redis.RedisError:
+            return False
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
+            self._lock.release()

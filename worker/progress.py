@@ -3,31 +3,31 @@
 import time
 
 from training.progress import Progress, TrainingCancelled
-from worker.jobs import Job, JobStore
+from worker.jobs import Job, JobLease, JobStore
+
+
+class LeaseLost(TrainingCancelled):
+    """The worker no longer holds the job; another worker has it, so this one stops writing."""
 
 
 class JobProgress:
-    """A training progress callback that updates ``job`` (at most every ``interval`` seconds, and at
-    every epoch end), keeps the job's lock alive, and raises :class:`TrainingCancelled` once a
-    cancellation was requested."""
+    """A training progress callback that records progress in ``job`` (at most every ``interval``
+    seconds, and at every epoch end) and stops training when the job is cancelled or its lease lost."""
 
-    def __init__(
-        self, jobs: JobStore, job: Job, *, owner: str, lock_seconds: int, interval: float = 1.0
-    ) -> None:
+    def __init__(self, jobs: JobStore, job: Job, lease: JobLease, *, interval: float = 1.0) -> None:
         self.jobs = jobs
         self.job = job
-        self.owner = owner
-        self.lock_seconds = lock_seconds
+        self.lease = lease
         self.interval = interval
         self._last = 0.0
 
     def __call__(self, progress: Progress) -> None:
+        if self.lease.lost.is_set():
+            raise LeaseLost(f"job {self.job.id} is now held by another worker")
         now = time.monotonic()
         if progress.phase != "epoch" and now - self._last < self.interval:
             return
         self._last = now
-        if not self.jobs.renew(self.job.id, self.owner, self.lock_seconds):
-            raise TrainingCancelled(f"job {self.job.id} is now owned by another worker")
         if self.jobs.cancel_requested(self.job.id):
             self.job.cancel_requested = True
             raise TrainingCancelled(f"job {self.job.id} was cancelled")

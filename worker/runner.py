@@ -2,13 +2,11 @@
 
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +15,13 @@ from app.config import Settings
 from app.imaging import BadImageError, decode_image
 from app.serving import ModelManager
 from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
+from models.files import atomic_open
 from models.predictor import Predictor
 from models.store import ModelStore
 from training.config import make_config
 from training.engine import CONFIG_FILE, resume, train
-from worker.jobs import Job, JobStore
-from worker.progress import JobProgress
+from worker.jobs import Job, JobLease, JobStore
+from worker.progress import JobProgress, LeaseLost
 
 logger = logging.getLogger(__name__)
 
@@ -32,57 +31,75 @@ RESULT_ZIP = "result.zip"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+@dataclass
+class Held:
+    """A job this worker holds, with the lease that proves it."""
+
+    job: Job
+    lease: JobLease
+
+
+def _public_error(error: Exception, folder: Path) -> str:
+    """The error for the job record, without the server's paths."""
+    return f"{type(error).__name__}: {error}".replace(str(folder), "<job>").replace(
+        str(folder.parent), "<jobs>"
+    )
 
 
 @contextmanager
-def owned(jobs: JobStore, job_id: str, lock_seconds: int) -> Iterator[Job | None]:
-    """The job, locked for this worker, marked running; None if it is finished or owned elsewhere.
-
-    Whatever the body raises is recorded as the job's failure.
-    """
-    job = jobs.get(job_id)
-    owner = _owner()
-    if job.finished or not jobs.acquire(job_id, owner, lock_seconds):
+def held(jobs: JobStore, job_id: str, lease_seconds: int) -> Iterator[Held | None]:
+    """The job, leased to this worker and marked running; None if it is finished, cancelled or held
+    elsewhere. The outcome is saved at the end (a failure with its error) unless the lease was lost,
+    in which case the worker now holding the job records it."""
+    lease = jobs.lease(job_id, lease_seconds)
+    if not lease.acquire():
         yield None
         return
+    job = jobs.get(job_id)  # read again now that no one else can write it
     try:
+        if job.finished:
+            yield None
+            return
+        if job.cancel_requested:
+            job.state = "cancelled"
+            yield None
+            return
         job.state, job.attempts = "running", max(job.attempts, 1)
         job.started_at = job.started_at or time.time()
         job.error = None
         jobs.save(job)
-        job.params["_owner"] = owner
-        yield job
+        yield Held(job, lease)
+    except LeaseLost:
+        logger.warning("job %s: lease lost; another worker carries on", job_id)
     except Exception as error:
         logger.exception("job %s failed", job_id)
-        job.state, job.error = "failed", f"{type(error).__name__}: {error}"
+        job.state, job.error = "failed", _public_error(error, jobs.folder(job_id))
     finally:
-        job.params.pop("_owner", None)
-        job.finished_at = time.time() if job.finished else None
-        # Only the lock holder records the outcome: if the lock was lost (the job was given to
-        # another worker), that worker's record wins.
-        if jobs.renew(job_id, owner, lock_seconds):
+        if not lease.lost.is_set():
+            job.finished_at = time.time() if job.finished else None
             jobs.save(job)
-            jobs.release(job_id, owner)
+        lease.release()
 
 
 def run_training_job(job_id: str, settings: Settings) -> Job:
     """Train (or resume) the job's run, then register its best checkpoint as a new model version."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
-    with owned(jobs, job_id, settings.job_lock_seconds) as job:
-        if job is None:
+    with held(jobs, job_id, settings.job_lock_seconds) as holding:
+        if holding is None:
             return jobs.get(job_id)
-        params = job.params
+        job, params = holding.job, holding.job.params
         run_dir = jobs.folder(job_id) / RUN_DIR
-        callback = JobProgress(jobs, job, owner=params["_owner"], lock_seconds=settings.job_lock_seconds)
+        callback = JobProgress(jobs, job, holding.lease)
         if (run_dir / CONFIG_FILE).exists():
             result = resume(run_dir, callback=callback)
         else:
+            options = params["options"]
             config = make_config(
-                params.get("recipe", "paper"), data=params["data"], out=str(run_dir), **params["options"]
+                params.get("recipe", "paper"), data=params["data"], out=str(run_dir), **options
             )
             result = train(config, callback=callback)
+        if holding.lease.lost.is_set():
+            raise LeaseLost(job_id)
         if result.status == "cancelled":
             job.state = "cancelled"
             return job
@@ -100,7 +117,14 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             "test_accuracy": result.test_accuracy,
             "default": bool(params.get("make_default")),
         }
-    return job
+    return jobs.get(job_id)
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    entry: dict[str, object]  # the manifest entry
+    overlay_png: bytes | None  # None when the image could not be read
+    heatmap_png: bytes | None
 
 
 def explain_images(
@@ -113,64 +137,68 @@ def explain_images(
     max_pixels: int,
     batch_size: int,
     on_batch: Callable[[int], None],
-) -> Iterator[tuple[Path, dict[str, object], bytes | None]]:
-    """(path, manifest entry, overlay PNG or None) for each image, explained in batches."""
+) -> Iterator[ExplainedImage]:
+    """Each image explained, in batches; its outputs are named by position, so equal names cannot clash."""
+    names = predictor.class_names
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images, good = [], []
-        for path in chunk:
+        chunk = list(enumerate(paths[start : start + batch_size], start=start))
+        decoded = []
+        for index, path in chunk:
             try:
-                images.append(decode_image(path.read_bytes(), max_pixels=max_pixels, name=path.name))
-                good.append(path)
+                decoded.append(
+                    (index, path, decode_image(path.read_bytes(), max_pixels=max_pixels, name=path.name))
+                )
             except BadImageError as error:
-                yield path, {"file": path.name, "error": error.message}, None
-        if images:
-            result = predictor.explain(images, method=method)
-            names = predictor.class_names
-            for path, image, probs, heatmap, target in zip(
-                good, images, result.probabilities, result.heatmaps, result.targets, strict=True
+                yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
+        if decoded:
+            result = predictor.explain([image for _, _, image in decoded], method=method)
+            for (index, path, image), probs, heatmap, target in zip(
+                decoded, result.probabilities, result.heatmaps, result.targets, strict=True
             ):
                 photo = np.asarray(image)
                 sized = resize_heatmap(heatmap.numpy(), photo.shape[:2])
-                overlay = encode_png(overlay_heatmap(photo, sized, colormap=colormap, alpha=alpha))
                 ranked = sorted(
                     zip(names, probs.tolist(), strict=True), key=lambda pair: pair[1], reverse=True
                 )
                 entry: dict[str, object] = {
                     "file": path.name,
-                    "overlay": f"overlays/{path.stem}.png",
-                    "heatmap": f"heatmaps/{path.stem}.png",
+                    "overlay": f"overlays/{index:05d}.png",
+                    "heatmap": f"heatmaps/{index:05d}.png",
                     "label": ranked[0][0],
                     "target": names[int(target)],
                     "predictions": [{"label": label, "probability": p} for label, p in ranked],
                 }
-                entry["_heatmap_png"] = encode_png(heatmap_to_uint8(sized))
-                yield path, entry, overlay
+                yield ExplainedImage(
+                    entry,
+                    encode_png(overlay_heatmap(photo, sized, colormap=colormap, alpha=alpha)),
+                    encode_png(heatmap_to_uint8(sized)),
+                )
         on_batch(start + len(chunk))
 
 
 def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[], Predictor]) -> Job:
     """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
-    with owned(jobs, job_id, settings.job_lock_seconds) as job:
-        if job is None:
+    with held(jobs, job_id, settings.job_lock_seconds) as holding:
+        if holding is None:
             return jobs.get(job_id)
+        job, params, lease = holding.job, holding.job.params, holding.lease
         folder = jobs.folder(job_id)
-        paths = sorted(p for p in (folder / INPUTS_DIR).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(
+            p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         predictor = predictor_for()
-        params = job.params
-        owner = params["_owner"]
         job.epochs = len(paths)
 
         def on_batch(done: int) -> None:
-            jobs.renew(job_id, owner, settings.job_lock_seconds)
+            if lease.lost.is_set():
+                raise LeaseLost(job_id)
             job.epoch, job.progress = done, done / max(1, len(paths))
             jobs.save(job)
 
         entries = []
-        tmp = folder / f".{RESULT_ZIP}.tmp"
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for _, entry, overlay in explain_images(
+        with atomic_open(folder / RESULT_ZIP) as handle, zipfile.ZipFile(handle, "w") as archive:
+            for explained in explain_images(
                 predictor,
                 paths,
                 method=params.get("method", "gradcam"),
@@ -180,21 +208,20 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 batch_size=settings.batch_max_size,
                 on_batch=on_batch,
             ):
-                if overlay is not None:
-                    archive.writestr(str(entry["overlay"]), overlay)
-                    archive.writestr(str(entry["heatmap"]), entry.pop("_heatmap_png"))  # type: ignore[arg-type]
-                entries.append(entry)
+                if explained.overlay_png is not None and explained.heatmap_png is not None:
+                    archive.writestr(str(explained.entry["overlay"]), explained.overlay_png)
+                    archive.writestr(str(explained.entry["heatmap"]), explained.heatmap_png)
+                entries.append(explained.entry)
             manifest = {
                 "model": {"name": predictor.name, "version": predictor.version},
                 "method": params.get("method", "gradcam"),
                 "images": entries,
             }
             archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-        os.replace(tmp, folder / RESULT_ZIP)
         failed = sum(1 for e in entries if "error" in e)
         job.state, job.progress = "succeeded", 1.0
         job.result = {"images": len(entries), "failed": failed, "zip": f"/explain/batch/{job_id}/result"}
-    return job
+    return jobs.get(job_id)
 
 
 def serving_manager(settings: Settings) -> ModelManager:

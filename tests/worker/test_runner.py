@@ -13,7 +13,7 @@ from tests.app.conftest import png_bytes, tiny_checkpoint
 from tests.training.helpers import make_image_folder
 from training.progress import Progress, TrainingCancelled
 from worker.jobs import JobStore
-from worker.progress import JobProgress
+from worker.progress import JobProgress, LeaseLost
 from worker.runner import INPUTS_DIR, RESULT_ZIP, run_heatmap_job, run_training_job, serving_manager
 
 TINY = {
@@ -59,10 +59,19 @@ def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Sett
     assert [v.version for v in store.versions("tiny")] == ["v1"]
 
 
-def test_a_job_someone_else_owns_is_left_alone(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
+def test_a_job_another_worker_holds_is_left_alone(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
     job_id = training_job(jobs, tmp_path / "missing")
-    jobs.acquire(job_id, "another-worker", 30)
+    lease = jobs.lease(job_id, 30)
+    assert lease.acquire()
     assert run_training_job(job_id, settings).state == "queued"
+    lease.release()
+
+
+def test_a_job_cancelled_while_queued_never_runs(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5))
+    jobs.request_cancel(job_id)
+    assert run_training_job(job_id, settings).state == "cancelled"
+    assert not (jobs.folder(job_id) / "run").exists()
 
 
 def test_a_failing_job_records_why(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
@@ -76,8 +85,9 @@ def test_a_failing_job_records_why(jobs: JobStore, settings: Settings, tmp_path:
 
 def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
     job = jobs.create("training", {})
-    jobs.acquire(job.id, "me", 30)
-    progress = JobProgress(jobs, job, owner="me", lock_seconds=30, interval=0.0)
+    lease = jobs.lease(job.id, 30)
+    assert lease.acquire()
+    progress = JobProgress(jobs, job, lease, interval=0.0)
     progress(
         Progress(phase="train", epoch=1, epochs=4, step=5, steps=10, metrics={"loss": 1.0}, eta_seconds=12.0)
     )
@@ -85,8 +95,12 @@ def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
     assert (stored.epoch, stored.progress, stored.eta_seconds) == (1, 0.125, 12.0)
     assert stored.metrics == {"train_loss": 1.0}
     jobs.request_cancel(job.id)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(TrainingCancelled, match="was cancelled"):
         progress(Progress(phase="train", epoch=1, epochs=4, step=6, steps=10))
+    lease.lost.set()
+    with pytest.raises(LeaseLost):
+        progress(Progress(phase="train", epoch=1, epochs=4, step=7, steps=10))
+    lease.release()
 
 
 def test_a_heatmap_job_writes_overlays_and_a_manifest(
@@ -113,6 +127,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
         assert manifest["model"]["name"] == "tiny"
         by_file = {entry["file"]: entry for entry in manifest["images"]}
         assert "not an image" in by_file["broken.jpg"]["error"]
+        assert by_file["a.png"]["overlay"] != by_file["b.png"]["overlay"]
         overlay = Image.open(io.BytesIO(archive.read(by_file["a.png"]["overlay"])))
         assert overlay.size == (30, 20)
         heatmap = Image.open(io.BytesIO(archive.read(by_file["a.png"]["heatmap"])))
