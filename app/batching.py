@@ -26,6 +26,10 @@ class _Pending(Generic[Item, Result]):
     future: asyncio.Future[Result] = field(repr=False)
 
 
+class QueueFullError(RuntimeError):
+    """More requests are waiting than the batcher accepts; the caller should retry later."""
+
+
 class MicroBatcher(Generic[Item, Result]):
     """Collects submitted items into batches and runs ``process(key, items) -> results`` on them."""
 
@@ -36,6 +40,7 @@ class MicroBatcher(Generic[Item, Result]):
         max_size: int,
         max_wait: float,
         executor: ThreadPoolExecutor,
+        max_pending: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._process = process
@@ -44,13 +49,16 @@ class MicroBatcher(Generic[Item, Result]):
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[Item, Result]] = asyncio.Queue()
         self._executor = executor
+        self.max_pending = max_pending
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         if self._task is None:
             raise RuntimeError("the batcher is not running")
+        if self._queue.qsize() >= self.max_pending:
+            raise QueueFullError(f"{self._queue.qsize()} requests are already waiting; try again shortly")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(key, item, future))
+        self._queue.put_nowait(_Pending(key, item, future))
         return await future
 
     def start(self) -> None:
@@ -97,6 +105,8 @@ class MicroBatcher(Generic[Item, Result]):
                     results = await loop.run_in_executor(
                         self._executor, self._process, key, [entry.item for entry in group]
                     )
+                    if len(results) != len(group):
+                        raise RuntimeError(f"a batch of {len(group)} gave {len(results)} results")
                 except Exception as error:
                     for entry in group:
                         if not entry.future.done():
@@ -105,7 +115,7 @@ class MicroBatcher(Generic[Item, Result]):
                     for entry, result in zip(group, results, strict=True):
                         if not entry.future.done():
                             entry.future.set_result(result)
-                if self._on_batch is not None:
-                    self._on_batch(len(group), time.perf_counter() - started)
+                    if self._on_batch is not None:
+                        self._on_batch(len(group), time.perf_counter() - started)
             for _ in pending:
                 self._queue.task_done()

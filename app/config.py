@@ -6,7 +6,7 @@ Nothing else in the project reads the environment.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # Micro-batching of concurrent /classify and /explain requests.
     batch_max_size: int = Field(16, ge=1, le=256)
     batch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    # Requests waiting for the model beyond this are answered 503 instead of queueing without bound.
+    batch_max_pending: int = Field(256, ge=1)
 
     # Uploads.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
@@ -41,6 +43,13 @@ class Settings(BaseSettings):
     # endpoints are refused (403) rather than left open.
     api_keys: list[SecretStr] = Field(default_factory=list)
     protect_reads: bool = False
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if any(len(key.get_secret_value()) < 16 for key in keys):
+            raise ValueError("every API key must be at least 16 characters long")
+        return keys
 
     # Jobs.
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -13,7 +13,7 @@ from models.store import ModelStore
 from worker.jobs import JobStore
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -43,7 +43,7 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings_of_app)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

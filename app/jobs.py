@@ -1,52 +1,62 @@
-"""Creating jobs from requests: validated parameters, safely stored inputs, then a queued task."""
+"""Creating jobs from requests: validated parameters, safely stored inputs, then a queued task.
+
+Everything here touches the disk or Redis, so routes call it through a thread pool.
+"""
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from fastapi import HTTPException, UploadFile, status
+import kombu.exceptions
+import redis
+from fastapi import HTTPException, status
 
 from app.config import Settings
-from training.archive import ARCHIVE_SUFFIXES, ArchiveError, ArchiveTooLargeError, check_archive, is_archive
-from worker.jobs import Job
+from app.errors import too_large, unprocessable
+from training.archive import (
+    ARCHIVE_SUFFIXES,
+    ArchiveError,
+    ArchiveTooLargeError,
+    check_archive,
+    extract_archive,
+    is_archive,
+)
+from worker.jobs import Job, JobKind, JobStore
 
 _CHUNK = 1 << 20
+#: What /explain/batch accepts as photos (the heatmap worker reads the same suffixes).
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class JobSubmitter(Protocol):
     def __call__(self, job: Job) -> None: ...
 
 
-def unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
-
-
-async def save_upload(upload: UploadFile, dest: Path, *, max_bytes: int) -> Path:
-    """Stream an upload to ``dest``; 413 (and nothing kept) once it passes ``max_bytes``."""
+def copy_upload(source: BinaryIO, dest: Path, *, max_bytes: int, label: str) -> Path:
+    """Copy an uploaded file to ``dest``; 413 (and nothing kept) once it passes ``max_bytes``."""
     written = 0
+    source.seek(0)
     with open(dest, "wb") as out:
-        while chunk := await upload.read(_CHUNK):
+        while chunk := source.read(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                out.close()
-                dest.unlink(missing_ok=True)
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"{upload.filename or 'upload'}: larger than the limit of {max_bytes} bytes",
-                )
+                break
             out.write(chunk)
+    if written > max_bytes:
+        dest.unlink(missing_ok=True)
+        raise too_large(f"{label}: larger than the limit of {max_bytes} bytes")
     return dest
 
 
-def archive_name(upload: UploadFile) -> str:
-    """A safe local name that keeps the upload's archive suffix; 415 if it is not an archive."""
-    filename = (upload.filename or "").lower()
+def archive_suffix(filename: str) -> str:
+    """The archive suffix of ``filename``; 415 if it is not an archive."""
     for suffix in ARCHIVE_SUFFIXES:
-        if filename.endswith(suffix):
-            return f"upload{suffix}"
+        if filename.lower().endswith(suffix):
+            return suffix
     raise HTTPException(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-        f"{upload.filename or 'upload'}: expected an archive ({', '.join(ARCHIVE_SUFFIXES)})",
+        f"{filename or 'upload'}: expected an archive ({', '.join(ARCHIVE_SUFFIXES)})",
     )
 
 
@@ -55,9 +65,9 @@ def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
     try:
         return check_archive(path, max_bytes=settings.max_archive_bytes, max_files=settings.max_archive_files)
     except ArchiveTooLargeError as error:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"{label}: {error}") from None
+        raise too_large(f"{label}: {error}") from None
     except ArchiveError as error:
-        raise unprocessable(f"{label}: {error}") from None
+        raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
 
 
 def confined_data_path(relative: str, settings: Settings) -> Path:
@@ -76,6 +86,81 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
     if resolved.is_file():
         vet_archive(resolved, settings, label=relative)
     return resolved
+
+
+def store_training_data(
+    upload: tuple[str, BinaryIO] | None, data_path: str | None, folder: Path, settings: Settings
+) -> tuple[Path, str]:
+    """(data set path, description) for a training job: the uploaded archive, saved and vetted in the
+    job folder, or a path confined to the data root."""
+    if upload is not None:
+        filename, source = upload
+        archive = copy_upload(
+            source,
+            folder / f"upload{archive_suffix(filename)}",
+            max_bytes=settings.max_archive_upload_bytes,
+            label=filename,
+        )
+        vet_archive(archive, settings, label=filename)
+        return archive, f"upload:{filename}"
+    if not data_path:
+        raise unprocessable("give the data set either as an uploaded archive ('file') or as 'data_path'")
+    return confined_data_path(data_path, settings), f"data_root:{data_path}"
+
+
+def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings: Settings) -> int:
+    """Save the photos (or unpack the one archive) under ``folder``; return how many photos it holds."""
+    folder.mkdir(parents=True)
+    if len(uploads) == 1 and is_archive(uploads[0][0]):
+        filename, source = uploads[0]
+        archive = copy_upload(
+            source,
+            folder.parent / f"upload{archive_suffix(filename)}",
+            max_bytes=settings.max_archive_upload_bytes,
+            label=filename,
+        )
+        vet_archive(archive, settings, label=filename)
+        folder.rmdir()
+        try:
+            extract_archive(
+                archive, folder, max_bytes=settings.max_archive_bytes, max_files=settings.max_archive_files
+            )
+        except ArchiveTooLargeError as error:
+            raise too_large(f"{filename}: {error}") from None
+        except ArchiveError as error:
+            raise unprocessable(f"{filename}: {str(error).replace(str(folder.parent), '')}") from None
+        finally:
+            archive.unlink(missing_ok=True)
+    else:
+        for index, (filename, source) in enumerate(uploads):
+            suffix = Path(filename).suffix.lower()
+            if suffix not in PHOTO_SUFFIXES:
+                raise HTTPException(
+                    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                    f"{filename}: expected a photo ({', '.join(PHOTO_SUFFIXES)}) or one archive",
+                )
+            # Numbered names keep duplicates apart and keep client paths out of the file system.
+            name = f"{index:05d}-{Path(filename).stem[:64]}{suffix}"
+            copy_upload(source, folder / name, max_bytes=settings.max_upload_bytes, label=filename)
+    count = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    if count == 0:
+        raise unprocessable(f"no photos found (expected files ending in {', '.join(PHOTO_SUFFIXES)})")
+    return count
+
+
+def enqueue(jobs: JobStore, submit: JobSubmitter, kind: JobKind, params: dict[str, Any], job_id: str) -> Job:
+    """Record the job and queue its task; 503 (and nothing kept) if the queue is unreachable."""
+    try:
+        job = jobs.create(kind, params, job_id=job_id)
+        jobs.mark_queued(job)
+        submit(job)
+    except (redis.RedisError, kombu.exceptions.KombuError, OSError) as error:
+        discard(jobs.folder(job_id))
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the job queue is unreachable, try again later ({type(error).__name__})",
+        ) from None
+    return job
 
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.batching import QueueFullError
 from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
-from app.routes import batches, classify, explain, health, jobs
+from app.routes import batches, classify, explain, health, training
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
 from models.store import ModelStore
@@ -77,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager,
         max_batch_size=settings.batch_max_size,
         max_wait_s=settings.batch_max_wait_ms / 1000.0,
+        max_pending=settings.batch_max_pending,
         on_batch=app.state.metrics.observe_batch,
     )
     app.state.service = service
@@ -95,6 +97,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.stop()
 
 
+def body_limit(path: str, settings: Settings) -> int:
+    """The largest request body a route may receive: its files' limits plus room for the form."""
+    if path in ("/train", "/explain/batch"):
+        return settings.max_archive_upload_bytes + (1 << 20)
+    return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
+
+
 def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | None = None) -> FastAPI:
     """The application; ``submitter`` queues jobs (Celery by default, a fake in unit tests)."""
     app = FastAPI(
@@ -110,8 +119,27 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 
     @app.exception_handler(NoModelError)
-    async def no_model(request: Request, error: NoModelError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    @app.exception_handler(QueueFullError)
+    async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(error)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """413 before the body is read, when its declared length is already over every limit."""
+        declared = request.headers.get("content-length", "")
+        limit = body_limit(request.url.path, request.app.state.settings)
+        if declared.isdecimal() and int(declared) > limit:
+            return JSONResponse(
+                {"detail": f"request body of {declared} bytes is over the limit of {limit} bytes"},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            )
+        return await call_next(request)
 
     @app.middleware("http")
     async def record_metrics(
@@ -130,7 +158,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         classify.router,
         batches.router,
         explain.router,
-        jobs.router,
+        training.router,
         models_routes.router,
         health.router,
     ):

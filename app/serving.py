@@ -7,6 +7,7 @@ requests through micro-batchers that share one inference thread.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +41,15 @@ class ModelManager:
         self.device = select_device(device_name)
         self._predictor: Predictor | None = None
         self._seen_default: str | None = None
+        # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch.
+        self._swap = threading.Lock()
 
     @property
     def predictor(self) -> Predictor:
         if self._predictor is None:
             raise NoModelError(
-                "no model is loaded: set TRASHCAM_MODEL_PATH, register one with POST /train, "
-                f"or ship weights at {self.shipped_path}"
+                "no model is loaded: configure TRASHCAM_MODEL_PATH, ship weights with the service, "
+                "or train one with POST /train and make it the default"
             )
         return self._predictor
 
@@ -55,7 +58,11 @@ class ModelManager:
         return self._predictor is not None
 
     def load_initial(self) -> None:
-        """Serve the explicit checkpoint, else the store's default, else the shipped weights."""
+        """Serve the explicit checkpoint, else the store's default, else the shipped weights.
+
+        The explicit checkpoint is what serves at start-up; a default set later (by PUT /models/default
+        or a training job asked to make its model the default) takes over from it.
+        """
         default = self.store.default()
         self._seen_default = default.ref if default is not None else None
         if self.explicit_path is not None:
@@ -72,30 +79,30 @@ class ModelManager:
 
         Returns True if a new predictor was swapped in.
         """
-        default = self.store.default()
-        ref = default.ref if default is not None else None
-        if ref == self._seen_default or default is None:
-            self._seen_default = ref
-            return False
-        predictor = self._from_version(default)
-        self._predictor, self._seen_default = predictor, ref
+        with self._swap:
+            default = self.store.default()
+            ref = default.ref if default is not None else None
+            if ref == self._seen_default or default is None:
+                self._seen_default = ref
+                return False
+            predictor = self._from_version(default)
+            self._predictor, self._seen_default = predictor, ref
         logger.info("serving model %s (new default)", ref)
         return True
 
-    def switch(self, name: str, version: str | None) -> Predictor:
+    def switch(self, name: str, version: str | None) -> ModelVersion:
         """Make a stored version the default and serve it; it is loaded before the swap."""
-        chosen = self.store.get(name, version)
-        predictor = self._from_version(chosen)
-        self.store.set_default(chosen.name, chosen.version)
-        self._predictor, self._seen_default = predictor, chosen.ref
-        return predictor
+        with self._swap:
+            chosen = self.store.get(name, version)
+            predictor = self._from_version(chosen)
+            self.store.set_default(chosen.name, chosen.version)
+            self._predictor, self._seen_default = predictor, chosen.ref
+        return chosen
 
     def _from_file(self, path: Path) -> Predictor:
-        name = path.parent.name if path.name == "model.pt" else path.stem
-        predictor = Predictor.from_checkpoint(str(path), name=name, version="", device=self.device)
         # A file outside the store is versioned by its weights' digest.
-        predictor.version = predictor.sha256[:12]
-        return predictor
+        name = path.parent.name if path.name == "model.pt" else path.stem
+        return Predictor.from_checkpoint(str(path), name=name, version=None, device=self.device)
 
     def _from_version(self, version: ModelVersion) -> Predictor:
         return Predictor.from_checkpoint(
@@ -135,6 +142,7 @@ class InferenceService:
         *,
         max_batch_size: int,
         max_wait_s: float,
+        max_pending: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.manager = manager
@@ -144,6 +152,7 @@ class InferenceService:
             max_size=max_batch_size,
             max_wait=max_wait_s,
             executor=self.executor,
+            max_pending=max_pending,
             on_batch=on_batch,
         )
         self._explainer: MicroBatcher[ExplainItem, Explained] = MicroBatcher(
@@ -151,6 +160,7 @@ class InferenceService:
             max_size=max_batch_size,
             max_wait=max_wait_s,
             executor=self.executor,
+            max_pending=max_pending,
             on_batch=on_batch,
         )
 

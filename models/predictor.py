@@ -55,9 +55,13 @@ class Predictor:
         self._transform = build_eval_transform(spec)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, name: str, version: str, device: torch.device) -> "Predictor":
+    def from_checkpoint(
+        cls, path: str, *, name: str, version: str | None, device: torch.device
+    ) -> "Predictor":
+        """Load a checkpoint file; ``version`` None names it by its weights' digest."""
         checkpoint = load_checkpoint(path)
         model = build_model(checkpoint, source=path)
+        version = version or checkpoint.sha256[:12]
         return cls(
             model, checkpoint.spec, name=name, version=version, device=device, sha256=checkpoint.sha256
         )

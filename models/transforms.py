@@ -1,6 +1,6 @@
 """Preprocessing built from a model's spec: the only place images become model inputs."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -23,12 +23,6 @@ def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tenso
             v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
         ]
     )
-
-
-def preprocess_batch(images: Sequence[Image.Image], spec: ModelSpec) -> torch.Tensor:
-    """Stack RGB PIL images into a normalised batch (B, 3, S, S)."""
-    transform = build_eval_transform(spec)
-    return torch.stack([transform(image.convert("RGB")) for image in images])
 
 
 def denormalize(batch: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

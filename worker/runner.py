@@ -13,6 +13,7 @@ import numpy as np
 
 from app.config import Settings
 from app.imaging import BadImageError, decode_image
+from app.jobs import PHOTO_SUFFIXES
 from app.serving import ModelManager
 from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
 from models.files import atomic_open
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 RUN_DIR = "run"
 INPUTS_DIR = "inputs"
 RESULT_ZIP = "result.zip"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -185,7 +185,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
         job, params, lease = holding.job, holding.job.params, holding.lease
         folder = jobs.folder(job_id)
         paths = sorted(
-            p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
         )
         predictor = predictor_for()
         job.epochs = len(paths)

@@ -4,18 +4,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
+from app.errors import error_responses
 from app.routes.inference_views import classification
-from app.schemas import ClassifyPublic, ErrorPublic
+from app.schemas import ClassifyPublic
 from app.uploads import gather_uploads, read_image
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess])
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorPublic} for code in (401, 413, 415, 422, 503)
-}
 
-
-@router.post("/classify", response_model=ClassifyPublic, responses=ERRORS)
+@router.post("/classify", response_model=ClassifyPublic, responses=error_responses(401, 413, 415, 422, 503))
 async def classify_images(
     service: ServiceDep,
     settings: SettingsDep,

@@ -1,12 +1,12 @@
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.routes.classify import ERRORS
+from app.errors import check_cam_options, error_responses, unprocessable
 from app.routes.inference_views import classification
 from app.schemas import ExplanationPublic, TargetPublic
 from app.serving import Explained
@@ -23,20 +23,16 @@ from models.cam.overlay import (
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess])
 
 
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
-
-
 def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None:
     """A class given by name or index; None means the predicted class."""
     if target is None or target == "":
         return None
     if target in class_names:
         return class_names.index(target)
-    if target.isdigit() and int(target) < len(class_names):
+    if target.isdecimal() and target.isascii() and int(target) < len(class_names):
         return int(target)
     valid = ", ".join(f"{index} ({name})" for index, name in enumerate(class_names))
-    raise _unprocessable(f"unknown target {target!r}; valid classes: {valid}")
+    raise unprocessable(f"unknown target {target!r}; valid classes: {valid}")
 
 
 def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: float) -> tuple[str, str]:
@@ -49,7 +45,7 @@ def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: floa
     )
 
 
-@router.post("/explain", response_model=ExplanationPublic, responses=ERRORS)
+@router.post("/explain", response_model=ExplanationPublic, responses=error_responses(401, 413, 415, 422, 503))
 async def explain_image(
     service: ServiceDep,
     settings: SettingsDep,
@@ -65,10 +61,7 @@ async def explain_image(
     ] = None,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
-    if method not in list_cam_methods():
-        raise _unprocessable(f"unknown method {method!r}; valid methods: {', '.join(list_cam_methods())}")
-    if colormap not in list_colormaps():
-        raise _unprocessable(f"unknown colormap {colormap!r}; valid colormaps: {', '.join(list_colormaps())}")
+    check_cam_options(method, colormap)
     predictor = service.manager.predictor
     target_index = parse_target(target, predictor.class_names)
     layer = layer or None
@@ -76,9 +69,14 @@ async def explain_image(
         try:
             service.check_layer(layer)
         except ValueError as error:
-            raise _unprocessable(str(error)) from None
+            raise unprocessable(str(error)) from None
     image = await read_image(file, settings)
-    outcome = await service.explain(image, method=method, target=target_index, layer=layer)
+    try:
+        outcome = await service.explain(image, method=method, target=target_index, layer=layer)
+    except ValueError as error:
+        # The layer cannot be explained (its output is not a feature map, or it runs twice), or the
+        # target no longer exists because another model began serving meanwhile.
+        raise unprocessable(str(error)) from None
     overlay, heatmap = await run_in_threadpool(render, image, outcome, colormap=colormap, alpha=alpha)
     names = outcome.predictor.class_names
     return ExplanationPublic(

@@ -2,9 +2,10 @@ from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
-from app.routes.classify import ERRORS
+from app.errors import error_responses
 from app.routes.inference_views import model_ref
 from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic
+from models.checkpoint import CheckpointError
 from models.store import ModelNotFoundError, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -37,7 +38,12 @@ def read_models(service: ServiceDep, store: StoreDep) -> ModelsPublic:
     return ModelsPublic(serving=serving, models=[model_public(v, serving) for v in store.all_versions()])
 
 
-@router.get("/{name}", response_model=list[ModelPublic], responses=ERRORS, dependencies=[ReadAccess])
+@router.get(
+    "/{name}",
+    response_model=list[ModelPublic],
+    responses=error_responses(401, 404),
+    dependencies=[ReadAccess],
+)
 def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPublic]:
     """The versions of one model, oldest first."""
     versions = store.versions(name)
@@ -49,14 +55,22 @@ def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPub
     return [model_public(v, serving) for v in versions]
 
 
-@router.put("/default", response_model=ModelPublic, responses=ERRORS, dependencies=[WriteAccess])
+@router.put(
+    "/default",
+    response_model=ModelPublic,
+    responses=error_responses(401, 403, 404, 409),
+    dependencies=[WriteAccess],
+)
 async def update_default_model(
     update: DefaultModelUpdate, service: ServiceDep, store: StoreDep
 ) -> ModelPublic:
     """Serve another stored version. It is loaded first; requests in flight finish on the old one."""
     try:
-        await run_in_threadpool(service.manager.switch, update.name, update.version)
-        chosen = store.get(update.name, update.version)
+        chosen = await run_in_threadpool(service.manager.switch, update.name, update.version)
     except ModelNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except CheckpointError as error:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{update.name}: the stored checkpoint cannot be served: {error}"
+        ) from None
     return model_public(chosen, serving_ref(service))

@@ -112,6 +112,8 @@ def test_explain_a_chosen_class(client: TestClient, target: str, index: int) -> 
         ({"method": "gradcam9"}, "unknown method 'gradcam9'; valid methods: eigencam, gradcam"),
         ({"target": "banana"}, "unknown target 'banana'; valid classes: 0 (cardboard), 1 (glass)"),
         ({"target": "6"}, "unknown target '6'"),
+        ({"target": "²"}, "unknown target '²'"),
+        ({"layer": "fc3"}, "must output a (B, C, H, W) tensor"),
         ({"colormap": "rainbow"}, "unknown colormap 'rainbow'; valid colormaps: jet"),
         (
             {"layer": "layer4"},

@@ -5,6 +5,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -193,7 +194,8 @@ def test_a_training_upload_that_is_not_an_archive_is_415(client: TestClient) -> 
 
 def test_heatmap_batch_from_photos(client: TestClient, submitted: FakeSubmitter, settings: Settings) -> None:
     files = [("files", (f"p{i}.png", png_bytes(), "image/png")) for i in range(3)]
-    response = client.post("/explain/batch", files=files, data={"method": "gradcampp"})
+    assert client.post("/explain/batch", files=files).status_code == 401
+    response = client.post("/explain/batch", files=files, data={"method": "gradcampp"}, headers=KEY)
     assert response.status_code == 202, response.text
     job = response.json()
     assert (job["kind"], job["state"], job["params"]["method"]) == ("heatmaps", "queued", "gradcampp")
@@ -205,9 +207,8 @@ def test_heatmap_batch_from_photos(client: TestClient, submitted: FakeSubmitter,
 
 
 def test_heatmap_batch_from_an_archive(client: TestClient, settings: Settings) -> None:
-    response = client.post(
-        "/explain/batch", files={"files": ("photos.zip", zip_with(["a/1.png", "b/2.png"]))}
-    )
+    photos = zip_with(["a/1.png", "b/2.png"])
+    response = client.post("/explain/batch", files={"files": ("photos.zip", photos)}, headers=KEY)
     assert response.status_code == 202
     assert len(list((settings.jobs_dir / response.json()["id"] / "inputs").rglob("*.png"))) == 2
 
@@ -229,6 +230,42 @@ def test_bad_heatmap_batches(
     form: dict[str, str],
     status: int,
 ) -> None:
-    response = client.post("/explain/batch", files=files, data=form)
+    response = client.post("/explain/batch", files=files, data=form, headers=KEY)
     assert response.status_code == status, response.text
     assert submitted.jobs == []
+
+
+def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes, settings: Settings) -> None:
+    from worker.jobs import JobStore
+
+    job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
+    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    record = jobs.get(job["id"])
+    record.state = "succeeded"
+    jobs.save(record)
+    response = client.delete(f"/train/{job['id']}", headers=KEY)
+    assert response.status_code == 409
+    assert "has already succeeded" in response.json()["detail"]
+
+
+def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, dataset_zip: bytes) -> None:
+    def broken(job: object) -> None:
+        raise redis.ConnectionError("connection refused")
+
+    with TestClient(create_app(settings, submitter=broken)) as client:
+        response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY)
+    assert response.status_code == 503
+    assert "job queue is unreachable" in response.json()["detail"]
+    assert not any(settings.jobs_dir.iterdir())
+
+
+def test_a_body_declared_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
+    settings.max_archive_upload_bytes = 1000
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/train",
+            content=b"x" * 5_000_000,
+            headers={**KEY, "Content-Type": "multipart/form-data; boundary=x"},
+        )
+    assert response.status_code == 413
+    assert "over the limit" in response.json()["detail"]

@@ -82,6 +82,23 @@ def test_switching_to_an_unknown_model_is_404(
     assert message in response.json()["detail"]
 
 
+def test_a_stored_checkpoint_that_cannot_load_is_409(client: TestClient, stored: ModelStore) -> None:
+    (stored.get("waste", "v1").path).write_bytes(b"damaged")
+    response = client.put(
+        "/models/default", json={"name": "waste", "version": "v1"}, headers={"X-API-Key": API_KEY}
+    )
+    assert response.status_code == 409
+    assert "cannot be served" in response.json()["detail"]
+    assert client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")}).status_code == 200
+
+
+def test_short_api_keys_are_refused() -> None:
+    from pydantic import SecretStr, ValidationError
+
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(api_keys=[SecretStr("short")])
+
+
 def test_reads_can_be_protected(settings: Settings) -> None:
     settings.protect_reads = True
     with TestClient(create_app(settings)) as client:

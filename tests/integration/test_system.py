@@ -110,7 +110,7 @@ def test_a_training_job_becomes_the_served_model(api: httpx.Client, trashnet_pho
 
 def test_a_heatmap_batch_returns_its_zip(api: httpx.Client, trashnet_photos: Path) -> None:
     files = [("files", photo(trashnet_photos, label)) for label in ("glass", "metal", "paper")]
-    created = api.post("/explain/batch", files=files, data={"method": "layercam"})
+    created = api.post("/explain/batch", files=files, data={"method": "layercam"}, headers=KEY)
     assert created.status_code == 202, created.text
     job = wait_for_job(api, created.headers["location"], {"succeeded", "failed"})
     assert job["state"] == "succeeded", job["error"]
@@ -175,7 +175,7 @@ def test_a_killed_worker_loses_no_training_job(
 
 def test_a_redis_restart_loses_no_job(system: System, api: httpx.Client, trashnet_photos: Path) -> None:
     system.kill("worker")
-    created = api.post("/explain/batch", files=[("files", photo(trashnet_photos))])
+    created = api.post("/explain/batch", files=[("files", photo(trashnet_photos))], headers=KEY)
     url = created.headers["location"]
     system.kill("redis")  # Redis keeps nothing on disk: the queued message and the record's copy are gone
     system.start_redis()

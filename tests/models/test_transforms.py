@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import ModelSpec
-from models.transforms import build_eval_transform, denormalize, preprocess_batch
+from models.transforms import build_eval_transform, denormalize
 
 SPEC = ModelSpec(
     arch="simple_cnn",
@@ -22,10 +22,11 @@ def test_eval_transform_resizes_and_normalises_with_the_specs_statistics() -> No
     torch.testing.assert_close(tensor.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-4, rtol=0)
 
 
-def test_preprocess_batch_converts_any_mode_to_rgb_and_denormalize_inverts() -> None:
+def test_denormalize_inverts_the_eval_transform() -> None:
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     gray = Image.new("L", (30, 30), color=77)
-    batch = preprocess_batch([rgb, gray], SPEC)
+    transform = build_eval_transform(SPEC)
+    batch = torch.stack([transform(rgb), transform(gray.convert("RGB"))])
     assert batch.shape == (2, 3, 48, 48)
     restored = denormalize(batch, SPEC)
     torch.testing.assert_close(

@@ -7,21 +7,13 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, ReadAccess, SettingsDep, SubmitterDep, WriteAccess
-from app.jobs import (
-    archive_name,
-    confined_data_path,
-    discard,
-    public_params,
-    save_upload,
-    unprocessable,
-    vet_archive,
-)
-from app.routes.classify import ERRORS
+from app.errors import error_responses, unprocessable
+from app.jobs import discard, enqueue, public_params, store_training_data
 from app.schemas import JobPublic
 from models import create_model, list_models
 from models.store import validate_name
 from training.config import RECIPES, make_config
-from worker.jobs import Job, JobNotFoundError, JobStore, new_job_id
+from worker.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
 
 router = APIRouter(prefix="/train", tags=["training"])
 
@@ -30,7 +22,7 @@ def job_public(job: Job) -> JobPublic:
     return JobPublic(**{**job.__dict__, "params": public_params(job.params)})
 
 
-def find_job(jobs: JobStore, job_id: str, kind: str) -> Job:
+def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
     try:
         job = jobs.get(job_id)
     except JobNotFoundError:
@@ -40,7 +32,31 @@ def find_job(jobs: JobStore, job_id: str, kind: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS, dependencies=[WriteAccess])
+def training_options(model: str, model_kwargs: str | None, **values: Any) -> dict[str, Any]:
+    """The TrainConfig overrides of a request; 422 for options the network does not take."""
+    options: dict[str, Any] = {
+        "model": model,
+        **{key: value for key, value in values.items() if value is not None},
+    }
+    if model_kwargs:
+        try:
+            options["model_kwargs"] = dict(json.loads(model_kwargs))
+        except (ValueError, TypeError) as error:
+            raise unprocessable(f"model_kwargs must be a JSON object: {error}") from None
+        try:  # building the network is the one complete check of its options
+            create_model(model, num_classes=2, **options["model_kwargs"])
+        except (TypeError, ValueError) as error:
+            raise unprocessable(f"invalid model_kwargs for {model}: {error}") from None
+    return options
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses=error_responses(401, 403, 413, 415, 422, 503),
+    dependencies=[WriteAccess],
+)
 async def create_training_job(
     response: Response,
     settings: SettingsDep,
@@ -73,47 +89,29 @@ async def create_training_job(
         raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
     if recipe not in RECIPES:
         raise unprocessable(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
-    if (file is None) == (data_path is None or data_path == ""):
+    if (file is None) == (not data_path):
         raise unprocessable("give the data set either as an uploaded archive ('file') or as 'data_path'")
     try:
         registered_name = validate_name(name or model)
     except ValueError as error:
         raise unprocessable(str(error)) from None
-    options: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "model": model,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "input_size": input_size,
-            "amp": amp,
-        }.items()
-        if value is not None
-    }
-    if model_kwargs:
-        try:
-            options["model_kwargs"] = dict(json.loads(model_kwargs))
-        except (ValueError, TypeError) as error:
-            raise unprocessable(f"model_kwargs must be a JSON object: {error}") from None
-        try:  # building the network is the one complete check of its options
-            await run_in_threadpool(create_model, model, num_classes=2, **options["model_kwargs"])
-        except (TypeError, ValueError) as error:
-            raise unprocessable(f"invalid model_kwargs for {model}: {error}") from None
-
+    options = await run_in_threadpool(
+        training_options,
+        model,
+        model_kwargs,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        input_size=input_size,
+        amp=amp,
+    )
     job_id = new_job_id()
     folder = jobs.folder(job_id)
     folder.mkdir(parents=True)
     try:
-        if file is not None:
-            archive = await save_upload(
-                file, folder / archive_name(file), max_bytes=settings.max_archive_upload_bytes
-            )
-            vet_archive(archive, settings, label=file.filename or "upload")
-            data, source = archive, f"upload:{file.filename}"
-        else:
-            data, source = confined_data_path(str(data_path), settings), f"data_root:{data_path}"
+        upload = None if file is None else (file.filename or "upload", file.file)
+        data, source = await run_in_threadpool(store_training_data, upload, data_path, folder, settings)
         try:
             make_config(recipe, data=str(data), out=str(folder / "run"), **options)
         except (TypeError, ValueError) as error:
@@ -129,9 +127,7 @@ async def create_training_job(
         "source": source,
         "make_default": make_default,
     }
-    job = jobs.create("training", params, job_id=job_id)
-    jobs.mark_queued(job)
-    submit(job)
+    job = await run_in_threadpool(enqueue, jobs, submit, "training", params, job_id)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)
 
@@ -144,15 +140,24 @@ def read_training_jobs(jobs: JobsDep) -> list[JobPublic]:
     ]
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, dependencies=[ReadAccess])
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses=error_responses(401, 404), dependencies=[ReadAccess]
+)
 def read_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
     """State, epoch, progress, metrics so far, ETA and error of a training job."""
     return job_public(find_job(jobs, job_id, "training"))
 
 
-@router.delete("/{job_id}", response_model=JobPublic, responses=ERRORS, dependencies=[WriteAccess])
+@router.delete(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=error_responses(401, 403, 404, 409),
+    dependencies=[WriteAccess],
+)
 def cancel_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
     """Cancel a training job: a queued one never starts, a running one stops after its current step
-    (its last epoch checkpoint stays on disk). A finished job is returned as it is."""
-    find_job(jobs, job_id, "training")
+    (its last epoch checkpoint stays on disk). 409 if the job has already finished."""
+    job = find_job(jobs, job_id, "training")
+    if job.finished:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has already {job.state}")
     return job_public(jobs.request_cancel(job_id))
