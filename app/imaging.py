@@ -1,6 +1,7 @@
 """Turning uploaded bytes into RGB photos, refusing what is not a safe, whole image."""
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,12 +27,15 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image
     if not data:
         raise BadImageError(422, f"{name}: the file is empty")
     try:
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        with warnings.catch_warnings():
+            # PIL only warns about sizes between its two bomb limits; treat those as bombs too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise BadImageError(
             415, f"{name}: not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise BadImageError(413, f"{name}: image too large: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(422, f"{name}: truncated or corrupt image: {error}") from None
