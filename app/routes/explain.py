@@ -50,7 +50,14 @@ async def explain_image(
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="one photo")],
-    method: Annotated[str, Form(description=f"one of: {', '.join(list_cam_methods())}")] = "gradcam",
+    method: Annotated[
+        str,
+        Form(
+            description=f"one of: {', '.join(list_cam_methods())}. scorecam runs a forward pass per channel "
+            "of the layer (2048 for ResNet-50's last stage), seconds per image on a CPU that other requests "
+            "wait behind; prefer it in /explain/batch"
+        ),
+    ] = "gradcam",
     target: Annotated[
         str | None, Form(description="class name or index to explain; the predicted class if omitted")
     ] = None,
