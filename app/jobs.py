@@ -22,11 +22,12 @@ from training.archive import (
     extract_archive,
     is_archive,
 )
+from training.data import IMAGE_SUFFIXES
 from worker.jobs import Job, JobKind, JobStore
 
 _CHUNK = 1 << 20
-#: What /explain/batch accepts as photos (the heatmap worker reads the same suffixes).
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: What /explain/batch accepts as photos: what a training data set may hold, listed in messages.
+PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
 
 
 class JobSubmitter(Protocol):
