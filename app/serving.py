@@ -6,6 +6,7 @@ starts, so requests in flight finish on the model they began with. :class:`Infer
 requests through micro-batchers that share one inference thread.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -147,22 +148,17 @@ class InferenceService:
     ) -> None:
         self.manager = manager
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._classifier: MicroBatcher[Image.Image, Classified] = MicroBatcher(
-            self._classify_batch,
+        # Both batchers share the one inference thread, so the model never runs twice at once.
+        batching = functools.partial(
+            MicroBatcher,
             max_size=max_batch_size,
             max_wait=max_wait_s,
             executor=self.executor,
             max_pending=max_pending,
             on_batch=on_batch,
         )
-        self._explainer: MicroBatcher[ExplainItem, Explained] = MicroBatcher(
-            self._explain_batch,
-            max_size=max_batch_size,
-            max_wait=max_wait_s,
-            executor=self.executor,
-            max_pending=max_pending,
-            on_batch=on_batch,
-        )
+        self._classifier: MicroBatcher[Image.Image, Classified] = batching(self._classify_batch)
+        self._explainer: MicroBatcher[ExplainItem, Explained] = batching(self._explain_batch)
 
     def start(self) -> None:
         self._classifier.start()
