@@ -5,6 +5,7 @@ Run folder layout (``config.out``)::
     config.json        the run's TrainConfig          manifest.json   the split (see training.split)
     resume.pt          state after the last epoch     history.json    per-epoch metrics (lr: at the
                                                                       epoch's first step)
+    environment.json   the hardware and precision of each process that trained it, from its first epoch
     best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
     report.json, confusion_matrix.png                 test report of best.pt
     data/              the extracted archive, when the data set is one
@@ -28,6 +29,7 @@ from training.augment import build_train_transform
 from training.config import TrainConfig
 from training.data import EpochShuffleSampler, ImageDataset, make_loader
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
+from training.hardware import cpu_has_native_bf16, cpu_name, environment
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
 from training.report import plot_curves
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE, MANIFEST_FILE, RESUME_FILE = "config.json", "manifest.json", "resume.pt"
 HISTORY_FILE, BEST_FILE, FINAL_FILE = "history.json", "best.pt", "final.pt"
+ENVIRONMENT_FILE = "environment.json"
 DATA_DIR = "data"
 
 
@@ -59,11 +62,15 @@ class TrainResult:
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """Autocast dtype: bf16 on the CPU and on GPUs that support it, else fp16 (with a GradScaler)."""
+    """Autocast dtype: bf16 on GPUs that support it, else fp16 (with a GradScaler); bf16 on a CPU with
+    bf16 instructions, else none (fp32), since emulated bf16 is slower than fp32 there."""
     if not enabled:
         return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if not cpu_has_native_bf16():
+        logger.warning("%s has no bf16 instructions; training in fp32 instead", cpu_name())
+        return None
     return torch.bfloat16
 
 
@@ -125,6 +132,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
         self.epoch = 0
+        self.environment_recorded = False
         self.history: list[dict[str, float]] = []
         self.best_val_accuracy, self.best_epoch = -1.0, 0
         self.clock = EtaClock(self._units(config.epochs))
@@ -251,6 +259,9 @@ class _Run:
         if val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
             self._save_model(BEST_FILE, record)
+        if not self.environment_recorded:
+            record_environment(self.out / ENVIRONMENT_FILE, epoch, environment(self.device, self.amp))
+            self.environment_recorded = True
         # The resume file goes last: a kill before it only repeats this epoch, deterministically.
         save_resume_state(self.out / RESUME_FILE, self.state())
         self._write_history()
@@ -310,6 +321,18 @@ class _Run:
         _rewrite_metrics(self.out / BEST_FILE, best_metrics)
         write_report(report, self.out)
         return float(report["accuracy"])
+
+
+def record_environment(path: Path, first_epoch: int, process: dict[str, Any]) -> None:
+    """Add the process that trains from ``first_epoch`` on to a run's record, replacing any entry from a
+    process that was killed before the epochs it recorded were kept."""
+    kept = [entry for entry in read_environment(path) if entry["first_epoch"] < first_epoch]
+    write_json(path, [*kept, {"first_epoch": first_epoch, **process}])
+
+
+def read_environment(path: Path) -> list[dict[str, Any]]:
+    """The entries of a run's ``environment.json``, by first epoch; none for a run that predates it."""
+    return list(read_json(path)) if path.is_file() else []
 
 
 def _rewrite_metrics(path: Path, metrics: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ import torch
 
 from models.predictor import select_device
 from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
-from training.engine import RunExistsError, TrainResult, amp_dtype, resume, train
+from training import engine
+from training.engine import (
+    RunExistsError,
+    TrainResult,
+    amp_dtype,
+    read_environment,
+    record_environment,
+    resume,
+    train,
+)
 from training.progress import Progress, TrainingCancelled
 from training.state import load_resume_state
 
@@ -63,6 +72,20 @@ def test_cancelling_stops_cleanly_and_the_run_resumes_exactly(
     assert_same_weights(checkpoint_weights(out / "best.pt"), checkpoint_weights(reference / "best.pt"))
     history = json.loads((out / "history.json").read_text())
     assert without_timing(history) == without_timing(json.loads((reference / "history.json").read_text()))
+    # Each process that kept an epoch is on record, from its first one.
+    processes = read_environment(out / "environment.json")
+    assert [process["first_epoch"] for process in processes] == [1, 2]
+    assert all({"device", "precision", "torch"} <= set(process) for process in processes)
+
+
+def test_a_process_whose_epochs_were_not_kept_is_replaced_on_record(tmp_path: Path) -> None:
+    path = tmp_path / "environment.json"
+    record_environment(path, 1, {"device": "a"})
+    record_environment(path, 4, {"device": "b"})
+    # Killed after recording epoch 4 but before keeping it: the next process starts at epoch 4 again.
+    record_environment(path, 4, {"device": "c"})
+    assert read_environment(path) == [{"first_epoch": 1, "device": "a"}, {"first_epoch": 4, "device": "c"}]
+    assert read_environment(tmp_path / "missing.json") == []
 
 
 def test_a_run_stopped_in_its_first_epoch_restarts_from_its_saved_config(
@@ -110,9 +133,23 @@ def test_a_run_folder_is_not_overwritten(reference_run: TrainResult, reference_d
         train(tiny_config(reference_data, reference_run.out_dir))
 
 
-def test_bf16_autocast_on_the_cpu(image_folder: Path, tmp_path: Path) -> None:
+def test_amp_uses_bf16_only_on_a_cpu_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
     assert amp_dtype(torch.device("cpu"), True) == torch.bfloat16
     assert amp_dtype(torch.device("cpu"), False) is None
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="training.engine"):
+        assert amp_dtype(torch.device("cpu"), True) is None
+    assert "no bf16 instructions; training in fp32" in caplog.text
+
+
+def test_bf16_autocast_on_the_cpu(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bf16 arithmetic is exercised whatever the CPU: emulated bf16 is slow, not wrong.
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
     assert select_device("cpu") == torch.device("cpu")
     result = train(
         tiny_config(image_folder, tmp_path / "run", epochs=1, warmup_epochs=0, amp=True, workers=0)
@@ -120,5 +157,7 @@ def test_bf16_autocast_on_the_cpu(image_folder: Path, tmp_path: Path) -> None:
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert result.status == "completed"
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    [process] = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert (process["first_epoch"], process["precision"]) == (1, "bf16")
     # Weights stay fp32; only the arithmetic is bf16.
     assert all(t.dtype == torch.float32 for t in checkpoint_weights(tmp_path / "run" / "final.pt").values())
