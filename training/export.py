@@ -1,6 +1,8 @@
-"""Export a trained checkpoint as a shippable model folder: fp16 weights, spec, report, checksums.
+"""Export a trained run: as a shippable model folder (fp16 weights, spec, report, checksums), or as its
+record alone (config, split, hardware, history, curves, report) for the results pages.
 
 python -m training.export --run runs/se_resnet50-paper --out weights/se_resnet50
+python -m training.export --run runs/resnet50-paper --out docs/runs/resnet50-paper --record-only
 """
 
 import argparse
@@ -13,26 +15,37 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE
 
 CHECKPOINT = "model.pt"
+#: The files that describe how a run was trained, whichever checkpoint is exported.
+RUN_FILES = (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    ENVIRONMENT_FILE,
+    HISTORY_FILE,
+    "loss_curve.png",
+    "accuracy_curve.png",
+)
+#: The test report, which describes best.pt only.
+REPORT_FILES = ("report.json", "confusion_matrix.png")
 
 
-def export_run(run: Path, out: Path, *, checkpoint: str = "best.pt") -> Path:
-    """Write ``out/model.pt`` (fp16), ``spec.json``, the run's test report and ``SHA256SUMS``."""
+def copy_record(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> list[Path]:
+    """Copy the run's record files that exist into ``out``; the report only along with best.pt."""
+    names = RUN_FILES + (REPORT_FILES if checkpoint == BEST_FILE else ())
+    out.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(run / name, out / name)) for name in names if (run / name).is_file()]
+
+
+def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
+    """Write ``out/model.pt`` (fp16), ``spec.json``, the run's record and ``SHA256SUMS``."""
     loaded = load_checkpoint(run / checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, loaded.spec, dtype=torch.float16)
     meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / "spec.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for name in (
-        "report.json",
-        "confusion_matrix.png",
-        "history.json",
-        "loss_curve.png",
-        "accuracy_curve.png",
-    ):
-        if (run / name).is_file():
-            shutil.copyfile(run / name, out / name)
+    copy_record(run, out, checkpoint=checkpoint)
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     (out / "SHA256SUMS").write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
     return out / CHECKPOINT
@@ -43,9 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", type=Path, required=True, help="a training run folder")
-    parser.add_argument("--checkpoint", default="best.pt", help="which checkpoint of the run")
+    parser.add_argument("--checkpoint", default=BEST_FILE, help="which checkpoint of the run")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--record-only", action="store_true", help="copy the run's record files, without weights"
+    )
     args = parser.parse_args(argv)
+    if args.record_only:
+        copied = copy_record(args.run, args.out)
+        sys.stdout.write(f"{args.out}: {len(copied)} files\n")
+        return 0
     path = export_run(args.run, args.out, checkpoint=args.checkpoint)
     sys.stdout.write(f"{path}: {path.stat().st_size / 1e6:.1f} MB\n")
     return 0

@@ -1,6 +1,8 @@
-"""The results table, read from run folders, so every figure in it comes from a run's own files.
+"""The results tables, read from run folders and exported model folders, so every figure in them comes
+from a run's own files.
 
-python -m training.results runs/resnet50-paper runs/se_resnet50-paper ...
+python -m training.results runs/resnet50-paper weights/se_resnet50 ... \\
+    --faithfulness docs/faithfulness/resnet50-paper.json ...
 """
 
 import argparse
@@ -12,39 +14,74 @@ from pathlib import Path
 from typing import Any
 
 from models import create_model
+from training.engine import CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, read_environment
 
 #: Test accuracies the paper reports after 50 epochs (Bai and Joe, section 4).
 PAPER_ACCURACY = {"resnet50": "77.59%", "se_resnet50": "83.33%", "shared_se_resnet50": "best (no number)"}
+#: What ``training.export`` writes in place of a run's config.
+SPEC_FILE = "spec.json"
 
 
 def parameters(arch: str, num_classes: int, kwargs: dict[str, Any]) -> int:
     return sum(p.numel() for p in create_model(arch, num_classes=num_classes, **kwargs).parameters())
 
 
-def row(run: Path) -> dict[str, Any]:
-    config = json.loads((run / "config.json").read_text())
-    history = json.loads((run / "history.json").read_text())
-    report_path = run / "report.json"
+def run_config(folder: Path) -> dict[str, Any]:
+    """The training config of a run folder, or of an exported model folder (from its spec's recipe)."""
+    if (folder / CONFIG_FILE).is_file():
+        return dict(json.loads((folder / CONFIG_FILE).read_text()))
+    if not (folder / SPEC_FILE).is_file():
+        raise ValueError(
+            f"{folder}: neither a run folder ({CONFIG_FILE}) nor an exported model ({SPEC_FILE})"
+        )
+    spec = json.loads((folder / SPEC_FILE).read_text())["spec"]
+    return {**spec["recipe"], "model": spec["arch"], "model_kwargs": spec["arch_kwargs"]}
+
+
+def hardware(folder: Path, epochs_done: int) -> str:
+    """Which device and precision trained which epochs, from the run's ``environment.json``."""
+    processes = read_environment(folder / ENVIRONMENT_FILE)
+    if not processes:
+        return "not recorded"
+    spans = []
+    for index, process in enumerate(processes):
+        last = processes[index + 1]["first_epoch"] - 1 if index + 1 < len(processes) else epochs_done
+        spans.append((f"{process['device']}, {process['precision']}", process["first_epoch"], last))
+    if len({name for name, _, _ in spans}) == 1 and spans[0][1] == 1:
+        return spans[0][0]
+    return "; ".join(f"{name} (epochs {first}-{last})" for name, first, last in spans)
+
+
+def row(folder: Path) -> dict[str, Any]:
+    config = run_config(folder)
+    history = json.loads((folder / HISTORY_FILE).read_text())
+    report_path = folder / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     classes = len(report["class_names"]) if report else 6
-    seconds = [epoch["seconds"] for epoch in history]
     best = max(history, key=lambda epoch: epoch["val_accuracy"])
     return {
-        "run": run.name,
+        "run": folder.name,
         "model": config["model"],
-        "recipe": config["recipe"] + (" + bf16" if config.get("amp") else ""),
+        "recipe": config["recipe"],
         "parameters": parameters(config["model"], classes, config.get("model_kwargs", {})),
         "paper": PAPER_ACCURACY.get(config["model"], "n/a"),
         "test_accuracy": report["accuracy"] if report else None,
         "best_val_accuracy": best["val_accuracy"],
         "best_epoch": best["epoch"],
         "epochs": f"{len(history)}/{config['epochs']}",
-        "seconds_per_epoch": statistics.median(seconds),
+        "seconds_per_epoch": statistics.median(epoch["seconds"] for epoch in history),
+        "hardware": hardware(folder, len(history)),
     }
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    header = [
+    header = (
         "run",
         "model",
         "recipe",
@@ -53,34 +90,74 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         "ours (test)",
         "best val (epoch)",
         "epochs",
-    ]
-    header.append("s/epoch (median)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        test = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "(running)"
-        best = f"{100 * r['best_val_accuracy']:.2f}% ({r['best_epoch']})"
-        cells = [
+        "s/epoch (median)",
+        "hardware",
+    )
+    cells = [
+        (
             r["run"],
             r["model"],
             r["recipe"],
             f"{r['parameters']:,}",
             r["paper"],
-            test,
-            best,
+            f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "(unfinished)",
+            f"{100 * r['best_val_accuracy']:.2f}% ({r['best_epoch']})",
             r["epochs"],
-        ]
-        cells.append(f"{r['seconds_per_epoch']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            f"{r['seconds_per_epoch']:.0f}",
+            r["hardware"],
+        )
+        for r in rows
+    ]
+    return _table(header, cells)
+
+
+def faithfulness_markdown(paths: Sequence[Path]) -> str:
+    """One row per file written by ``python -m training.explanations faithfulness --out``."""
+    header = (
+        "scores",
+        "model",
+        "method",
+        "images",
+        "average drop (lower is better)",
+        "increase in confidence (higher)",
+        "deletion AUC (lower)",
+        "insertion AUC (higher)",
+    )
+    cells = []
+    for path in paths:
+        scores = json.loads(path.read_text())
+        cells.append(
+            (
+                path.stem,
+                scores["arch"],
+                scores["method"],
+                f"{scores['images']} {scores['split']}",
+                f"{scores['average_drop_pct']:.2f}%",
+                f"{scores['increase_in_confidence_pct']:.2f}%",
+                f"{scores['deletion_auc']:.3f}",
+                f"{scores['insertion_auc']:.3f}",
+            )
+        )
+    return _table(header, cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders or exported model folders")
+    parser.add_argument(
+        "--faithfulness", nargs="+", type=Path, default=[], help="faithfulness score files (JSON)"
+    )
     args = parser.parse_args(argv)
-    sys.stdout.write(markdown([row(run) for run in args.runs]))
+    try:
+        text = markdown([row(run) for run in args.runs])
+        if args.faithfulness:
+            text += "\n" + faithfulness_markdown(args.faithfulness)
+    except (OSError, ValueError, KeyError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    sys.stdout.write(text)
     return 0
 
 

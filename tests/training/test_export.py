@@ -4,7 +4,7 @@ import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, load_model
 from training.engine import TrainResult
-from training.export import export_run
+from training.export import copy_record, export_run
 
 
 def test_export_writes_fp16_weights_with_spec_report_and_checksums(
@@ -24,3 +24,21 @@ def test_export_writes_fp16_weights_with_spec_report_and_checksums(
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(images), reference(images), atol=2e-2, rtol=2e-2)
+
+
+def test_the_record_of_a_run_is_copied_without_weights(reference_run: TrainResult, tmp_path: Path) -> None:
+    copied = copy_record(reference_run.out_dir, tmp_path / "record")
+    names = {path.name for path in copied}
+    assert names >= {"config.json", "manifest.json", "environment.json", "history.json", "report.json"}
+    assert not list((tmp_path / "record").glob("*.pt"))
+    for path in copied:
+        assert path.read_bytes() == (reference_run.out_dir / path.name).read_bytes()
+
+
+def test_exporting_the_final_checkpoint_leaves_out_the_report_of_the_best(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    out = export_run(reference_run.out_dir, tmp_path / "final", checkpoint="final.pt").parent
+    assert (out / "history.json").is_file()
+    assert not (out / "report.json").exists()
+    assert not (out / "confusion_matrix.png").exists()
