@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from PIL import Image
 from models.cam import compute_cam, list_cam_methods
 from models.cam.faithfulness import faithfulness
 from models.cam.overlay import overlay_heatmap
-from models.checkpoint import build_model, load_checkpoint
+from models.checkpoint import CheckpointError, build_model, load_checkpoint
 from models.predictor import select_device
 from models.transforms import build_eval_transform
+from training.archive import ArchiveError
+from training.data import DataError
 from training.engine import DATA_DIR
 from training.evaluation import eval_loader, remap_labels
 from training.split import Manifest, load_manifest, manifest_data_root
@@ -137,9 +140,12 @@ def gradcam_figure(
     plt.close(figure)
 
 
-def _manifest_and_root(path: Path) -> tuple[Manifest, Path]:
+def _manifest_and_root(path: Path, data: str | None, scratch: Path) -> tuple[Manifest, Path]:
+    """A run's manifest and its data; a data set named by ``data`` is extracted to ``scratch``."""
     manifest = load_manifest(path)
-    return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
+    if data is None:
+        return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
+    return manifest, manifest_data_root(manifest, scratch, source=data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,13 +165,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure.add_argument("--out", type=Path, required=True)
     for command in (scores, figure):
         command.add_argument("--manifest", type=Path, required=True)
+        command.add_argument(
+            "--data", help="where the manifest's data set is now (default: where it was when split)"
+        )
         command.add_argument("--split", default="test")
         command.add_argument("--method", default="gradcam", choices=list_cam_methods())
         command.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest, root = _manifest_and_root(args.manifest)
-    device = select_device(args.device)
+    try:
+        with tempfile.TemporaryDirectory(prefix="trashcam-explain-") as scratch:
+            manifest, root = _manifest_and_root(args.manifest, args.data, Path(scratch))
+            _run(args, manifest, root, select_device(args.device))
+    except (ArchiveError, CheckpointError, DataError, OSError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace, manifest: Manifest, root: Path, device: torch.device) -> None:
     if args.command == "faithfulness":
         result = evaluate_faithfulness(
             args.checkpoint,
@@ -192,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             method=args.method,
             device=device,
         )
-    return 0
 
 
 if __name__ == "__main__":

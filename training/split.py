@@ -183,9 +183,17 @@ def create_manifest(
     return manifest, class_root
 
 
-def manifest_data_root(manifest: Manifest, cache_dir: Path, *, verify: bool = True) -> Path:
-    """The class root folder of a manifest's data set, checked against its digest when ``verify``."""
-    base = resolve_source(manifest.source, cache_dir, sha256=manifest.source_sha256)
+def manifest_data_root(
+    manifest: Manifest, cache_dir: Path, *, verify: bool = True, source: str | os.PathLike[str] | None = None
+) -> Path:
+    """The class root folder of a manifest's data set, checked against its digest when ``verify``.
+
+    ``source`` says where the data set is now, when it has moved since the manifest was written; an
+    archive must still have the recorded sha256, and the files the recorded digest.
+    """
+    base = resolve_source(
+        manifest.source if source is None else source, cache_dir, sha256=manifest.source_sha256
+    )
     root = base / manifest.root
     if verify:
         actual = compute_digest(root, manifest.items)

@@ -1,6 +1,8 @@
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from training.engine import TrainResult
@@ -37,3 +39,27 @@ def test_figure_has_a_column_per_image_and_a_row_per_model(
     assert main(["figure", *args, "--device", "cpu"]) == 0
     width, height = Image.open(out).size
     assert width > height  # six columns, three rows
+
+
+def test_a_manifest_finds_its_data_set_where_it_has_moved(
+    reference_run: TrainResult, reference_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A manifest kept on its own (as in docs/runs/), with the data set copied somewhere else.
+    record = tmp_path / "record"
+    record.mkdir()
+    shutil.copyfile(reference_run.out_dir / "manifest.json", record / "manifest.json")
+    moved = tmp_path / "moved"
+    shutil.copytree(reference_data, moved)
+    out = tmp_path / "figure.png"
+    args = ["--manifest", str(record / "manifest.json"), "--per-class", "1", "--out", str(out)]
+    checkpoint = ["--checkpoint", f"best={reference_run.out_dir / 'best.pt'}", "--device", "cpu"]
+    assert main(["figure", *args, "--data", str(moved), *checkpoint]) == 0
+    assert out.is_file()
+    assert not (record / "data").exists()
+
+    # A data set that differs from the one split is refused, with a message rather than a traceback.
+    first = next(path for path in sorted(moved.rglob("*")) if path.is_file())
+    Image.new("RGB", (8, 8), "red").save(first, format="PNG")
+    with caplog.at_level("ERROR"):
+        assert main(["figure", *args, "--data", str(moved), *checkpoint]) == 2
+    assert "differs from the manifest" in caplog.text
