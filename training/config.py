@@ -15,6 +15,8 @@ from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+#: Automatic augmentation policies (torchvision's TrivialAugmentWide and RandAugment).
+AUTO_AUGMENTS = ("trivial", "rand")
 
 #: The TrashNet authors' train/val/test proportions, which the project keeps for comparability.
 DEFAULT_SPLIT = (0.70, 0.13, 0.17)
@@ -32,6 +34,22 @@ RECIPES: dict[str, dict[str, Any]] = {
         "crop_min_scale": 0.5,
         "rotation": 15.0,
         "color_jitter": 0.2,
+    },
+    # The improved recipe with the regularisers of torchvision's reference recipes for training from
+    # scratch, at the photos' own 112 px, which costs 23% fewer pixels per image than 128 px.
+    "strong": {
+        "epochs": 100,
+        "optimizer": "adamw",
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "warmup_epochs": 5,
+        "label_smoothing": 0.1,
+        "input_size": 112,
+        "crop_min_scale": 0.35,
+        "auto_augment": "trivial",
+        "random_erasing": 0.1,
+        "mixup_alpha": 0.2,
+        "cutmix_alpha": 1.0,
     },
 }
 
@@ -62,6 +80,10 @@ class TrainConfig:
     crop_min_scale: float | None = None
     rotation: float = 0.0
     color_jitter: float = 0.0
+    auto_augment: str | None = None
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int = 0
@@ -140,6 +162,13 @@ def _validate(config: TrainConfig) -> None:
         ),
         (config.rotation >= 0, "rotation must not be negative"),
         (config.color_jitter >= 0, "color_jitter must not be negative"),
+        (
+            config.auto_augment is None or config.auto_augment in AUTO_AUGMENTS,
+            f"auto_augment must be one of {AUTO_AUGMENTS}",
+        ),
+        (0 <= config.random_erasing <= 1, "random_erasing must be a probability in [0, 1]"),
+        (config.mixup_alpha >= 0, "mixup_alpha must not be negative"),
+        (config.cutmix_alpha >= 0, "cutmix_alpha must not be negative"),
         (all(s > 0 for s in config.std), "std must be positive"),
         (len(config.split) == 3 and all(f > 0 for f in config.split), "split needs 3 positive fractions"),
         (abs(sum(config.split) - 1) < 1e-6, "split fractions must sum to 1"),

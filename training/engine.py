@@ -25,7 +25,7 @@ from models import create_model
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
 from models.predictor import select_device
-from training.augment import build_train_transform
+from training.augment import build_batch_mix, build_train_transform
 from training.config import TrainConfig
 from training.data import EpochShuffleSampler, ImageDataset, make_loader
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
@@ -92,17 +92,17 @@ def model_spec(config: TrainConfig, manifest: Manifest, metrics: dict[str, Any] 
 def train_step(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    targets: torch.Tensor,
     *,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     criterion: nn.Module,
     amp: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step; returns the (detached) loss and logits."""
+    """One optimiser step on class indices or class probabilities; returns the (detached) loss and logits."""
     with autocast(images.device, amp):
         logits = model(images)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -131,6 +131,7 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
+        self.batch_mix = build_batch_mix(config, len(manifest.class_names))
         self.epoch = 0
         self.environment_recorded = False
         self.history: list[dict[str, float]] = []
@@ -208,10 +209,12 @@ class _Run:
         for step, (images, labels) in enumerate(loader, start=1):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            # Mixed batches train on class probabilities; accuracy still counts the dominant label.
+            images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
             loss, logits = train_step(
                 self.model,
                 images,
-                labels,
+                targets,
                 optimizer=self.optimizer,
                 scaler=self.scaler,
                 criterion=self.criterion,

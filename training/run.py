@@ -25,7 +25,15 @@ from models import list_models
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.predictor import select_device
 from training.archive import ArchiveError
-from training.config import DEFAULT_SPLIT, OPTIMIZERS, RECIPES, SCHEDULES, make_config
+from training.config import (
+    AUTO_AUGMENTS,
+    DEFAULT_SPLIT,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    TrainConfig,
+    make_config,
+)
 from training.data import DataError
 from training.engine import DATA_DIR, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
@@ -51,6 +59,10 @@ CONFIG_OPTIONS = (
     "crop_min_scale",
     "rotation",
     "color_jitter",
+    "auto_augment",
+    "random_erasing",
+    "mixup_alpha",
+    "cutmix_alpha",
     "seed",
     "amp",
     "device",
@@ -136,8 +148,19 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-kwargs", type=json.loads, help="builder keywords as JSON, e.g. '{\"width\": 4}'"
     )
+    paper = ("epochs", "batch_size", "optimizer", "lr", "input_size", "hflip")
+    recipes = "; ".join(
+        f"{name}: "
+        + ", ".join(
+            f"{key}={value}" for key, value in (values or {k: getattr(TrainConfig, k) for k in paper}).items()
+        )
+        for name, values in RECIPES.items()
+    )
     parser.add_argument(
-        "--recipe", default="paper", choices=list(RECIPES), help="defaults for the options below"
+        "--recipe",
+        default="paper",
+        choices=list(RECIPES),
+        help=f"defaults for the options below ({recipes})".replace("%", "%%"),
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -152,6 +175,10 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-min-scale", type=float, help="random-resized-crop minimum area fraction")
     parser.add_argument("--rotation", type=float, help="random rotation range in degrees")
     parser.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation jitter")
+    parser.add_argument("--auto-augment", choices=AUTO_AUGMENTS, help="TrivialAugmentWide or RandAugment")
+    parser.add_argument("--random-erasing", type=float, help="probability of erasing a random rectangle")
+    parser.add_argument("--mixup-alpha", type=float, help="MixUp's Beta(alpha, alpha); 0: off")
+    parser.add_argument("--cutmix-alpha", type=float, help="CutMix's Beta(alpha, alpha); 0: off")
     parser.add_argument("--mean", type=float, nargs=3)
     parser.add_argument("--std", type=float, nargs=3)
     parser.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))

@@ -32,6 +32,29 @@ def test_improved_recipe_and_overrides() -> None:
     assert config.lr == 1e-3  # None means "the recipe's value"
 
 
+def test_strong_recipe_adds_the_reference_regularisers() -> None:
+    config = make_config("strong", data="d", out="o")
+    assert (config.auto_augment, config.random_erasing) == ("trivial", 0.1)
+    assert (config.mixup_alpha, config.cutmix_alpha) == (0.2, 1.0)
+    assert config.input_size == 112
+    assert make_config("strong", data="d", out="o", mixup_alpha=0.0).mixup_alpha == 0.0
+    # The paper's recipe mixes nothing.
+    paper = make_config(data="d", out="o")
+    assert (paper.auto_augment, paper.random_erasing, paper.mixup_alpha, paper.cutmix_alpha) == (
+        None,
+        0,
+        0,
+        0,
+    )
+
+
+def test_a_config_saved_before_the_augmentation_options_still_loads(tmp_path: Path) -> None:
+    data = make_config(data=str(tmp_path), out="o").to_dict()
+    for key in ("auto_augment", "random_erasing", "mixup_alpha", "cutmix_alpha"):
+        del data[key]
+    assert TrainConfig.from_dict(data) == make_config(data=str(tmp_path), out="o")
+
+
 def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
     config = make_config("improved", data=str(tmp_path), out="o", model_kwargs={"width": 4})
     data = config.to_dict()
@@ -52,6 +75,10 @@ def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
         {"label_smoothing": 1.0},
         {"warmup_epochs": 50},
         {"recipe": "nope"},
+        {"auto_augment": "autoaugment"},
+        {"random_erasing": 1.5},
+        {"mixup_alpha": -0.1},
+        {"cutmix_alpha": -1.0},
     ],
 )
 def test_invalid_values_raise(change: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import torch
 
 from models.files import read_json
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config, write_broken_images
-from training.augment import build_train_transform
+from training.augment import build_batch_mix, build_train_transform
 from training.data import DataError, EpochShuffleSampler, ImageDataset, find_class_root, scan_image_folder
 from training.engine import TrainResult
 from training.split import load_manifest
@@ -76,3 +76,41 @@ def test_augmentation_is_reproduced_by_the_sample_seed(image_folder: Path, tmp_p
     dataset[(0, 11)]
     assert torch.equal(torch.get_rng_state(), before)
     torch.set_rng_state(state)
+
+
+def test_policy_and_erasing_keep_the_shape_and_the_sample_seed(image_folder: Path, tmp_path: Path) -> None:
+    for policy in ("trivial", "rand"):
+        config = tiny_config(image_folder, tmp_path / "run", auto_augment=policy, random_erasing=1.0)
+        dataset = ImageDataset(image_folder, [("glass/glass0.png", 1)], build_train_transform(config))
+        image, _ = dataset[(0, 5)]
+        assert image.shape == (3, 32, 32)
+        assert torch.equal(dataset[(0, 5)][0], image)
+        plain = ImageDataset(
+            image_folder,
+            [("glass/glass0.png", 1)],
+            build_train_transform(tiny_config(image_folder, tmp_path)),
+        )
+        # Erasing with probability 1 changes the image that the same seed gives without it.
+        assert not torch.equal(plain[(0, 5)][0], image)
+
+
+def test_batch_mixing_turns_labels_into_class_probabilities(image_folder: Path, tmp_path: Path) -> None:
+    assert build_batch_mix(tiny_config(image_folder, tmp_path), 6) is None
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
+    for alphas in ({"mixup_alpha": 0.2}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}):
+        mix = build_batch_mix(tiny_config(image_folder, tmp_path, **alphas), 6)
+        assert mix is not None
+        torch.manual_seed(0)
+        mixed, targets = mix(images, labels)
+        assert mixed.shape == images.shape
+        assert targets.shape == (8, 6)
+        torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+        # Each image is mixed with its neighbour in the batch: only their two classes carry weight.
+        own = torch.nn.functional.one_hot(labels, 6).float()
+        assert float((targets * (1 - (own + own.roll(1, dims=0)).clamp(max=1))).abs().sum()) == 0
+        assert not torch.equal(targets, own)
+        torch.manual_seed(0)
+        again, same_targets = mix(images, labels)
+        assert torch.equal(again, mixed)
+        assert torch.equal(same_targets, targets)

@@ -78,6 +78,27 @@ def test_cancelling_stops_cleanly_and_the_run_resumes_exactly(
     assert all({"device", "precision", "torch"} <= set(process) for process in processes)
 
 
+def test_a_run_that_mixes_batches_resumes_exactly(reference_data: Path, tmp_path: Path) -> None:
+    mixing = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "auto_augment": "trivial", "random_erasing": 0.25}
+    uninterrupted = train(tiny_config(reference_data, tmp_path / "whole", workers=0, **mixing))
+    assert uninterrupted.status == "completed"
+
+    def cancel_in_epoch_two(progress: Progress) -> None:
+        if progress.epoch == 2 and progress.phase == "train" and progress.step == 2:
+            raise TrainingCancelled
+
+    out = tmp_path / "interrupted"
+    train(tiny_config(reference_data, out, workers=0, **mixing), callback=cancel_in_epoch_two)
+    assert resume(out).status == "completed"
+    whole = checkpoint_weights(tmp_path / "whole" / "final.pt")
+    assert_same_weights(checkpoint_weights(out / "final.pt"), whole)
+    # Mixing changes training: the same run without it ends elsewhere.
+    plain = train(tiny_config(reference_data, tmp_path / "plain", workers=0))
+    assert plain.status == "completed"
+    final_plain = checkpoint_weights(tmp_path / "plain" / "final.pt")
+    assert any(not torch.equal(final_plain[name], whole[name]) for name in whole)
+
+
 def test_a_process_whose_epochs_were_not_kept_is_replaced_on_record(tmp_path: Path) -> None:
     path = tmp_path / "environment.json"
     record_environment(path, 1, {"device": "a"})
