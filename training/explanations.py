@@ -30,8 +30,9 @@ from models.predictor import select_device
 from models.transforms import build_eval_transform
 from training.archive import ArchiveError
 from training.data import DataError
-from training.engine import DATA_DIR
-from training.evaluation import eval_loader, remap_labels
+from training.engine import DATA_DIR, amp_dtype
+from training.evaluation import autocast, eval_loader, remap_labels
+from training.hardware import precision_name
 from training.split import Manifest, load_manifest, manifest_data_root
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,14 @@ def evaluate_faithfulness(
     steps: int = 32,
     batch_size: int = 32,
     device: torch.device,
+    amp: bool = False,
 ) -> dict[str, Any]:
-    """Mean faithfulness of ``method``'s heatmaps for the predicted class over a split."""
+    """Mean faithfulness of ``method``'s heatmaps for the predicted class over a split.
+
+    With ``amp`` the many forward passes that score the heatmaps run under bf16/fp16 autocast (where
+    ``training.engine.amp_dtype`` picks one); the heatmaps themselves are always computed in fp32.
+    """
+    precision = amp_dtype(device, amp)
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_model(checkpoint, source=str(checkpoint_path)).to(device).requires_grad_(False)
     samples = remap_labels(manifest.select(split), manifest.class_names, checkpoint.spec.class_names)
@@ -58,7 +65,8 @@ def evaluate_faithfulness(
     for images, _ in loader:
         images = images.to(device)
         heatmaps, _, targets = compute_cam(model, images, method=method)
-        scores = faithfulness(model, images, heatmaps, targets, steps=steps)
+        with autocast(device, precision):
+            scores = faithfulness(model, images, heatmaps, targets, steps=steps)
         totals["drop"] += float(scores.drop.sum())
         totals["increase"] += float(scores.increase.sum())
         totals["deletion_auc"] += float(scores.deletion_auc.sum())
@@ -72,6 +80,7 @@ def evaluate_faithfulness(
         "split": split,
         "images": count,
         "deletion_steps": steps,
+        "precision": precision_name(precision),
         "average_drop_pct": 100 * totals["drop"] / count,
         "increase_in_confidence_pct": 100 * totals["increase"] / count,
         "deletion_auc": totals["deletion_auc"] / count,
@@ -159,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores.add_argument("--checkpoint", type=Path, required=True)
     scores.add_argument("--steps", type=int, default=32)
     scores.add_argument("--out", type=Path, help="write the scores here as JSON")
+    scores.add_argument(
+        "--amp", action="store_true", help="score under bf16 autocast (heatmaps stay fp32); faster"
+    )
     figure = commands.add_parser("figure", help="a grid of heatmaps: images as columns, models as rows")
     figure.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH")
     figure.add_argument("--per-class", type=int, default=2)
@@ -193,6 +205,7 @@ def _run(args: argparse.Namespace, manifest: Manifest, root: Path, device: torch
             method=args.method,
             steps=args.steps,
             device=device,
+            amp=args.amp,
         )
         text = json.dumps(result, indent=2)
         if args.out is not None:

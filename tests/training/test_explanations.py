@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from training import engine
 from training.engine import TrainResult
 from training.explanations import main, pick_images
 from training.split import load_manifest
@@ -63,3 +64,19 @@ def test_a_manifest_finds_its_data_set_where_it_has_moved(
     with caplog.at_level("ERROR"):
         assert main(["figure", *args, "--data", str(moved), *checkpoint]) == 2
     assert "differs from the manifest" in caplog.text
+
+
+def test_faithfulness_under_bf16_scores_close_to_fp32(
+    reference_run: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    run = reference_run.out_dir
+    common = ["--checkpoint", str(run / "best.pt"), "--manifest", str(run / "manifest.json"), "--steps", "4"]
+    scores = {}
+    for name, extra in (("fp32", []), ("bf16", ["--amp"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["faithfulness", *common, *extra, "--device", "cpu", "--out", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert (scores["fp32"]["precision"], scores["bf16"]["precision"]) == ("fp32", "bf16")
+    for key in ("deletion_auc", "insertion_auc"):
+        assert abs(scores["bf16"][key] - scores["fp32"][key]) < 0.02
