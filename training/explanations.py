@@ -154,7 +154,7 @@ def _manifest_and_root(path: Path, data: str | None, scratch: Path) -> tuple[Man
     manifest = load_manifest(path)
     if data is None:
         return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
-    return manifest, manifest_data_root(manifest, scratch, source=data)
+    return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,16 @@
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from training import engine
+from training.config import DEFAULT_SPLIT
 from training.engine import TrainResult
 from training.explanations import main, pick_images
-from training.split import load_manifest
+from training.split import create_manifest, load_manifest, save_manifest
 
 
 def test_faithfulness_cli_scores_the_test_split(reference_run: TrainResult, tmp_path: Path) -> None:
@@ -80,3 +82,23 @@ def test_faithfulness_under_bf16_scores_close_to_fp32(
     assert (scores["fp32"]["precision"], scores["bf16"]["precision"]) == ("fp32", "bf16")
     for key in ("deletion_auc", "insertion_auc"):
         assert abs(scores["bf16"][key] - scores["fp32"][key]) < 0.02
+
+
+def test_a_manifest_of_an_archive_finds_the_archive_where_it_has_moved(
+    reference_run: TrainResult, image_folder: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "set.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(image_folder, arcname="photos")
+    manifest = create_manifest(archive, tmp_path / "cache", seed=0, fractions=DEFAULT_SPLIT)[0]
+    record = tmp_path / "record"
+    save_manifest(manifest, record / "manifest.json")
+    moved = tmp_path / "elsewhere" / "renamed.tar.gz"
+    moved.parent.mkdir()
+    archive.rename(moved)
+    out = tmp_path / "figure.png"
+    args = ["--manifest", str(record / "manifest.json"), "--data", str(moved), "--per-class", "1"]
+    checkpoint = ["--checkpoint", f"best={reference_run.out_dir / 'best.pt'}", "--device", "cpu"]
+    assert main(["figure", *args, "--out", str(out), *checkpoint]) == 0
+    assert out.is_file()
+    assert not (record / "data").exists()
