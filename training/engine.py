@@ -209,7 +209,7 @@ class _Run:
         for step, (images, labels) in enumerate(loader, start=1):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            # Mixed batches train on class probabilities; accuracy still counts the dominant label.
+            # Mixed batches train on class probabilities; accuracy still counts each image's own label.
             images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
             loss, logits = train_step(
                 self.model,
