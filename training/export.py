@@ -17,7 +17,7 @@ import torch
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE
 
-CHECKPOINT = "model.pt"
+CHECKPOINT, SPEC_FILE = "model.pt", "spec.json"
 #: The files that describe how a run was trained, whichever checkpoint is exported.
 RUN_FILES = (
     CONFIG_FILE,
@@ -44,7 +44,7 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, loaded.spec, dtype=torch.float16)
     meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
-    (out / "spec.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     (out / "SHA256SUMS").write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from models import create_model
+from models.files import read_json
 from training.engine import CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, read_environment
+from training.export import SPEC_FILE
 
 #: Test accuracies the paper reports after 50 epochs (Bai and Joe, section 4).
 PAPER_ACCURACY = {"resnet50": "77.59%", "se_resnet50": "83.33%", "shared_se_resnet50": "best (no number)"}
-#: What ``training.export`` writes in place of a run's config.
-SPEC_FILE = "spec.json"
 
 
 def parameters(arch: str, num_classes: int, kwargs: dict[str, Any]) -> int:
@@ -29,12 +29,12 @@ def parameters(arch: str, num_classes: int, kwargs: dict[str, Any]) -> int:
 def run_config(folder: Path) -> dict[str, Any]:
     """The training config of a run folder, or of an exported model folder (from its spec's recipe)."""
     if (folder / CONFIG_FILE).is_file():
-        return dict(json.loads((folder / CONFIG_FILE).read_text()))
+        return dict(read_json(folder / CONFIG_FILE))
     if not (folder / SPEC_FILE).is_file():
         raise ValueError(
             f"{folder}: neither a run folder ({CONFIG_FILE}) nor an exported model ({SPEC_FILE})"
         )
-    spec = json.loads((folder / SPEC_FILE).read_text())["spec"]
+    spec = read_json(folder / SPEC_FILE)["spec"]
     return {**spec["recipe"], "model": spec["arch"], "model_kwargs": spec["arch_kwargs"]}
 
 
