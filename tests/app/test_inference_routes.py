@@ -3,7 +3,7 @@ import base64
 import io
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -163,11 +163,11 @@ def test_concurrent_requests_share_batches_and_get_the_same_answers(settings: Se
     app = create_app(settings)
     images = [png_bytes(size=(20 + i, 24)) for i in range(8)]
 
-    async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
-        transport = httpx.ASGITransport(app=app)
+    async def run() -> tuple[list[httpx2.Response], list[httpx2.Response]]:
+        transport = httpx2.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+            httpx2.AsyncClient(transport=transport, base_url="http://t") as ac,
         ):
             together = await asyncio.gather(
                 *(ac.post("/classify", files={"file": upload(data=data)}) for data in images)

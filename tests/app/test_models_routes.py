@@ -1,7 +1,7 @@
 import asyncio
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -111,11 +111,11 @@ def test_a_swap_drops_no_request_in_flight(settings: Settings, stored: ModelStor
     settings.batch_max_wait_ms = 20.0
     app = create_app(settings)
 
-    async def run() -> tuple[list[httpx.Response], httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
+    async def run() -> tuple[list[httpx2.Response], httpx2.Response]:
+        transport = httpx2.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+            httpx2.AsyncClient(transport=transport, base_url="http://t") as ac,
         ):
             photo = {"file": ("p.png", png_bytes(), "image/png")}
             requests = [ac.post("/explain", files=photo) for _ in range(12)]
@@ -139,10 +139,10 @@ def test_a_default_set_by_another_process_is_picked_up(
     app = create_app(settings)
 
     async def run() -> dict[str, str]:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx2.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as ac,
+            httpx2.AsyncClient(transport=transport, base_url="http://t") as ac,
         ):
             stored.set_default("waste", "v1")  # as a finished training job would
             for _ in range(100):

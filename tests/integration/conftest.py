@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import httpx
+import httpx2
 import pytest
 
 from tests.app.conftest import API_KEY, tiny_checkpoint
@@ -91,8 +91,8 @@ class System:
 
     def _api_answers(self) -> bool:
         try:
-            return httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
+            return httpx2.get(f"{self.api_url}/health", timeout=1).status_code == 200
+        except httpx2.HTTPError:
             return False
 
     def start_worker(self) -> None:
@@ -190,8 +190,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 
 @pytest.fixture
-def api(system: System) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=system.api_url, timeout=60) as client:
+def api(system: System) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=system.api_url, timeout=60) as client:
         yield client
 
 

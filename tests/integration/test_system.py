@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from PIL import Image
 
@@ -20,7 +20,7 @@ KEY = {"X-API-Key": API_KEY}
 CLASSES = {"cardboard", "glass", "metal", "paper", "plastic", "trash"}
 
 
-def wait_for_job(api: httpx.Client, url: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+def wait_for_job(api: httpx2.Client, url: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = api.get(url).json()
@@ -35,13 +35,13 @@ def photo(trashnet_photos: Path, label: str = "glass") -> tuple[str, bytes, str]
     return (path.name, path.read_bytes(), "image/jpeg")
 
 
-def test_ready(api: httpx.Client) -> None:
+def test_ready(api: httpx2.Client) -> None:
     body = api.get("/ready").json()
     assert body["ready"] is True
     assert body["redis"] is True
 
 
-def test_classify_real_photos(api: httpx.Client, trashnet_photos: Path) -> None:
+def test_classify_real_photos(api: httpx2.Client, trashnet_photos: Path) -> None:
     files = [("files", photo(trashnet_photos, label)) for label in sorted(CLASSES)]
     response = api.post("/classify", files=files)
     assert response.status_code == 200, response.text
@@ -52,7 +52,7 @@ def test_classify_real_photos(api: httpx.Client, trashnet_photos: Path) -> None:
         assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_explain_a_real_photo(api: httpx.Client, trashnet_photos: Path) -> None:
+def test_explain_a_real_photo(api: httpx2.Client, trashnet_photos: Path) -> None:
     response = api.post(
         "/explain", files={"file": photo(trashnet_photos)}, data={"method": "gradcampp", "target": "glass"}
     )
@@ -73,14 +73,14 @@ def test_explain_a_real_photo(api: httpx.Client, trashnet_photos: Path) -> None:
     ],
 )
 def test_bad_input_over_http(
-    api: httpx.Client, files: dict[str, tuple[str, bytes, str]], form: dict[str, str], status: int
+    api: httpx2.Client, files: dict[str, tuple[str, bytes, str]], form: dict[str, str], status: int
 ) -> None:
     response = api.post("/explain", files=files, data=form)
     assert response.status_code == status, response.text
     assert isinstance(response.json()["detail"], str)
 
 
-def test_a_training_job_becomes_the_served_model(api: httpx.Client, trashnet_photos: Path) -> None:
+def test_a_training_job_becomes_the_served_model(api: httpx2.Client, trashnet_photos: Path) -> None:
     form = {
         "model": "simple_cnn",
         "model_kwargs": '{"width": 4}',
@@ -108,7 +108,7 @@ def test_a_training_job_becomes_the_served_model(api: httpx.Client, trashnet_pho
     assert classified["results"][0]["model"] == version
 
 
-def test_a_heatmap_batch_returns_its_zip(api: httpx.Client, trashnet_photos: Path) -> None:
+def test_a_heatmap_batch_returns_its_zip(api: httpx2.Client, trashnet_photos: Path) -> None:
     files = [("files", photo(trashnet_photos, label)) for label in ("glass", "metal", "paper")]
     created = api.post("/explain/batch", files=files, data={"method": "layercam"}, headers=KEY)
     assert created.status_code == 202, created.text
@@ -127,7 +127,7 @@ def test_a_heatmap_batch_returns_its_zip(api: httpx.Client, trashnet_photos: Pat
             assert Image.open(io.BytesIO(archive.read(entry["overlay"]))).size == sizes[original]
 
 
-def test_cancelling_a_running_training_job(api: httpx.Client, trashnet_photos: Path) -> None:
+def test_cancelling_a_running_training_job(api: httpx2.Client, trashnet_photos: Path) -> None:
     form = {
         "model": "simple_cnn",
         "model_kwargs": '{"width": 4}',
@@ -146,7 +146,7 @@ def test_cancelling_a_running_training_job(api: httpx.Client, trashnet_photos: P
 
 
 def test_a_killed_worker_loses_no_training_job(
-    system: System, api: httpx.Client, trashnet_photos: Path
+    system: System, api: httpx2.Client, trashnet_photos: Path
 ) -> None:
     form = {
         "model": "simple_cnn",
@@ -173,7 +173,7 @@ def test_a_killed_worker_loses_no_training_job(
     assert [record["epoch"] for record in job["history"]][-1] == 6
 
 
-def test_a_redis_restart_loses_no_job(system: System, api: httpx.Client, trashnet_photos: Path) -> None:
+def test_a_redis_restart_loses_no_job(system: System, api: httpx2.Client, trashnet_photos: Path) -> None:
     system.kill("worker")
     created = api.post("/explain/batch", files=[("files", photo(trashnet_photos))], headers=KEY)
     url = created.headers["location"]
@@ -185,7 +185,7 @@ def test_a_redis_restart_loses_no_job(system: System, api: httpx.Client, trashne
     assert job["state"] == "succeeded", (job["error"], system.log("worker"), system.log("api"))
 
 
-def test_a_restarted_api_still_reports_every_job(system: System, api: httpx.Client) -> None:
+def test_a_restarted_api_still_reports_every_job(system: System, api: httpx2.Client) -> None:
     before = api.get("/train").json()
     assert before
     system.kill("api")
