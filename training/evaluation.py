@@ -22,7 +22,13 @@ from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.transforms import build_eval_transform
 from training.data import DataError, ImageDataset, Sample, make_loader
-from training.report import IntArray, classification_metrics, plot_confusion_matrix
+from training.report import (
+    FloatArray,
+    IntArray,
+    calibration_metrics,
+    classification_metrics,
+    plot_confusion_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +38,11 @@ StepCallback = Callable[[int, int, Mapping[str, float]], None]
 
 @dataclass(frozen=True)
 class Predictions:
-    """Targets and predicted classes of every image, and the mean cross-entropy."""
+    """Targets, predicted classes and their probabilities for every image, and the mean cross-entropy."""
 
     targets: IntArray
     predictions: IntArray
+    confidences: FloatArray
     loss: float
 
     @property
@@ -60,7 +67,7 @@ def predict(
     """Run ``model`` in eval mode over ``loader``. The loss is plain cross-entropy (no label smoothing),
     so validation curves compare across recipes."""
     model.eval()
-    targets, predictions = [], []
+    targets, predictions, confidences = [], [], []
     loss_sum, seen, correct = 0.0, 0, 0
     steps = len(loader)
     for step, (images, labels) in enumerate(loader, start=1):
@@ -68,11 +75,12 @@ def predict(
         with autocast(device, amp_dtype):
             logits = model(images)
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        predicted = logits.argmax(dim=1)
+        confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
         seen += len(labels)
         correct += int((predicted == labels).sum())
         targets.append(labels.cpu())
         predictions.append(predicted.cpu())
+        confidences.append(confidence.cpu())
         if on_step is not None:
             on_step(step, steps, {"loss": loss_sum / seen, "accuracy": correct / seen})
     return Predictions(
@@ -80,6 +88,9 @@ def predict(
         predictions=torch.cat(predictions).numpy().astype(np.int64)
         if predictions
         else np.zeros(0, dtype=np.int64),
+        confidences=torch.cat(confidences).numpy().astype(np.float64)
+        if confidences
+        else np.zeros(0, dtype=np.float64),
         loss=loss_sum / seen if seen else float("nan"),
     )
 
@@ -112,7 +123,14 @@ def remap_labels(
 def build_report(predictions: Predictions, spec: ModelSpec, **context: Any) -> dict[str, Any]:
     """The report: ``context`` (split, checkpoint, data set...), loss and the classification metrics."""
     metrics = classification_metrics(predictions.targets, predictions.predictions, spec.class_names)
-    return {**context, "loss": predictions.loss, "class_names": list(spec.class_names), **metrics}
+    calibration = calibration_metrics(predictions.confidences, predictions.targets == predictions.predictions)
+    return {
+        **context,
+        "loss": predictions.loss,
+        "class_names": list(spec.class_names),
+        **metrics,
+        **calibration,
+    }
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> None:

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from models.files import atomic_write_bytes
 
 IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
 
 def confusion_matrix(
@@ -77,6 +78,30 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """:func:`metrics_from_confusion` of the labels' confusion matrix."""
     return metrics_from_confusion(confusion_matrix(targets, predictions, len(class_names)), class_names)
+
+
+def calibration_metrics(
+    confidences: Sequence[float] | FloatArray, correct: Sequence[bool] | npt.NDArray[np.bool_], bins: int = 15
+) -> dict[str, float]:
+    """Mean top-1 probability and expected calibration error (Guo et al., 2017: the gap between
+    confidence and accuracy averaged over ``bins`` equal-width confidence bins, weighted by their size).
+
+    Faithfulness scores that read the model's probabilities (average drop, insertion AUC) move with how
+    confident a model is, so the report keeps that next to its accuracy.
+    """
+    p = np.asarray(confidences, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if p.shape != hit.shape:
+        raise ValueError(f"confidences and correctness differ in length: {p.shape} vs {hit.shape}")
+    if not len(p):
+        return {"mean_confidence": 0.0, "expected_calibration_error": 0.0}
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.ceil(p * bins).astype(np.int64) - 1, 0, bins - 1)
+    gap = 0.0
+    for b in np.unique(index):
+        members = index == b
+        gap += members.sum() * abs(hit[members].mean() - p[members].mean())
+    return {"mean_confidence": float(p.mean()), "expected_calibration_error": float(gap / len(p))}
 
 
 def _save_png(figure: Figure, path: Path) -> None:

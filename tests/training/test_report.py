@@ -9,8 +9,24 @@ from models.checkpoint import load_checkpoint
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.training.helpers import CLASS_NAMES, TINY_OPTIONS
 from training.engine import TrainResult
-from training.report import classification_metrics, confusion_matrix
+from training.report import calibration_metrics, classification_metrics, confusion_matrix
 from training.split import load_manifest
+
+
+def test_calibration_matches_a_hand_computation() -> None:
+    # Two bins of width 0.5. (0, 0.5]: confidences 0.3 and 0.5, one right: |0.5 - 0.4| = 0.1 for 2 images.
+    # (0.5, 1]: 0.9, 0.8 and 0.7, all right: |1 - 0.8| = 0.2 for 3 images. ECE = (2 * 0.1 + 3 * 0.2) / 5.
+    metrics = calibration_metrics([0.3, 0.5, 0.9, 0.8, 0.7], [True, False, True, True, True], bins=2)
+    assert metrics["mean_confidence"] == pytest.approx(3.2 / 5)
+    assert metrics["expected_calibration_error"] == pytest.approx(0.8 / 5)
+
+
+def test_a_model_exactly_as_confident_as_it_is_right_is_calibrated() -> None:
+    confidences = [0.75] * 4 + [1.0] * 2
+    metrics = calibration_metrics(confidences, [True, True, True, False, True, True])
+    assert metrics["expected_calibration_error"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        calibration_metrics([0.5], [True, False])
 
 
 def test_metrics_match_a_hand_computation() -> None:
@@ -78,6 +94,8 @@ def test_run_folder_outputs(reference_run: TrainResult) -> None:
     assert sum(row["support"] for row in report["per_class"].values()) == test_count
     assert np.asarray(report["confusion_matrix"]).sum() == test_count
     assert report["accuracy"] == pytest.approx(reference_run.test_accuracy)
+    assert 1 / len(CLASS_NAMES) <= report["mean_confidence"] <= 1
+    assert 0 <= report["expected_calibration_error"] <= 1
 
 
 def test_checkpoints_record_recipe_metrics_and_normalisation(reference_run: TrainResult) -> None:
