@@ -86,8 +86,8 @@ def calibration_metrics(
     """Mean top-1 probability and expected calibration error (Guo et al., 2017: the gap between
     confidence and accuracy averaged over ``bins`` equal-width confidence bins, weighted by their size).
 
-    Faithfulness scores that read the model's probabilities (average drop, insertion AUC) move with how
-    confident a model is, so the report keeps that next to its accuracy.
+    Faithfulness scores read the model's probabilities (insertion AUC most of all) and so move with how
+    confident a model is; the report keeps that next to its accuracy.
     """
     p = np.asarray(confidences, dtype=np.float64)
     hit = np.asarray(correct, dtype=np.float64)
