@@ -17,7 +17,7 @@ import torch
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE
 
-CHECKPOINT, SPEC_FILE = "model.pt", "spec.json"
+CHECKPOINT, SPEC_FILE, SUMS_FILE = "model.pt", "spec.json", "SHA256SUMS"
 #: The files that describe how a run was trained, whichever checkpoint is exported.
 RUN_FILES = (
     CONFIG_FILE,
@@ -46,9 +46,15 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
     meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
-    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != "SHA256SUMS")
-    (out / "SHA256SUMS").write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != SUMS_FILE)
+    (out / SUMS_FILE).write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
     return out / CHECKPOINT
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """File name to sha256, as an exported folder's ``SHA256SUMS`` lists them (``sha256sum`` format)."""
+    lines = (folder / SUMS_FILE).read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,24 +1,19 @@
 """The default model folder the service ships: what its files claim must match what it holds."""
 
-import json
-
 import torch
 
 from app.config import Settings
 from models.checkpoint import file_sha256, load_checkpoint
+from models.files import read_json
+from training.export import SPEC_FILE, SUMS_FILE, read_checksums
 
 SHIPPED = Settings().shipped_model_path
 FOLDER = SHIPPED.parent
 
 
-def _sums() -> dict[str, str]:
-    lines = (FOLDER / "SHA256SUMS").read_text().splitlines()
-    return {name: digest for digest, name in (line.split("  ") for line in lines)}
-
-
 def test_every_file_of_the_shipped_model_matches_its_checksum() -> None:
-    sums = _sums()
-    present = {path.name for path in FOLDER.iterdir() if path.is_file() and path.name != "SHA256SUMS"}
+    sums = read_checksums(FOLDER)
+    present = {path.name for path in FOLDER.iterdir() if path.is_file() and path.name != SUMS_FILE}
     assert set(sums) == present
     for name, digest in sums.items():
         assert file_sha256(FOLDER / name) == digest, name
@@ -27,7 +22,7 @@ def test_every_file_of_the_shipped_model_matches_its_checksum() -> None:
 def test_the_shipped_model_is_an_fp16_se_resnet50_under_60_mb_described_by_its_spec() -> None:
     assert SHIPPED.stat().st_size < 60e6
     checkpoint = load_checkpoint(SHIPPED)  # verifies the weights' own digest
-    meta = json.loads((FOLDER / "spec.json").read_text())
+    meta = read_json(FOLDER / SPEC_FILE)
     assert checkpoint.spec.arch == "se_resnet50"
     assert checkpoint.spec.to_dict() == meta["spec"]
     assert checkpoint.sha256 == meta["sha256"]
@@ -37,8 +32,8 @@ def test_the_shipped_model_is_an_fp16_se_resnet50_under_60_mb_described_by_its_s
 
 
 def test_the_shipped_report_is_the_test_accuracy_its_spec_records() -> None:
-    report = json.loads((FOLDER / "report.json").read_text())
-    spec = json.loads((FOLDER / "spec.json").read_text())["spec"]
+    report = read_json(FOLDER / "report.json")
+    spec = read_json(FOLDER / SPEC_FILE)["spec"]
     assert report["class_names"] == spec["class_names"]
     assert report["accuracy"] == spec["metrics"]["test_accuracy"]
     assert (FOLDER / "history.json").is_file()

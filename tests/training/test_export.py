@@ -4,7 +4,7 @@ import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, load_model
 from training.engine import TrainResult
-from training.export import copy_record, export_run
+from training.export import copy_record, export_run, read_checksums
 
 
 def test_export_writes_fp16_weights_with_spec_report_and_checksums(
@@ -16,7 +16,7 @@ def test_export_writes_fp16_weights_with_spec_report_and_checksums(
     assert shipped.spec == original.spec
     assert all(t.dtype == torch.float16 for t in shipped.state_dict.values() if t.is_floating_point())
     assert (out / "report.json").is_file()
-    sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
+    sums = read_checksums(out)
     assert sums["model.pt"] == file_sha256(out / "model.pt")
     assert set(sums) >= {"model.pt", "spec.json", "report.json"}
     model, _ = load_model(out / "model.pt")
