@@ -74,8 +74,9 @@ def predict(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(images)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        confidence, predicted = logits.softmax(dim=1).max(dim=1)
         seen += len(labels)
         correct += int((predicted == labels).sum())
         targets.append(labels.cpu())
