@@ -25,7 +25,8 @@ def build_train_transform(config: TrainConfig) -> Transform:
 
     The paper's recipe (section 4) is resize to ``input_size`` plus a random horizontal flip; the
     optional random-resized crop, rotation, colour jitter, automatic augmentation policy and random
-    erasing come from torchvision's classification reference recipes, in the order they use there.
+    erasing come from torchvision's classification reference recipes, in the order they use there;
+    grayscale and blur follow the policy, as in SimCLR's augmentations.
     """
     size = (config.input_size, config.input_size)
     steps: list[v2.Transform] = [v2.ToImage()]
@@ -42,6 +43,11 @@ def build_train_transform(config: TrainConfig) -> Transform:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     if config.auto_augment is not None:
         steps.append(AUTO_AUGMENT_POLICIES[config.auto_augment]())
+    if config.grayscale > 0:
+        steps.append(v2.RandomGrayscale(p=config.grayscale))
+    if config.blur > 0:
+        # Out of focus, as a camera over a bin often is: a 5-pixel kernel is up to ~5% of a 112 px side.
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=config.blur))
     steps += [
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(config.mean), std=list(config.std)),

@@ -25,6 +25,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 Transform = Callable[[Image.Image], torch.Tensor]
+#: A change made to a sample's image before its transform, knowing the sample's index.
+Prepare = Callable[[Image.Image, int], Image.Image]
 #: A sample as (path relative to the class root, in POSIX form; label).
 Sample = tuple[str, int]
 
@@ -137,10 +139,18 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     depend on which worker process loads it or on what ran before.
     """
 
-    def __init__(self, root: Path, samples: Sequence[Sample], transform: Transform) -> None:
+    def __init__(
+        self, root: Path, samples: Sequence[Sample], transform: Transform, *, prepare: Prepare | None = None
+    ) -> None:
         self.root = root
         self.samples = list(samples)
         self.transform = transform
+        self.prepare = prepare
+
+    def _load(self, index: int, rgb: Image.Image) -> torch.Tensor:
+        if self.prepare is not None:
+            rgb = self.prepare(rgb, index)
+        return self.transform(rgb)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -151,10 +161,10 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         with Image.open(self.root / rel) as image:
             rgb = image.convert("RGB")
         if seed is None:
-            return self.transform(rgb), label
+            return self._load(index, rgb), label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(rgb), label
+            return self._load(index, rgb), label
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
@@ -175,6 +185,39 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
         for index in torch.randperm(self.size, generator=generator).tolist():
             yield index, derive_seed(self.seed, "sample", self.epoch, index)
+
+
+def balance_weights(
+    labels: Sequence[int], sources: Sequence[str], *, class_balance: float, source_balance: float
+) -> list[float]:
+    """Sampling weight of each sample: ``n_class**-class_balance * n_source**-source_balance``.
+
+    With a balance of 1 every class (or source) is drawn equally often; with 0 the counts do not
+    matter; in between (0.5, the square root) small ones count more without repeating a few photos
+    over and over.
+    """
+    class_counts = {label: labels.count(label) for label in set(labels)}
+    source_counts = {source: sources.count(source) for source in set(sources)}
+    return [
+        class_counts[label] ** -class_balance * source_counts[source] ** -source_balance
+        for label, source in zip(labels, sources, strict=True)
+    ]
+
+
+class WeightedEpochSampler(EpochShuffleSampler):
+    """``size`` draws with replacement in proportion to ``weights``, with per-draw augmentation seeds;
+    both depend only on ``(seed, epoch)``, like :class:`EpochShuffleSampler`'s order."""
+
+    def __init__(self, weights: Sequence[float], *, seed: int, size: int | None = None) -> None:
+        super().__init__(len(weights) if size is None else size, seed=seed)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+        draws = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        # A sample drawn twice in an epoch gets a different augmentation each time: seed by draw.
+        for position, index in enumerate(draws.tolist()):
+            yield index, derive_seed(self.seed, "sample", self.epoch, position)
 
 
 def default_workers(device: torch.device) -> int:

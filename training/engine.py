@@ -27,15 +27,32 @@ from models.files import read_json, write_json
 from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
 from training.config import TrainConfig
-from training.data import EpochShuffleSampler, ImageDataset, make_loader
+from training.data import (
+    EpochShuffleSampler,
+    ImageDataset,
+    Prepare,
+    WeightedEpochSampler,
+    balance_weights,
+    make_loader,
+)
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
 from training.hardware import cpu_has_native_bf16, cpu_name, environment
 from training.optim import build_criterion, build_optimizer, build_scheduler
+from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
 from training.report import plot_curves
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
-from training.split import Manifest, create_manifest, load_manifest, manifest_data_root, save_manifest
+from training.split import (
+    AnyManifest,
+    create_manifest,
+    create_mixed_manifest,
+    load_manifest,
+    manifest_data_root,
+    parse_data_sets,
+    save_manifest,
+)
 from training.state import ResumeError, ResumeState, load_resume_state, save_resume_state
+from training.transfer import transfer_weights
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +91,20 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def model_spec(config: TrainConfig, manifest: Manifest, metrics: dict[str, Any] | None = None) -> ModelSpec:
+#: A photo's source when its data set does not tag photos and is the run's only one.
+DEFAULT_SOURCE = "data"
+
+
+def model_spec(
+    config: TrainConfig, manifest: AnyManifest, metrics: dict[str, Any] | None = None
+) -> ModelSpec:
     """The spec that every checkpoint of this run carries (recipe and data set included)."""
     recipe = {**config.recipe_record(), "data_source": manifest.source, "data_digest": manifest.digest}
+    if config.init_from is not None:
+        recipe["init_sha256"] = load_checkpoint(config.init_from).sha256
+    sources = sorted(set(manifest.select_sources("train", DEFAULT_SOURCE)))
+    if sources != [DEFAULT_SOURCE]:
+        recipe["train_sources"] = sources
     return ModelSpec(
         arch=config.model,
         class_names=manifest.class_names,
@@ -114,7 +142,7 @@ class _Run:
     """One training process's view of a run: the objects it trains and the state it checkpoints."""
 
     def __init__(
-        self, config: TrainConfig, manifest: Manifest, root: Path, callback: ProgressCallback | None
+        self, config: TrainConfig, manifest: AnyManifest, root: Path, callback: ProgressCallback | None
     ) -> None:
         self.config, self.manifest, self.callback = config, manifest, callback
         self.out = Path(config.out)
@@ -123,9 +151,17 @@ class _Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         seed_everything(derive_seed(config.seed, "init"))
-        self.model = create_model(
-            config.model, num_classes=len(manifest.class_names), **config.model_kwargs
-        ).to(self.device)
+        self.model = create_model(config.model, num_classes=len(manifest.class_names), **config.model_kwargs)
+        if config.init_from is not None:
+            transfer = transfer_weights(self.model, load_checkpoint(config.init_from), manifest.class_names)
+            logger.info(
+                "started from %s: head rows kept for %s, new for %s",
+                config.init_from,
+                list(transfer.kept_classes),
+                list(transfer.new_classes),
+            )
+        self.model.to(self.device)
+        self.spec = model_spec(config, manifest)
         self._build_loaders(root)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
@@ -141,8 +177,24 @@ class _Run:
     def _build_loaders(self, root: Path) -> None:
         config, manifest = self.config, self.manifest
         train_samples = manifest.select("train")
-        self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
-        train_set = ImageDataset(root, train_samples, build_train_transform(config))
+        sources = manifest.select_sources("train", DEFAULT_SOURCE)
+        self.sampler: EpochShuffleSampler
+        if config.class_balance > 0 or config.source_balance > 0:
+            weights = balance_weights(
+                [label for _, label in train_samples],
+                sources,
+                class_balance=config.class_balance,
+                source_balance=config.source_balance,
+            )
+            self.sampler = WeightedEpochSampler(weights, seed=config.seed)
+        else:
+            self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
+        train_set = ImageDataset(
+            root,
+            train_samples,
+            build_train_transform(config),
+            prepare=background_paste(config, root, [path for path, _ in train_samples], sources),
+        )
         self.train_loader = make_loader(
             train_set,
             batch_size=config.batch_size,
@@ -151,7 +203,7 @@ class _Run:
             sampler=self.sampler,
         )
         self.val_loader = eval_loader(
-            model_spec(config, manifest),
+            self.spec,
             root,
             manifest.select("val"),
             batch_size=config.batch_size,
@@ -281,7 +333,8 @@ class _Run:
         self._report("epoch", len(self.train_loader), len(self.train_loader), record, self._units(epoch))
 
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
-        save_checkpoint(self.out / name, self.model, model_spec(self.config, self.manifest, metrics))
+        spec = ModelSpec.from_dict({**self.spec.to_dict(), "metrics": metrics})
+        save_checkpoint(self.out / name, self.model, spec)
 
     def _write_history(self) -> None:
         write_json(self.out / HISTORY_FILE, self.history)
@@ -291,9 +344,8 @@ class _Run:
         """final.pt, then the test report of best.pt; returns best.pt's test accuracy."""
         self._write_history()
         test = self.manifest.select("test")
-        spec = model_spec(self.config, self.manifest)
         loader = eval_loader(
-            spec,
+            self.spec,
             root,
             test,
             batch_size=self.config.batch_size,
@@ -314,6 +366,7 @@ class _Run:
             batch_size=self.config.batch_size,
             workers=self.config.workers,
             split="test",
+            sources=self.manifest.select_sources("test", DEFAULT_SOURCE),
             manifest_digest=self.manifest.digest,
             best_epoch=self.best_epoch,
             skipped_images=[{"path": path, "error": error} for path, error in self.manifest.skipped],
@@ -324,6 +377,26 @@ class _Run:
         _rewrite_metrics(self.out / BEST_FILE, best_metrics)
         write_report(report, self.out)
         return float(report["accuracy"])
+
+
+def background_paste(config: TrainConfig, root: Path, paths: list[str], sources: list[str]) -> Prepare | None:
+    """The cut-and-paste of ``config.paste_background`` over the training photos, if it is on: photos
+    of the plain sources onto crops of the others."""
+    if config.paste_background == 0 or not config.plain_sources:
+        return None
+    plain = [index for index, source in enumerate(sources) if source in config.plain_sources]
+    backgrounds = [
+        path for path, source in zip(paths, sources, strict=True) if source not in config.plain_sources
+    ]
+    if not plain or not backgrounds:
+        logger.warning(
+            "paste_background is on, but the training split has %d photos of %s and %d of other sources; off",
+            len(plain),
+            list(config.plain_sources),
+            len(backgrounds),
+        )
+        return None
+    return BackgroundPaste(root, backgrounds, plain, p=config.paste_background)
 
 
 def record_environment(path: Path, first_epoch: int, process: dict[str, Any]) -> None:
@@ -361,6 +434,21 @@ def _fit(run: _Run, root: Path) -> TrainResult:
     return TrainResult("completed", run.out, run.epoch, run.best_val_accuracy, run.best_epoch, test_accuracy)
 
 
+def split_data(config: TrainConfig, cache_dir: Path) -> tuple[AnyManifest, Path]:
+    """The manifest of a new run's data set(s) and the folder its paths are relative to."""
+    if isinstance(config.data, str):
+        return create_manifest(
+            config.data, cache_dir, seed=config.seed, fractions=config.split, holdout=config.holdout_sources
+        )
+    return create_mixed_manifest(
+        parse_data_sets(config.data),
+        cache_dir,
+        seed=config.seed,
+        fractions=config.split,
+        holdout=config.holdout_sources,
+    )
+
+
 def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> TrainResult:
     """Start a new run in ``config.out``: split the data set, train, checkpoint, report.
 
@@ -370,13 +458,15 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     if (out / RESUME_FILE).exists() or (out / MANIFEST_FILE).exists():
         raise RunExistsError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    manifest, root = create_manifest(config.data, out / DATA_DIR, seed=config.seed, fractions=config.split)
+    manifest, root = split_data(config, out / DATA_DIR)
     for split, count in ((s, len(manifest.select(s))) for s in ("train", "val", "test")):
         if count == 0:
             raise ValueError(f"the {split} split is empty; the data set is too small to split")
     write_json(out / CONFIG_FILE, config.to_dict())
     save_manifest(manifest, out / MANIFEST_FILE)
-    logger.info("split %s: %s", config.data, {s: len(manifest.select(s)) for s in ("train", "val", "test")})
+    logger.info(
+        "split %s: %s", config.data, {split: sum(row.values()) for split, row in manifest.counts().items()}
+    )
     return _fit(_Run(config, manifest, root, callback), root)
 
 

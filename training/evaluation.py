@@ -121,17 +121,46 @@ def remap_labels(
     return [(path, index[data_classes[label]]) for path, label in samples]
 
 
-def build_report(predictions: Predictions, spec: ModelSpec, **context: Any) -> dict[str, Any]:
-    """The report: ``context`` (split, checkpoint, data set...), loss and the classification metrics."""
+def build_report(
+    predictions: Predictions, spec: ModelSpec, *, sources: Sequence[str] | None = None, **context: Any
+) -> dict[str, Any]:
+    """The report: ``context`` (split, checkpoint, data set...), loss and the classification metrics,
+    and the same per source when ``sources`` names each image's."""
     metrics = classification_metrics(predictions.targets, predictions.predictions, spec.class_names)
     calibration = calibration_metrics(predictions.confidences, predictions.targets == predictions.predictions)
-    return {
+    report = {
         **context,
         "loss": predictions.loss,
         "class_names": list(spec.class_names),
         **metrics,
         **calibration,
     }
+    if sources is not None:
+        report["per_source"] = per_source_metrics(predictions, spec.class_names, sources)
+    return report
+
+
+def per_source_metrics(
+    predictions: Predictions, class_names: Sequence[str], sources: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Accuracy, macro recall (over the classes the source has) and confusion matrix per source."""
+    tags = np.asarray(sources)
+    if len(tags) != len(predictions.targets):
+        raise ValueError(f"{len(tags)} source tags for {len(predictions.targets)} images")
+    table: dict[str, dict[str, Any]] = {}
+    for source in sorted(set(sources)):
+        chosen = tags == source
+        metrics = classification_metrics(
+            predictions.targets[chosen], predictions.predictions[chosen], class_names
+        )
+        recalls = [row["recall"] for row in metrics["per_class"].values() if row["support"] > 0]
+        table[source] = {
+            "accuracy": metrics["accuracy"],
+            "num_images": metrics["num_images"],
+            "macro_recall": float(np.mean(recalls)),
+            "confusion_matrix": metrics["confusion_matrix"],
+        }
+    return table
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
@@ -150,9 +179,11 @@ def evaluate_checkpoint(
     device: torch.device,
     batch_size: int = 64,
     workers: int | None = None,
+    sources: Sequence[str] | None = None,
     **context: Any,
 ) -> dict[str, Any]:
-    """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order)."""
+    """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order), per
+    source too when ``sources`` tags each sample."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(device)
     samples = remap_labels(samples, data_classes, checkpoint.spec.class_names)
@@ -164,6 +195,7 @@ def evaluate_checkpoint(
     return build_report(
         predictions,
         checkpoint.spec,
+        sources=sources,
         checkpoint=str(checkpoint_path),
         checkpoint_sha256=checkpoint.sha256,
         **context,

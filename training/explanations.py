@@ -33,14 +33,14 @@ from training.data import DataError
 from training.engine import DATA_DIR, amp_dtype
 from training.evaluation import autocast, eval_loader, remap_labels
 from training.hardware import precision_name
-from training.split import Manifest, load_manifest, manifest_data_root
+from training.split import AnyManifest, MixedManifest, load_manifest, manifest_data_root, parse_data_sets
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate_faithfulness(
     checkpoint_path: Path,
-    manifest: Manifest,
+    manifest: AnyManifest,
     root: Path,
     *,
     split: str = "test",
@@ -88,7 +88,7 @@ def evaluate_faithfulness(
     }
 
 
-def pick_images(manifest: Manifest, *, split: str, per_class: int) -> list[tuple[str, int]]:
+def pick_images(manifest: AnyManifest, *, split: str, per_class: int) -> list[tuple[str, int]]:
     """The first ``per_class`` images of each class in the split, in manifest order (deterministic)."""
     chosen: list[tuple[str, int]] = []
     for label in range(len(manifest.class_names)):
@@ -98,7 +98,7 @@ def pick_images(manifest: Manifest, *, split: str, per_class: int) -> list[tuple
 
 def gradcam_figure(
     checkpoints: Sequence[tuple[str, Path]],
-    manifest: Manifest,
+    manifest: AnyManifest,
     root: Path,
     out: Path,
     *,
@@ -149,12 +149,18 @@ def gradcam_figure(
     plt.close(figure)
 
 
-def _manifest_and_root(path: Path, data: str | None, scratch: Path) -> tuple[Manifest, Path]:
-    """A run's manifest and its data; a data set named by ``data`` is extracted to ``scratch``."""
+def manifest_and_root(path: Path, data: Sequence[str] | None, scratch: Path) -> tuple[AnyManifest, Path]:
+    """A run's manifest and its data; data sets named by ``data`` (``PATH``, or ``NAME=PATH`` for the
+    data sets of a mixed run) are extracted to ``scratch``."""
     manifest = load_manifest(path)
-    if data is None:
+    if not data:
         return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
-    return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=data)
+    if isinstance(manifest, MixedManifest):
+        moved = dict(parse_data_sets(data))
+        return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=moved)
+    if len(data) > 1:
+        raise DataError("a single data set's manifest takes one --data")
+    return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=data[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,7 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for command in (scores, figure):
         command.add_argument("--manifest", type=Path, required=True)
         command.add_argument(
-            "--data", help="where the manifest's data set is now (default: where it was when split)"
+            "--data",
+            action="append",
+            metavar="[NAME=]PATH",
+            help="where the manifest's data set is now (default: where it was when split); "
+            "for a mixed run, NAME=PATH per data set that moved",
         )
         command.add_argument("--split", default="test")
         command.add_argument("--method", default="gradcam", choices=list_cam_methods())
@@ -187,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with tempfile.TemporaryDirectory(prefix="trashcam-explain-") as scratch:
-            manifest, root = _manifest_and_root(args.manifest, args.data, Path(scratch))
+            manifest, root = manifest_and_root(args.manifest, args.data, Path(scratch))
             _run(args, manifest, root, select_device(args.device))
     except (ArchiveError, CheckpointError, DataError, OSError, ValueError) as error:
         logger.error("%s", error)
@@ -195,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, manifest: Manifest, root: Path, device: torch.device) -> None:
+def _run(args: argparse.Namespace, manifest: AnyManifest, root: Path, device: torch.device) -> None:
     if args.command == "faithfulness":
         result = evaluate_faithfulness(
             args.checkpoint,

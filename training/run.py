@@ -35,11 +35,12 @@ from training.config import (
     make_config,
 )
 from training.data import DataError
-from training.engine import DATA_DIR, RunExistsError, TrainResult, resume, train
+from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
+from training.explanations import manifest_and_root
 from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps
-from training.split import SPLITS, create_manifest, load_manifest, manifest_data_root
+from training.split import ALL_SPLITS, AnyManifest, create_manifest
 from training.state import ResumeError
 
 logger = logging.getLogger("training.run")
@@ -68,6 +69,12 @@ CONFIG_OPTIONS = (
     "device",
     "workers",
     "model_kwargs",
+    "class_balance",
+    "source_balance",
+    "grayscale",
+    "blur",
+    "paste_background",
+    "init_from",
 )
 #: Errors that mean bad input or a bad file, reported as one line instead of a traceback.
 USER_ERRORS = (ArchiveError, CheckpointError, DataError, ResumeError, RunExistsError, ValueError)
@@ -141,7 +148,13 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", required=True, help="image folder (one sub-folder per class), .tar.gz or .zip"
+        "--data",
+        required=True,
+        action="append",
+        metavar="[NAME=]PATH",
+        help="image folder (one sub-folder per class), .tar.gz or .zip; repeat for several data sets, "
+        "each split on its own (NAME defaults to the file name); a manifest.csv with path and source "
+        "columns at the class root tags photos with their sources",
     )
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--model", default="se_resnet50", choices=list_models())
@@ -184,6 +197,20 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int)
     parser.add_argument(
+        "--holdout", nargs="+", metavar="SOURCE", help="sources never trained or selected on (split holdout)"
+    )
+    parser.add_argument("--class-balance", type=float, help="sample by n_class**-x (0: off, 1: balanced)")
+    parser.add_argument("--source-balance", type=float, help="sample by n_source**-x (0: off, 1: balanced)")
+    parser.add_argument("--grayscale", type=float, help="probability of a grayscale photo")
+    parser.add_argument("--blur", type=float, help="probability of a Gaussian blur")
+    parser.add_argument(
+        "--paste-background", type=float, help="probability of pasting a plain-source object elsewhere"
+    )
+    parser.add_argument(
+        "--plain-sources", nargs="+", metavar="SOURCE", help="sources shot on plain backgrounds"
+    )
+    parser.add_argument("--init-from", help="start from this checkpoint's weights (head rows by class name)")
+    parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16/fp16 autocast"
     )
     _add_runtime_args(parser)
@@ -198,10 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(resume_parser)
     evaluate = commands.add_parser("evaluate", help="test report of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, type=Path)
-    source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="data set; split again with the checkpoint's seed and fractions")
-    source.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
-    evaluate.add_argument("--split", default="test", choices=[*SPLITS, "all"])
+    evaluate.add_argument(
+        "--data",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="data set; split again with the checkpoint's seed and fractions; with --manifest: where the "
+        "manifest's data set is now (NAME=PATH per moved data set of a mixed run)",
+    )
+    evaluate.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
+    evaluate.add_argument("--split", default="test", choices=[*ALL_SPLITS, "all"])
     evaluate.add_argument(
         "--out", type=Path, help="report folder (default: <checkpoint folder>/eval-<split>)"
     )
@@ -241,7 +273,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in ("mean", "std", "split"):
         value = getattr(args, key)
         options[key] = None if value is None else tuple(value)
-    config = make_config(args.recipe, data=args.data, out=args.out, model=args.model, **options)
+    for key, name in (("holdout_sources", "holdout"), ("plain_sources", "plain_sources")):
+        value = getattr(args, name)
+        options[key] = None if value is None else tuple(value)
+    # One unnamed data set is split exactly as it always was; several (or a named one) are a mixed run.
+    data: str | tuple[str, ...] = (
+        args.data[0] if len(args.data) == 1 and "=" not in args.data[0] else tuple(args.data)
+    )
+    config = make_config(args.recipe, data=data, out=args.out, model=args.model, **options)
     bar, callback = _progress(args)
     try:
         return _finish(train(config, callback=callback))
@@ -260,16 +299,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = load_checkpoint(args.checkpoint).spec
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
+    manifest: AnyManifest
     with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
         if args.manifest is not None:
-            manifest = load_manifest(args.manifest)
-            root = manifest_data_root(manifest, args.manifest.parent / DATA_DIR)
+            manifest, root = manifest_and_root(args.manifest, args.data, Path(scratch))
+        elif args.data is None or len(args.data) != 1:
+            raise ValueError("evaluate needs --manifest, or one --data to split again")
         else:
             seed = int(spec.recipe.get("seed", 0))
             split = spec.recipe.get("split", DEFAULT_SPLIT)
             fractions = (float(split[0]), float(split[1]), float(split[2]))
             manifest, root = create_manifest(
-                args.data, Path(scratch) / DATA_DIR, seed=seed, fractions=fractions
+                args.data[0],
+                Path(scratch) / DATA_DIR,
+                seed=seed,
+                fractions=fractions,
+                holdout=spec.recipe.get("holdout_sources", ()),
             )
             if manifest.digest != spec.recipe.get("data_digest"):
                 logger.warning("data set or split differs from the one %s was trained on", args.checkpoint)
@@ -282,6 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             split=args.split,
+            sources=manifest.select_sources(args.split, DEFAULT_SOURCE),
             data_source=manifest.source,
             manifest_digest=manifest.digest,
             skipped_images=[{"path": path, "error": error} for path, error in manifest.skipped],
@@ -290,6 +336,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images: {out}\n"
     )
+    for source, row in report["per_source"].items():
+        sys.stdout.write(
+            f"  {source}: accuracy {row['accuracy']:.4f}, macro recall {row['macro_recall']:.4f} "
+            f"on {row['num_images']} images\n"
+        )
     return 0
 
 

@@ -1,16 +1,22 @@
 """The stratified train/val/test split and the manifest that records it.
 
-The split follows the TrashNet authors' 70/13/17 proportions per class. It is computed once and written
+The split follows the TrashNet authors' 70/13/17 proportions per class (per source and class when the
+data set tags its photos with sources, see :func:`read_source_tags`). Photos of a held-out source go to
+the ``holdout`` split: never trained on, never used to choose a checkpoint. It is computed once and written
 to the run folder as ``manifest.json``; resuming and evaluating read the manifest instead of splitting
 again, so test images never reach training and every evaluation sees the same test set. The manifest's
 digest covers every listed file's bytes, label and split, so a changed data set is detected.
 """
 
+import csv
 import hashlib
+import logging
 import math
 import os
+import posixpath
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,19 @@ from models.checkpoint import file_sha256
 from models.files import read_json, write_json
 from training.data import DataError, ImageFolder, Sample, find_class_root, resolve_source, scan_image_folder
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+#: The split of photos whose source is held out: evaluated on, never trained or selected on.
+HOLDOUT = "holdout"
+#: Every split name a manifest item may carry, and what ``select`` accepts besides ``"all"``.
+ALL_SPLITS = (*SPLITS, HOLDOUT)
 FORMAT = "trashcam.split-manifest"
+MIXED_FORMAT = "trashcam.mixed-split-manifest"
 VERSION = 1
+DATA_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: A CSV at a data set's class root that tags photos with the source they came from.
+SOURCE_TAGS_FILE = "manifest.csv"
 
 
 def split_counts(size: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -32,18 +48,32 @@ def split_counts(size: int, fractions: Sequence[float]) -> tuple[int, int, int]:
 
 
 def stratified_split(
-    samples: Sequence[Sample], class_names: Sequence[str], *, fractions: Sequence[float], seed: int
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    *,
+    fractions: Sequence[float],
+    seed: int,
+    sources: Sequence[str | None] | None = None,
+    holdout: Collection[str] = (),
 ) -> list[str]:
-    """The split name of each sample, shuffled per class from ``(seed, class name)``.
+    """The split name of each sample, shuffled per stratum from ``(seed, stratum)``.
 
-    Seeding by class name keeps a class's split unchanged when other classes are added or removed.
+    A stratum is a class (``"<class>"``), or a source's class (``"<source>/<class>"``) when ``sources``
+    tags the samples. Seeding by name keeps a stratum's split unchanged when others are added or
+    removed. Samples whose source is in ``holdout`` get :data:`HOLDOUT`.
     """
+    tags = list(sources) if sources is not None else [None] * len(samples)
     assignment = [""] * len(samples)
-    for label, name in enumerate(class_names):
-        members = sorted(
-            (i for i, (_, lab) in enumerate(samples) if lab == label), key=lambda i: samples[i][0]
-        )
-        random.Random(f"{seed}/{name}").shuffle(members)
+    strata: dict[str, list[int]] = {}
+    for index, ((_, label), source) in enumerate(zip(samples, tags, strict=True)):
+        if source is not None and source in holdout:
+            assignment[index] = HOLDOUT
+            continue
+        key = class_names[label] if source is None else f"{source}/{class_names[label]}"
+        strata.setdefault(key, []).append(index)
+    for key, members in strata.items():
+        members.sort(key=lambda i: samples[i][0])
+        random.Random(f"{seed}/{key}").shuffle(members)
         n_train, n_val, _ = split_counts(len(members), fractions)
         for position, index in enumerate(members):
             assignment[index] = (
@@ -52,11 +82,27 @@ def stratified_split(
     return assignment
 
 
+def read_source_tags(root: Path) -> dict[str, str]:
+    """Photo path (relative to the class root) -> source tag, from the root's :data:`SOURCE_TAGS_FILE`
+    (columns ``path`` and ``source``); empty when there is none."""
+    path = root / SOURCE_TAGS_FILE
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"path", "source"} <= set(reader.fieldnames):
+            logger.warning("%s: no 'path' and 'source' columns; photos are not tagged by source", path)
+            return {}
+        return {row["path"]: row["source"] for row in reader if row["path"] and row["source"]}
+
+
 @dataclass(frozen=True)
 class ManifestItem:
     path: str
     label: int
     split: str
+    #: The photo's source tag; ``None`` for a data set that does not tag its photos.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,16 +118,28 @@ class Manifest:
     digest: str
     items: tuple[ManifestItem, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    holdout: tuple[str, ...] = ()
+
+    def _chosen(self, split: str) -> list[ManifestItem]:
+        if split != "all" and split not in ALL_SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {(*ALL_SPLITS, 'all')}")
+        # "all" is every image that may be evaluated freely; held-out photos are asked for by name.
+        return [
+            item for item in self.items if item.split == split or (split == "all" and item.split != HOLDOUT)
+        ]
 
     def select(self, split: str) -> list[Sample]:
-        """(path, label) of every image in ``split`` (``"all"`` for every image)."""
-        if split != "all" and split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, 'all')}")
-        return [(item.path, item.label) for item in self.items if split in ("all", item.split)]
+        """(path, label) of every image in ``split`` (``"all"``: every image not held out)."""
+        return [(item.path, item.label) for item in self._chosen(split)]
+
+    def select_sources(self, split: str, default: str) -> list[str]:
+        """The source tag of each image of :meth:`select` (``default`` for untagged photos)."""
+        return [default if item.source is None else item.source for item in self._chosen(split)]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per split and class."""
-        table = {split: dict.fromkeys(self.class_names, 0) for split in SPLITS}
+        """Images per split and class (the holdout split only when there is one)."""
+        splits = ALL_SPLITS if any(item.split == HOLDOUT for item in self.items) else SPLITS
+        table = {split: dict.fromkeys(self.class_names, 0) for split in splits}
         for item in self.items:
             table[item.split][self.class_names[item.label]] += 1
         return table
@@ -99,7 +157,8 @@ class Manifest:
             "digest": self.digest,
             "counts": self.counts(),
             "skipped": [{"path": path, "error": error} for path, error in self.skipped],
-            "items": [{"path": i.path, "label": i.label, "split": i.split} for i in self.items],
+            **({"holdout": list(self.holdout)} if self.holdout else {}),
+            "items": [_item_dict(item) for item in self.items],
         }
 
     @classmethod
@@ -117,16 +176,33 @@ class Manifest:
                 fractions=(fractions[0], fractions[1], fractions[2]),
                 digest=str(data["digest"]),
                 items=tuple(
-                    ManifestItem(str(i["path"]), int(i["label"]), str(i["split"])) for i in data["items"]
+                    ManifestItem(
+                        str(i["path"]),
+                        int(i["label"]),
+                        str(i["split"]),
+                        None if i.get("source") is None else str(i["source"]),
+                    )
+                    for i in data["items"]
                 ),
                 skipped=tuple((str(s["path"]), str(s["error"])) for s in data.get("skipped", [])),
+                holdout=tuple(str(tag) for tag in data.get("holdout", [])),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"malformed manifest: {error!r}") from error
 
 
+def _item_dict(item: ManifestItem) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": item.path, "label": item.label, "split": item.split}
+    if item.source is not None:
+        data["source"] = item.source
+    return data
+
+
 def compute_digest(root: Path, items: Iterable[ManifestItem]) -> str:
-    """sha256 over each item's path, label, split and file digest, in path order."""
+    """sha256 over each item's path, label, split and file digest, in path order.
+
+    Source tags are not part of it: they decide the split, which is.
+    """
     digest = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.path):
         path = root / item.path
@@ -144,11 +220,19 @@ def build_manifest(
     root: str,
     seed: int,
     fractions: tuple[float, float, float],
+    holdout: Collection[str] = (),
 ) -> Manifest:
-    """Split ``folder``'s readable images and record the result."""
-    splits = stratified_split(folder.samples, folder.class_names, fractions=fractions, seed=seed)
+    """Split ``folder``'s readable images (stratified by source when its photos are tagged, with the
+    ``holdout`` sources it has set aside) and record the result."""
+    tags = read_source_tags(folder.root)
+    sources = [tags.get(path) for path, _ in folder.samples] if tags else None
+    held_out = sorted(set(holdout) & set(tags.values()))
+    splits = stratified_split(
+        folder.samples, folder.class_names, fractions=fractions, seed=seed, sources=sources, holdout=holdout
+    )
     items = tuple(
-        ManifestItem(path, label, split) for (path, label), split in zip(folder.samples, splits, strict=True)
+        ManifestItem(path, label, split, None if sources is None else sources[index])
+        for index, ((path, label), split) in enumerate(zip(folder.samples, splits, strict=True))
     )
     return Manifest(
         source=source,
@@ -160,11 +244,17 @@ def build_manifest(
         digest=compute_digest(folder.root, items),
         items=items,
         skipped=folder.skipped,
+        holdout=tuple(held_out),
     )
 
 
 def create_manifest(
-    source: str | os.PathLike[str], cache_dir: Path, *, seed: int, fractions: tuple[float, float, float]
+    source: str | os.PathLike[str],
+    cache_dir: Path,
+    *,
+    seed: int,
+    fractions: tuple[float, float, float],
+    holdout: Collection[str] = (),
 ) -> tuple[Manifest, Path]:
     """Open a data set (folder or archive, extracted into ``cache_dir``), split it; return the
     manifest and the class root folder."""
@@ -179,36 +269,241 @@ def create_manifest(
         root=class_root.relative_to(base).as_posix(),
         seed=seed,
         fractions=fractions,
+        holdout=holdout,
     )
+    _check_holdout([DataSetSplit(class_root.name, manifest)], holdout)
     return manifest, class_root
 
 
-def manifest_data_root(
-    manifest: Manifest, cache_dir: Path, *, verify: bool = True, source: str | os.PathLike[str] | None = None
-) -> Path:
-    """The class root folder of a manifest's data set, checked against its digest when ``verify``.
+@dataclass(frozen=True)
+class DataSetSplit:
+    """One named data set of a mixed run and its own split (its digest is the one it has alone)."""
 
-    ``source`` says where the data set is now, when it has moved since the manifest was written; an
-    archive must still have the recorded sha256, and the files the recorded digest.
+    name: str
+    manifest: Manifest
+
+    @property
+    def prefix(self) -> str:
+        """Where its class root sits under the mixed run's data folder."""
+        return posixpath.normpath(f"{self.name}/{self.manifest.root}")
+
+
+@dataclass(frozen=True)
+class MixedManifest:
+    """Several data sets split each on its own and trained on together.
+
+    Each data set keeps exactly the split (and digest) it would have alone, so its test accuracy
+    compares with runs on it alone. Paths are relative to the run's data folder, which holds each data
+    set under its name; labels index the sorted union of the data sets' classes.
     """
+
+    parts: tuple[DataSetSplit, ...]
+    class_names: tuple[str, ...]
+    digest: str
+
+    @property
+    def source(self) -> str:
+        return ", ".join(f"{part.name}={part.manifest.source}" for part in self.parts)
+
+    @property
+    def seed(self) -> int:
+        return self.parts[0].manifest.seed
+
+    @property
+    def holdout(self) -> tuple[str, ...]:
+        return tuple(sorted({tag for part in self.parts for tag in part.manifest.holdout}))
+
+    @property
+    def skipped(self) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (f"{part.prefix}/{path}", error) for part in self.parts for path, error in part.manifest.skipped
+        )
+
+    def select(self, split: str) -> list[Sample]:
+        """(path, label) of every image in ``split``, data set by data set."""
+        chosen: list[Sample] = []
+        for part in self.parts:
+            names = part.manifest.class_names
+            chosen += [
+                (f"{part.prefix}/{path}", self.class_names.index(names[label]))
+                for path, label in part.manifest.select(split)
+            ]
+        return chosen
+
+    def select_sources(self, split: str, default: str | None = None) -> list[str]:
+        """The source of each image of :meth:`select`: its tag, or its data set's name."""
+        return [tag for part in self.parts for tag in part.manifest.select_sources(split, part.name)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for part in self.parts:
+            for split, row in part.manifest.counts().items():
+                totals = table.setdefault(split, dict.fromkeys(self.class_names, 0))
+                for name, count in row.items():
+                    totals[name] += count
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": MIXED_FORMAT,
+            "version": VERSION,
+            "class_names": list(self.class_names),
+            "digest": self.digest,
+            "counts": self.counts(),
+            "parts": [{"name": part.name, **part.manifest.to_dict()} for part in self.parts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MixedManifest":
+        if data.get("format") != MIXED_FORMAT or data.get("version") != VERSION:
+            raise DataError(f"not a {MIXED_FORMAT} version {VERSION} manifest")
+        try:
+            parts = tuple(DataSetSplit(str(part["name"]), Manifest.from_dict(part)) for part in data["parts"])
+            return cls(parts, tuple(str(name) for name in data["class_names"]), str(data["digest"]))
+        except (KeyError, TypeError) as error:
+            raise DataError(f"malformed manifest: {error!r}") from error
+
+
+#: What a run's ``manifest.json`` holds: one data set's split, or several data sets' splits.
+AnyManifest = Manifest | MixedManifest
+
+
+def mixed_digest(parts: Sequence[DataSetSplit], class_names: Sequence[str]) -> str:
+    digest = hashlib.sha256("\t".join(class_names).encode())
+    for part in parts:
+        digest.update(f"\n{part.name}\t{part.manifest.digest}".encode())
+    return digest.hexdigest()
+
+
+def parse_data_sets(values: Sequence[str]) -> list[tuple[str, str]]:
+    """``[name=]path`` arguments -> (name, path); a name defaults to the file name without its suffix."""
+    named: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            path = value
+            name = Path(value).name
+            for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+                name = name.removesuffix(suffix)
+        if not DATA_SET_NAME.fullmatch(name):
+            raise ValueError(
+                f"data set name {name!r}: 1-64 letters, digits, '.', '_', '-', first a letter or digit"
+            )
+        named.append((name, path))
+    duplicates = sorted({name for name, _ in named if [n for n, _ in named].count(name) > 1})
+    if duplicates:
+        raise ValueError(f"data set names must differ; repeated: {duplicates}")
+    return named
+
+
+def _data_set_folder(name: str, source: str | os.PathLike[str], cache_dir: Path, sha256: str | None) -> Path:
+    """``cache_dir/name``: the data set's extraction, or a link to the data set's folder."""
+    target = cache_dir / name
+    path = Path(source)
+    if path.is_dir():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() and target.resolve() != path.resolve():
+            target.unlink()
+        if not target.is_symlink():
+            target.symlink_to(path.resolve(), target_is_directory=True)
+        return target
+    return resolve_source(path, target, sha256=sha256)
+
+
+def create_mixed_manifest(
+    data_sets: Sequence[tuple[str, str]],
+    cache_dir: Path,
+    *,
+    seed: int,
+    fractions: tuple[float, float, float],
+    holdout: Collection[str] = (),
+) -> tuple[MixedManifest, Path]:
+    """Split every named data set on its own; return the mixed manifest and its data folder."""
+    parts = []
+    for name, source in data_sets:
+        source_path = Path(source).resolve()
+        base = _data_set_folder(name, source_path, cache_dir, None)
+        class_root = find_class_root(base)
+        manifest = build_manifest(
+            scan_image_folder(class_root),
+            source=str(source_path),
+            source_sha256=None if source_path.is_dir() else file_sha256(source_path),
+            root=class_root.relative_to(base).as_posix(),
+            seed=seed,
+            fractions=fractions,
+            holdout=holdout,
+        )
+        parts.append(DataSetSplit(name, manifest))
+    _check_holdout(parts, holdout)
+    class_names = tuple(sorted({name for part in parts for name in part.manifest.class_names}))
+    return MixedManifest(tuple(parts), class_names, mixed_digest(parts, class_names)), cache_dir
+
+
+def _check_holdout(parts: Sequence[DataSetSplit], holdout: Collection[str]) -> None:
+    found = {tag for part in parts for tag in part.manifest.holdout}
+    missing = sorted(set(holdout) - found)
+    if missing:
+        tags = sorted({item.source for part in parts for item in part.manifest.items if item.source})
+        known = ", ".join(tags) or "none"
+        raise DataError(f"no photos of the held-out sources {missing}; the data sets' sources: {known}")
+
+
+def manifest_data_root(
+    manifest: AnyManifest,
+    cache_dir: Path,
+    *,
+    verify: bool = True,
+    source: str | os.PathLike[str] | Mapping[str, str] | None = None,
+) -> Path:
+    """The folder that a manifest's paths are relative to, checked against its digests when ``verify``.
+
+    ``source`` says where the data set is now, when it has moved since the manifest was written (for a
+    mixed manifest, a mapping from data set name to where it is now); an archive must still have the
+    recorded sha256, and the files the recorded digest.
+    """
+    if isinstance(manifest, MixedManifest):
+        moved = dict(source) if isinstance(source, Mapping) else {}
+        unknown = sorted(set(moved) - {part.name for part in manifest.parts})
+        if unknown:
+            raise DataError(f"no data sets named {unknown} in the manifest")
+        for part in manifest.parts:
+            base = _data_set_folder(
+                part.name,
+                moved.get(part.name, part.manifest.source),
+                cache_dir,
+                part.manifest.source_sha256,
+            )
+            if verify:
+                _verify(base / part.manifest.root, part.manifest)
+        return cache_dir
+    if isinstance(source, Mapping):
+        raise DataError("a single data set's manifest takes one data path, not named ones")
     base = resolve_source(
         manifest.source if source is None else source, cache_dir, sha256=manifest.source_sha256
     )
     root = base / manifest.root
     if verify:
-        actual = compute_digest(root, manifest.items)
-        if actual != manifest.digest:
-            raise DataError(
-                f"{root}: data set differs from the manifest (digest {actual}, expected {manifest.digest})"
-            )
+        _verify(root, manifest)
     return root
 
 
-def save_manifest(manifest: Manifest, path: Path) -> None:
+def _verify(root: Path, manifest: Manifest) -> None:
+    actual = compute_digest(root, manifest.items)
+    if actual != manifest.digest:
+        raise DataError(
+            f"{root}: data set differs from the manifest (digest {actual}, expected {manifest.digest})"
+        )
+
+
+def save_manifest(manifest: AnyManifest, path: Path) -> None:
     write_json(path, manifest.to_dict())
 
 
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(path: Path) -> AnyManifest:
+    """A run's manifest, of one data set or of several."""
     if not path.is_file():
         raise DataError(f"{path}: no such manifest")
-    return Manifest.from_dict(read_json(path))
+    data = read_json(path)
+    if isinstance(data, dict) and data.get("format") == MIXED_FORMAT:
+        return MixedManifest.from_dict(data)
+    return Manifest.from_dict(data)

@@ -18,7 +18,7 @@ from tests.training.helpers import (
 )
 from training.engine import TrainResult
 from training.run import main
-from training.split import load_manifest
+from training.split import Manifest, load_manifest
 from training.state import load_resume_state
 
 
@@ -81,6 +81,7 @@ def test_evaluate_cli_matches_a_hand_check(
 ) -> None:
     run = reference_run.out_dir
     manifest = load_manifest(run / "manifest.json")
+    assert isinstance(manifest, Manifest)
     args = ["evaluate", f"--checkpoint={run / 'final.pt'}", "--workers=0"]
     assert main([*args, f"--manifest={run / 'manifest.json'}", f"--out={tmp_path / 'm'}"]) == 0
     assert "test accuracy" in capsys.readouterr().out

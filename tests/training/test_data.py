@@ -9,7 +9,7 @@ from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config, 
 from training.augment import build_batch_mix, build_train_transform
 from training.data import DataError, EpochShuffleSampler, ImageDataset, find_class_root, scan_image_folder
 from training.engine import TrainResult
-from training.split import load_manifest
+from training.split import Manifest, load_manifest
 
 
 def test_unreadable_images_are_skipped_and_logged(
@@ -28,6 +28,7 @@ def test_unreadable_images_are_skipped_and_logged(
 def test_unreadable_images_are_listed_in_the_manifest_and_report(reference_run: TrainResult) -> None:
     expected = {"glass/garbage.jpg", "glass/truncated.png"}
     manifest = load_manifest(reference_run.out_dir / "manifest.json")
+    assert isinstance(manifest, Manifest)
     assert {path for path, _ in manifest.skipped} == expected
     assert not expected & {item.path for item in manifest.items}
     report = read_json(reference_run.out_dir / "report.json")
