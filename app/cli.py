@@ -6,12 +6,14 @@ trashcam worker --queue training|heatmaps
 """
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
@@ -24,12 +26,39 @@ def run_api(host: str, port: int) -> None:
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
 
 
-def worker_command(queue: str) -> list[str]:
-    # One process per queue; training uses every core itself, so one task at a time.
+#: Celery's pool per kind of worker. A training job's data loader starts processes of its own, which a
+#: prefork pool's child may not (it is daemonic), so training runs in the worker process itself.
+#: Heatmap batches start none; their prefork child is recycled after each task, returning its memory.
+WORKER_POOLS: dict[str, list[str]] = {
+    "training": ["--pool", "solo"],
+    "heatmaps": ["--pool", "prefork", "-c", "1", "--max-tasks-per-child", "1"],
+}
+
+
+def piece_commands(host: str = "0.0.0.0", port: int = 8000) -> dict[str, list[str]]:
+    """How each piece of the service is started: the commands that docker-compose.yml runs (a test
+    holds it to them), ``serve`` starts, and the integration tests run."""
+    return {
+        "api": ["trashcam", "api", "--host", host, "--port", str(port)],
+        "training-worker": ["trashcam", "worker", "--queue", "training"],
+        "heatmap-worker": ["trashcam", "worker", "--queue", "heatmaps"],
+    }
+
+
+def worker_command(kind: str) -> list[str]:
+    """The Celery worker of one kind of job: one process, one task at a time (training uses every core
+    itself), on that kind's queue."""
+    queue = get_settings().training_queue if kind == "training" else get_settings().heatmaps_queue
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", queue, "-c", "1", "-n", f"{queue}@%h", "--loglevel", "INFO",
+        "-Q", queue, *WORKER_POOLS[kind], "-n", f"{queue}@%h", "--loglevel", "INFO",
     ]  # fmt: skip
+
+
+def trashcam_command(args: list[str]) -> list[str]:
+    """``args`` (a :func:`piece_commands` entry) with ``trashcam`` resolved to this installation's."""
+    script = Path(sys.executable).with_name("trashcam")
+    return [str(script) if script.is_file() else "trashcam", *args[1:]]
 
 
 def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
@@ -58,9 +87,9 @@ def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
 def serve(host: str, port: int) -> None:
     settings = get_settings()
     children = [p for p in [ensure_redis(settings.redis_url)] if p is not None]
+    commands = piece_commands()
     children += [
-        subprocess.Popen(worker_command(queue))
-        for queue in (settings.training_queue, settings.heatmaps_queue)
+        subprocess.Popen(trashcam_command(commands[piece])) for piece in ("training-worker", "heatmap-worker")
     ]
     try:
         run_api(host, port)
@@ -95,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "api":
         run_api(args.host, args.port)
     else:
-        settings = get_settings()
-        queue = settings.training_queue if args.queue == "training" else settings.heatmaps_queue
-        raise SystemExit(subprocess.call(worker_command(queue)))
+        # Become the worker (same process id), so that a signal sent to this command reaches Celery.
+        command = worker_command(args.queue)
+        os.execv(command[0], command)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The Celery application, configured from the service's settings.
 
-Start one worker per queue:
+Start one worker per queue, with the pool each needs (``app.cli.WORKER_POOLS``):
 
-    celery -A worker.celery_app worker -Q training -c 1 -n training@%h
-    celery -A worker.celery_app worker -Q heatmaps -c 1 -n heatmaps@%h
+    trashcam worker --queue training
+    trashcam worker --queue heatmaps
 """
 
 from celery import Celery

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.cli import build_parser
+from app.cli import build_parser, piece_commands, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,3 +67,22 @@ def test_dockerfile_copies_every_package_and_runs_an_entry_point() -> None:
     assert cmd is not None
     check_trashcam_command(yaml.safe_load(cmd.group(1)))
     assert "torch==2.14.1 torchvision==0.29.1" in dockerfile
+
+
+def test_the_compose_services_run_the_commands_the_integration_tests_run() -> None:
+    services = compose()["services"]
+    for piece, command in piece_commands().items():
+        assert services[piece]["command"] == command, piece
+
+
+def test_the_makefile_serves_with_the_command_that_starts_those_pieces() -> None:
+    serve = re.search(r"^serve:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert serve is not None
+    assert serve.group(1).split()[:2] == ["$(BIN)/trashcam", "serve"]
+
+
+def test_a_training_worker_may_start_processes_of_its_own() -> None:
+    # A prefork pool runs tasks in daemonic children, and the training data loader's processes
+    # cannot start there ("daemonic processes are not allowed to have children").
+    command = worker_command("training")
+    assert command[command.index("--pool") + 1] in {"solo", "threads"}

@@ -7,24 +7,27 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
 import httpx2
 import pytest
 
+from app.cli import piece_commands, trashcam_command
 from tests.app.conftest import API_KEY, tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRASHNET = REPO_ROOT / "data" / "trashnet-112.tar.gz"
 
 pytestmark = pytest.mark.integration
+
+WORKERS = ("training-worker", "heatmap-worker")
 
 
 def free_port() -> int:
@@ -40,6 +43,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def _says_ready(log: Path) -> bool:
+    return b"ready." in log.read_bytes()
 
 
 @dataclass
@@ -78,15 +85,19 @@ class System:
         except OSError:
             return False
 
-    def start_api(self) -> None:
-        port = self.api_url.rsplit(":", 1)[1]
-        self.processes["api"] = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", port],
+    def _start(self, piece: str) -> None:
+        """Start ``piece`` with the very command that docker-compose.yml and ``trashcam serve`` run."""
+        port = int(self.api_url.rsplit(":", 1)[1])
+        self.processes[piece] = subprocess.Popen(
+            trashcam_command(piece_commands("127.0.0.1", port)[piece]),
             cwd=REPO_ROOT,
             env=self.env,
-            stdout=self._log_file("api"),
+            stdout=self._log_file(piece),
             stderr=subprocess.STDOUT,
         )
+
+    def start_api(self) -> None:
+        self._start("api")
         wait_until(self._api_answers, 60, "api")
 
     def _api_answers(self) -> bool:
@@ -95,30 +106,17 @@ class System:
         except httpx2.HTTPError:
             return False
 
-    def start_worker(self) -> None:
-        self.processes["worker"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "-Q",
-                "training,heatmaps",
-                "--pool",
-                "solo",
-                "-n",
-                f"test-{time.time_ns()}@%h",
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=self._log_file("worker"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: b"ready." in (self.logs / "worker.log").read_bytes(), 60, "worker")
+    def start_workers(self) -> None:
+        """The training and the heatmap worker."""
+        for piece in WORKERS:
+            self._start(piece)
+        for piece in WORKERS:
+            log = self.logs / f"{piece}.log"
+            wait_until(partial(_says_ready, log), 60, piece)
+
+    def kill_workers(self, sig: int = signal.SIGKILL) -> None:
+        for piece in WORKERS:
+            self.kill(piece, sig)
 
     def _log_file(self, name: str) -> IO[bytes]:
         handle = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 -- closed in stop_all
@@ -131,7 +129,7 @@ class System:
         process.wait(30)
 
     def stop_all(self) -> None:
-        for name in ("worker", "api", "redis"):
+        for name in (*WORKERS, "api", "redis"):
             if name in self.processes:
                 self.kill(name, signal.SIGTERM)
         for handle in self.log_files:
@@ -183,7 +181,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     try:
         system.start_redis()
         system.start_api()
-        system.start_worker()
+        system.start_workers()
         yield system
     finally:
         system.stop_all()

@@ -163,26 +163,26 @@ def test_a_killed_worker_loses_no_training_job(
     deadline = time.monotonic() + 120
     while api.get(url).json()["epoch"] < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    system.kill("worker")  # SIGKILL mid-run: no clean shutdown, no acknowledgement
+    system.kill_workers()  # SIGKILL mid-run: no clean shutdown, no acknowledgement
     interrupted = api.get(url).json()
     assert interrupted["state"] == "running"
-    system.start_worker()
+    system.start_workers()
     job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=240)
-    assert job["state"] == "succeeded", (job["error"], system.log("worker"))
+    assert job["state"] == "succeeded", (job["error"], system.log("training-worker"))
     assert job["attempts"] >= 2
     assert [record["epoch"] for record in job["history"]][-1] == 6
 
 
 def test_a_redis_restart_loses_no_job(system: System, api: httpx2.Client, trashnet_photos: Path) -> None:
-    system.kill("worker")
+    system.kill_workers()
     created = api.post("/explain/batch", files=[("files", photo(trashnet_photos))], headers=KEY)
     url = created.headers["location"]
     system.kill("redis")  # Redis keeps nothing on disk: the queued message and the record's copy are gone
     system.start_redis()
     assert api.get(url).json()["state"] == "queued"  # read back from the job's file
-    system.start_worker()
+    system.start_workers()
     job = wait_for_job(api, url, {"succeeded", "failed"}, timeout=120)
-    assert job["state"] == "succeeded", (job["error"], system.log("worker"), system.log("api"))
+    assert job["state"] == "succeeded", (job["error"], system.log("heatmap-worker"), system.log("api"))
 
 
 def test_a_restarted_api_still_reports_every_job(system: System, api: httpx2.Client) -> None:
