@@ -23,6 +23,7 @@ from training.archive import (
     is_archive,
 )
 from training.data import IMAGE_SUFFIXES
+from training.split import parse_data_sets
 from worker.jobs import Job, JobKind, JobStore
 
 _CHUNK = 1 << 20
@@ -90,10 +91,28 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
 
 
 def store_training_data(
-    upload: tuple[str, BinaryIO] | None, data_path: str | None, folder: Path, settings: Settings
-) -> tuple[Path, str]:
-    """(data set path, description) for a training job: the uploaded archive, saved and vetted in the
-    job folder, or a path confined to the data root."""
+    upload: tuple[str, BinaryIO] | None, data_paths: Sequence[str], folder: Path, settings: Settings
+) -> tuple[str | tuple[str, ...], str]:
+    """(TrainConfig ``data``, description) for a training job: the uploaded archive, saved and vetted in
+    the job folder, and/or paths confined to the data root.
+
+    One data set alone is given as its path. Several (or a named one, ``name=path``) are a mixed run:
+    the upload is named ``upload`` and a path without a name is named after its file.
+    """
+    try:
+        parsed = parse_data_sets(data_paths)
+    except ValueError as error:
+        raise unprocessable(f"data_path: {error}") from None
+    names = (["upload"] if upload is not None else []) + [name for name, _ in parsed]
+    if not names:
+        raise unprocessable("give the data set as an uploaded archive ('file') and/or as 'data_path'")
+    if len(set(names)) != len(names):
+        raise unprocessable(f"data set names must differ: {names}")
+    named: list[tuple[str, Path]] = []
+    described: list[str] = []
+    for (name, relative), given in zip(parsed, data_paths, strict=True):
+        named.append((name, confined_data_path(relative, settings)))
+        described.append(f"data_root:{given}")
     if upload is not None:
         filename, source = upload
         archive = copy_upload(
@@ -103,10 +122,11 @@ def store_training_data(
             label=filename,
         )
         vet_archive(archive, settings, label=filename)
-        return archive, f"upload:{filename}"
-    if not data_path:
-        raise unprocessable("give the data set either as an uploaded archive ('file') or as 'data_path'")
-    return confined_data_path(data_path, settings), f"data_root:{data_path}"
+        named.insert(0, ("upload", archive))
+        described.insert(0, f"upload:{filename}")
+    if len(named) == 1 and "=" not in "".join(data_paths):
+        return str(named[0][1]), described[0]
+    return tuple(f"{name}={path}" for name, path in named), ", ".join(described)
 
 
 def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings: Settings) -> int:

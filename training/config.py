@@ -131,9 +131,10 @@ class TrainConfig:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        data: Any = self.data  # a list when built from JSON or a form
-        if isinstance(data, list):
-            object.__setattr__(self, "data", tuple(str(item) for item in data))
+        for key in ("data", "holdout_sources", "plain_sources"):
+            value: Any = getattr(self, key)  # a list when built from JSON or a form
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(str(item) for item in value))
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,7 +66,11 @@ async def create_training_job(
         UploadFile | None, File(description="a data set archive (.zip, .tar.gz): a folder per class")
     ] = None,
     data_path: Annotated[
-        str | None, Form(description="a data set folder or archive under the data root")
+        list[str] | None,
+        Form(
+            description="a data set folder or archive under the data root; repeat it (with an upload or "
+            "not) to train on several at once, each split on its own, as NAME=PATH to name its source"
+        ),
     ] = None,
     model: Annotated[str, Form(description=f"one of: {', '.join(list_models())}")] = "se_resnet50",
     name: Annotated[
@@ -79,6 +83,16 @@ async def create_training_job(
     seed: Annotated[int | None, Form(ge=0)] = None,
     input_size: Annotated[int | None, Form(ge=8, le=1024)] = None,
     amp: Annotated[bool | None, Form(description="bf16 autocast on the CPU, mixed precision on CUDA")] = None,
+    holdout: Annotated[
+        list[str] | None,
+        Form(description="sources never trained or selected on (tagged by a data set's manifest.csv)"),
+    ] = None,
+    class_balance: Annotated[
+        float | None, Form(ge=0, le=1, description="sample by n_class**-x: 0 uniform, 1 balanced classes")
+    ] = None,
+    source_balance: Annotated[
+        float | None, Form(ge=0, le=1, description="sample by n_source**-x: 0 uniform, 1 balanced sources")
+    ] = None,
     model_kwargs: Annotated[
         str | None, Form(description='architecture options as JSON, e.g. {"width": 8}')
     ] = None,
@@ -89,8 +103,9 @@ async def create_training_job(
         raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
     if recipe not in RECIPES:
         raise unprocessable(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
-    if (file is None) == (not data_path):
-        raise unprocessable("give the data set either as an uploaded archive ('file') or as 'data_path'")
+    data_paths = [path for path in data_path or [] if path]
+    if file is None and not data_paths:
+        raise unprocessable("give the data set as an uploaded archive ('file') and/or as 'data_path'")
     try:
         registered_name = validate_name(name or model)
     except ValueError as error:
@@ -105,15 +120,18 @@ async def create_training_job(
         seed=seed,
         input_size=input_size,
         amp=amp,
+        holdout_sources=tuple(holdout) if holdout else None,
+        class_balance=class_balance,
+        source_balance=source_balance,
     )
     job_id = new_job_id()
     folder = jobs.folder(job_id)
     folder.mkdir(parents=True)
     try:
         upload = None if file is None else (file.filename or "upload", file.file)
-        data, source = await run_in_threadpool(store_training_data, upload, data_path, folder, settings)
+        data, source = await run_in_threadpool(store_training_data, upload, data_paths, folder, settings)
         try:
-            make_config(recipe, data=str(data), out=str(folder / "run"), **options)
+            make_config(recipe, data=data, out=str(folder / "run"), **options)
         except (TypeError, ValueError) as error:
             raise unprocessable(f"invalid training options: {error}") from None
     except BaseException:
@@ -123,7 +141,7 @@ async def create_training_job(
         "name": registered_name,
         "recipe": recipe,
         "options": options,
-        "data": str(data),
+        "data": data,
         "source": source,
         "make_default": make_default,
     }

@@ -69,6 +69,25 @@ def test_training_job_from_the_data_root(
     assert submitted.jobs[0].params["data"] == str((settings.resolved_data_root / "photos").resolve())
 
 
+def test_training_job_on_an_upload_and_data_root_folders_at_once(
+    client: TestClient, settings: Settings, submitted: FakeSubmitter, dataset_zip: bytes
+) -> None:
+    root = settings.resolved_data_root
+    make_image_folder(root / "photos", per_class=3)
+    make_image_folder(root / "site-a", per_class=3)
+    form = {"data_path": ["photos", "site=site-a"], "class_balance": "0.5", "source_balance": "1"}
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == 202, response.text
+    params = submitted.jobs[0].params
+    assert params["data"] == (
+        f"upload={settings.jobs_dir / response.json()['id'] / 'upload.zip'}",
+        f"photos={(root / 'photos').resolve()}",
+        f"site={(root / 'site-a').resolve()}",
+    )
+    assert (params["options"]["class_balance"], params["options"]["source_balance"]) == (0.5, 1.0)
+    assert response.json()["params"]["source"] == "upload:data.zip, data_root:photos, data_root:site=site-a"
+
+
 def test_cancelling_a_queued_job(client: TestClient, dataset_zip: bytes) -> None:
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     assert client.delete(f"/train/{job['id']}").status_code == 401
@@ -92,7 +111,8 @@ def test_unknown_jobs_are_404(client: TestClient) -> None:
         ({"name": "Bad Name!"}, 422, "invalid model name"),
         ({"model_kwargs": "[1, 2]"}, 422, "model_kwargs must be a JSON object"),
         ({"model_kwargs": '{"depth": 3}'}, 422, "invalid model_kwargs for se_resnet50"),
-        ({"data_path": "photos"}, 422, "either as an uploaded archive ('file') or as 'data_path'"),
+        ({"data_path": "photos"}, 422, "data_path 'photos' does not exist under the data root"),
+        ({"data_path": "upload=photos"}, 422, "data set names must differ"),
     ],
 )
 def test_bad_training_requests(
