@@ -88,11 +88,28 @@ def evaluate_faithfulness(
     }
 
 
-def pick_images(manifest: AnyManifest, *, split: str, per_class: int) -> list[tuple[str, int]]:
-    """The first ``per_class`` images of each class in the split, in manifest order (deterministic)."""
+def pick_images(
+    manifest: AnyManifest, *, split: str, per_class: int, sources: Sequence[str] = ()
+) -> list[tuple[str, int]]:
+    """``per_class`` images of each class of the split (``+`` joins splits: ``test+holdout``), in
+    manifest order (deterministic). With ``sources``, only photos of those sources, taken from each in
+    turn, so that a class shows as many sources as it can."""
+    candidates: list[tuple[tuple[str, int], str]] = []
+    for name in split.split("+"):
+        candidates += zip(manifest.select(name), manifest.select_sources(name, ""), strict=True)
     chosen: list[tuple[str, int]] = []
     for label in range(len(manifest.class_names)):
-        chosen += [sample for sample in manifest.select(split) if sample[1] == label][:per_class]
+        of_class = [(sample, source) for sample, source in candidates if sample[1] == label]
+        if not sources:
+            chosen += [sample for sample, _ in of_class][:per_class]
+            continue
+        queues = [[sample for sample, tag in of_class if tag == source] for source in sources]
+        picked: list[tuple[str, int]] = []
+        while len(picked) < per_class and any(queues):
+            for queue in queues:
+                if queue and len(picked) < per_class:
+                    picked.append(queue.pop(0))
+        chosen += picked
     return chosen
 
 
@@ -104,11 +121,12 @@ def gradcam_figure(
     *,
     split: str = "test",
     per_class: int = 2,
+    sources: Sequence[str] = (),
     method: str = "gradcam",
     device: torch.device,
 ) -> None:
     """Columns: the chosen images; rows: the photo, then each model's heatmap for its prediction."""
-    samples = pick_images(manifest, split=split, per_class=per_class)
+    samples = pick_images(manifest, split=split, per_class=per_class, sources=sources)
     photos = [Image.open(root / path).convert("RGB") for path, _ in samples]
     figure, axes = plt.subplots(
         len(checkpoints) + 1,
@@ -180,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure = commands.add_parser("figure", help="a grid of heatmaps: images as columns, models as rows")
     figure.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH")
     figure.add_argument("--per-class", type=int, default=2)
+    figure.add_argument(
+        "--sources", nargs="+", default=(), metavar="SOURCE", help="only photos of these sources, in turn"
+    )
     figure.add_argument("--out", type=Path, required=True)
     for command in (scores, figure):
         command.add_argument("--manifest", type=Path, required=True)
@@ -190,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="where the manifest's data set is now (default: where it was when split); "
             "for a mixed run, NAME=PATH per data set that moved",
         )
-        command.add_argument("--split", default="test")
+        command.add_argument("--split", default="test", help="a split; for figures, splits joined by '+'")
         command.add_argument("--method", default="gradcam", choices=list_cam_methods())
         command.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -230,6 +251,7 @@ def _run(args: argparse.Namespace, manifest: AnyManifest, root: Path, device: to
             args.out,
             split=args.split,
             per_class=args.per_class,
+            sources=args.sources,
             method=args.method,
             device=device,
         )

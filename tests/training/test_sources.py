@@ -17,6 +17,7 @@ from tests.training.helpers import CLASS_NAMES, make_image_folder, run_cli, tiny
 from training.config import DEFAULT_SPLIT, make_config
 from training.data import DataError, WeightedEpochSampler, balance_weights
 from training.engine import train
+from training.explanations import pick_images
 from training.paste import BackgroundPaste, object_mask
 from training.split import (
     HOLDOUT,
@@ -284,3 +285,22 @@ def test_recipes_that_hold_out_a_source_say_so() -> None:
     assert config.holdout_sources == ("sd",)
     assert config.to_dict()["data"] == ["a=x", "b=y"]
     assert type(config).from_dict(config.to_dict()) == config
+
+
+def test_figures_pick_photos_of_the_asked_sources_in_turn(tmp_path: Path) -> None:
+    folder = make_tagged_folder(tmp_path / "extra", {"web": 4, "home": 4, "site": 4})
+    manifest, _ = create_manifest(
+        folder, tmp_path / "cache", seed=0, fractions=DEFAULT_SPLIT, holdout=["site"]
+    )
+    picked = pick_images(manifest, split="train+holdout", per_class=3, sources=["site", "home"])
+    sources = dict(
+        zip(
+            manifest.select("train") + manifest.select(HOLDOUT),
+            manifest.select_sources("train", "") + manifest.select_sources(HOLDOUT, ""),
+            strict=True,
+        )
+    )
+    assert len(picked) == 3 * len(CLASS_NAMES)
+    for label in range(len(CLASS_NAMES)):
+        of_class = [sources[sample] for sample in picked if sample[1] == label]
+        assert of_class == ["site", "home", "site"]
