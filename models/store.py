@@ -41,11 +41,18 @@ class ModelVersion:
         return f"{self.name}:{self.version}"
 
 
+#: Names that the store's own files and the API's routes use: the default pointer (``default.json``)
+#: and ``/models/default``.
+RESERVED_NAMES = frozenset({"default"})
+
+
 def validate_name(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit"
         )
+    if name in RESERVED_NAMES or name.endswith(".json"):
+        raise ValueError(f"invalid model name {name!r}: 'default' and names ending in .json are reserved")
     return name
 
 

@@ -109,6 +109,8 @@ def test_unknown_jobs_are_404(client: TestClient) -> None:
         ({"model": "vgg16"}, 422, "unknown model 'vgg16'; valid models: resnet50"),
         ({"recipe": "magic"}, 422, "unknown recipe 'magic'; valid recipes: paper, improved, strong"),
         ({"name": "Bad Name!"}, 422, "invalid model name"),
+        ({"name": "default.json"}, 422, "reserved"),
+        ({"name": "default"}, 422, "reserved"),
         ({"model_kwargs": "[1, 2]"}, 422, "model_kwargs must be a JSON object"),
         ({"model_kwargs": '{"depth": 3}'}, 422, "invalid model_kwargs for se_resnet50"),
         ({"data_path": "photos"}, 422, "data_path 'photos' does not exist under the data root"),
