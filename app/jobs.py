@@ -72,10 +72,19 @@ def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
         raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
 
 
+#: The longest file or folder name that Linux file systems take, in bytes.
+NAME_MAX = 255
+
+
 def confined_data_path(relative: str, settings: Settings) -> Path:
     """``relative`` resolved inside the data root (symlinks followed); 422 if it leaves it or is missing."""
     root = settings.resolved_data_root.resolve()
+    if "\x00" in relative:
+        raise unprocessable("data_path must not contain a NUL character")
     candidate = Path(relative)
+    # File systems refuse longer names (ENAMETOOLONG), which would otherwise surface as a 500.
+    if any(len(part.encode()) > NAME_MAX for part in candidate.parts):
+        raise unprocessable(f"data_path has a component over {NAME_MAX} bytes")
     if candidate.is_absolute() or ".." in candidate.parts:
         raise unprocessable(f"data_path must be relative to the data root, without '..': {relative!r}")
     resolved = (root / candidate).resolve()
@@ -180,6 +189,7 @@ def enqueue(jobs: JobStore, submit: JobSubmitter, kind: JobKind, params: dict[st
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the job queue is unreachable, try again later ({type(error).__name__})",
+            headers={"Retry-After": "5"},
         ) from None
     return job
 

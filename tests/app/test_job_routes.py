@@ -138,7 +138,9 @@ def test_epochs_out_of_range_is_422(client: TestClient, dataset_zip: bytes) -> N
     assert response.status_code == 422
 
 
-@pytest.mark.parametrize("data_path", ["../outside", "/etc", "photos/../../outside", "missing"])
+@pytest.mark.parametrize(
+    "data_path", ["../outside", "/etc", "photos/../../outside", "missing", "photos\x00.zip", "a" * 256]
+)
 def test_data_paths_are_confined_to_the_data_root(
     client: TestClient, settings: Settings, data_path: str
 ) -> None:
@@ -278,6 +280,7 @@ def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, datas
         response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY)
     assert response.status_code == 503
     assert "job queue is unreachable" in response.json()["detail"]
+    assert int(response.headers["retry-after"]) > 0
     assert not any(settings.jobs_dir.iterdir())
 
 
