@@ -3,6 +3,7 @@ from a run's own files.
 
 python -m training.results runs/resnet50-paper weights/se_resnet50 ... \\
     --faithfulness docs/faithfulness/resnet50-paper.json ...
+python -m training.results --sources general=runs/g/report.json,runs/g/eval-holdout/report.json ...
 """
 
 import argparse
@@ -141,19 +142,79 @@ def faithfulness_markdown(paths: Sequence[Path]) -> str:
     return _table(header, cells)
 
 
+def sources_markdown(models: Sequence[tuple[str, Sequence[Path]]], *, reference: str = "trashnet") -> str:
+    """Per-source accuracy (and macro recall over the classes a source has) of each named model, from
+    its evaluation reports (e.g. its test and its holdout report), and the mean over the sources that
+    are neither ``reference`` nor held out."""
+    tables: list[dict[str, dict[str, Any]]] = []
+    held_out: set[str] = set()
+    for _, paths in models:
+        merged: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            report = json.loads(path.read_text())
+            if "per_source" not in report:
+                raise ValueError(f"{path}: no per-source results (evaluate it with a run's manifest)")
+            merged.update(report["per_source"])
+            if report.get("split") == "holdout":
+                held_out |= set(report["per_source"])
+        tables.append(merged)
+    sources = sorted(set().union(*tables), key=lambda name: (name in held_out, name != reference, name))
+    header = ("source", "photos", *(f"{name}: accuracy (macro recall)" for name, _ in models))
+    cells = []
+    for source in sources:
+        counts = {table[source]["num_images"] for table in tables if source in table}
+        label = f"{source} (held out)" if source in held_out else source
+        cells.append(
+            (
+                label,
+                "/".join(str(count) for count in sorted(counts)),
+                *(
+                    f"{100 * t[source]['accuracy']:.2f}% ({100 * t[source]['macro_recall']:.2f}%)"
+                    if source in t
+                    else "n/a"
+                    for t in tables
+                ),
+            )
+        )
+    others = [source for source in sources if source != reference and source not in held_out]
+    if others:
+        means = []
+        for table in tables:
+            present = [table[source] for source in others if source in table]
+            means.append(
+                f"{100 * statistics.fmean(r['accuracy'] for r in present):.2f}% "
+                f"({100 * statistics.fmean(r['macro_recall'] for r in present):.2f}%)"
+            )
+        cells.append((f"mean of {', '.join(others)}", "", *means))
+    return _table(header, cells)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders or exported model folders")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders or exported model folders")
+    parser.add_argument(
+        "--sources",
+        action="append",
+        default=[],
+        metavar="NAME=REPORT[,REPORT...]",
+        help="a per-source table: a model's name and its evaluation reports (test, holdout)",
+    )
     parser.add_argument(
         "--faithfulness", nargs="+", type=Path, default=[], help="faithfulness score files (JSON)"
     )
     args = parser.parse_args(argv)
     try:
-        text = markdown([row(run) for run in args.runs])
+        parts = [markdown([row(run) for run in args.runs])] if args.runs else []
         if args.faithfulness:
-            text += "\n" + faithfulness_markdown(args.faithfulness)
+            parts.append(faithfulness_markdown(args.faithfulness))
+        if args.sources:
+            named = [item.split("=", 1) for item in args.sources]
+            parts.append(
+                sources_markdown([(name, [Path(p) for p in paths.split(",")]) for name, paths in named])
+            )
+        text = "\n".join(parts)
     except (OSError, ValueError, KeyError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2

@@ -5,7 +5,7 @@ import pytest
 
 from training.engine import TrainResult
 from training.export import export_run
-from training.results import faithfulness_markdown, hardware, main, markdown, row
+from training.results import faithfulness_markdown, hardware, main, markdown, row, sources_markdown
 
 
 def test_a_finished_run_becomes_a_table_row(reference_run: TrainResult) -> None:
@@ -67,3 +67,26 @@ def test_cli_refuses_a_folder_that_holds_no_run(
     assert "neither a run folder" in capsys.readouterr().err
     assert main([str(reference_run.out_dir)]) == 0
     assert "simple_cnn" in capsys.readouterr().out
+
+
+def _source_report(path: Path, split: str, per_source: dict[str, tuple[float, float, int]]) -> Path:
+    rows = {
+        name: {"accuracy": acc, "macro_recall": recall, "num_images": n, "confusion_matrix": []}
+        for name, (acc, recall, n) in per_source.items()
+    }
+    path.write_text(json.dumps({"split": split, "per_source": rows}))
+    return path
+
+
+def test_the_sources_table_sets_the_held_out_site_apart_from_the_mean(tmp_path: Path) -> None:
+    test = _source_report(
+        tmp_path / "test.json",
+        "test",
+        {"trashnet": (0.9, 0.9, 430), "web": (0.5, 0.4, 100), "home": (0.7, 0.6, 80)},
+    )
+    site = _source_report(tmp_path / "site.json", "holdout", {"sd": (0.3, 0.25, 429)})
+    table = sources_markdown([("general", [test, site])]).splitlines()
+    assert table[2] == "| trashnet | 430 | 90.00% (90.00%) |"
+    assert table[3:5] == ["| home | 80 | 70.00% (60.00%) |", "| web | 100 | 50.00% (40.00%) |"]
+    assert table[5] == "| sd (held out) | 429 | 30.00% (25.00%) |"
+    assert table[6] == "| mean of home, web |  | 60.00% (50.00%) |"
