@@ -14,8 +14,16 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE
+from models.checkpoint import (
+    Checkpoint,
+    ModelSpec,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_sha256,
+)
+from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE, RESUME_FILE
+from training.state import load_resume_state
 
 CHECKPOINT, SPEC_FILE, SUMS_FILE = "model.pt", "spec.json", "SHA256SUMS"
 #: The files that describe how a run was trained, whichever checkpoint is exported.
@@ -38,9 +46,24 @@ def copy_record(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> list[Pa
     return [Path(shutil.copyfile(run / name, out / name)) for name in names if (run / name).is_file()]
 
 
+def run_checkpoint(run: Path, name: str) -> Checkpoint:
+    """A checkpoint of the run: ``best.pt``, ``final.pt``, or the weights of the last finished epoch
+    (``resume.pt``, with best.pt's spec and that epoch's metrics), to compare runs at equal epochs."""
+    if name != RESUME_FILE:
+        return load_checkpoint(run / name)
+    state = load_resume_state(run / RESUME_FILE)
+    spec = load_checkpoint(run / BEST_FILE).spec
+    metrics = dict(state.history[-1]) if state.history else {}
+    return Checkpoint(
+        spec=ModelSpec.from_dict({**spec.to_dict(), "metrics": metrics}),
+        state_dict=state.model,
+        sha256=state_dict_sha256(state.model),
+    )
+
+
 def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
     """Write ``out/model.pt`` (fp16), ``spec.json``, the run's record and ``SHA256SUMS``."""
-    loaded = load_checkpoint(run / checkpoint)
+    loaded = run_checkpoint(run, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, loaded.spec, dtype=torch.float16)
     meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
@@ -62,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", type=Path, required=True, help="a training run folder")
-    parser.add_argument("--checkpoint", default=BEST_FILE, help="which checkpoint of the run")
+    parser.add_argument(
+        "--checkpoint",
+        default=BEST_FILE,
+        help=f"which checkpoint of the run ({RESUME_FILE}: the weights of its last finished epoch)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--record-only", action="store_true", help="copy the run's record files, without weights"

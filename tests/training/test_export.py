@@ -4,7 +4,7 @@ import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, load_model
 from training.engine import TrainResult
-from training.export import copy_record, export_run, read_checksums
+from training.export import copy_record, export_run, read_checksums, run_checkpoint
 
 
 def test_export_writes_fp16_weights_with_spec_report_and_checksums(
@@ -42,3 +42,16 @@ def test_exporting_the_final_checkpoint_leaves_out_the_report_of_the_best(
     assert (out / "history.json").is_file()
     assert not (out / "report.json").exists()
     assert not (out / "confusion_matrix.png").exists()
+
+
+def test_the_last_epochs_weights_export_from_the_resume_file(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    last = run_checkpoint(reference_run.out_dir, "resume.pt")
+    final = load_checkpoint(reference_run.out_dir / "final.pt")
+    assert last.state_dict.keys() == final.state_dict.keys()
+    assert all(torch.equal(last.state_dict[name], final.state_dict[name]) for name in last.state_dict)
+    assert last.spec.metrics["epoch"] == final.spec.metrics["epoch"]
+    out = export_run(reference_run.out_dir, tmp_path / "last", checkpoint="resume.pt")
+    assert load_checkpoint(out).spec.metrics["epoch"] == final.spec.metrics["epoch"]
+    assert not (out.parent / "report.json").exists()
