@@ -84,7 +84,15 @@ def ensure_redis(url: str) -> subprocess.Popen[bytes] | None:
     raise SystemExit(f"redis-server did not start on port {port}")
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    # uvicorn shuts down on SIGTERM and then raises the signal again; with the default action that
+    # would end this process before it stops its children. Exiting through Python runs serve's finally.
+    raise SystemExit(128 + signum)
+
+
 def serve(host: str, port: int) -> None:
+    """Redis if none answers, both workers and the API; a SIGTERM or Ctrl-C stops every one of them."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     settings = get_settings()
     children = [p for p in [ensure_redis(settings.redis_url)] if p is not None]
     commands = piece_commands()

@@ -1,0 +1,81 @@
+"""``trashcam serve``, as ``make serve`` runs it: every piece starts, and every piece stops with it."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from app.cli import trashcam_command
+from tests.app.conftest import tiny_checkpoint
+from tests.integration.conftest import REPO_ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = {int(child) for child in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            pending += sorted(children - found)
+            found |= children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_sigterm_to_serve_stops_redis_both_workers_and_the_api(tmp_path: Path) -> None:
+    api_port, redis_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TRASHCAM_VAR_DIR": str(tmp_path / "var"),
+        "TRASHCAM_SHIPPED_MODEL_PATH": str(tiny_checkpoint(tmp_path / "shipped.pt")),
+        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = trashcam_command(["trashcam", "serve", "--port", str(api_port)])
+    log_path = tmp_path / "serve.log"
+    children: set[int] = set()
+    with open(log_path, "wb") as log:
+        serve = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: _ready(api_port), 90, "trashcam serve")
+            wait_until(lambda: log_path.read_bytes().count(b"ready.") >= 2, 90, "both workers")
+            children = descendants(serve.pid)
+            assert len(children) >= 3  # Redis (none answered on its port) and two Celery workers
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(60)  # raises if serve itself does not stop
+            deadline = time.monotonic() + 30
+            while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = [pid for pid in children if alive(pid)]
+            assert not left, (left, log_path.read_text()[-3000:])
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+            for pid in children:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx2.HTTPError:
+        return False
