@@ -22,6 +22,7 @@ from PIL import Image
 
 from app.batching import MicroBatcher
 from models.cam import resolve_layer
+from models.checkpoint import CheckpointError
 from models.predictor import Predictor, select_device
 from models.store import ModelStore, ModelVersion
 
@@ -106,9 +107,16 @@ class ModelManager:
         return Predictor.from_checkpoint(str(path), name=name, version=None, device=self.device)
 
     def _from_version(self, version: ModelVersion) -> Predictor:
-        return Predictor.from_checkpoint(
+        predictor = Predictor.from_checkpoint(
             str(version.path), name=version.name, version=version.version, device=self.device
         )
+        # The file's own digest only proves it is intact; the store's record proves it is the version
+        # that was registered (and that /models shows), not weights swapped in with a new digest.
+        if predictor.sha256 != version.sha256:
+            raise CheckpointError(
+                f"{version.ref}: weights {predictor.sha256[:12]} are not the registered {version.sha256[:12]}"
+            )
+        return predictor
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,20 @@ def test_a_stored_checkpoint_that_cannot_load_is_409(client: TestClient, stored:
     assert client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")}).status_code == 200
 
 
+def test_weights_swapped_in_with_their_own_digest_are_409(
+    client: TestClient, stored: ModelStore, tmp_path: Path
+) -> None:
+    version = stored.get("waste", "v1")
+    # A valid checkpoint (its embedded digest matches its weights), but not the one the store registered.
+    tiny_checkpoint(version.path, seed=99)
+    response = client.put(
+        "/models/default", json={"name": "waste", "version": "v1"}, headers={"X-API-Key": API_KEY}
+    )
+    assert response.status_code == 409
+    assert "are not the registered" in response.json()["detail"]
+    assert client.get("/models").json()["serving"]["name"] != "waste"
+
+
 def test_short_api_keys_are_refused() -> None:
     from pydantic import SecretStr, ValidationError
 
