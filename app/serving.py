@@ -43,6 +43,8 @@ class ModelManager:
         self.device = select_device(device_name)
         self._predictor: Predictor | None = None
         self._seen_default: str | None = None
+        #: The checkpoints that could not be loaded at start-up, for /ready.
+        self.load_errors: list[str] = []
         # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch.
         self._swap = threading.Lock()
 
@@ -63,18 +65,36 @@ class ModelManager:
         """Serve the explicit checkpoint, else the store's default, else the shipped weights.
 
         The explicit checkpoint is what serves at start-up; a default set later (by PUT /models/default
-        or a training job asked to make its model the default) takes over from it.
+        or a training job asked to make its model the default) takes over from it. A checkpoint that
+        cannot be loaded (corrupt, truncated, altered) is skipped for the next one, the default's
+        earlier versions first, so one bad file never keeps the service from starting; ``load_errors``
+        says what was skipped.
         """
         default = self.store.default()
         self._seen_default = default.ref if default is not None else None
-        if self.explicit_path is not None:
-            self._predictor = self._from_file(self.explicit_path)
-        elif default is not None:
-            self._predictor = self._from_version(default)
-        elif self.shipped_path.is_file():
-            self._predictor = self._from_file(self.shipped_path)
-        if self._predictor is not None:
+        self.load_errors = []
+        for described, load in self._candidates(default):
+            try:
+                self._predictor = load()
+            except CheckpointError as error:
+                logger.error("cannot serve %s: %s", described, error)
+                self.load_errors.append(f"{described} cannot be loaded (corrupt, truncated or altered)")
+                continue
             logger.info("serving model %s:%s", self._predictor.name, self._predictor.version)
+            return
+
+    def _candidates(self, default: ModelVersion | None) -> list[tuple[str, Callable[[], Predictor]]]:
+        candidates: list[tuple[str, Callable[[], Predictor]]] = []
+        if self.explicit_path is not None:
+            path = self.explicit_path
+            candidates.append(("the configured model", lambda: self._from_file(path)))
+        if default is not None:
+            earlier = [v for v in self.store.versions(default.name) if v.version != default.version]
+            for version in [default, *reversed(earlier)]:
+                candidates.append((f"model {version.ref}", functools.partial(self._from_version, version)))
+        if self.shipped_path.is_file():
+            candidates.append(("the shipped model", lambda: self._from_file(self.shipped_path)))
+        return candidates
 
     def refresh(self) -> bool:
         """Follow the store's default when something else (a finished training job) changed it.

@@ -167,3 +167,33 @@ def test_a_default_set_by_another_process_is_picked_up(
         raise AssertionError("the new default was never picked up")
 
     assert asyncio.run(run()) == {"name": "waste", "version": "v1"}
+
+
+def test_a_corrupt_default_falls_back_to_its_last_good_version(
+    settings: Settings, stored: ModelStore
+) -> None:
+    stored.set_default("waste", "v2")
+    stored.get("waste", "v2").path.write_bytes(b"damaged")
+    settings.model_path = None
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/ready").json()
+        assert ready["model"] == {"name": "waste", "version": "v1"}
+        assert "model waste:v2 cannot be loaded" in ready["detail"]
+        assert str(settings.models_dir) not in ready["detail"]
+        response = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")})
+        assert response.status_code == 200
+
+
+def test_with_every_checkpoint_corrupt_the_service_starts_and_says_why(
+    settings: Settings, stored: ModelStore
+) -> None:
+    stored.set_default("other")
+    stored.get("other").path.write_bytes(b"damaged")
+    settings.model_path = None
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert "no model loaded" in ready.json()["detail"]
+        assert "model other:v1 cannot be loaded" in ready.json()["detail"]
+        response = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")})
+        assert response.status_code == 503
