@@ -476,9 +476,14 @@ def resume(
     callback: ProgressCallback | None = None,
     device: str | None = None,
     workers: int | None = None,
+    epochs: int | None = None,
 ) -> TrainResult:
     """Continue the run in ``out_dir`` after its last completed epoch, with the same split, optimiser
     and schedule state. ``device`` and ``workers`` may differ from the original run.
+
+    ``epochs`` changes the run's length: the learning-rate schedule goes on from the step it reached,
+    over the new number of epochs (so a cosine decay ends at the new last epoch). The new length is
+    saved with the run.
 
     A run stopped before its first epoch finished (no resume file yet) starts again from its saved
     config and manifest.
@@ -492,6 +497,12 @@ def resume(
     config = TrainConfig.from_dict(saved).replace(
         out=str(out), **{key: value for key, value in runtime.items() if value is not None}
     )
+    if epochs is not None:
+        done = state.epoch if state is not None else 0
+        if epochs <= done:
+            raise ResumeError(f"{out}: {done} epochs are done already; --epochs must be more")
+        config = config.replace(epochs=epochs)
+        write_json(out / CONFIG_FILE, config.to_dict())
     manifest = load_manifest(out / MANIFEST_FILE)
     if state is not None and manifest.digest != state.manifest_digest:
         raise ResumeError(f"{out}: manifest does not match the resume file")

@@ -222,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(commands.add_parser("train", help="start a new run"))
     resume_parser = commands.add_parser("resume", help="continue a run after its last checkpointed epoch")
     resume_parser.add_argument("--out", required=True, help="run folder")
+    resume_parser.add_argument(
+        "--epochs",
+        type=int,
+        help="shorten or lengthen the run: the schedule goes on from its current step over the new length",
+    )
     _add_runtime_args(resume_parser)
     evaluate = commands.add_parser("evaluate", help="test report of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, type=Path)
@@ -291,7 +296,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     bar, callback = _progress(args)
     try:
-        return _finish(resume(args.out, callback=callback, device=args.device, workers=args.workers))
+        return _finish(
+            resume(args.out, callback=callback, device=args.device, workers=args.workers, epochs=args.epochs)
+        )
     finally:
         bar.close()
 

@@ -182,3 +182,23 @@ def test_bf16_autocast_on_the_cpu(
     assert (process["first_epoch"], process["precision"]) == (1, "bf16")
     # Weights stay fp32; only the arithmetic is bf16.
     assert all(t.dtype == torch.float32 for t in checkpoint_weights(tmp_path / "run" / "final.pt").values())
+
+
+def test_a_run_can_be_shortened_on_resume(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+
+    def cancel_in_epoch_two(progress: Progress) -> None:
+        if progress.epoch == 2 and progress.phase == "train":
+            raise TrainingCancelled
+
+    config = tiny_config(image_folder, out, epochs=6, warmup_epochs=0, workers=0, schedule="cosine")
+    assert train(config, callback=cancel_in_epoch_two).status == "cancelled"
+    with pytest.raises(engine.ResumeError, match="must be more"):
+        resume(out, epochs=1)
+    result = resume(out, epochs=3)
+    assert (result.status, result.epochs_completed) == ("completed", 3)
+    history = json.loads((out / "history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    # The cosine decay now ends at epoch 3: its last epoch starts well below the rate of a 6-epoch run.
+    assert history[2]["lr"] < 0.5 * history[0]["lr"]
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
