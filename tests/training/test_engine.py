@@ -17,7 +17,7 @@ from training.engine import (
     train,
 )
 from training.progress import Progress, TrainingCancelled
-from training.state import load_resume_state
+from training.state import ResumeError, load_resume_state
 
 
 def test_callback_reports_every_step_and_each_checkpointed_epoch(image_folder: Path, tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_a_run_can_be_shortened_on_resume(image_folder: Path, tmp_path: Path) ->
 
     config = tiny_config(image_folder, out, epochs=6, warmup_epochs=0, workers=0, schedule="cosine")
     assert train(config, callback=cancel_in_epoch_two).status == "cancelled"
-    with pytest.raises(engine.ResumeError, match="must be more"):
+    with pytest.raises(ResumeError, match="must be more"):
         resume(out, epochs=1)
     result = resume(out, epochs=3)
     assert (result.status, result.epochs_completed) == ("completed", 3)
