@@ -260,10 +260,23 @@ def create_manifest(
     manifest and the class root folder."""
     source_path = Path(source).resolve()
     base = resolve_source(source_path, cache_dir)
+    manifest, class_root = _split_data_set(source_path, base, seed=seed, fractions=fractions, holdout=holdout)
+    _check_holdout([DataSetSplit(class_root.name, manifest)], holdout)
+    return manifest, class_root
+
+
+def _split_data_set(
+    source_path: Path,
+    base: Path,
+    *,
+    seed: int,
+    fractions: tuple[float, float, float],
+    holdout: Collection[str],
+) -> tuple[Manifest, Path]:
+    """The manifest of the data set ``source_path``, found (or extracted) at ``base``; its class root."""
     class_root = find_class_root(base)
-    folder = scan_image_folder(class_root)
     manifest = build_manifest(
-        folder,
+        scan_image_folder(class_root),
         source=str(source_path),
         source_sha256=None if source_path.is_dir() else file_sha256(source_path),
         root=class_root.relative_to(base).as_posix(),
@@ -271,7 +284,6 @@ def create_manifest(
         fractions=fractions,
         holdout=holdout,
     )
-    _check_holdout([DataSetSplit(class_root.name, manifest)], holdout)
     return manifest, class_root
 
 
@@ -423,16 +435,7 @@ def create_mixed_manifest(
     for name, source in data_sets:
         source_path = Path(source).resolve()
         base = _data_set_folder(name, source_path, cache_dir, None)
-        class_root = find_class_root(base)
-        manifest = build_manifest(
-            scan_image_folder(class_root),
-            source=str(source_path),
-            source_sha256=None if source_path.is_dir() else file_sha256(source_path),
-            root=class_root.relative_to(base).as_posix(),
-            seed=seed,
-            fractions=fractions,
-            holdout=holdout,
-        )
+        manifest, _ = _split_data_set(source_path, base, seed=seed, fractions=fractions, holdout=holdout)
         parts.append(DataSetSplit(name, manifest))
     _check_holdout(parts, holdout)
     class_names = tuple(sorted({name for part in parts for name in part.manifest.class_names}))
