@@ -127,6 +127,8 @@ class TrainConfig:
     plain_sources: tuple[str, ...] = ()
     #: A checkpoint whose weights the network starts from (the head rows of classes it shares).
     init_from: str | None = None
+    #: The digest of ``init_from``'s weights, recorded when the run starts (``None``: not yet).
+    init_sha256: str | None = None
     device: str | None = None
     workers: int | None = None
 

@@ -100,8 +100,6 @@ def model_spec(
 ) -> ModelSpec:
     """The spec that every checkpoint of this run carries (recipe and data set included)."""
     recipe = {**config.recipe_record(), "data_source": manifest.source, "data_digest": manifest.digest}
-    if config.init_from is not None:
-        recipe["init_sha256"] = load_checkpoint(config.init_from).sha256
     sources = sorted(set(manifest.select_sources("train", DEFAULT_SOURCE)))
     if sources != [DEFAULT_SOURCE]:
         recipe["train_sources"] = sources
@@ -142,7 +140,13 @@ class _Run:
     """One training process's view of a run: the objects it trains and the state it checkpoints."""
 
     def __init__(
-        self, config: TrainConfig, manifest: AnyManifest, root: Path, callback: ProgressCallback | None
+        self,
+        config: TrainConfig,
+        manifest: AnyManifest,
+        root: Path,
+        callback: ProgressCallback | None,
+        *,
+        resuming: bool = False,
     ) -> None:
         self.config, self.manifest, self.callback = config, manifest, callback
         self.out = Path(config.out)
@@ -152,8 +156,15 @@ class _Run:
             torch.backends.cudnn.benchmark = True
         seed_everything(derive_seed(config.seed, "init"))
         self.model = create_model(config.model, num_classes=len(manifest.class_names), **config.model_kwargs)
-        if config.init_from is not None:
-            transfer = transfer_weights(self.model, load_checkpoint(config.init_from), manifest.class_names)
+        # A resumed run loads its own weights; only a fresh start takes the base checkpoint's.
+        if config.init_from is not None and not resuming:
+            base = load_checkpoint(config.init_from)
+            if base.sha256 != config.init_sha256:
+                raise ResumeError(
+                    f"{config.init_from}: its weights ({base.sha256[:12]}) are not the ones this run "
+                    f"started from ({str(config.init_sha256)[:12]})"
+                )
+            transfer = transfer_weights(self.model, base, manifest.class_names)
             logger.info(
                 "started from %s: head rows kept for %s, new for %s",
                 config.init_from,
@@ -462,6 +473,8 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     for split, count in ((s, len(manifest.select(s))) for s in ("train", "val", "test")):
         if count == 0:
             raise ValueError(f"the {split} split is empty; the data set is too small to split")
+    if config.init_from is not None:
+        config = config.replace(init_sha256=load_checkpoint(config.init_from).sha256)
     write_json(out / CONFIG_FILE, config.to_dict())
     save_manifest(manifest, out / MANIFEST_FILE)
     logger.info(
@@ -507,7 +520,7 @@ def resume(
     if state is not None and manifest.digest != state.manifest_digest:
         raise ResumeError(f"{out}: manifest does not match the resume file")
     root = manifest_data_root(manifest, out / DATA_DIR)
-    run = _Run(config, manifest, root, callback)
+    run = _Run(config, manifest, root, callback, resuming=state is not None)
     if state is not None:
         run.load(state)
     logger.info("resuming %s after epoch %d of %d", out, run.epoch, config.epochs)

@@ -16,9 +16,10 @@ from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from tests.training.helpers import CLASS_NAMES, make_image_folder, run_cli, tiny_config
 from training.config import DEFAULT_SPLIT, make_config
 from training.data import DataError, WeightedEpochSampler, balance_weights
-from training.engine import train
+from training.engine import resume, train
 from training.explanations import pick_images
 from training.paste import BackgroundPaste, object_mask
+from training.progress import Progress, TrainingCancelled
 from training.split import (
     HOLDOUT,
     MixedManifest,
@@ -304,3 +305,27 @@ def test_figures_pick_photos_of_the_asked_sources_in_turn(tmp_path: Path) -> Non
     for label in range(len(CLASS_NAMES)):
         of_class = [sources[sample] for sample in picked if sample[1] == label]
         assert of_class == ["site", "home", "site"]
+
+
+def test_a_run_records_the_checkpoint_it_started_from_and_resumes_without_it(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    base = tiny_config(image_folder, tmp_path / "base").replace(epochs=1, warmup_epochs=0, workers=0)
+    train(base)
+    base_checkpoint = load_checkpoint(tmp_path / "base" / "best.pt")
+    out = tmp_path / "run"
+
+    def stop_in_epoch_two(progress: Progress) -> None:
+        if progress.epoch == 2 and progress.phase == "train":
+            raise TrainingCancelled
+
+    config = tiny_config(image_folder, out).replace(
+        epochs=2, warmup_epochs=0, workers=0, init_from=str(tmp_path / "base" / "best.pt")
+    )
+    assert train(config, callback=stop_in_epoch_two).status == "cancelled"
+    spec = load_checkpoint(out / "best.pt").spec
+    assert spec.recipe["init_sha256"] == base_checkpoint.sha256
+    # The base may change or go: a run that has epochs of its own resumes from them.
+    (tmp_path / "base" / "best.pt").unlink()
+    assert resume(out).status == "completed"
+    assert load_checkpoint(out / "final.pt").spec.recipe["init_sha256"] == base_checkpoint.sha256
