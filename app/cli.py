@@ -48,7 +48,8 @@ def piece_commands(host: str = "0.0.0.0", port: int = 8000) -> dict[str, list[st
 def worker_command(kind: str) -> list[str]:
     """The Celery worker of one kind of job: one process, one task at a time (training uses every core
     itself), on that kind's queue."""
-    queue = get_settings().training_queue if kind == "training" else get_settings().heatmaps_queue
+    settings = get_settings()
+    queue = settings.training_queue if kind == "training" else settings.heatmaps_queue
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", queue, *WORKER_POOLS[kind], "-n", f"{queue}@%h", "--loglevel", "INFO",

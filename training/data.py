@@ -7,6 +7,7 @@ archive of one. The class folders may sit one level down in a single top-level f
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,8 +197,7 @@ def balance_weights(
     matter; in between (0.5, the square root) small ones count more without repeating a few photos
     over and over.
     """
-    class_counts = {label: labels.count(label) for label in set(labels)}
-    source_counts = {source: sources.count(source) for source in set(sources)}
+    class_counts, source_counts = Counter(labels), Counter(sources)
     return [
         class_counts[label] ** -class_balance * source_counts[source] ** -source_balance
         for label, source in zip(labels, sources, strict=True)

@@ -33,7 +33,7 @@ from training.data import DataError
 from training.engine import DATA_DIR, amp_dtype
 from training.evaluation import autocast, eval_loader, remap_labels
 from training.hardware import precision_name
-from training.split import AnyManifest, MixedManifest, load_manifest, manifest_data_root, parse_data_sets
+from training.split import AnyManifest, manifest_and_root
 
 logger = logging.getLogger(__name__)
 
@@ -167,20 +167,6 @@ def gradcam_figure(
     plt.close(figure)
 
 
-def manifest_and_root(path: Path, data: Sequence[str] | None, scratch: Path) -> tuple[AnyManifest, Path]:
-    """A run's manifest and its data; data sets named by ``data`` (``PATH``, or ``NAME=PATH`` for the
-    data sets of a mixed run) are extracted to ``scratch``."""
-    manifest = load_manifest(path)
-    if not data:
-        return manifest, manifest_data_root(manifest, path.parent / DATA_DIR)
-    if isinstance(manifest, MixedManifest):
-        moved = dict(parse_data_sets(data))
-        return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=moved)
-    if len(data) > 1:
-        raise DataError("a single data set's manifest takes one --data")
-    return manifest, manifest_data_root(manifest, scratch / DATA_DIR, source=data[0])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with tempfile.TemporaryDirectory(prefix="trashcam-explain-") as scratch:
-            manifest, root = manifest_and_root(args.manifest, args.data, Path(scratch))
+            manifest, root = manifest_and_root(
+                args.manifest, args.data, Path(scratch) / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
+            )
             _run(args, manifest, root, select_device(args.device))
     except (ArchiveError, CheckpointError, DataError, OSError, ValueError) as error:
         logger.error("%s", error)

@@ -37,10 +37,9 @@ from training.config import (
 from training.data import DataError
 from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
-from training.explanations import manifest_and_root
 from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps
-from training.split import ALL_SPLITS, AnyManifest, create_manifest
+from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
 from training.state import ResumeError
 
 logger = logging.getLogger("training.run")
@@ -309,7 +308,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest: AnyManifest
     with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
         if args.manifest is not None:
-            manifest, root = manifest_and_root(args.manifest, args.data, Path(scratch))
+            manifest, root = manifest_and_root(
+                args.manifest, args.data, Path(scratch) / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
+            )
         elif args.data is None or len(args.data) != 1:
             raise ValueError("evaluate needs --manifest, or one --data to split again")
         else:

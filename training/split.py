@@ -498,6 +498,22 @@ def _verify(root: Path, manifest: Manifest) -> None:
         )
 
 
+def manifest_and_root(
+    path: Path, data: Sequence[str] | None, scratch: Path, *, run_data: Path
+) -> tuple[AnyManifest, Path]:
+    """A run's manifest and its data: where the run extracted it (``run_data``), or the data sets named
+    by ``data`` (``PATH``, or ``NAME=PATH`` for the data sets of a mixed run), extracted to ``scratch``."""
+    manifest = load_manifest(path)
+    if not data:
+        return manifest, manifest_data_root(manifest, run_data)
+    if isinstance(manifest, MixedManifest):
+        moved = dict(parse_data_sets(data))
+        return manifest, manifest_data_root(manifest, scratch, source=moved)
+    if len(data) > 1:
+        raise DataError("a single data set's manifest takes one --data")
+    return manifest, manifest_data_root(manifest, scratch, source=data[0])
+
+
 def save_manifest(manifest: AnyManifest, path: Path) -> None:
     write_json(path, manifest.to_dict())
 
