@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.calibration import Thresholds
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,14 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     inference_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; None = torch's default"
+    )
+
+    # "Unsure" answers: over the thresholds in each model's calibration (None: the model's own).
+    unsure_min_probability: float | None = Field(
+        None, ge=0.0, le=1.0, description="calibrated top-1 probability under which a prediction is unsure"
+    )
+    unsure_max_energy: float | None = Field(
+        None, description="energy score (-logsumexp of the logits) over which a photo is out of distribution"
     )
 
     # Micro-batching of concurrent /classify and /explain requests.
@@ -64,6 +74,10 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged task after this long (a backstop for the lock above).
     job_visibility_timeout_seconds: int = Field(6 * 3600, ge=60)
     job_recovery_interval_seconds: float = Field(30.0, gt=0)
+
+    @property
+    def unsure_thresholds(self) -> Thresholds:
+        return Thresholds(min_probability=self.unsure_min_probability, max_energy=self.unsure_max_energy)
 
     @property
     def models_dir(self) -> Path:

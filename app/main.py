@@ -70,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         explicit_path=settings.model_path,
         shipped_path=settings.shipped_model_path,
         device_name=settings.device,
+        thresholds=settings.unsure_thresholds,
     )
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:

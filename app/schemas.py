@@ -25,7 +25,21 @@ class Classification(BaseModel):
     filename: str | None = Field(None, examples=["bottle.jpg"])
     model: ModelRef
     label: str = Field(description="the most probable class", examples=["glass"])
-    predictions: list[ClassProbability] = Field(description="every class, most probable first; sums to 1")
+    predictions: list[ClassProbability] = Field(
+        description="every class, most probable first; sums to 1; calibrated when the model is"
+    )
+    calibrated: bool = Field(
+        description="whether the probabilities are temperature-scaled to match the model's accuracy"
+    )
+    energy: float = Field(
+        description="out-of-distribution score, -logsumexp of the logits: higher is less like the "
+        "training photos",
+        examples=[-7.4],
+    )
+    unsure: bool = Field(
+        description="the top probability is under the model's threshold, or the energy over its "
+        "threshold: a person should look"
+    )
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
 

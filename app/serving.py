@@ -21,6 +21,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from app.batching import MicroBatcher
+from models.calibration import Thresholds
 from models.cam import resolve_layer
 from models.checkpoint import CheckpointError
 from models.predictor import Predictor, select_device
@@ -35,12 +36,20 @@ class NoModelError(RuntimeError):
 
 class ModelManager:
     def __init__(
-        self, *, store: ModelStore, explicit_path: Path | None, shipped_path: Path, device_name: str
+        self,
+        *,
+        store: ModelStore,
+        explicit_path: Path | None,
+        shipped_path: Path,
+        device_name: str,
+        thresholds: Thresholds | None = None,
     ) -> None:
         self.store = store
         self.explicit_path = explicit_path
         self.shipped_path = shipped_path
         self.device = select_device(device_name)
+        #: "Unsure" thresholds from the settings, over every model's own.
+        self.thresholds = thresholds or Thresholds()
         self._predictor: Predictor | None = None
         self._seen_default: str | None = None
         #: The checkpoints that could not be loaded at start-up, for /ready.
@@ -124,11 +133,17 @@ class ModelManager:
     def _from_file(self, path: Path) -> Predictor:
         # A file outside the store is versioned by its weights' digest.
         name = path.parent.name if path.name == "model.pt" else path.stem
-        return Predictor.from_checkpoint(str(path), name=name, version=None, device=self.device)
+        return Predictor.from_checkpoint(
+            str(path), name=name, version=None, device=self.device, thresholds=self.thresholds
+        )
 
     def _from_version(self, version: ModelVersion) -> Predictor:
         predictor = Predictor.from_checkpoint(
-            str(version.path), name=version.name, version=version.version, device=self.device
+            str(version.path),
+            name=version.name,
+            version=version.version,
+            device=self.device,
+            thresholds=self.thresholds,
         )
         # The file's own digest only proves it is intact; the store's record proves it is the version
         # that was registered (and that /models shows), not weights swapped in with a new digest.
@@ -143,8 +158,13 @@ class ModelManager:
 class Classified:
     predictor: Predictor
     probabilities: list[float]
+    energy: float
     batch_ms: float
     batch_size: int
+
+    @property
+    def unsure(self) -> bool:
+        return self.predictor.is_unsure(self.probabilities, self.energy)
 
 
 @dataclass(frozen=True)
@@ -200,9 +220,12 @@ class InferenceService:
     def _classify_batch(self, key: Hashable, images: list[Image.Image]) -> list[Classified]:
         predictor = self.manager.predictor
         started = time.perf_counter()
-        probabilities = predictor.classify(images)
+        scores = predictor.classify(images)
         elapsed = (time.perf_counter() - started) * 1000
-        return [Classified(predictor, row.tolist(), elapsed, len(images)) for row in probabilities]
+        return [
+            Classified(predictor, row.tolist(), float(energy), elapsed, len(images))
+            for row, energy in zip(scores.probabilities, scores.energies, strict=True)
+        ]
 
     def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
         method, layer = cast(ExplainKey, key)
@@ -216,9 +239,11 @@ class InferenceService:
         )
         elapsed = (time.perf_counter() - started) * 1000
         return [
-            Explained(predictor, row.tolist(), elapsed, len(items), heatmap.numpy(), int(target))
-            for row, heatmap, target in zip(
-                result.probabilities, result.heatmaps, result.targets, strict=True
+            Explained(
+                predictor, row.tolist(), float(energy), elapsed, len(items), heatmap.numpy(), int(target)
+            )
+            for row, energy, heatmap, target in zip(
+                result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
             )
         ]
 

@@ -49,6 +49,8 @@ class ModelSpec:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: A ``models.calibration.Calibration`` as a dict: temperature and "unsure" thresholds (empty: none).
+    calibration: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=_utc_now)
 
     @property
@@ -73,6 +75,7 @@ class ModelSpec:
                 arch_kwargs=dict(data.get("arch_kwargs", {})),
                 recipe=dict(data.get("recipe", {})),
                 metrics=dict(data.get("metrics", {})),
+                calibration=dict(data.get("calibration") or {}),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from models.calibration import Calibration, Thresholds, energy_score
 from models.cam import compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.transforms import build_eval_transform
@@ -24,10 +25,17 @@ def select_device(name: str | None = "auto") -> torch.device:
 
 
 @dataclass(frozen=True)
-class Explanation:
-    """Probabilities (B, classes), heatmaps (B, S, S) in [0, 1] and explained classes (B,), on the CPU."""
+class Scores:
+    """Calibrated probabilities (B, classes) and energy scores (B,) of a batch, on the CPU."""
 
     probabilities: Tensor
+    energies: Tensor
+
+
+@dataclass(frozen=True)
+class Explanation(Scores):
+    """Scores, heatmaps (B, S, S) in [0, 1] and explained classes (B,), on the CPU."""
+
     heatmaps: Tensor
     targets: Tensor
 
@@ -44,6 +52,8 @@ class Predictor:
         version: str,
         device: torch.device,
         sha256: str = "",
+        path: str | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
         # Explanations need no parameter gradients; freezing once here spares every call.
         self.model = model.to(device).eval().requires_grad_(False)
@@ -52,18 +62,35 @@ class Predictor:
         self.version = version
         self.device = device
         self.sha256 = sha256
+        #: The checkpoint file it was loaded from, for jobs that start from the serving model.
+        self.path = path
+        self.calibration = Calibration.from_dict(spec.calibration).with_thresholds(thresholds or Thresholds())
         self._transform = build_eval_transform(spec)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str, *, name: str, version: str | None, device: torch.device
+        cls,
+        path: str,
+        *,
+        name: str,
+        version: str | None,
+        device: torch.device,
+        thresholds: Thresholds | None = None,
     ) -> "Predictor":
-        """Load a checkpoint file; ``version`` None names it by its weights' digest."""
+        """Load a checkpoint file; ``version`` None names it by its weights' digest. ``thresholds``
+        override the "unsure" thresholds of the checkpoint's calibration."""
         checkpoint = load_checkpoint(path)
         model = build_model(checkpoint, source=path)
         version = version or checkpoint.sha256[:12]
         return cls(
-            model, checkpoint.spec, name=name, version=version, device=device, sha256=checkpoint.sha256
+            model,
+            checkpoint.spec,
+            name=name,
+            version=version,
+            device=device,
+            sha256=checkpoint.sha256,
+            path=path,
+            thresholds=thresholds,
         )
 
     @property
@@ -73,11 +100,20 @@ class Predictor:
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         return torch.stack([self._transform(image.convert("RGB")) for image in images]).to(self.device)
 
-    def classify(self, images: Sequence[Image.Image]) -> Tensor:
-        """Class probabilities (B, classes) on the CPU."""
+    def scores(self, logits: Tensor) -> Scores:
+        """Calibrated probabilities and energy scores of a batch of logits."""
+        logits = logits.detach().float().cpu()
+        return Scores(probabilities=self.calibration.probabilities(logits), energies=energy_score(logits))
+
+    def is_unsure(self, probabilities: Sequence[float], energy: float) -> bool:
+        """Whether a prediction (its calibrated probabilities and energy) should go to a person."""
+        return self.calibration.is_unsure(max(probabilities), energy)
+
+    def classify(self, images: Sequence[Image.Image]) -> Scores:
+        """Calibrated class probabilities and energy scores of ``images``."""
         batch = self.preprocess(images)
         with torch.inference_mode():
-            return self.model(batch).float().softmax(dim=1).cpu()
+            return self.scores(self.model(batch))
 
     def explain(
         self,
@@ -89,8 +125,10 @@ class Predictor:
     ) -> Explanation:
         """Probabilities and CAM heatmaps from one forward pass."""
         out = compute_cam(self.model, self.preprocess(images), method=method, targets=targets, layer=layer)
+        scores = self.scores(out.logits)
         return Explanation(
-            probabilities=out.logits.float().softmax(dim=1).cpu(),
+            probabilities=scores.probabilities,
+            energies=scores.energies,
             heatmaps=out.heatmaps.float().cpu(),
             targets=out.targets.cpu(),
         )

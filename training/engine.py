@@ -26,6 +26,7 @@ from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
 from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
+from training.calibrate import CalibrationError, calibrate_checkpoint
 from training.config import TrainConfig
 from training.data import (
     EpochShuffleSampler,
@@ -368,6 +369,7 @@ class _Run:
         self._save_model(
             FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
         )
+        self._calibrate(root)
         report = evaluate_checkpoint(
             self.out / BEST_FILE,
             root=root,
@@ -388,6 +390,21 @@ class _Run:
         _rewrite_metrics(self.out / BEST_FILE, best_metrics)
         write_report(report, self.out)
         return float(report["accuracy"])
+
+    def _calibrate(self, root: Path) -> None:
+        """Fit best.pt's temperature and "unsure" thresholds on the validation split, when it can be."""
+        try:
+            calibrate_checkpoint(
+                self.out / BEST_FILE,
+                root=root,
+                samples=self.manifest.select("val"),
+                data_classes=self.manifest.class_names,
+                device=self.device,
+                batch_size=self.config.batch_size,
+                workers=self.config.workers,
+            )
+        except CalibrationError as error:
+            logger.warning("best.pt stays uncalibrated: %s", error)
 
 
 def background_paste(config: TrainConfig, root: Path, paths: list[str], sources: list[str]) -> Prepare | None:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from models.calibration import Calibration, energy_score
 from models.checkpoint import ModelSpec, load_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
@@ -28,6 +29,8 @@ from training.report import (
     calibration_metrics,
     classification_metrics,
     plot_confusion_matrix,
+    plot_risk_coverage,
+    risk_coverage,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,11 +41,13 @@ StepCallback = Callable[[int, int, Mapping[str, float]], None]
 
 @dataclass(frozen=True)
 class Predictions:
-    """Targets, predicted classes and their probabilities for every image, and the mean cross-entropy."""
+    """Targets, predicted classes, their (uncalibrated) probabilities and the logits for every image, and
+    the mean cross-entropy."""
 
     targets: IntArray
     predictions: IntArray
     confidences: FloatArray
+    logits: FloatArray
     loss: float
 
     @property
@@ -67,7 +72,7 @@ def predict(
     """Run ``model`` in eval mode over ``loader``. The loss is plain cross-entropy (no label smoothing),
     so validation curves compare across recipes."""
     model.eval()
-    targets, predictions, confidences = [], [], []
+    targets, predictions, confidences, all_logits = [], [], [], []
     loss_sum, seen, correct = 0.0, 0, 0
     steps = len(loader)
     for step, (images, labels) in enumerate(loader, start=1):
@@ -82,6 +87,7 @@ def predict(
         targets.append(labels.cpu())
         predictions.append(predicted.cpu())
         confidences.append(confidence.cpu())
+        all_logits.append(logits.cpu())
         if on_step is not None:
             on_step(step, steps, {"loss": loss_sum / seen, "accuracy": correct / seen})
     return Predictions(
@@ -92,6 +98,7 @@ def predict(
         confidences=torch.cat(confidences).numpy().astype(np.float64)
         if confidences
         else np.zeros(0, dtype=np.float64),
+        logits=torch.cat(all_logits).numpy().astype(np.float64) if all_logits else np.zeros((0, 0)),
         loss=loss_sum / seen if seen else float("nan"),
     )
 
@@ -127,17 +134,44 @@ def build_report(
     """The report: ``context`` (split, checkpoint, data set...), loss and the classification metrics,
     and the same per source when ``sources`` names each image's."""
     metrics = classification_metrics(predictions.targets, predictions.predictions, spec.class_names)
-    calibration = calibration_metrics(predictions.confidences, predictions.targets == predictions.predictions)
     report = {
         **context,
         "loss": predictions.loss,
         "class_names": list(spec.class_names),
         **metrics,
-        **calibration,
+        **calibrated_metrics(predictions, Calibration.from_dict(spec.calibration)),
     }
     if sources is not None:
         report["per_source"] = per_source_metrics(predictions, spec.class_names, sources)
     return report
+
+
+def calibrated_metrics(predictions: Predictions, calibration: Calibration) -> dict[str, Any]:
+    """Mean top-1 probability and ECE of the probabilities the model reports (temperature-scaled when it
+    is calibrated) and of the raw ones, the "unsure" rule's share and accuracy, and the risk-coverage
+    table."""
+    correct = predictions.targets == predictions.predictions
+    logits = torch.from_numpy(predictions.logits).float()
+    if len(logits):
+        confidences = calibration.probabilities(logits).max(dim=1).values.double().numpy()
+        energies = energy_score(logits).double().numpy()
+    else:
+        confidences, energies = np.zeros(0), np.zeros(0)
+    unsure = np.array([calibration.is_unsure(p, e) for p, e in zip(confidences, energies, strict=True)])
+    sure = ~unsure if len(unsure) else np.zeros(0, dtype=np.bool_)
+    return {
+        **calibration_metrics(confidences, correct),
+        "temperature": calibration.temperature,
+        "uncalibrated": calibration_metrics(predictions.confidences, correct),
+        "unsure": {
+            "min_probability": calibration.min_probability,
+            "max_energy": calibration.max_energy,
+            "share": float(unsure.mean()) if len(unsure) else 0.0,
+            "accuracy_when_sure": float(correct[sure].mean()) if sure.any() else 0.0,
+            "accuracy_when_unsure": float(correct[unsure].mean()) if unsure.any() else 0.0,
+        },
+        "risk_coverage": risk_coverage(confidences, correct),
+    }
 
 
 def per_source_metrics(
@@ -164,10 +198,13 @@ def per_source_metrics(
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
-    """``report.json`` and ``confusion_matrix.png`` in ``out_dir``."""
+    """``report.json``, ``confusion_matrix.png`` and ``risk_coverage.png`` in ``out_dir``."""
     write_json(out_dir / "report.json", dict(report))
     matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
     plot_confusion_matrix(matrix, report["class_names"], out_dir / "confusion_matrix.png")
+    if report.get("risk_coverage"):
+        split = report.get("split", "")
+        plot_risk_coverage({str(split or "photos"): report["risk_coverage"]}, out_dir / "risk_coverage.png")
 
 
 def evaluate_checkpoint(

@@ -104,6 +104,62 @@ def calibration_metrics(
     return {"mean_confidence": float(p.mean()), "expected_calibration_error": float(gap / len(p))}
 
 
+#: The probability thresholds of a report's risk-coverage table.
+RISK_COVERAGE_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def risk_coverage(
+    confidences: Sequence[float] | FloatArray,
+    correct: Sequence[bool] | npt.NDArray[np.bool_],
+    thresholds: Sequence[float] = RISK_COVERAGE_THRESHOLDS,
+) -> list[dict[str, float]]:
+    """For each threshold: the share of photos whose top-1 probability is at least it (answered
+    without a person) and the accuracy on those (0 when none is answered)."""
+    p = np.asarray(confidences, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.bool_)
+    rows = []
+    for threshold in thresholds:
+        answered = p >= threshold
+        rows.append(
+            {
+                "min_probability": float(threshold),
+                "coverage": float(answered.mean()) if len(p) else 0.0,
+                "answered": int(answered.sum()),
+                "accuracy": float(hit[answered].mean()) if answered.any() else 0.0,
+            }
+        )
+    return rows
+
+
+def plot_risk_coverage(curves: dict[str, Sequence[dict[str, float]]], path: Path, *, title: str = "") -> None:
+    """Accuracy on the answered photos against the share answered, one curve of :func:`risk_coverage`
+    rows per name (e.g. per data set), each point labelled with its probability threshold."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for name, rows in curves.items():
+        coverage = [row["coverage"] for row in rows if row["answered"]]
+        accuracy = [row["accuracy"] for row in rows if row["answered"]]
+        (line,) = axes.plot(coverage, accuracy, marker="o", label=name)
+        for row in rows:
+            if row["answered"]:
+                axes.annotate(
+                    f"{row['min_probability']:g}",
+                    (row["coverage"], row["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=7,
+                    color=line.get_color(),
+                )
+    axes.set_xlabel("coverage (share of photos answered)")
+    axes.set_ylabel("accuracy on the answered photos")
+    axes.set_xlim(0, 1.05)
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title)
+    axes.legend()
+    _save_png(figure, path)
+
+
 def _save_png(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()

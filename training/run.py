@@ -3,6 +3,8 @@
 python -m training.run train --data ../shared/data/trashnet-112.tar.gz --model se_resnet50 --out runs/se
 python -m training.run resume --out runs/se
 python -m training.run evaluate --checkpoint runs/se/best.pt --manifest runs/se/manifest.json
+python -m training.run calibrate --checkpoint weights/se_resnet50/model.pt --manifest \
+    weights/se_resnet50/manifest.json --data data/trashnet-112.tar.gz
 python -m training.run speed --model resnet50 --batch-size 32 --input-size 128
 """
 
@@ -22,9 +24,11 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
 from models import list_models
+from models.calibration import DEFAULT_ENERGY_QUANTILE, DEFAULT_MIN_PROBABILITY
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.predictor import select_device
 from training.archive import ArchiveError
+from training.calibrate import calibrate_checkpoint
 from training.config import (
     AUTO_AUGMENTS,
     DEFAULT_SPLIT,
@@ -244,6 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device")
     evaluate.add_argument("--workers", type=int)
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit a checkpoint's temperature and 'unsure' thresholds on held-out photos (weights unchanged)",
+    )
+    calibrate.add_argument("--checkpoint", required=True, type=Path)
+    calibrate.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
+    calibrate.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
+    calibrate.add_argument("--split", default="val", choices=ALL_SPLITS, help="photos to fit on")
+    calibrate.add_argument(
+        "--out", type=Path, help="write the calibrated checkpoint here (default: over --checkpoint)"
+    )
+    calibrate.add_argument(
+        "--min-probability",
+        type=float,
+        default=DEFAULT_MIN_PROBABILITY,
+        help="calibrated top-1 probability under which a prediction is unsure",
+    )
+    calibrate.add_argument(
+        "--energy-quantile",
+        type=float,
+        default=DEFAULT_ENERGY_QUANTILE,
+        help="share of the photos whose energy is under the out-of-distribution threshold",
+    )
+    calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument("--device")
+    calibrate.add_argument("--workers", type=int)
     speed = commands.add_parser("speed", help="time training steps per precision")
     speed.add_argument("--model", default="resnet50", choices=list_models())
     speed.add_argument("--batch-size", type=int, default=32)
@@ -302,30 +332,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
         bar.close()
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _split_of(args: argparse.Namespace, scratch: Path) -> tuple[AnyManifest, Path]:
+    """The manifest and data folder that ``evaluate`` and ``calibrate`` read: a run's manifest (with
+    its data set moved by ``--data``), or one ``--data`` split again as the checkpoint was."""
+    if args.manifest is not None:
+        return manifest_and_root(
+            args.manifest, args.data, scratch / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
+        )
+    if args.data is None or len(args.data) != 1:
+        raise ValueError(f"{args.command} needs --manifest, or one --data to split again")
     spec = load_checkpoint(args.checkpoint).spec
+    split = spec.recipe.get("split", DEFAULT_SPLIT)
+    manifest, root = create_manifest(
+        args.data[0],
+        scratch / DATA_DIR,
+        seed=int(spec.recipe.get("seed", 0)),
+        fractions=(float(split[0]), float(split[1]), float(split[2])),
+        holdout=spec.recipe.get("holdout_sources", ()),
+    )
+    if manifest.digest != spec.recipe.get("data_digest"):
+        logger.warning("data set or split differs from the one %s was trained on", args.checkpoint)
+    return manifest, root
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
-    manifest: AnyManifest
     with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
-        if args.manifest is not None:
-            manifest, root = manifest_and_root(
-                args.manifest, args.data, Path(scratch) / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
-            )
-        elif args.data is None or len(args.data) != 1:
-            raise ValueError("evaluate needs --manifest, or one --data to split again")
-        else:
-            seed = int(spec.recipe.get("seed", 0))
-            split = spec.recipe.get("split", DEFAULT_SPLIT)
-            fractions = (float(split[0]), float(split[1]), float(split[2]))
-            manifest, root = create_manifest(
-                args.data[0],
-                Path(scratch) / DATA_DIR,
-                seed=seed,
-                fractions=fractions,
-                holdout=spec.recipe.get("holdout_sources", ()),
-            )
-            if manifest.digest != spec.recipe.get("data_digest"):
-                logger.warning("data set or split differs from the one %s was trained on", args.checkpoint)
+        manifest, root = _split_of(args, Path(scratch))
         report = evaluate_checkpoint(
             args.checkpoint,
             root=root,
@@ -343,12 +376,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_report(report, out)
     sys.stdout.write(
         f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images: {out}\n"
+        f"  mean top-1 {report['mean_confidence']:.4f}, ECE {report['expected_calibration_error']:.4f} "
+        f"(temperature {report['temperature']:.3f}; uncalibrated "
+        f"{report['uncalibrated']['mean_confidence']:.4f}, "
+        f"{report['uncalibrated']['expected_calibration_error']:.4f}); "
+        f"unsure {report['unsure']['share']:.1%}, accuracy when sure "
+        f"{report['unsure']['accuracy_when_sure']:.4f}\n"
     )
     for source, row in report["per_source"].items():
         sys.stdout.write(
             f"  {source}: accuracy {row['accuracy']:.4f}, macro recall {row['macro_recall']:.4f} "
             f"on {row['num_images']} images\n"
         )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="trashcam-calibrate-") as scratch:
+        manifest, root = _split_of(args, Path(scratch))
+        calibration = calibrate_checkpoint(
+            args.checkpoint,
+            root=root,
+            samples=manifest.select(args.split),
+            data_classes=manifest.class_names,
+            device=select_device(args.device),
+            split=args.split,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            out=args.out,
+            min_probability=args.min_probability,
+            energy_quantile=args.energy_quantile,
+        )
+    fitted = calibration.fitted_on or {}
+    before, after = fitted["before"], fitted["after"]
+    sys.stdout.write(
+        f"temperature {calibration.temperature:.4f} on {fitted['images']} {args.split} photos: "
+        f"NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+        f"ECE {before['expected_calibration_error']:.4f} -> {after['expected_calibration_error']:.4f}, "
+        f"mean top-1 {before['mean_confidence']:.4f} -> {after['mean_confidence']:.4f}; "
+        f"unsure under p={calibration.min_probability} or over energy {calibration.max_energy:.3f}: "
+        f"{args.out or args.checkpoint}\n"
+    )
     return 0
 
 
@@ -376,7 +444,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate, "speed": cmd_speed}
+COMMANDS = {
+    "train": cmd_train,
+    "resume": cmd_resume,
+    "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
+    "speed": cmd_speed,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -152,8 +152,8 @@ def explain_images(
                 yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
         if decoded:
             result = predictor.explain([image for _, _, image in decoded], method=method)
-            for (index, path, image), probs, heatmap, target in zip(
-                decoded, result.probabilities, result.heatmaps, result.targets, strict=True
+            for (index, path, image), probs, energy, heatmap, target in zip(
+                decoded, result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
             ):
                 photo = np.asarray(image)
                 sized = resize_heatmap(heatmap.numpy(), photo.shape[:2])
@@ -167,6 +167,9 @@ def explain_images(
                     "label": ranked[0][0],
                     "target": names[int(target)],
                     "predictions": [{"label": label, "probability": p} for label, p in ranked],
+                    "calibrated": predictor.calibration.fitted,
+                    "energy": float(energy),
+                    "unsure": predictor.is_unsure(probs.tolist(), float(energy)),
                 }
                 yield ExplainedImage(
                     entry,
@@ -231,6 +234,7 @@ def serving_manager(settings: Settings) -> ModelManager:
         explicit_path=settings.model_path,
         shipped_path=settings.shipped_model_path,
         device_name=settings.device,
+        thresholds=settings.unsure_thresholds,
     )
     manager.load_initial()
     return manager

@@ -17,6 +17,9 @@ def classification(filename: str | None, outcome: Classified) -> Classification:
         model=model_ref(outcome.predictor),
         label=ranked[0][0],
         predictions=[ClassProbability(label=label, probability=p) for label, p in ranked],
+        calibrated=outcome.predictor.calibration.fitted,
+        energy=round(outcome.energy, 4),
+        unsure=outcome.unsure,
         inference_ms=round(outcome.batch_ms, 3),
         batch_size=outcome.batch_size,
     )

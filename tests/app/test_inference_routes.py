@@ -2,6 +2,7 @@ import asyncio
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -183,3 +184,56 @@ def test_concurrent_requests_share_batches_and_get_the_same_answers(settings: Se
         b = single.json()["results"][0]["predictions"]
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert [p["probability"] for p in a] == pytest.approx([p["probability"] for p in b], abs=1e-5)
+
+
+def calibrated_copy(source: Path, target: Path, **calibration: object) -> Path:
+    from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "calibration": calibration})
+    save_checkpoint(target, checkpoint.state_dict, spec)
+    return target
+
+
+def top(client: TestClient) -> dict[str, Any]:
+    response = client.post("/classify", files={"file": upload()})
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    return dict(result)
+
+
+def test_probabilities_are_calibrated_and_unsure_follows_the_thresholds(settings: Settings) -> None:
+    assert settings.model_path is not None
+    with TestClient(create_app(settings)) as client:
+        plain = top(client)
+    assert plain["calibrated"] is False
+    assert plain["unsure"] is False
+    # A temperature under 1 sharpens the same logits: same ranking, higher top probability.
+    sharp = calibrated_copy(
+        settings.model_path,
+        settings.model_path.with_name("sharp.pt"),
+        temperature=0.05,
+        min_probability=1.0,
+        max_energy=1e6,
+        fitted_on={"split": "val"},
+    )
+    with TestClient(create_app(settings.model_copy(update={"model_path": sharp}))) as client:
+        calibrated = top(client)
+        explained = client.post("/explain", files={"file": upload()}).json()
+    assert calibrated["calibrated"] is True
+    assert calibrated["label"] == plain["label"]
+    assert calibrated["energy"] == pytest.approx(plain["energy"], abs=1e-3)
+    assert [p["label"] for p in calibrated["predictions"]] == [p["label"] for p in plain["predictions"]]
+    assert calibrated["predictions"][0]["probability"] > plain["predictions"][0]["probability"]
+    assert explained["predictions"] == calibrated["predictions"]
+    assert explained["unsure"] is True
+    # The model's own threshold (p >= 1.0) makes every answer unsure; the settings can lower it, and
+    # an energy threshold under the photo's energy makes it unsure again.
+    assert calibrated["unsure"] is True
+    relaxed = settings.model_copy(update={"model_path": sharp, "unsure_min_probability": 0.0})
+    with TestClient(create_app(relaxed)) as client:
+        assert top(client)["unsure"] is False
+    energy = float(plain["energy"])
+    strict = relaxed.model_copy(update={"unsure_max_energy": energy - 1.0})
+    with TestClient(create_app(strict)) as client:
+        assert top(client)["unsure"] is True

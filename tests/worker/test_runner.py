@@ -133,3 +133,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
         heatmap = Image.open(io.BytesIO(archive.read(by_file["a.png"]["heatmap"])))
         assert heatmap.mode == "L"
         assert sum(p["probability"] for p in by_file["b.png"]["predictions"]) == pytest.approx(1.0, abs=1e-5)
+        # An uncalibrated model says so, and is never unsure; every entry carries its energy score.
+        assert by_file["b.png"]["calibrated"] is False
+        assert by_file["b.png"]["unsure"] is False
+        assert isinstance(by_file["b.png"]["energy"], float)

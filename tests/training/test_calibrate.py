@@ -1,0 +1,90 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.calibration import Calibration
+from models.checkpoint import load_checkpoint, save_checkpoint
+from tests.training.helpers import make_image_folder, tiny_config
+from training.calibrate import MIN_PHOTOS, CalibrationError, fit_calibration
+from training.engine import TrainResult, train
+from training.run import main
+
+
+def test_fit_calibration_records_what_it_changed() -> None:
+    logits = torch.randn(400, 6, generator=torch.Generator().manual_seed(0)) * 4
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.multinomial((logits / 2.0).softmax(dim=1), 1, generator=generator).squeeze(1)
+    calibration = fit_calibration(logits, labels, split="val", min_probability=0.6, energy_quantile=0.9)
+    assert calibration.temperature == pytest.approx(2.0, rel=0.15)
+    assert calibration.min_probability == 0.6
+    assert calibration.energy_quantile == 0.9
+    fitted = calibration.fitted_on
+    assert fitted is not None
+    assert fitted["split"] == "val"
+    assert fitted["images"] == 400
+    # Overconfident logits: the fit lowers the NLL, the ECE and the mean top-1 probability.
+    assert fitted["after"]["nll"] < fitted["before"]["nll"]
+    assert fitted["after"]["expected_calibration_error"] < fitted["before"]["expected_calibration_error"]
+    assert fitted["after"]["mean_confidence"] < fitted["before"]["mean_confidence"]
+
+
+def test_fit_calibration_refuses_too_few_photos_or_no_mistakes() -> None:
+    logits = torch.eye(6).repeat(3, 1) * 5
+    labels = torch.arange(6).repeat(3)
+    with pytest.raises(CalibrationError, match="too few"):
+        fit_calibration(logits[: MIN_PHOTOS - 1], labels[: MIN_PHOTOS - 1], split="val")
+    with pytest.raises(CalibrationError, match="right"):
+        fit_calibration(logits, labels, split="val")
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """A tiny run with enough validation photos (6 classes x 14 photos: 12) for a fit at the end."""
+    root = tmp_path_factory.mktemp("calibrated")
+    data = make_image_folder(root / "images", per_class=14)
+    return train(tiny_config(data, root / "run", epochs=2))
+
+
+def test_training_ends_with_a_calibrated_best_checkpoint(calibrated_run: TrainResult) -> None:
+    run = calibrated_run.out_dir
+    best = load_checkpoint(run / "best.pt")
+    calibration = Calibration.from_dict(best.spec.calibration)
+    assert calibration.fitted
+    assert calibration.fitted_on is not None
+    assert calibration.fitted_on["split"] == "val"
+    assert calibration.fitted_on["images"] == 12
+    assert calibration.max_energy is not None
+    report = json.loads((run / "report.json").read_text())
+    assert report["temperature"] == pytest.approx(calibration.temperature)
+    assert set(report["uncalibrated"]) == {"mean_confidence", "expected_calibration_error"}
+    rows = report["risk_coverage"]
+    assert rows[0]["min_probability"] == 0.0
+    assert rows[0]["coverage"] == 1.0
+    assert rows[0]["accuracy"] == pytest.approx(report["accuracy"])
+    assert [row["coverage"] for row in rows] == sorted((row["coverage"] for row in rows), reverse=True)
+    assert (run / "risk_coverage.png").is_file()
+
+
+def test_calibrate_command_changes_the_spec_not_the_weights(
+    calibrated_run: TrainResult, tmp_path: Path
+) -> None:
+    run = calibrated_run.out_dir
+    original = load_checkpoint(run / "best.pt")
+    # An uncalibrated fp16 copy, as shipped checkpoints are stored.
+    fp16 = {name: t.half() if t.is_floating_point() else t for name, t in original.state_dict.items()}
+    plain = tmp_path / "plain.pt"
+    spec = type(original.spec).from_dict({**original.spec.to_dict(), "calibration": {}})
+    sha = save_checkpoint(plain, fp16, spec)
+    out = tmp_path / "calibrated.pt"
+    args = ["calibrate", f"--checkpoint={plain}", f"--manifest={run / 'manifest.json'}", "--device=cpu"]
+    assert main([*args, f"--out={out}", "--min-probability=0.7"]) == 0
+    calibrated = load_checkpoint(out)
+    assert calibrated.sha256 == sha
+    assert all(t.dtype == torch.float16 for t in calibrated.state_dict.values() if t.is_floating_point())
+    assert Calibration.from_dict(calibrated.spec.calibration).min_probability == 0.7
+    assert load_checkpoint(plain).spec.calibration == {}
+    # Without --out the checkpoint is calibrated in place.
+    assert main(args) == 0
+    assert load_checkpoint(plain).spec.calibration["temperature"] > 0
