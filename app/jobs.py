@@ -196,7 +196,10 @@ def enqueue(jobs: JobStore, submit: JobSubmitter, kind: JobKind, params: dict[st
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Job parameters without server-side paths."""
-    return {key: value for key, value in params.items() if key not in ("data",)}
+    public = {key: value for key, value in params.items() if key not in ("data",)}
+    if "options" in public:
+        public["options"] = {key: value for key, value in public["options"].items() if key != "init_from"}
+    return public
 
 
 def discard(folder: Path) -> None:

@@ -49,6 +49,26 @@ STRONG: dict[str, Any] = {
     "cutmix_alpha": 1.0,
 }
 
+#: Fine-tuning a trained model on a few hundred photos of one site: few epochs at a low learning rate, the
+#: backbone frozen for the first one so that new head rows settle before they move it, classes balanced
+#: (a site rarely sees its materials equally often), and augmentation that keeps the photos recognisable.
+FINETUNE: dict[str, Any] = {
+    "epochs": 12,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 3e-4,
+    "weight_decay": 0.05,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "input_size": 112,
+    "crop_min_scale": 0.35,
+    "auto_augment": "trivial",
+    "random_erasing": 0.1,
+    "class_balance": 1.0,
+    "freeze_epochs": 1,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
     # The dataclass defaults are the paper's recipe.
     "paper": {},
@@ -71,12 +91,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "plain_sources": ("trashnet",),
         "holdout_sources": ("sd",),
     },
+    # From a trained model's weights (``init_from``), on an operator's own few hundred photos.
+    "finetune": FINETUNE,
 }
+
+#: Recipes that start from a trained model and make no sense from random weights.
+BASE_RECIPES = ("finetune",)
 
 #: Fields that only say where and how fast to run; they may change on resume without changing results.
 RUNTIME_FIELDS = ("data", "out", "device", "workers")
 #: Fields held as tuples in the config and as lists in JSON.
-TUPLE_FIELDS = ("mean", "std", "split", "holdout_sources", "plain_sources")
+TUPLE_FIELDS = ("mean", "std", "split", "holdout_sources", "plain_sources", "init_classes")
 
 
 @dataclass(frozen=True)
@@ -127,16 +152,29 @@ class TrainConfig:
     plain_sources: tuple[str, ...] = ()
     #: A checkpoint whose weights the network starts from (the head rows of classes it shares).
     init_from: str | None = None
-    #: The digest of ``init_from``'s weights, recorded when the run starts (``None``: not yet).
+    #: The digest of ``init_from``'s weights, recorded when the run starts (``None``: not yet); a run
+    #: given one refuses a checkpoint whose weights differ.
     init_sha256: str | None = None
+    #: The classes of ``init_from``, recorded when the run starts, so the record says which head rows
+    #: were kept and which are new.
+    init_classes: tuple[str, ...] = ()
+    #: The registered model ``init_from`` is (``name:version``), for the lineage; the record then leaves
+    #: the server's path out.
+    base: str | None = None
+    #: Epochs at the start in which only the classifier trains (the backbone and its batch-norm
+    #: statistics stay as ``init_from`` had them).
+    freeze_epochs: int = 0
     device: str | None = None
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        for key in ("data", "holdout_sources", "plain_sources"):
+        for key in ("data", "holdout_sources", "plain_sources", "init_classes"):
             value: Any = getattr(self, key)  # a list when built from JSON or a form
             if isinstance(value, list):
                 object.__setattr__(self, key, tuple(str(item) for item in value))
+        for key in ("mean", "std", "split"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, _triple(getattr(self, key), key))
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +196,7 @@ class TrainConfig:
         for key in ("mean", "std", "split"):
             if key in values:
                 values[key] = _triple(values[key], key)
-        for key in ("holdout_sources", "plain_sources"):
+        for key in ("holdout_sources", "plain_sources", "init_classes"):
             if key in values:
                 values[key] = tuple(str(tag) for tag in values[key])
         if isinstance(values.get("data"), list):
@@ -176,6 +214,8 @@ class TrainConfig:
         for key in (*RUNTIME_FIELDS, "model", "model_kwargs", "mean", "std", "input_size"):
             # The spec records the architecture, input size and normalisation in their own fields.
             data.pop(key)
+        if self.base is not None:
+            data.pop("init_from")  # a registered model is named by its ref, not the server's path
         return data
 
 
@@ -230,6 +270,15 @@ def _validate(config: TrainConfig) -> None:
         (0 <= config.blur <= 1, "blur must be a probability in [0, 1]"),
         (0 <= config.paste_background <= 1, "paste_background must be a probability in [0, 1]"),
         (isinstance(config.data, str) or len(config.data) >= 1, "data needs at least one data set"),
+        (0 <= config.freeze_epochs < config.epochs, "freeze_epochs must be in [0, epochs)"),
+        (
+            config.init_from is not None or config.recipe not in BASE_RECIPES,
+            f"the {config.recipe} recipe starts from a trained model: give a base model (init_from)",
+        ),
+        (
+            config.init_from is not None or config.freeze_epochs == 0,
+            "freeze_epochs needs a base model (init_from) whose backbone it keeps",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import create_model
-from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
 from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
@@ -53,7 +53,7 @@ from training.split import (
     save_manifest,
 )
 from training.state import ResumeError, ResumeState, load_resume_state, save_resume_state
-from training.transfer import transfer_weights
+from training.transfer import head_keys, transfer_weights
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ def model_spec(
     sources = sorted(set(manifest.select_sources("train", DEFAULT_SOURCE)))
     if sources != [DEFAULT_SOURCE]:
         recipe["train_sources"] = sources
+    if config.init_classes:
+        recipe["transfer"] = {
+            "kept": [name for name in manifest.class_names if name in config.init_classes],
+            "new": [name for name in manifest.class_names if name not in config.init_classes],
+        }
     return ModelSpec(
         arch=config.model,
         class_names=manifest.class_names,
@@ -265,8 +270,22 @@ class _Run:
             )
             self.callback(progress)
 
+    def _freeze_backbone(self, frozen: bool) -> None:
+        """Train only the classifier (``frozen``), or everything. Frozen parameters get no gradient, so
+        the optimiser leaves them (and their weight decay) alone, and frozen batch norms keep their
+        statistics."""
+        head = {key.rsplit(".", 1)[0] for key in head_keys(self.model.state_dict(), self.spec.num_classes)}
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(not frozen or name.rsplit(".", 1)[0] in head)
+        if frozen:
+            self.model.eval()
+            for name in head:
+                self.model.get_submodule(name).train()
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
+        # Epochs are counted from 1: epoch self.epoch + 1 runs now.
+        self._freeze_backbone(self.epoch < self.config.freeze_epochs)
         done = self._units(self.epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         loader: DataLoader[tuple[torch.Tensor, int]] = self.train_loader
@@ -477,6 +496,25 @@ def split_data(config: TrainConfig, cache_dir: Path) -> tuple[AnyManifest, Path]
     )
 
 
+def _pin_base(config: TrainConfig) -> TrainConfig:
+    """The config with its base checkpoint's digest and classes recorded; refuses a base whose weights
+    are not the ones asked for, or whose architecture cannot take this run's."""
+    assert config.init_from is not None
+    base = load_checkpoint(config.init_from)
+    if config.init_sha256 is not None and base.sha256 != config.init_sha256:
+        raise CheckpointError(
+            f"{config.base or config.init_from}: its weights ({base.sha256[:12]}) are not the ones asked "
+            f"for ({config.init_sha256[:12]})"
+        )
+    spec = base.spec
+    if (spec.arch, spec.arch_kwargs) != (config.model, dict(config.model_kwargs)):
+        raise ValueError(
+            f"the base model is {spec.arch} {spec.arch_kwargs or ''}, this run builds {config.model} "
+            f"{dict(config.model_kwargs) or ''}: fine-tuning keeps the base's architecture and options"
+        )
+    return config.replace(init_sha256=base.sha256, init_classes=spec.class_names)
+
+
 def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> TrainResult:
     """Start a new run in ``config.out``: split the data set, train, checkpoint, report.
 
@@ -491,7 +529,7 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
         if count == 0:
             raise ValueError(f"the {split} split is empty; the data set is too small to split")
     if config.init_from is not None:
-        config = config.replace(init_sha256=load_checkpoint(config.init_from).sha256)
+        config = _pin_base(config)
     write_json(out / CONFIG_FILE, config.to_dict())
     save_manifest(manifest, out / MANIFEST_FILE)
     logger.info(

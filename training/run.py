@@ -45,6 +45,7 @@ from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps
 from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
 from training.state import ResumeError
+from training.transfer import base_options
 
 logger = logging.getLogger("training.run")
 
@@ -78,6 +79,7 @@ CONFIG_OPTIONS = (
     "blur",
     "paste_background",
     "init_from",
+    "freeze_epochs",
 )
 #: Errors that mean bad input or a bad file, reported as one line instead of a traceback.
 USER_ERRORS = (ArchiveError, CheckpointError, DataError, ResumeError, RunExistsError, ValueError)
@@ -160,7 +162,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         "columns at the class root tags photos with their sources",
     )
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--model", default="se_resnet50", choices=list_models())
+    parser.add_argument(
+        "--model", choices=list_models(), help="default: se_resnet50, or the base model's architecture"
+    )
     parser.add_argument(
         "--model-kwargs", type=json.loads, help="builder keywords as JSON, e.g. '{\"width\": 4}'"
     )
@@ -212,7 +216,17 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plain-sources", nargs="+", metavar="SOURCE", help="sources shot on plain backgrounds"
     )
-    parser.add_argument("--init-from", help="start from this checkpoint's weights (head rows by class name)")
+    parser.add_argument(
+        "--base",
+        "--init-from",
+        dest="init_from",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights, its architecture kept and the classifier rows "
+        "of classes it shares kept by name (the finetune recipe needs one)",
+    )
+    parser.add_argument(
+        "--freeze-epochs", type=int, help="epochs at the start that train only the classifier (with --base)"
+    )
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16/fp16 autocast"
     )
@@ -314,7 +328,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     data: str | tuple[str, ...] = (
         args.data[0] if len(args.data) == 1 and "=" not in args.data[0] else tuple(args.data)
     )
-    config = make_config(args.recipe, data=data, out=args.out, model=args.model, **options)
+    if args.init_from is not None:
+        base = load_checkpoint(args.init_from).spec
+        options.update(
+            base_options(
+                base, model=args.model, model_kwargs=options["model_kwargs"], input_size=args.input_size
+            )
+        )
+    config = make_config(args.recipe, data=data, out=args.out, **{"model": args.model, **options})
     bar, callback = _progress(args)
     try:
         return _finish(train(config, callback=callback))

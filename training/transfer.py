@@ -7,11 +7,12 @@ in the new class order, and a new class keeps the fresh initialisation of the ne
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from models.checkpoint import Checkpoint, CheckpointError
+from models.checkpoint import Checkpoint, CheckpointError, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,35 @@ def transfer_weights(model: nn.Module, checkpoint: Checkpoint, class_names: Sequ
         new_classes=tuple(name for name in class_names if name not in spec.class_names),
         head=head,
     )
+
+
+def base_options(
+    spec: ModelSpec,
+    *,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    input_size: int | None = None,
+) -> dict[str, Any]:
+    """The TrainConfig fields that fine-tuning takes from its base model's spec: its architecture and
+    options, input size and normalisation. Asking for another is a ``ValueError`` that says why."""
+    if model is not None and model != spec.arch:
+        raise ValueError(
+            f"the base model is a {spec.arch}, not a {model}: fine-tuning keeps its architecture"
+        )
+    if model_kwargs is not None and dict(model_kwargs) != spec.arch_kwargs:
+        raise ValueError(
+            f"the base model was built with {spec.arch_kwargs}, not {dict(model_kwargs)}: its weights "
+            "only fit its own architecture options"
+        )
+    if input_size is not None and input_size != spec.input_size:
+        raise ValueError(
+            f"the base model was trained on {spec.input_size} px photos, not {input_size}: its filters are "
+            "tuned to that scale"
+        )
+    return {
+        "model": spec.arch,
+        "model_kwargs": dict(spec.arch_kwargs),
+        "input_size": spec.input_size,
+        "mean": spec.mean,
+        "std": spec.std,
+    }

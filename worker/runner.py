@@ -117,6 +117,12 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             "test_accuracy": result.test_accuracy,
             "default": bool(params.get("make_default")),
         }
+        recipe = version.spec.recipe
+        if recipe.get("base") or recipe.get("init_sha256"):
+            # Fine-tuned: where it started, and which classifier rows it kept from there.
+            job.result["base"] = {"ref": recipe.get("base"), "sha256": recipe.get("init_sha256")}
+            job.result["transfer"] = recipe.get("transfer")
+        job.result["calibrated"] = bool(version.spec.calibration)
     return jobs.get(job_id)
 
 

@@ -6,13 +6,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, ReadAccess, SettingsDep, SubmitterDep, WriteAccess
+from app.deps import JobsDep, ReadAccess, ServiceDep, SettingsDep, StoreDep, SubmitterDep, WriteAccess
 from app.errors import error_responses, unprocessable
 from app.jobs import discard, enqueue, public_params, store_training_data
 from app.schemas import JobPublic
+from app.serving import InferenceService
 from models import create_model, list_models
-from models.store import validate_name
+from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, make_config
+from training.transfer import base_options
 from worker.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
 
 router = APIRouter(prefix="/train", tags=["training"])
@@ -32,22 +34,65 @@ def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
     return job
 
 
-def training_options(model: str, model_kwargs: str | None, **values: Any) -> dict[str, Any]:
-    """The TrainConfig overrides of a request; 422 for options the network does not take."""
-    options: dict[str, Any] = {
-        "model": model,
-        **{key: value for key, value in values.items() if value is not None},
-    }
+#: ``base`` naming the model that serves now, whether it is registered, configured or shipped.
+SERVING_BASE = "default"
+
+
+def training_options(model: str | None, model_kwargs: str | None, **values: Any) -> dict[str, Any]:
+    """The TrainConfig overrides of a request; 422 for options the network does not take. With no
+    ``model`` the base model's architecture decides, and its own options are checked against it."""
+    options: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
+    if model is not None:
+        options["model"] = model
     if model_kwargs:
         try:
             options["model_kwargs"] = dict(json.loads(model_kwargs))
         except (ValueError, TypeError) as error:
             raise unprocessable(f"model_kwargs must be a JSON object: {error}") from None
         try:  # building the network is the one complete check of its options
-            create_model(model, num_classes=2, **options["model_kwargs"])
+            if model is not None:
+                create_model(model, num_classes=2, **options["model_kwargs"])
         except (TypeError, ValueError) as error:
             raise unprocessable(f"invalid model_kwargs for {model}: {error}") from None
     return options
+
+
+def checked_name(name: str) -> str:
+    try:
+        return validate_name(name)
+    except ValueError as error:
+        raise unprocessable(f"{error}; give the model a 'name'") from None
+
+
+def resolve_base(
+    base: str, version: str | None, store: ModelStore, service: InferenceService, options: dict[str, Any]
+) -> dict[str, Any]:
+    """``options`` with the base model's weights to start from, its lineage and the architecture,
+    input size and normalisation it fixes; 422 when there is no such model or the options clash."""
+    if base == SERVING_BASE:
+        if not service.manager.loaded or version is not None:
+            raise unprocessable("base 'default' is the model serving now: give no base_version")
+        predictor = service.manager.predictor
+        spec, sha256, ref = predictor.spec, predictor.sha256, f"{predictor.name}:{predictor.version}"
+        path = predictor.path
+    else:
+        try:
+            chosen = store.get(base, version)
+        except ModelNotFoundError as error:
+            raise unprocessable(f"base: {error}") from None
+        spec, sha256, ref, path = chosen.spec, chosen.sha256, chosen.ref, str(chosen.path)
+    if path is None:
+        raise unprocessable(f"base: the weights of {ref} are not on disk")
+    try:
+        fixed = base_options(
+            spec,
+            model=options.get("model"),
+            model_kwargs=options.get("model_kwargs"),
+            input_size=options.get("input_size"),
+        )
+    except ValueError as error:
+        raise unprocessable(f"base {ref}: {error}") from None
+    return {**options, **fixed, "init_from": path, "init_sha256": sha256, "base": ref}
 
 
 @router.post(
@@ -62,6 +107,8 @@ async def create_training_job(
     settings: SettingsDep,
     jobs: JobsDep,
     submit: SubmitterDep,
+    store: StoreDep,
+    service: ServiceDep,
     file: Annotated[
         UploadFile | None, File(description="a data set archive (.zip, .tar.gz): a folder per class")
     ] = None,
@@ -72,11 +119,28 @@ async def create_training_job(
             "not) to train on several at once, each split on its own, as NAME=PATH to name its source"
         ),
     ] = None,
-    model: Annotated[str, Form(description=f"one of: {', '.join(list_models())}")] = "se_resnet50",
+    model: Annotated[
+        str | None,
+        Form(description=f"one of: {', '.join(list_models())}; default se_resnet50, or the base's"),
+    ] = None,
     name: Annotated[
         str | None, Form(description="model name to register the result under; default: model")
     ] = None,
-    recipe: Annotated[str, Form(description=f"one of: {', '.join(RECIPES)}")] = "paper",
+    recipe: Annotated[
+        str | None,
+        Form(description=f"one of: {', '.join(RECIPES)}; default paper, or finetune with a base"),
+    ] = None,
+    base: Annotated[
+        str | None,
+        Form(
+            description="fine-tune this registered model (or 'default': the one serving now): its "
+            "architecture and weights, the classifier rows of classes it shares kept by name"
+        ),
+    ] = None,
+    base_version: Annotated[str | None, Form(description="a version of base; the newest if omitted")] = None,
+    freeze_epochs: Annotated[
+        int | None, Form(ge=0, le=1000, description="epochs at the start that train only the classifier")
+    ] = None,
     epochs: Annotated[int | None, Form(ge=1, le=1000)] = None,
     batch_size: Annotated[int | None, Form(ge=1, le=4096)] = None,
     lr: Annotated[float | None, Form(gt=0, le=10)] = None,
@@ -99,20 +163,19 @@ async def create_training_job(
     make_default: Annotated[bool, Form(description="serve the trained model once it is registered")] = False,
 ) -> JobPublic:
     """Train a model on a data set; 202 with the job to follow. The result becomes a new model version."""
-    if model not in list_models():
+    if model is not None and model not in list_models():
         raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
+    recipe = recipe or ("finetune" if base else "paper")
     if recipe not in RECIPES:
         raise unprocessable(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
     data_paths = [path for path in data_path or [] if path]
     if file is None and not data_paths:
         raise unprocessable("give the data set as an uploaded archive ('file') and/or as 'data_path'")
-    try:
-        registered_name = validate_name(name or model)
-    except ValueError as error:
-        raise unprocessable(str(error)) from None
+    if name is not None:
+        name = checked_name(name)
     options = await run_in_threadpool(
         training_options,
-        model,
+        model or (None if base else "se_resnet50"),
         model_kwargs,
         epochs=epochs,
         batch_size=batch_size,
@@ -123,7 +186,12 @@ async def create_training_job(
         holdout_sources=tuple(holdout) if holdout else None,
         class_balance=class_balance,
         source_balance=source_balance,
+        freeze_epochs=freeze_epochs,
     )
+    if base:
+        options = await run_in_threadpool(resolve_base, base, base_version or None, store, service, options)
+    # A fine-tuned model becomes a new version of its base, unless it is given a name of its own.
+    registered_name = name or checked_name(str(options.get("base", "")).split(":")[0] or options["model"])
     job_id = new_job_id()
     folder = jobs.folder(job_id)
     folder.mkdir(parents=True)

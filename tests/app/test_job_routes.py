@@ -294,3 +294,43 @@ def test_a_body_declared_over_the_limit_is_413_before_it_is_read(settings: Setti
         )
     assert response.status_code == 413
     assert "over the limit" in response.json()["detail"]
+
+
+def test_finetuning_the_serving_model_takes_its_architecture_and_lineage(
+    client: TestClient, submitted: FakeSubmitter, dataset_zip: bytes, settings: Settings
+) -> None:
+    form = {"base": "default", "epochs": "2", "batch_size": "4"}
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["params"]["recipe"] == "finetune"
+    options = job["params"]["options"]
+    assert (options["model"], options["model_kwargs"], options["input_size"]) == (
+        "simple_cnn",
+        {"width": 4},
+        32,
+    )
+    assert options["base"].startswith("tiny:")
+    assert len(options["init_sha256"]) == 64
+    assert "init_from" not in options  # the server's path stays private
+    (queued,) = submitted.jobs
+    assert queued.params["options"]["init_from"] == str(settings.model_path)
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"base": "nothing-here"}, "no model named 'nothing-here'"),
+        ({"base": "default", "base_version": "v1"}, "give no base_version"),
+        ({"base": "default", "model": "resnet50"}, "keeps its architecture"),
+        ({"base": "default", "input_size": "64"}, "px photos"),
+        ({"base": "default", "model_kwargs": '{"width": 8}'}, "architecture options"),
+        ({"recipe": "finetune", "model": "simple_cnn"}, "starts from a trained model"),
+    ],
+)
+def test_bad_bases_are_422_with_why(
+    client: TestClient, dataset_zip: bytes, form: dict[str, str], message: str
+) -> None:
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
