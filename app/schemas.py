@@ -72,6 +72,9 @@ class ModelPublic(BaseModel):
     input_size: int
     metrics: dict[str, Any]
     recipe: dict[str, Any]
+    calibration: dict[str, Any] = Field(
+        description="temperature and 'unsure' thresholds, fitted on held-out photos; empty: uncalibrated"
+    )
     created_at: str
     sha256: str
 

@@ -22,6 +22,7 @@ def model_public(version: ModelVersion, serving: ModelRef | None) -> ModelPublic
         input_size=spec.input_size,
         metrics=spec.metrics,
         recipe=spec.recipe,
+        calibration=spec.calibration,
         created_at=spec.created_at,
         sha256=version.sha256,
     )

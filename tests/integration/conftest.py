@@ -139,22 +139,33 @@ class System:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture(scope="session")
-def trashnet_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few real TrashNet photos per class."""
-    root = tmp_path_factory.mktemp("trashnet")
+def trashnet_subset(root: Path, per_class: int, classes: tuple[str, ...] | None = None) -> Path:
+    """The first ``per_class`` TrashNet photos of each class (of ``classes``, default all) in ``root``."""
     with tarfile.open(TRASHNET) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
         chosen: dict[str, int] = {}
         for member in members:
             label = Path(member.name).parent.name
-            if chosen.get(label, 0) < 4:
+            if (classes is None or label in classes) and chosen.get(label, 0) < per_class:
                 chosen[label] = chosen.get(label, 0) + 1
                 data = tar.extractfile(member)
                 assert data is not None
                 (root / label).mkdir(exist_ok=True)
                 (root / label / Path(member.name).name).write_bytes(data.read())
     return root
+
+
+@pytest.fixture(scope="session")
+def trashnet_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real TrashNet photos per class."""
+    return trashnet_subset(tmp_path_factory.mktemp("trashnet"), 4)
+
+
+@pytest.fixture(scope="session")
+def site_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site's own labelled photos: three materials, enough (90) for a validation split that can fit a
+    temperature."""
+    return trashnet_subset(tmp_path_factory.mktemp("site"), 30, ("glass", "metal", "paper"))
 
 
 @pytest.fixture(scope="session")

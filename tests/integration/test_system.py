@@ -108,6 +108,38 @@ def test_a_training_job_becomes_the_served_model(api: httpx2.Client, trashnet_ph
     assert classified["results"][0]["model"] == version
 
 
+def test_a_model_finetuned_from_the_serving_one_serves_calibrated(
+    api: httpx2.Client, site_photos: Path
+) -> None:
+    serving = api.get("/models").json()["serving"]
+    form = {"base": "default", "name": "site", "epochs": "3", "batch_size": "16", "make_default": "true"}
+    created = api.post(
+        "/train", files={"file": ("site.zip", zip_folder(site_photos))}, data=form, headers=KEY
+    )
+    assert created.status_code == 202, created.text
+    job = wait_for_job(api, created.headers["location"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "succeeded", job["error"]
+    assert job["params"]["recipe"] == "finetune"
+    assert job["result"]["base"]["ref"] == f"{serving['name']}:{serving['version']}"
+    assert job["result"]["transfer"] == {"kept": ["glass", "metal", "paper"], "new": []}
+    assert job["result"]["calibrated"] is True
+    (model,) = api.get("/models/site").json()
+    assert model["arch"] == "simple_cnn"
+    assert model["classes"] == ["glass", "metal", "paper"]
+    assert model["calibration"]["temperature"] > 0
+    assert model["calibration"]["fitted_on"]["split"] == "val"
+    assert "init_from" not in model["recipe"]
+    version = job["result"]["model"]
+    deadline = time.monotonic() + 20
+    while api.get("/models").json()["serving"] != version and time.monotonic() < deadline:
+        time.sleep(0.3)
+    result = api.post("/classify", files={"file": photo(site_photos, "metal")}).json()["results"][0]
+    assert result["model"] == version
+    assert result["calibrated"] is True
+    assert {p["label"] for p in result["predictions"]} == {"glass", "metal", "paper"}
+    assert isinstance(result["unsure"], bool)
+
+
 def test_a_heatmap_batch_returns_its_zip(api: httpx2.Client, trashnet_photos: Path) -> None:
     files = [("files", photo(trashnet_photos, label)) for label in ("glass", "metal", "paper")]
     created = api.post("/explain/batch", files=files, data={"method": "layercam"}, headers=KEY)
