@@ -69,9 +69,27 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
     meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
-    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != SUMS_FILE)
-    (out / SUMS_FILE).write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
+    write_checksums(out)
     return out / CHECKPOINT
+
+
+def write_checksums(folder: Path) -> None:
+    """``SHA256SUMS`` of every other file in an exported folder."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != SUMS_FILE)
+    (folder / SUMS_FILE).write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
+
+
+def refresh_exported(folder: Path) -> bool:
+    """After its checkpoint's spec changed (e.g. calibrated), bring an exported folder's ``spec.json``
+    and ``SHA256SUMS`` up to date; False if ``folder`` is not an exported model folder."""
+    if not (folder / SUMS_FILE).is_file() or not (folder / SPEC_FILE).is_file():
+        return False
+    loaded = load_checkpoint(folder / CHECKPOINT)
+    meta = json.loads((folder / SPEC_FILE).read_text())
+    meta.update({"spec": loaded.spec.to_dict(), "sha256": loaded.sha256})
+    (folder / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_checksums(folder)
+    return True
 
 
 def read_checksums(folder: Path) -> dict[str, str]:

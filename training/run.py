@@ -41,6 +41,7 @@ from training.config import (
 from training.data import DataError
 from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
+from training.export import CHECKPOINT, SPEC_FILE, SUMS_FILE, refresh_exported
 from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps
 from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
@@ -428,6 +429,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             min_probability=args.min_probability,
             energy_quantile=args.energy_quantile,
         )
+    written = args.out or args.checkpoint
+    if written.name == CHECKPOINT and refresh_exported(written.parent):
+        logger.info("updated %s and %s in %s", SPEC_FILE, SUMS_FILE, written.parent)
     fitted = calibration.fitted_on or {}
     before, after = fitted["before"], fitted["after"]
     sys.stdout.write(

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from models.calibration import Calibration
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from tests.training.helpers import make_image_folder, tiny_config
 from training.calibrate import MIN_PHOTOS, CalibrationError, fit_calibration
 from training.engine import TrainResult, train
+from training.export import export_run, read_checksums
 from training.run import main
+from training.split import load_manifest
 
 
 def test_fit_calibration_records_what_it_changed() -> None:
@@ -88,3 +90,29 @@ def test_calibrate_command_changes_the_spec_not_the_weights(
     # Without --out the checkpoint is calibrated in place.
     assert main(args) == 0
     assert load_checkpoint(plain).spec.calibration["temperature"] > 0
+
+
+def test_calibrating_a_shipped_folder_keeps_its_spec_and_checksums_true(
+    calibrated_run: TrainResult, tmp_path: Path
+) -> None:
+    run = calibrated_run.out_dir
+    shipped = export_run(run, tmp_path / "shipped")
+    args = ["calibrate", f"--checkpoint={shipped}", f"--manifest={run / 'manifest.json'}", "--device=cpu"]
+    assert main([*args, "--min-probability=0.8"]) == 0
+    meta = json.loads((shipped.parent / "spec.json").read_text())
+    assert meta["spec"]["calibration"]["min_probability"] == 0.8
+    assert meta["sha256"] == load_checkpoint(shipped).sha256
+    for name, digest in read_checksums(shipped.parent).items():
+        assert file_sha256(shipped.parent / name) == digest, name
+
+
+def test_too_few_photos_to_fit_on_are_refused_and_nothing_is_written(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    run = reference_run.out_dir
+    assert len(load_manifest(run / "manifest.json").select("val")) < MIN_PHOTOS
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes((run / "best.pt").read_bytes())
+    args = ["calibrate", f"--checkpoint={checkpoint}", f"--manifest={run / 'manifest.json'}", "--device=cpu"]
+    assert main(args) == 2
+    assert checkpoint.read_bytes() == (run / "best.pt").read_bytes()

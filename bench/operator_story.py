@@ -1,0 +1,274 @@
+"""An operator's story, through the real HTTP API and workers: label k photos per class of one site,
+fine-tune the serving model on them, and compare on the site's other photos.
+
+    python -m bench.operator_story --extra ../shared/data/waste-extra-144.tar.gz --source sd --k 10 30 \\
+        --out docs/operator
+
+It starts the service with ``trashcam serve`` (its own var folder, a Redis database of its own), and
+for each k, with photos drawn per class with ``--seed`` (the rest of the site's photos are the test set):
+
+- (a) the serving model as it is, on every test photo (6-way, and restricted to the site's classes);
+- (b) ``POST /train`` with ``base=default``: fine-tuned from the serving model with the finetune recipe;
+- (c) ``POST /train`` from scratch (``--scratch-recipe``, ``--scratch-epochs``) on the same photos.
+
+Each trained model is then made the default (``PUT /models/default``) and classifies the same test
+photos through ``POST /classify``. ``results.json`` holds every figure, the job times and the commands.
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+API_KEY = "operator-story-key-0123456789"
+KEY = {"X-API-Key": API_KEY}
+#: Photos per /classify request (the service's default limit is 32).
+CLASSIFY_BATCH = 16
+
+
+def read_source(archive: Path, source: str) -> dict[str, list[tuple[str, bytes]]]:
+    """The photos of ``source`` in a waste-extra style archive (``manifest.csv`` tags each), by class."""
+    photos: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    with tarfile.open(archive) as tar:
+        rows = []
+        for member in tar.getmembers():
+            if member.name.endswith("manifest.csv"):
+                handle = tar.extractfile(member)
+                assert handle is not None
+                lines = handle.read().decode().splitlines()
+                header = lines[0].split(",")
+                rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+        wanted = {row["path"]: row["class"] for row in rows if row["source"] == source}
+        for member in tar.getmembers():
+            relative = member.name.split("/", 1)[-1]
+            if member.isfile() and relative in wanted:
+                handle = tar.extractfile(member)
+                assert handle is not None
+                photos[wanted[relative]].append((Path(relative).name, handle.read()))
+    if not photos:
+        raise SystemExit(f"{archive}: no photos of source {source!r}")
+    return {label: sorted(items) for label, items in sorted(photos.items())}
+
+
+def draw(
+    photos: dict[str, list[tuple[str, bytes]]], k: int, seed: int
+) -> tuple[dict[str, list[tuple[str, bytes]]], list[tuple[str, str, bytes]]]:
+    """k photos per class for training (seeded) and the rest as (class, name, bytes) test photos."""
+    rng = random.Random(seed)
+    train, test = {}, []
+    for label, items in photos.items():
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        train[label] = [items[i] for i in order[:k]]
+        test += [(label, *items[i]) for i in sorted(order[k:])]
+    return train, test
+
+
+def zip_of(photos: dict[str, list[tuple[str, bytes]]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label, items in photos.items():
+            for name, data in items:
+                archive.writestr(f"{label}/{name}", data)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service(var_dir: Path, redis_url: str, log: Path) -> Iterator[httpx2.Client]:
+    """``trashcam serve`` (API and both workers), as a user starts it, until the block ends."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRASHCAM_VAR_DIR": str(var_dir),
+        "TRASHCAM_REDIS_URL": redis_url,
+        "TRASHCAM_API_KEYS": json.dumps([API_KEY]),
+    }
+    script = Path(sys.executable).with_name("trashcam")
+    command = [str(script), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if client.get("/ready").json().get("ready"):
+                        break
+                except (httpx2.HTTPError, ValueError):
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit(f"the service did not become ready; see {log}")
+                time.sleep(1)
+            yield client
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def classify(client: httpx2.Client, test: Sequence[tuple[str, str, bytes]]) -> list[dict[str, Any]]:
+    """The service's answer for every test photo, in order."""
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(test), CLASSIFY_BATCH):
+        chunk = test[start : start + CLASSIFY_BATCH]
+        files = [("files", (name, data, "image/jpeg")) for _, name, data in chunk]
+        response = client.post("/classify", files=files)
+        response.raise_for_status()
+        results += response.json()["results"]
+    return results
+
+
+def score(
+    results: Sequence[dict[str, Any]], test: Sequence[tuple[str, str, bytes]], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy (the model's own classes, and only the site's), the unsure share and the accuracy on
+    the photos the model is sure of."""
+    right = restricted = sure = sure_right = 0
+    for result, (label, _, _) in zip(results, test, strict=True):
+        right += result["label"] == label
+        site = [p for p in result["predictions"] if p["label"] in classes]
+        restricted += bool(site) and site[0]["label"] == label
+        if not result["unsure"]:
+            sure += 1
+            sure_right += result["label"] == label
+    n = len(test)
+    return {
+        "photos": n,
+        "accuracy": right / n,
+        "accuracy_site_classes": restricted / n,
+        "unsure_share": 1 - sure / n,
+        "accuracy_when_sure": sure_right / sure if sure else None,
+        "calibrated": bool(results[0]["calibrated"]),
+        "model": results[0]["model"],
+    }
+
+
+def run_job(client: httpx2.Client, form: dict[str, str], upload: bytes) -> dict[str, Any]:
+    """Start a training job and wait for its end; its record, with its wall time."""
+    created = client.post("/train", files={"file": ("site.zip", upload)}, data=form, headers=KEY)
+    if created.status_code != 202:
+        raise SystemExit(f"POST /train {form}: {created.status_code} {created.text}")
+    url = created.headers["location"]
+    while True:
+        job = client.get(url).json()
+        if job["state"] in {"succeeded", "failed", "cancelled"}:
+            break
+        time.sleep(2)
+    if job["state"] != "succeeded":
+        raise SystemExit(f"job {form}: {job['state']}: {job['error']}")
+    job["wall_seconds"] = job["finished_at"] - job["created_at"]
+    return dict(job)
+
+
+def serve_model(client: httpx2.Client, ref: dict[str, str]) -> None:
+    response = client.put("/models/default", json=ref, headers=KEY)
+    response.raise_for_status()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--extra", type=Path, required=True, help="waste-extra-144.tar.gz")
+    parser.add_argument("--source", default="sd", help="the site: a source tag of the archive")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 30], help="labelled photos per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-epochs", type=int, help="default: the finetune recipe's")
+    parser.add_argument("--scratch-recipe", default="strong")
+    parser.add_argument("--scratch-epochs", type=int, default=30)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    photos = read_source(args.extra, args.source)
+    classes = list(photos)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "command": "python -m bench.operator_story " + " ".join(sys.argv[1:] if argv is None else argv),
+        "source": args.source,
+        "photos": {label: len(items) for label, items in photos.items()},
+        "seed": args.seed,
+        "runs": [],
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="operator-story-") as scratch,
+        service(Path(scratch) / "var", args.redis_url, args.out / "service.log") as client,
+    ):
+        serving = client.get("/models").json()["serving"]
+        everything = [(label, name, data) for label, items in photos.items() for name, data in items]
+        keys = [(label, name) for label, name, _ in everything]
+        answers = dict(zip(keys, classify(client, everything), strict=True))
+        for k in args.k:
+            train, test = draw(photos, k, args.seed)
+            upload = zip_of(train)
+            print(
+                f"k={k}: {sum(map(len, train.values()))} photos to train on, {len(test)} to test", flush=True
+            )
+            run: dict[str, Any] = {
+                "k": k,
+                "train_photos": sum(map(len, train.values())),
+                "test_photos": len(test),
+            }
+            run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
+            finetune = {"base": "default", "name": f"site-k{k}-finetuned"}
+            if args.finetune_epochs:
+                finetune["epochs"] = str(args.finetune_epochs)
+            scratch_form = {
+                "model": "se_resnet50",
+                "recipe": args.scratch_recipe,
+                "epochs": str(args.scratch_epochs),
+                "batch_size": "32",
+                "input_size": "112",
+                "amp": "true",
+                "name": f"site-k{k}-scratch",
+            }
+            for key, form in (("b_finetuned", finetune), ("c_from_scratch", scratch_form)):
+                job = run_job(client, form, upload)
+                serve_model(client, job["result"]["model"])
+                scored = score(classify(client, test), test, classes)
+                run[key] = {
+                    **scored,
+                    "form": form,
+                    "wall_seconds": job["wall_seconds"],
+                    "epochs": len(job["history"]),
+                    "best_val_accuracy": job["result"]["best_val_accuracy"],
+                    "job_test_accuracy": job["result"]["test_accuracy"],
+                }
+                print(f"  {key}: {scored['accuracy']:.4f} in {job['wall_seconds']:.0f} s", flush=True)
+            record["runs"].append(run)
+            (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+        record["serving_model"] = serving
+    (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    for run in record["runs"]:
+        a, b, c = run["a_serving_model"], run["b_finetuned"], run["c_from_scratch"]
+        print(
+            f"k={run['k']}: (a) {a['accuracy']:.4f} "
+            f"({a['accuracy_site_classes']:.4f} on the site's classes), "
+            f"(b) {b['accuracy']:.4f}, (c) {c['accuracy']:.4f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
