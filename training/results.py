@@ -18,6 +18,7 @@ from models import create_model
 from models.files import read_json
 from training.engine import CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, read_environment
 from training.export import SPEC_FILE
+from training.report import plot_risk_coverage
 
 #: Test accuracies the paper reports after 50 epochs (Bai and Joe, section 4).
 PAPER_ACCURACY = {"resnet50": "77.59%", "se_resnet50": "83.33%", "shared_se_resnet50": "best (no number)"}
@@ -189,6 +190,58 @@ def sources_markdown(models: Sequence[tuple[str, Sequence[Path]]], *, reference:
     return _table(header, cells)
 
 
+def calibration_markdown(reports: Sequence[tuple[str, Path]], figure: Path | None = None) -> str:
+    """Per named evaluation report: ECE and mean top-1 probability before and after temperature
+    scaling, the "unsure" share and accuracy when sure, then the risk-coverage table (and figure)."""
+    loaded = [(name, json.loads(path.read_text())) for name, path in reports]
+    for (_, path), (_, report) in zip(reports, loaded, strict=True):
+        if "risk_coverage" not in report:
+            raise ValueError(f"{path}: no calibration results (evaluate the checkpoint again)")
+    calibration = _table(
+        (
+            "photos",
+            "n",
+            "accuracy",
+            "temperature",
+            "ECE raw -> calibrated",
+            "mean top-1 raw -> calibrated",
+            "unsure",
+            "accuracy when sure",
+        ),
+        [
+            (
+                name,
+                str(r["num_images"]),
+                f"{100 * r['accuracy']:.2f}%",
+                f"{r['temperature']:.3f}",
+                f"{r['uncalibrated']['expected_calibration_error']:.3f} -> "
+                f"{r['expected_calibration_error']:.3f}",
+                f"{r['uncalibrated']['mean_confidence']:.3f} -> {r['mean_confidence']:.3f}",
+                f"{100 * r['unsure']['share']:.1f}%",
+                f"{100 * r['unsure']['accuracy_when_sure']:.2f}%",
+            )
+            for name, r in loaded
+        ],
+    )
+    thresholds = [row["min_probability"] for row in loaded[0][1]["risk_coverage"]]
+    coverage = _table(
+        ("calibrated top-1 at least", *(f"{name}: answered, accuracy" for name, _ in loaded)),
+        [
+            (
+                f"{threshold:g}",
+                *(
+                    f"{100 * rows[i]['coverage']:.1f}%, {100 * rows[i]['accuracy']:.2f}%"
+                    for rows in (r["risk_coverage"] for _, r in loaded)
+                ),
+            )
+            for i, threshold in enumerate(thresholds)
+        ],
+    )
+    if figure is not None:
+        plot_risk_coverage({name: r["risk_coverage"] for name, r in loaded}, figure)
+    return calibration + "\n" + coverage
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -204,6 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--faithfulness", nargs="+", type=Path, default=[], help="faithfulness score files (JSON)"
     )
+    parser.add_argument(
+        "--calibration",
+        action="append",
+        default=[],
+        metavar="NAME=REPORT",
+        help="calibration and risk-coverage tables of evaluation reports",
+    )
+    parser.add_argument("--risk-coverage-figure", type=Path, help="draw the risk-coverage curves here")
     args = parser.parse_args(argv)
     try:
         parts = [markdown([row(run) for run in args.runs])] if args.runs else []
@@ -214,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts.append(
                 sources_markdown([(name, [Path(p) for p in paths.split(",")]) for name, paths in named])
             )
+        if args.calibration:
+            pairs = [item.split("=", 1) for item in args.calibration]
+            parts.append(calibration_markdown([(n, Path(p)) for n, p in pairs], args.risk_coverage_figure))
         text = "\n".join(parts)
     except (OSError, ValueError, KeyError) as error:
         sys.stderr.write(f"error: {error}\n")

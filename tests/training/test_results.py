@@ -5,7 +5,15 @@ import pytest
 
 from training.engine import TrainResult
 from training.export import export_run
-from training.results import faithfulness_markdown, hardware, main, markdown, row, sources_markdown
+from training.results import (
+    calibration_markdown,
+    faithfulness_markdown,
+    hardware,
+    main,
+    markdown,
+    row,
+    sources_markdown,
+)
 
 
 def test_a_finished_run_becomes_a_table_row(reference_run: TrainResult) -> None:
@@ -90,3 +98,37 @@ def test_the_sources_table_sets_the_held_out_site_apart_from_the_mean(tmp_path: 
     assert table[3:5] == ["| home | 80 | 70.00% (60.00%) |", "| web | 100 | 50.00% (40.00%) |"]
     assert table[5] == "| sd (held out) | 429 | 30.00% (25.00%) |"
     assert table[6] == "| mean of home, web |  | 60.00% (50.00%) |"
+
+
+def test_calibration_tables_and_figure_come_from_the_reports(tmp_path: Path) -> None:
+    def report(name: str, accuracy: float, coverage: float) -> Path:
+        path = tmp_path / f"{name}.json"
+        rows = [
+            {"min_probability": 0.0, "coverage": 1.0, "answered": 10, "accuracy": accuracy},
+            {"min_probability": 0.5, "coverage": coverage, "answered": 5, "accuracy": 0.9},
+        ]
+        path.write_text(
+            json.dumps(
+                {
+                    "num_images": 10,
+                    "accuracy": accuracy,
+                    "temperature": 0.5,
+                    "expected_calibration_error": 0.04,
+                    "mean_confidence": 0.8,
+                    "uncalibrated": {"expected_calibration_error": 0.2, "mean_confidence": 0.6},
+                    "unsure": {"share": 0.25, "accuracy_when_sure": 0.95},
+                    "risk_coverage": rows,
+                }
+            )
+        )
+        return path
+
+    figure = tmp_path / "risk.png"
+    text = calibration_markdown(
+        [("home", report("home", 0.8, 0.5)), ("site", report("site", 0.4, 0.3))], figure
+    )
+    assert "| home | 10 | 80.00% | 0.500 | 0.200 -> 0.040 | 0.600 -> 0.800 | 25.0% | 95.00% |" in text
+    assert "| 0.5 | 50.0%, 90.00% | 30.0%, 90.00% |" in text
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "old.json").write_text(json.dumps({"num_images": 1}))
+    assert main(["--calibration", f"old={tmp_path / 'old.json'}"]) == 2
