@@ -4,13 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint
-from tests.training.helpers import make_image_folder, tiny_config
+from models import create_model, list_models
+from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config
 from training.config import make_config
 from training.engine import train
 from training.progress import Progress, TrainingCancelled
 from training.run import main
-from training.transfer import base_options
+from training.transfer import base_options, transfer_weights
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,21 @@ def test_cli_finetunes_from_a_checkpoint_with_its_architecture(
     assert (spec.arch, spec.arch_kwargs, spec.input_size) == ("simple_cnn", {"width": 4, "dropout": 0.5}, 32)
     assert spec.recipe["transfer"]["new"] == ["battery"]
     assert main(["train", f"--data={site_photos}", f"--out={tmp_path / 'x'}", "--recipe=finetune"]) == 2
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_architecture_takes_its_base_weights(arch: str, tmp_path: Path) -> None:
+    base_classes, classes = CLASS_NAMES, ("battery", "metal", "glass")
+    torch.manual_seed(0)
+    base = create_model(arch, num_classes=len(base_classes))
+    spec = ModelSpec(arch, base_classes, 32, (0.5,) * 3, (0.5,) * 3)
+    save_checkpoint(tmp_path / "base.pt", base, spec)
+    checkpoint = load_checkpoint(tmp_path / "base.pt")
+    model = create_model(base_options(spec)["model"], num_classes=len(classes))
+    transfer = transfer_weights(model, checkpoint, classes)
+    assert transfer.kept_classes == ("metal", "glass")
+    assert transfer.new_classes == ("battery",)
+    (weight_key,) = [key for key in transfer.head if key.endswith("weight")]
+    state = model.state_dict()
+    assert torch.equal(state[weight_key][1], checkpoint.state_dict[weight_key][base_classes.index("metal")])
+    assert torch.equal(state[weight_key][2], checkpoint.state_dict[weight_key][base_classes.index("glass")])
