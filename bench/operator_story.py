@@ -9,7 +9,8 @@ for each k, with photos drawn per class with ``--seed`` (the rest of the site's 
 
 - (a) the serving model as it is, on every test photo (6-way, and restricted to the site's classes);
 - (b) ``POST /train`` with ``base=default``: fine-tuned from the serving model with the finetune recipe;
-- (c) ``POST /train`` from scratch (``--scratch-recipe``, ``--scratch-epochs``) on the same photos.
+- (c) ``POST /train`` from scratch (``--scratch-recipe``, ``--scratch-epochs``, batches of 16, as the
+  finetune recipe's) on the same photos.
 
 Each trained model is then made the default (``PUT /models/default``) and classifies the same test
 photos through ``POST /classify``. ``results.json`` holds every figure, the job times and the commands.
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-epochs", type=int, help="default: the finetune recipe's")
     parser.add_argument("--scratch-recipe", default="strong")
-    parser.add_argument("--scratch-epochs", type=int, default=30)
+    parser.add_argument("--scratch-epochs", type=int, default=60)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -231,14 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "test_photos": len(test),
             }
             run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
-            finetune = {"base": "default", "name": f"site-k{k}-finetuned"}
+            finetune = {"base": "default", "name": f"site-k{k}-finetuned", "amp": "true"}
             if args.finetune_epochs:
                 finetune["epochs"] = str(args.finetune_epochs)
             scratch_form = {
                 "model": "se_resnet50",
                 "recipe": args.scratch_recipe,
                 "epochs": str(args.scratch_epochs),
-                "batch_size": "32",
+                "batch_size": "16",
                 "input_size": "112",
                 "amp": "true",
                 "name": f"site-k{k}-scratch",

@@ -49,12 +49,13 @@ STRONG: dict[str, Any] = {
     "cutmix_alpha": 1.0,
 }
 
-#: Fine-tuning a trained model on a few hundred photos of one site: few epochs at a low learning rate, the
-#: backbone frozen for the first one so that new head rows settle before they move it, classes balanced
-#: (a site rarely sees its materials equally often), and augmentation that keeps the photos recognisable.
+#: Fine-tuning a trained model on a few hundred photos of one site: a low learning rate, small batches so
+#: that a few dozen photos still give a few hundred steps, the backbone frozen for the first epoch so
+#: that new head rows settle before they move it, classes balanced (a site rarely sees its materials
+#: equally often), and augmentation that keeps the photos recognisable.
 FINETUNE: dict[str, Any] = {
-    "epochs": 12,
-    "batch_size": 32,
+    "epochs": 30,
+    "batch_size": 16,
     "optimizer": "adamw",
     "lr": 3e-4,
     "weight_decay": 0.05,
