@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from models.layers.attention import create_attn, list_attn_layers
-from models.registry import register_model
+from models.registry import ModelOptions, register_model
 
 
 class Bottleneck(nn.Module):
@@ -136,19 +136,23 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
+class ResNetOptions(ModelOptions):
+    zero_init_residual: bool = False
+
+
+@register_model(options=ResNetOptions)
 def resnet50(*, num_classes: int = 6, **kwargs: Any) -> ResNet:
     """ResNet-50 (He et al., 2016): bottleneck stages of 3, 4, 6 and 3 blocks."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, attn="none", **kwargs)
 
 
-@register_model
+@register_model(options=ResNetOptions)
 def se_resnet50(*, num_classes: int = 6, **kwargs: Any) -> ResNet:
     """SE-ResNet-50 (Hu et al., 2018): an SE module (reduction 16) in every bottleneck."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, attn="se", **kwargs)
 
 
-@register_model
+@register_model(options=ResNetOptions)
 def shared_se_resnet50(*, num_classes: int = 6, **kwargs: Any) -> ResNet:
     """Shared-SE ResNet-50 (Bai and Joe, sections 3.1-3.2): one SE module per stage, shared by its blocks."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, attn="shared", **kwargs)

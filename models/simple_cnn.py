@@ -2,10 +2,11 @@
 
 from typing import Any
 
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.registry import register_model
+from models.registry import ModelOptions, register_model
 
 
 class SimpleCNN(nn.Module):
@@ -38,7 +39,12 @@ class SimpleCNN(nn.Module):
         return self.fc3(x)
 
 
-@register_model
+class SimpleCNNOptions(ModelOptions):
+    width: int = Field(32, ge=1, le=256, description="channels of the first convolution (the second: 2x)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the fully connected layers")
+
+
+@register_model(options=SimpleCNNOptions)
 def simple_cnn(*, num_classes: int = 6, **kwargs: Any) -> SimpleCNN:
     """The paper's baseline (section 2.1): 2 convolution, 2 pooling and 3 fully connected layers."""
     return SimpleCNN(num_classes=num_classes, **kwargs)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.registry import validate_model_options
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -284,3 +285,7 @@ def _validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(f"invalid training config: {message}")
+    try:
+        validate_model_options(config.model, config.model_kwargs)
+    except ValueError as error:
+        raise ValueError(f"invalid training config: {error}") from None

@@ -11,7 +11,8 @@ from app.errors import error_responses, unprocessable
 from app.jobs import discard, enqueue, public_params, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
-from models import create_model, list_models
+from models import list_models
+from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, make_config
 from training.transfer import base_options
@@ -49,11 +50,11 @@ def training_options(model: str | None, model_kwargs: str | None, **values: Any)
             options["model_kwargs"] = dict(json.loads(model_kwargs))
         except (ValueError, TypeError) as error:
             raise unprocessable(f"model_kwargs must be a JSON object: {error}") from None
-        try:  # building the network is the one complete check of its options
+        try:  # checked against the options the architecture declares, without building it
             if model is not None:
-                create_model(model, num_classes=2, **options["model_kwargs"])
-        except (TypeError, ValueError) as error:
-            raise unprocessable(f"invalid model_kwargs for {model}: {error}") from None
+                options["model_kwargs"] = validate_model_options(model, options["model_kwargs"])
+        except ValueError as error:
+            raise unprocessable(f"model_kwargs: {error}") from None
     return options
 
 

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 import torch
 import torchvision
@@ -94,3 +96,32 @@ def test_attention_factory() -> None:
         create_attn("cbam", 64)
     with pytest.raises(ValueError, match="unknown attention 'cbam'"):
         ResNet((1, 1, 1, 1), attn="cbam")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("simple_cnn", {"width": -1}, "width: Input should be greater than or equal to 1"),
+        ("simple_cnn", {"width": 20000}, "width: Input should be less than or equal to 256"),
+        ("simple_cnn", {"width": 4.5}, "width: Input should be a valid integer"),
+        ("simple_cnn", {"dropout": 1.0}, "dropout: Input should be less than 1"),
+        ("se_resnet50", {"width": 8}, "width: Extra inputs are not permitted"),
+        ("vgg16", {}, "unknown model 'vgg16'"),
+    ],
+)
+def test_options_are_checked_without_building_the_network(
+    name: str, options: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import registry
+
+    built: list[str] = []
+    monkeypatch.setitem(registry._MODEL_BUILDERS, "simple_cnn", lambda **kwargs: built.append("x"))
+    with pytest.raises(ValueError, match=message):
+        registry.validate_model_options(name, options)
+    with pytest.raises(ValueError, match=message):
+        registry.create_model(name, **options)
+    assert built == []
+    assert registry.validate_model_options("simple_cnn", {"width": 4, "dropout": 0}) == {
+        "width": 4,
+        "dropout": 0.0,
+    }
