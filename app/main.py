@@ -9,13 +9,16 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
 from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
+from app.redaction import path_labels, redact_paths
 from app.routes import batches, classify, explain, health, training
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
@@ -127,6 +130,17 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+
+    labels = path_labels(app.state.settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def without_server_paths(request: Request, error: StarletteHTTPException) -> Response:
+        """Every error as FastAPI answers it, with the server's folders out of its message."""
+        if isinstance(error.detail, str):
+            error = StarletteHTTPException(
+                error.status_code, redact_paths(error.detail, labels), error.headers
+            )
+        return await http_exception_handler(request, error)
 
     @app.middleware("http")
     async def refuse_oversized_bodies(

@@ -1,8 +1,10 @@
 from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadAccess, ServiceDep, StoreDep, WriteAccess
+from app.config import Settings
+from app.deps import ReadAccess, ServiceDep, SettingsDep, StoreDep, WriteAccess
 from app.errors import error_responses
+from app.redaction import path_labels, redact
 from app.routes.inference_views import model_ref
 from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic
 from models.checkpoint import CheckpointError
@@ -11,7 +13,7 @@ from models.store import ModelNotFoundError, ModelVersion
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def model_public(version: ModelVersion, serving: ModelRef | None) -> ModelPublic:
+def model_public(version: ModelVersion, serving: ModelRef | None, settings: Settings) -> ModelPublic:
     spec = version.spec
     return ModelPublic(
         name=version.name,
@@ -21,7 +23,8 @@ def model_public(version: ModelVersion, serving: ModelRef | None) -> ModelPublic
         classes=list(spec.class_names),
         input_size=spec.input_size,
         metrics=spec.metrics,
-        recipe=spec.recipe,
+        # The recipe names its data sets; the server's folders stay out of what anyone may read.
+        recipe=redact(spec.recipe, path_labels(settings)),
         calibration=spec.calibration,
         created_at=spec.created_at,
         sha256=version.sha256,
@@ -33,10 +36,12 @@ def serving_ref(service: ServiceDep) -> ModelRef | None:
 
 
 @router.get("", response_model=ModelsPublic, dependencies=[ReadAccess])
-def read_models(service: ServiceDep, store: StoreDep) -> ModelsPublic:
+def read_models(service: ServiceDep, store: StoreDep, settings: SettingsDep) -> ModelsPublic:
     """Every stored model version, and which one is serving."""
     serving = serving_ref(service)
-    return ModelsPublic(serving=serving, models=[model_public(v, serving) for v in store.all_versions()])
+    return ModelsPublic(
+        serving=serving, models=[model_public(v, serving, settings) for v in store.all_versions()]
+    )
 
 
 @router.get(
@@ -45,7 +50,7 @@ def read_models(service: ServiceDep, store: StoreDep) -> ModelsPublic:
     responses=error_responses(401, 404),
     dependencies=[ReadAccess],
 )
-def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPublic]:
+def read_model(name: str, service: ServiceDep, store: StoreDep, settings: SettingsDep) -> list[ModelPublic]:
     """The versions of one model, oldest first."""
     versions = store.versions(name)
     if not versions:
@@ -53,7 +58,7 @@ def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPub
             status.HTTP_404_NOT_FOUND, f"no model named {name!r}; known: {', '.join(store.names())}"
         )
     serving = serving_ref(service)
-    return [model_public(v, serving) for v in versions]
+    return [model_public(v, serving, settings) for v in versions]
 
 
 @router.put(
@@ -63,7 +68,7 @@ def read_model(name: str, service: ServiceDep, store: StoreDep) -> list[ModelPub
     dependencies=[WriteAccess],
 )
 async def update_default_model(
-    update: DefaultModelUpdate, service: ServiceDep, store: StoreDep
+    update: DefaultModelUpdate, service: ServiceDep, settings: SettingsDep
 ) -> ModelPublic:
     """Serve another stored version. It is loaded first; requests in flight finish on the old one."""
     try:
@@ -74,4 +79,4 @@ async def update_default_model(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{update.name}: the stored checkpoint cannot be served: {error}"
         ) from None
-    return model_public(chosen, serving_ref(service))
+    return model_public(chosen, serving_ref(service), settings)

@@ -88,8 +88,28 @@ def test_a_stored_checkpoint_that_cannot_load_is_409(client: TestClient, stored:
         "/models/default", json={"name": "waste", "version": "v1"}, headers={"X-API-Key": API_KEY}
     )
     assert response.status_code == 409
-    assert "cannot be served" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert "cannot be served" in detail
+    # The message names the file by the store's label, never by the server's folders.
+    assert str(stored.root) not in detail
+    assert "<models>/waste/v1/model.pt" in detail
     assert client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")}).status_code == 200
+
+
+def test_model_records_show_no_server_paths(
+    client: TestClient, settings: Settings, stored: ModelStore, tmp_path: Path
+) -> None:
+    from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(tiny_checkpoint(tmp_path / "d.pt", seed=4))
+    data = settings.resolved_data_root / "site-a" / "photos.zip"
+    recipe = {"data_source": f"site={data}, public=/home/someone/sets/extra.tar.gz", "seed": 0}
+    spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "recipe": recipe})
+    save_checkpoint(tmp_path / "d.pt", checkpoint.state_dict, spec)
+    stored.add("site", tmp_path / "d.pt")
+    (listed,) = client.get("/models/site").json()
+    assert listed["recipe"]["data_source"] == "site=<data root>/site-a/photos.zip, public=extra.tar.gz"
+    assert str(tmp_path) not in client.get("/models").text
 
 
 def test_weights_swapped_in_with_their_own_digest_are_409(
