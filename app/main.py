@@ -18,10 +18,11 @@ from app.batching import QueueFullError
 from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
-from app.redaction import path_labels, redact_paths
+from app.redaction import path_labels
 from app.routes import batches, classify, explain, health, training
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
+from models.files import redact_paths
 from models.store import ModelStore
 from worker.jobs import JobStore
 from worker.recovery import recover_orphans

@@ -1,4 +1,4 @@
-"""Atomic writes for text, JSON and image files.
+"""Atomic writes for text, JSON and image files, and paths out of records that others read.
 
 Checkpoints, job records, manifests, histories, reports and figures are all written through
 :func:`atomic_open`, so a killed process never leaves a half-written file behind.
@@ -6,8 +6,9 @@ Checkpoints, job records, manifests, histories, reports and figures are all writ
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,3 +64,28 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file."""
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+#: An absolute path's folders: a "/" not inside a word, a relative path or a label, then "name/" parts.
+_FOLDERS = re.compile(r"(?<![\w.~>-])/(?:[^/\s,;=:'\"()<>]+/)+")
+
+
+def redact_paths(text: str, labels: Mapping[str, str]) -> str:
+    """``text`` with each folder of ``labels`` named by its label (an empty label: the path becomes
+    relative to it) and the folders of any other absolute path left out (its file name stays)."""
+    for folder, label in sorted(labels.items(), key=lambda item: len(item[0]), reverse=True):
+        folder = re.escape(folder.rstrip("/"))
+        text = re.sub(folder + "/", f"{label}/" if label else "", text)
+        text = re.sub(folder + r"(?![\w.-])", label or ".", text)
+    return _FOLDERS.sub("", text)
+
+
+def redact(value: Any, labels: Mapping[str, str]) -> Any:
+    """:func:`redact_paths` over every string in a JSON-like value."""
+    if isinstance(value, str):
+        return redact_paths(value, labels)
+    if isinstance(value, Mapping):
+        return {key: redact(item, labels) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item, labels) for item in value]
+    return value

@@ -22,6 +22,7 @@ from models.checkpoint import (
     save_checkpoint,
     state_dict_sha256,
 )
+from models.files import read_json, redact, write_json
 from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE, RESUME_FILE
 from training.state import load_resume_state
 
@@ -39,11 +40,25 @@ RUN_FILES = (
 REPORT_FILES = ("report.json", "confusion_matrix.png")
 
 
+def record_labels() -> dict[str, str]:
+    """Paths in a shipped record: relative to the folder the export runs in (the project), other
+    machines' folders left out (see ``models.files.redact_paths``)."""
+    return {str(Path.cwd()): ""}
+
+
 def copy_record(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> list[Path]:
-    """Copy the run's record files that exist into ``out``; the report only along with best.pt."""
+    """Copy the run's record files that exist into ``out``, their paths made relative to the project;
+    the report only along with best.pt."""
     names = RUN_FILES + (REPORT_FILES if checkpoint == BEST_FILE else ())
     out.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copyfile(run / name, out / name)) for name in names if (run / name).is_file()]
+    copied = []
+    for name in (name for name in names if (run / name).is_file()):
+        if name.endswith(".json"):
+            write_json(out / name, redact(read_json(run / name), record_labels()))
+        else:
+            shutil.copyfile(run / name, out / name)
+        copied.append(out / name)
+    return copied
 
 
 def run_checkpoint(run: Path, name: str) -> Checkpoint:
@@ -65,8 +80,9 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
     """Write ``out/model.pt`` (fp16), ``spec.json``, the run's record and ``SHA256SUMS``."""
     loaded = run_checkpoint(run, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, loaded.spec, dtype=torch.float16)
-    meta = {"spec": loaded.spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
+    spec = ModelSpec.from_dict(redact(loaded.spec.to_dict(), record_labels()))
+    weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, spec, dtype=torch.float16)
+    meta = {"spec": spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
     write_checksums(out)

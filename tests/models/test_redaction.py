@@ -1,12 +1,12 @@
 import pytest
 
-from app.redaction import redact, redact_paths
+from models.files import redact, redact_paths
 
 LABELS = {
     "/srv/var/data": "<data root>",
     "/srv/var/jobs": "<jobs>",
     "/srv/var": "<var>",
-    "/opt/trashcam": ".",
+    "/opt/trashcam": "",
 }
 
 
@@ -15,9 +15,10 @@ LABELS = {
     [
         ("/srv/var/jobs/abc/upload.zip: not an archive", "<jobs>/abc/upload.zip: not an archive"),
         ("/srv/var/data/site-a/photos.tar.gz", "<data root>/site-a/photos.tar.gz"),
-        ("/opt/trashcam/weights/se_resnet50/model.pt", "./weights/se_resnet50/model.pt"),
+        ("/opt/trashcam/weights/se_resnet50/model.pt", "weights/se_resnet50/model.pt"),
         ("a=/home/bob/sets/extra.tar.gz, b=/tmp/x.zip", "a=extra.tar.gz, b=x.zip"),
         ("/srv/variable/x.pt", "x.pt"),  # a sibling of a known folder is not inside it
+        ("/opt/trashcam", "."),
         ("data/trashnet-112.tar.gz and 1/2 of a/b/c", "data/trashnet-112.tar.gz and 1/2 of a/b/c"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ],
