@@ -4,9 +4,11 @@ Checkpoints, job records, manifests, histories, reports and figures are all writ
 :func:`atomic_open`, so a killed process never leaves a half-written file behind.
 """
 
+import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,12 +23,29 @@ def _umask() -> int:
     return mask
 
 
+#: Free bytes under which a failed write is taken for a full disk.
+DISK_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk that holds the file is full."""
+
+
+def _disk_is_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary handle whose contents replace ``path`` only once the block ends without error.
 
     The data goes to a temporary file in the same folder, is fsynced, then renamed over ``path`` (and
-    the rename fsynced), so readers see the old file or the whole new one, even after a kill.
+    the rename fsynced), so readers see the old file or the whole new one, even after a kill. A write
+    that fails on a full disk raises :class:`DiskFullError` saying so, whatever the writer raised
+    (``torch.save`` says only ``unexpected pos``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +58,13 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except Exception as error:
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or _disk_is_full(path.parent)
+        Path(tmp_name).unlink(missing_ok=True)
+        if full and not isinstance(error, DiskFullError):
+            message = f"the disk is full: no space left to write {path.name} in {path.parent} ({error})"
+            raise DiskFullError(errno.ENOSPC, message) from error
+        raise
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

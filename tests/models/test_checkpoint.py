@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import models
 from models.checkpoint import (
@@ -177,3 +178,26 @@ def test_spec_dict_round_trip() -> None:
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="invalid model spec"):
         ModelSpec.from_dict({"arch": "simple_cnn"})
+
+
+def test_a_save_on_a_full_disk_says_so_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from models import files
+
+    def torch_save_on_a_full_disk(obj: object, handle: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    model = nn.Linear(2, 2)
+    spec = ModelSpec("simple_cnn", ("a", "b"), 32, (0.5,) * 3, (0.5,) * 3)
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    # With room left, the writer's own error stands: it is not a full disk.
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint(tmp_path / "model.pt", model, spec)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=files.DISK_FULL_BYTES - 1))
+    with pytest.raises(files.DiskFullError, match=r"the disk is full: no space left to write model.pt in"):
+        save_checkpoint(tmp_path / "model.pt", model, spec)
+    assert list(tmp_path.iterdir()) == []
