@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged task after this long (a backstop for the lock above).
     job_visibility_timeout_seconds: int = Field(6 * 3600, ge=60)
     job_recovery_interval_seconds: float = Field(30.0, gt=0)
+    # A finished job's uploads, extracted data, checkpoints and result zip are removed this long after
+    # it finished (its record and report stay; registered models live in the store, never here).
+    job_retention_days: float = Field(7.0, gt=0)
 
     @property
     def unsure_thresholds(self) -> Thresholds:

@@ -26,6 +26,7 @@ from models.files import redact_paths
 from models.store import ModelStore
 from worker.jobs import JobStore
 from worker.recovery import recover_orphans
+from worker.retention import prune_finished_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,16 @@ async def follow_default_model(app: FastAPI) -> None:
 
 
 async def recover_lost_jobs(app: FastAPI) -> None:
-    """Resubmit jobs whose worker died or whose queue message a Redis restart lost."""
+    """Resubmit jobs whose worker died or whose queue message a Redis restart lost, and free the disk
+    of jobs that finished longer ago than the retention time."""
     settings: Settings = app.state.settings
     while True:
         try:
             await run_in_threadpool(recover_orphans, app.state.jobs, app.state.submitter)
+            retention = settings.job_retention_days * 86400
+            await run_in_threadpool(prune_finished_jobs, app.state.jobs, retention_seconds=retention)
         except Exception:
-            logger.exception("job recovery failed; will retry")
+            logger.exception("job recovery or cleanup failed; will retry")
         await asyncio.sleep(settings.job_recovery_interval_seconds)
 
 

@@ -120,4 +120,7 @@ class JobPublic(BaseModel):
     error: str | None
     cancel_requested: bool
     attempts: int
+    pruned_at: float | None = Field(
+        None, description="when the job's uploads, data and results were removed after the retention time"
+    )
     params: dict[str, Any]

@@ -64,6 +64,8 @@ class Job:
     attempts: int = 0
     #: The Redis instance that held this job's queue message when it was last queued.
     queued_on: str | None = None
+    #: When its uploads, data, checkpoints and results were removed (see ``worker.retention``).
+    pruned_at: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -23,6 +23,7 @@ from training.config import make_config
 from training.engine import CONFIG_FILE, resume, train
 from worker.jobs import Job, JobLease, JobStore
 from worker.progress import JobProgress, LeaseLost
+from worker.retention import prune_job
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,12 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             job.result["base"] = {"ref": recipe.get("base"), "sha256": recipe.get("init_sha256")}
             job.result["transfer"] = recipe.get("transfer")
         job.result["calibrated"] = bool(version.spec.calibration)
-    return jobs.get(job_id)
+    finished = jobs.get(job_id)
+    if finished.state == "succeeded":
+        # Only once success is on record: the extracted copy of the data set is not needed again (the
+        # upload stays until the retention time).
+        prune_job(jobs, finished, only=(f"{RUN_DIR}/data",))
+    return finished
 
 
 @dataclass(frozen=True)

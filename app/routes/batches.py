@@ -66,7 +66,7 @@ def read_heatmap_batch(job_id: str, jobs: JobsDep) -> JobPublic:
 @router.get(
     "/{job_id}/result",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}}, 404: {}, 409: {}},
+    responses={200: {"content": {"application/zip": {}}}, **error_responses(401, 404, 409, 410)},
     dependencies=[ReadAccess],
 )
 def read_heatmap_batch_result(job_id: str, jobs: JobsDep) -> FileResponse:
@@ -74,6 +74,10 @@ def read_heatmap_batch_result(job_id: str, jobs: JobsDep) -> FileResponse:
     job = find_job(jobs, job_id, "heatmaps")
     if job.state != "succeeded":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.state}; its result is not ready")
+    if job.pruned_at is not None:
+        raise HTTPException(
+            status.HTTP_410_GONE, f"job {job_id}'s result was removed after the retention time"
+        )
     return FileResponse(
         jobs.folder(job_id) / RESULT_ZIP, media_type="application/zip", filename=f"heatmaps-{job_id}.zip"
     )

@@ -336,3 +336,22 @@ def test_bad_bases_are_422_with_why(
     response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+def test_a_pruned_batch_result_is_410(client: TestClient, settings: Settings) -> None:
+    from worker.jobs import JobStore
+    from worker.retention import prune_finished_jobs
+
+    files = [("files", ("a.png", png_bytes(), "image/png"))]
+    job = client.post("/explain/batch", files=files, headers=KEY).json()
+    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    record = jobs.get(job["id"])
+    record.state, record.finished_at = "succeeded", 0.0
+    jobs.save(record)
+    (jobs.folder(job["id"]) / "result.zip").write_bytes(b"PK")
+    assert client.get(f"/explain/batch/{job['id']}/result").status_code == 200
+    assert prune_finished_jobs(jobs, retention_seconds=1.0) == [job["id"]]
+    response = client.get(f"/explain/batch/{job['id']}/result")
+    assert response.status_code == 410
+    assert "removed after the retention time" in response.json()["detail"]
+    assert client.get(f"/explain/batch/{job['id']}").json()["pruned_at"] is not None

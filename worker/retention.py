@@ -1,0 +1,71 @@
+"""Freeing the disk that finished jobs hold: their uploads, extracted data, checkpoints and results.
+
+A job's record (``job.json``) and the small files that describe its run (config, split, history,
+report, curves) stay, so ``GET /train/{id}`` still answers; a registered model lives in the model
+store, never in a job's folder, so nothing here can remove one. Running and queued jobs are never
+touched.
+"""
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from worker.jobs import Job, JobStore
+
+logger = logging.getLogger(__name__)
+
+#: What a job folder may hold that is large and not needed once the job has finished.
+BULKY = ("upload*", "inputs", "result.zip", "run/data", "run/*.pt")
+
+
+def bulky_files(folder: Path) -> list[Path]:
+    return sorted(path for pattern in BULKY for path in folder.glob(pattern))
+
+
+def size_of(path: Path) -> int:
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def remove(path: Path) -> None:
+    # A data set linked in from the data root is unlinked, never followed.
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) -> int:
+    """Remove a finished job's bulky files (or those of ``only``, folder-relative); bytes freed."""
+    if not job.finished:
+        raise ValueError(f"job {job.id} is {job.state}: only finished jobs are pruned")
+    folder = jobs.folder(job.id)
+    paths = (
+        bulky_files(folder) if only is None else [folder / name for name in only if (folder / name).exists()]
+    )
+    freed = 0
+    for path in paths:
+        freed += size_of(path)
+        remove(path)
+    return freed
+
+
+def prune_finished_jobs(jobs: JobStore, *, retention_seconds: float, now: float | None = None) -> list[str]:
+    """Prune every job that finished more than ``retention_seconds`` ago and is not pruned yet."""
+    now = time.time() if now is None else now
+    pruned = []
+    for job in jobs.all():
+        if not job.finished or job.pruned_at is not None or job.finished_at is None:
+            continue
+        if now - job.finished_at < retention_seconds:
+            continue
+        freed = prune_job(jobs, job)
+        job.pruned_at = now
+        jobs.save(job)
+        logger.info(
+            "job %s finished %.1f days ago: freed %d bytes", job.id, (now - job.finished_at) / 86400, freed
+        )
+        pruned.append(job.id)
+    return pruned
