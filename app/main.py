@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -106,6 +107,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.stop()
 
 
+def validation_message(error: RequestValidationError) -> str:
+    """``"form.epochs: Input should be less than or equal to 1000; ..."``: every field at fault."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
+        problems.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(problems)
+
+
 def body_limit(path: str, settings: Settings) -> int:
     """The largest request body a route may receive: its files' limits plus room for the form."""
     if path in ("/train", "/explain/batch"):
@@ -146,6 +156,14 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
                 error.status_code, redact_paths(error.detail, labels), error.headers
             )
         return await http_exception_handler(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        """FastAPI's own validation errors in the one error schema: ``detail`` is one string that names
+        each field at fault and why."""
+        return JSONResponse(
+            {"detail": validation_message(error)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
 
     @app.middleware("http")
     async def refuse_oversized_bodies(

@@ -20,7 +20,7 @@ from models.cam.overlay import (
     to_base64_png,
 )
 
-router = APIRouter(tags=["inference"], dependencies=[ReadAccess])
+router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(422))
 
 
 def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None:

@@ -11,7 +11,7 @@ from models.checkpoint import CheckpointError
 from models.files import redact
 from models.store import ModelNotFoundError, ModelVersion
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(422))
 
 
 def model_public(version: ModelVersion, serving: ModelRef | None, settings: Settings) -> ModelPublic:

@@ -19,10 +19,15 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def jobs(settings: Settings) -> Iterator[JobStore]:
-    store = JobStore.from_url(settings.redis_url, settings.jobs_dir)
-    yield store
-    client = redis.Redis.from_url(settings.redis_url)
+def clear_jobs(url: str) -> None:
+    client = redis.Redis.from_url(url)
     for key in client.scan_iter("trashcam:*"):
         client.delete(key)
+
+
+@pytest.fixture
+def jobs(settings: Settings) -> Iterator[JobStore]:
+    """A job store that starts empty (other tests' jobs may be left in the test database)."""
+    clear_jobs(settings.redis_url)
+    yield JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    clear_jobs(settings.redis_url)
