@@ -46,6 +46,26 @@ def read_models(service: ServiceDep, store: StoreDep, settings: SettingsDep) -> 
 
 
 @router.get(
+    "/default",
+    response_model=ModelPublic,
+    responses=error_responses(401, 404, 503),
+    dependencies=[ReadAccess],
+)
+def read_default_model(service: ServiceDep, store: StoreDep, settings: SettingsDep) -> ModelPublic:
+    """The version that is serving; 404 when what serves is not a stored version (the shipped or a
+    configured checkpoint: see GET /models for its name and version)."""
+    serving = model_ref(service.manager.predictor)
+    for version in store.versions(serving.name):
+        if version.version == serving.version:
+            return model_public(version, serving, settings)
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        f"the serving model {serving.name}:{serving.version} is not a stored version "
+        "(it is the shipped or the configured checkpoint)",
+    )
+
+
+@router.get(
     "/{name}",
     response_model=list[ModelPublic],
     responses=error_responses(401, 404),

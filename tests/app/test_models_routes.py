@@ -65,6 +65,16 @@ def test_switching_the_default_serves_the_new_model(client: TestClient, stored: 
     assert stored.default() is not None
     classified = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")}).json()
     assert classified["results"][0]["model"] == {"name": "waste", "version": "v2"}
+    serving = client.get("/models/default").json()
+    assert (serving["name"], serving["version"], serving["default"]) == ("waste", "v2", True)
+
+
+def test_the_default_model_when_a_configured_checkpoint_serves(
+    client: TestClient, stored: ModelStore
+) -> None:
+    response = client.get("/models/default")
+    assert response.status_code == 404
+    assert "is not a stored version" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
