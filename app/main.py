@@ -20,7 +20,7 @@ from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
 from app.redaction import path_labels
-from app.routes import batches, classify, explain, health, training
+from app.routes import batches, classify, explain, health, similar, training
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
 from models.files import redact_paths
@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         classify.router,
         batches.router,
         explain.router,
+        similar.router,
         training.router,
         models_routes.router,
         health.router,

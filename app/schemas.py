@@ -124,3 +124,29 @@ class JobPublic(BaseModel):
         None, description="when the job's uploads, data and results were removed after the retention time"
     )
     params: dict[str, Any]
+
+
+class FingerprintPublic(BaseModel):
+    filename: str | None = Field(None, examples=["bottle.jpg"])
+    model: ModelRef
+    hash: str = Field(
+        description="64-bit deep-feature perceptual hash, 16 hex digits (see models.fingerprint)",
+        examples=["e819e35e31897c69"],
+    )
+
+
+class NeighbourPublic(BaseModel):
+    rank: int = Field(examples=[1])
+    label: str = Field(description="the training photo's own class", examples=["glass"])
+    distance: float = Field(description="Hamming bits (by hash) or 1 - cosine (by embedding)")
+    path: str = Field(description="the photo within its data set", examples=["glass/glass12.jpg"])
+    thumbnail: str = Field(description="base64 JPEG, at most 64 px a side")
+
+
+class SimilarPublic(FingerprintPublic):
+    label: str = Field(description="what the model predicts for the photo", examples=["glass"])
+    unsure: bool
+    by: str = Field(description="hash (Hamming distance) or embedding (cosine)", examples=["hash"])
+    indexed: int = Field(description="training photos in the model's index")
+    search_ms: float = Field(description="time to search the whole index")
+    neighbours: list[NeighbourPublic]

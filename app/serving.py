@@ -174,6 +174,12 @@ class Explained(Classified):
 
 
 @dataclass(frozen=True)
+class Fingerprinted(Classified):
+    embedding: npt.NDArray[np.float32]
+    hash: int
+
+
+@dataclass(frozen=True)
 class ExplainItem:
     image: Image.Image
     target: int | None
@@ -207,14 +213,17 @@ class InferenceService:
         )
         self._classifier: MicroBatcher[Image.Image, Classified] = batching(self._classify_batch)
         self._explainer: MicroBatcher[ExplainItem, Explained] = batching(self._explain_batch)
+        self._fingerprinter: MicroBatcher[Image.Image, Fingerprinted] = batching(self._fingerprint_batch)
 
     def start(self) -> None:
         self._classifier.start()
         self._explainer.start()
+        self._fingerprinter.start()
 
     async def stop(self) -> None:
         await self._classifier.stop()
         await self._explainer.stop()
+        await self._fingerprinter.stop()
         self.executor.shutdown(wait=True)
 
     def _classify_batch(self, key: Hashable, images: list[Image.Image]) -> list[Classified]:
@@ -246,6 +255,23 @@ class InferenceService:
                 result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
             )
         ]
+
+    def _fingerprint_batch(self, key: Hashable, images: list[Image.Image]) -> list[Fingerprinted]:
+        predictor = self.manager.predictor
+        started = time.perf_counter()
+        result = predictor.fingerprint(images)
+        elapsed = (time.perf_counter() - started) * 1000
+        return [
+            Fingerprinted(
+                predictor, row.tolist(), float(energy), elapsed, len(images), embedding.numpy(), value
+            )
+            for row, energy, embedding, value in zip(
+                result.probabilities, result.energies, result.embeddings, result.hashes, strict=True
+            )
+        ]
+
+    async def fingerprint(self, image: Image.Image) -> Fingerprinted:
+        return await self._fingerprinter.submit(("fingerprint",), image)
 
     async def classify(self, image: Image.Image) -> Classified:
         return await self._classifier.submit(("classify",), image)

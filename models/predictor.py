@@ -1,8 +1,10 @@
 """A loaded model ready to classify and explain photos: preprocessing from its spec, inference on
 its device, explanations from the same forward pass."""
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -11,6 +13,8 @@ from torch import Tensor, nn
 from models.calibration import Calibration, Thresholds, energy_score
 from models.cam import compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
+from models.fingerprint import embed, hash_bits
+from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
 
 
@@ -38,6 +42,14 @@ class Explanation(Scores):
 
     heatmaps: Tensor
     targets: Tensor
+
+
+@dataclass(frozen=True)
+class Fingerprints(Scores):
+    """Scores, pooled-feature embeddings (B, D) and their 64-bit hashes (B,), on the CPU."""
+
+    embeddings: Tensor
+    hashes: list[int]
 
 
 class Predictor:
@@ -114,6 +126,25 @@ class Predictor:
         batch = self.preprocess(images)
         with torch.inference_mode():
             return self.scores(self.model(batch))
+
+    def fingerprint(self, images: Sequence[Image.Image]) -> Fingerprints:
+        """Scores, embeddings and hashes of ``images``, from one forward pass."""
+        logits, embeddings = embed(self.model, self.preprocess(images))
+        scores = self.scores(logits)
+        return Fingerprints(
+            probabilities=scores.probabilities,
+            energies=scores.energies,
+            embeddings=embeddings.cpu(),
+            hashes=[int(value) for value in hash_bits(embeddings.cpu())],
+        )
+
+    @functools.cached_property
+    def index(self) -> FingerprintIndex:
+        """The index of the training photos stored beside the checkpoint (``NoIndexError`` if none),
+        checked to belong to these weights."""
+        if self.path is None:
+            raise NoIndexError(f"{self.name}:{self.version} was not loaded from a file: it has no index")
+        return FingerprintIndex.load(Path(self.path).parent / INDEX_FILE, model_sha256=self.sha256)
 
     def explain(
         self,

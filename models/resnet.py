@@ -63,6 +63,8 @@ class ResNet(nn.Module):
 
     #: The layer Grad-CAM explains by default: the last convolutional stage.
     cam_layer = "layer4"
+    #: The classifier; its input is the pooled features (``models.fingerprint``).
+    classifier_layer = "fc"
 
     def __init__(
         self,

@@ -17,6 +17,8 @@ class SimpleCNN(nn.Module):
 
     #: The layer Grad-CAM explains by default: the rectified maps of the last convolution.
     cam_layer = "relu2"
+    #: The classifier; its input is the last hidden layer's output (``models.fingerprint``).
+    classifier_layer = "fc3"
 
     def __init__(self, *, num_classes: int = 6, width: int = 32, dropout: float = 0.0) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,15 @@ class ModelStore:
 
     # Writing ---------------------------------------------------------------------------------
     def add(
-        self, name: str, checkpoint: str | os.PathLike[str], *, report: dict[str, Any] | None = None
+        self,
+        name: str,
+        checkpoint: str | os.PathLike[str],
+        *,
+        report: dict[str, Any] | None = None,
+        extra: Sequence[Path] = (),
     ) -> ModelVersion:
-        """Copy a verified checkpoint in as the next version of ``name``."""
+        """Copy a verified checkpoint in as the next version of ``name``, with ``extra`` files that
+        describe it (its fingerprint index)."""
         validate_name(name)
         loaded = load_checkpoint(checkpoint)  # refuse a bad file before it enters the store
         for existing in self.versions(name):
@@ -130,6 +137,9 @@ class ModelStore:
             shutil.copyfileobj(source, target)
         if report is not None:
             write_json(folder / "report.json", report)
+        for path in extra:
+            with open(path, "rb") as source, atomic_open(folder / path.name) as target:
+                shutil.copyfileobj(source, target)
         meta = {"spec": loaded.spec.to_dict(), "sha256": loaded.sha256}
         # spec.json is written last: a version folder without it is ignored by readers.
         write_json(folder / "spec.json", meta)

@@ -7,6 +7,7 @@ Run folder layout (``config.out``)::
                                                                       epoch's first step)
     environment.json   the hardware and precision of each process that trained it, from its first epoch
     best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
+    index.npz          best.pt's hashes and embeddings of the training photos (models.similarity)
     report.json, confusion_matrix.png                 test report of best.pt
     data/              the extracted archive, when the data set is one
 """
@@ -25,6 +26,7 @@ from models import create_model
 from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
 from models.predictor import select_device
+from models.similarity import INDEX_FILE
 from training.augment import build_batch_mix, build_train_transform
 from training.calibrate import CalibrationError, calibrate_checkpoint
 from training.config import TrainConfig
@@ -38,6 +40,7 @@ from training.data import (
 )
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
 from training.hardware import cpu_has_native_bf16, cpu_name, environment
+from training.index import build_index
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
@@ -389,6 +392,7 @@ class _Run:
             FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
         )
         self._calibrate(root)
+        self._index(root)
         report = evaluate_checkpoint(
             self.out / BEST_FILE,
             root=root,
@@ -424,6 +428,18 @@ class _Run:
             )
         except CalibrationError as error:
             logger.warning("best.pt stays uncalibrated: %s", error)
+
+    def _index(self, root: Path) -> None:
+        """The hashes and embeddings of the training photos as best.pt sees them (``index.npz``)."""
+        build_index(
+            self.out / BEST_FILE,
+            root=root,
+            samples=self.manifest.select("train"),
+            data_classes=self.manifest.class_names,
+            device=self.device,
+            batch_size=self.config.batch_size,
+            workers=self.config.workers,
+        ).save(self.out / INDEX_FILE)
 
 
 def background_paste(config: TrainConfig, root: Path, paths: list[str], sources: list[str]) -> Prepare | None:

@@ -27,6 +27,7 @@ from models import list_models
 from models.calibration import DEFAULT_ENERGY_QUANTILE, DEFAULT_MIN_PROBABILITY
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.predictor import select_device
+from models.similarity import INDEX_FILE
 from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
 from training.config import (
@@ -42,6 +43,7 @@ from training.data import DataError
 from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import CHECKPOINT, SPEC_FILE, SUMS_FILE, refresh_exported
+from training.index import build_index
 from training.progress import Progress, ProgressCallback
 from training.speed import PRECISIONS, time_train_steps
 from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
@@ -289,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--batch-size", type=int, default=64)
     calibrate.add_argument("--device")
     calibrate.add_argument("--workers", type=int)
+    index = commands.add_parser(
+        "index", help="hash and embed a split's photos, for POST /similar (next to the checkpoint)"
+    )
+    index.add_argument("--checkpoint", required=True, type=Path)
+    index.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
+    index.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
+    index.add_argument("--split", default="train", choices=ALL_SPLITS, help="photos to index")
+    index.add_argument("--out", type=Path, help=f"default: {INDEX_FILE} beside the checkpoint")
+    index.add_argument("--batch-size", type=int, default=64)
+    index.add_argument("--device")
+    index.add_argument("--workers", type=int)
     speed = commands.add_parser("speed", help="time training steps per precision")
     speed.add_argument("--model", default="resnet50", choices=list_models())
     speed.add_argument("--batch-size", type=int, default=32)
@@ -445,6 +458,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    out = args.out or args.checkpoint.parent / INDEX_FILE
+    with tempfile.TemporaryDirectory(prefix="trashcam-index-") as scratch:
+        manifest, root = _split_of(args, Path(scratch))
+        index = build_index(
+            args.checkpoint,
+            root=root,
+            samples=manifest.select(args.split),
+            data_classes=manifest.class_names,
+            device=select_device(args.device),
+            split=args.split,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        index.save(out)
+    sys.stdout.write(f"{len(index)} {args.split} photos indexed: {out} ({out.stat().st_size / 1e6:.1f} MB)\n")
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     timings = [
@@ -474,6 +506,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
+    "index": cmd_index,
     "speed": cmd_speed,
 }
 

@@ -18,6 +18,7 @@ from app.serving import ModelManager
 from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
 from models.files import atomic_open
 from models.predictor import Predictor
+from models.similarity import INDEX_FILE
 from models.store import ModelStore
 from training.config import make_config
 from training.engine import CONFIG_FILE, resume, train
@@ -107,7 +108,8 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         store = ModelStore(settings.models_dir)
         report_path = run_dir / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        version = store.add(params["name"], run_dir / "best.pt", report=report)
+        index = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
+        version = store.add(params["name"], run_dir / "best.pt", report=report, extra=index)
         if params.get("make_default"):
             store.set_default(version.name, version.version)
         job.state, job.progress, job.eta_seconds = "succeeded", 1.0, 0.0

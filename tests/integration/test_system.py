@@ -138,6 +138,11 @@ def test_a_model_finetuned_from_the_serving_one_serves_calibrated(
     assert result["calibrated"] is True
     assert {p["label"] for p in result["predictions"]} == {"glass", "metal", "paper"}
     assert isinstance(result["unsure"], bool)
+    # Registered with the index of its training photos, which /similar searches.
+    similar = api.post("/similar", files={"file": photo(site_photos, "metal")}).json()
+    assert similar["model"] == version
+    assert {n["label"] for n in similar["neighbours"]} <= {"glass", "metal", "paper"}
+    assert similar["indexed"] > 0
 
 
 def test_a_heatmap_batch_returns_its_zip(api: httpx2.Client, trashnet_photos: Path) -> None:

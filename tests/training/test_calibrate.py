@@ -6,6 +6,7 @@ import torch
 
 from models.calibration import Calibration
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from models.similarity import FingerprintIndex
 from tests.training.helpers import make_image_folder, tiny_config
 from training.calibrate import MIN_PHOTOS, CalibrationError, fit_calibration
 from training.engine import TrainResult, train
@@ -67,6 +68,9 @@ def test_training_ends_with_a_calibrated_best_checkpoint(calibrated_run: TrainRe
     assert rows[0]["accuracy"] == pytest.approx(report["accuracy"])
     assert [row["coverage"] for row in rows] == sorted((row["coverage"] for row in rows), reverse=True)
     assert (run / "risk_coverage.png").is_file()
+    # ... and with the index of its training photos, for POST /similar.
+    index = FingerprintIndex.load(run / "index.npz", model_sha256=best.sha256)
+    assert len(index) == len(load_manifest(run / "manifest.json").select("train"))
 
 
 def test_calibrate_command_changes_the_spec_not_the_weights(
