@@ -7,6 +7,7 @@ paths, and a small JPEG thumbnail of each photo; the digest of the weights it wa
 checked at load, so an index never answers for another model.
 """
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class FingerprintIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
+    @functools.cached_property
+    def _unit_embeddings(self) -> npt.NDArray[np.float32]:
+        # Stored in fp16 to stay small; searched in fp32, converted once rather than per query.
+        return self.embeddings.astype(np.float32)
+
     def by_hash(self, query: int, k: int) -> list[Neighbour]:
         """The ``k`` photos whose hashes are fewest bits from ``query`` (ties: index order)."""
         distances = hamming(self.hashes, query)
@@ -59,7 +65,7 @@ class FingerprintIndex:
         unit = np.asarray(query, dtype=np.float32)
         unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
         # fp16 rounding can put a photo a hair past itself; a distance is never negative.
-        distances = np.clip(1.0 - self.embeddings.astype(np.float32) @ unit, 0.0, 2.0)
+        distances = np.clip(1.0 - self._unit_embeddings @ unit, 0.0, 2.0)
         order = np.argsort(distances, kind="stable")[:k]
         return [Neighbour(int(i), float(distances[i])) for i in order]
 
