@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,7 +21,7 @@ from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
 from app.redaction import path_labels
-from app.routes import batches, classify, explain, health, similar, training
+from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
 from app.serving import InferenceService, ModelManager, NoModelError
 from models.files import redact_paths
@@ -200,6 +201,8 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         training.router,
         models_routes.router,
         health.router,
+        ui.router,
     ):
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     return app

@@ -1,0 +1,120 @@
+// The classify page: send a photo to /explain and /similar, show the answer, the heatmap and the
+// training photos it resembles. Plain DOM, no libraries, so the page runs with no network but the API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch {
+    return response.statusText;
+  }
+}
+
+function showBars(predictions) {
+  const list = $("bars");
+  list.replaceChildren();
+  for (const { label, probability } of predictions) {
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = label;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.setAttribute("role", "presentation");
+    const fill = document.createElement("span");
+    fill.style.width = `${(100 * probability).toFixed(1)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.textContent = `${(100 * probability).toFixed(1)}%`;
+    item.setAttribute("aria-label", `${label}: ${(100 * probability).toFixed(1)} percent`);
+    item.append(name, bar, value);
+    list.append(item);
+  }
+}
+
+function showSimilar(body) {
+  const list = $("similar");
+  list.replaceChildren();
+  $("similar-status").textContent =
+    `${body.neighbours.length} of ${body.indexed} training photos, nearest by their 64-bit deep-feature hash`;
+  for (const neighbour of body.neighbours) {
+    const item = document.createElement("li");
+    const image = document.createElement("img");
+    image.src = `data:image/jpeg;base64,${neighbour.thumbnail}`;
+    image.alt = `training photo ${neighbour.path}, labelled ${neighbour.label}`;
+    const caption = document.createElement("span");
+    caption.textContent = `${neighbour.label} · ${neighbour.distance} bits`;
+    item.append(image, document.createElement("br"), caption);
+    list.append(item);
+  }
+}
+
+async function similar(file) {
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", "5");
+  const response = await fetch("/similar", { method: "POST", body: form });
+  if (!response.ok) {
+    $("similar").replaceChildren();
+    $("similar-status").textContent = `No similar photos: ${await errorText(response)}`;
+    return;
+  }
+  showSimilar(await response.json());
+}
+
+async function explain(file) {
+  setStatus(`Looking at ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file);
+  form.append("method", $("method").value);
+  form.append("alpha", "1"); // the heatmap alone; the slider blends it over the photo
+  const response = await fetch("/explain", { method: "POST", body: form });
+  if (!response.ok) {
+    setStatus(`Could not explain ${file.name}: ${await errorText(response)}`);
+    return;
+  }
+  const body = await response.json();
+  $("original").src = URL.createObjectURL(file);
+  $("heatmap").src = `data:image/png;base64,${body.overlay}`;
+  $("label").textContent = body.label;
+  $("unsure").hidden = !body.unsure;
+  $("model").textContent =
+    `${body.model.name} ${body.model.version}; ${body.method} on ${body.layer}, explaining "${body.target.label}"` +
+    (body.calibrated ? "; calibrated probabilities" : "");
+  showBars(body.predictions);
+  $("result").hidden = false;
+  setStatus(`Done: ${file.name}`);
+  await similar(file);
+}
+
+let current = null;
+
+function choose(file) {
+  if (!file) return;
+  current = file;
+  explain(file).catch((error) => setStatus(`Something went wrong: ${error}`));
+}
+
+$("photo").addEventListener("change", (event) => choose(event.target.files[0]));
+$("method").addEventListener("change", () => choose(current));
+$("opacity").addEventListener("input", (event) => {
+  $("heatmap").style.opacity = String(event.target.value / 100);
+  $("opacity-value").textContent = `${event.target.value}%`;
+});
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  choose(event.dataTransfer.files[0]);
+});

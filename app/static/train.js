@@ -1,0 +1,116 @@
+// The training page: start a job with POST /train, follow it with GET /train/{id}, draw its curves as
+// the epochs come, and make the new model the one that serves with PUT /models/default.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const COLOURS = { train: "#0b6e4f", val: "#9a3412" };
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch {
+    return response.statusText;
+  }
+}
+
+function drawCurves(canvas, history, metric) {
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  if (!history.length) return;
+  const values = history.flatMap((r) => [r[`train_${metric}`], r[`val_${metric}`]]);
+  const low = metric === "accuracy" ? 0 : Math.min(...values);
+  const high = metric === "accuracy" ? 1 : Math.max(...values);
+  const x = (epoch) => 30 + ((width - 40) * (epoch - 1)) / Math.max(1, history.length - 1);
+  const y = (value) => height - 20 - ((height - 30) * (value - low)) / Math.max(1e-9, high - low);
+  context.strokeStyle = "#d0d7de";
+  context.strokeRect(30, 10, width - 40, height - 30);
+  context.font = "12px system-ui";
+  for (const split of ["train", "val"]) {
+    context.strokeStyle = COLOURS[split];
+    context.fillStyle = COLOURS[split];
+    context.beginPath();
+    history.forEach((record, i) => {
+      const px = x(record.epoch);
+      const py = y(record[`${split}_${metric}`]);
+      if (i === 0) context.moveTo(px, py);
+      else context.lineTo(px, py);
+    });
+    context.stroke();
+    context.fillText(split === "train" ? "train" : "validation", width - 90, split === "train" ? 24 : 40);
+  }
+}
+
+function show(job) {
+  $("job").hidden = false;
+  $("job-id").textContent = job.id.slice(0, 8);
+  $("state").textContent = job.state;
+  $("progress").value = job.progress;
+  const eta = job.eta_seconds == null ? "" : `, about ${Math.round(job.eta_seconds)} s left`;
+  $("epoch").textContent = `epoch ${job.epoch} of ${job.epochs}${eta}`;
+  drawCurves($("loss"), job.history, "loss");
+  drawCurves($("accuracy"), job.history, "accuracy");
+}
+
+async function follow(url, key) {
+  for (;;) {
+    const response = await fetch(url, { headers: { "X-API-Key": key } });
+    if (!response.ok) {
+      $("status").textContent = `Could not read the job: ${await errorText(response)}`;
+      return;
+    }
+    const job = await response.json();
+    show(job);
+    if (job.state === "succeeded") {
+      const r = job.result;
+      const test = r.test_accuracy == null ? "n/a" : `${(100 * r.test_accuracy).toFixed(1)}%`;
+      $("report").textContent =
+        `Registered ${r.model.name} ${r.model.version}: best validation accuracy ` +
+        `${(100 * r.best_val_accuracy).toFixed(1)}% (epoch ${r.best_epoch}), test accuracy ${test}` +
+        (r.calibrated ? ", probabilities calibrated." : ".");
+      $("done").hidden = false;
+      $("promote").onclick = () => promote(r.model, key);
+      return;
+    }
+    if (job.state === "failed" || job.state === "cancelled") {
+      $("status").textContent = `The job ${job.state}${job.error ? `: ${job.error}` : ""}`;
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+  }
+}
+
+async function promote(model, key) {
+  const response = await fetch("/models/default", {
+    method: "PUT",
+    headers: { "X-API-Key": key, "Content-Type": "application/json" },
+    body: JSON.stringify(model),
+  });
+  $("status").textContent = response.ok
+    ? `${model.name} ${model.version} is now serving.`
+    : `Could not serve it: ${await errorText(response)}`;
+}
+
+$("train").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const key = $("key").value;
+  const form = new FormData();
+  form.append("file", $("archive").files[0]);
+  for (const field of ["base", "name", "epochs"]) {
+    if ($(field).value) form.append(field, $(field).value);
+  }
+  $("start").disabled = true;
+  $("status").textContent = "Uploading…";
+  try {
+    const response = await fetch("/train", { method: "POST", headers: { "X-API-Key": key }, body: form });
+    if (!response.ok) {
+      $("status").textContent = `Training was refused: ${await errorText(response)}`;
+      return;
+    }
+    $("status").textContent = "Training started.";
+    await follow(response.headers.get("Location"), key);
+  } finally {
+    $("start").disabled = false;
+  }
+});

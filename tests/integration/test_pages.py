@@ -1,0 +1,91 @@
+"""The web pages in a real headless Chromium (Debian's), against the whole running system."""
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.app.conftest import API_KEY
+from tests.integration.conftest import REPO_ROOT, System, zip_folder
+
+pytestmark = pytest.mark.integration
+#: Screenshots the tests take, for a person to look at.
+ARTIFACTS = REPO_ROOT / "test-output"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is needed for the web pages' tests (make test installs it)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, system: System) -> Iterator[Page]:
+    context = browser.new_context(base_url=system.api_url, viewport={"width": 390, "height": 844})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def test_a_photo_is_classified_explained_and_its_heatmap_blended(
+    page: Page, api: httpx2.Client, trashnet_photos: Path
+) -> None:
+    photo = sorted((trashnet_photos / "glass").glob("*.jpg"))[0]
+    expected = api.post("/classify", files={"file": (photo.name, photo.read_bytes())}).json()["results"][0]
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/ui$"))  # / leads to the classify page
+    page.get_by_label("Drop a photo here, or choose one (on a phone: take one)").set_input_files(photo)
+    expect(page.locator("#label")).to_have_text(expected["label"], timeout=30_000)
+    expect(page.locator("#status")).to_have_text(f"Done: {photo.name}")
+    assert page.locator("#bars li").count() == len(expected["predictions"])
+    expect(page.get_by_label("Explanation method")).to_have_value("gradcam")
+    expect(page.locator("#model")).to_contain_text("gradcam on")
+    heatmap = page.get_by_alt_text("Grad-CAM heatmap over the photo")
+    assert heatmap.evaluate("image => image.complete && image.naturalWidth > 0")
+    assert heatmap.evaluate("image => getComputedStyle(image).opacity") == "0.5"
+    slider = page.get_by_label("Heatmap opacity")
+    slider.focus()
+    for _ in range(30):
+        slider.press("ArrowRight")  # the keyboard moves it, as a mouse would
+    assert heatmap.evaluate("image => getComputedStyle(image).opacity") == "0.8"
+    expect(page.locator("#opacity-value")).to_have_text("80%")
+    similar = api.post("/similar", files={"file": (photo.name, photo.read_bytes())})
+    if similar.status_code == 200:
+        expect(page.locator("#similar li")).to_have_count(len(similar.json()["neighbours"]))
+    else:
+        expect(page.locator("#similar-status")).to_contain_text("No similar photos")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "ui-classify.png", full_page=True)
+
+
+def test_a_model_is_trained_followed_and_served_from_the_training_page(
+    page: Page, api: httpx2.Client, site_photos: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "site.zip"
+    archive.write_bytes(zip_folder(site_photos))
+    page.goto("/ui/train")
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_label("Photos (archive)").set_input_files(archive)
+    page.get_by_label("Model name").fill("from-the-page")
+    page.get_by_label("Epochs").fill("2")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#state")).to_have_text("succeeded", timeout=240_000)
+    expect(page.locator("#report")).to_contain_text("Registered from-the-page")
+    drawn = page.locator("#loss").evaluate(
+        "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data.some(v => v)"
+    )
+    assert drawn
+    page.get_by_role("button", name="Serve this model").click()
+    expect(page.locator("#status")).to_contain_text("is now serving")
+    assert api.get("/models").json()["serving"]["name"] == "from-the-page"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "ui-train.png", full_page=True)
