@@ -22,12 +22,15 @@ from PIL import Image
 
 from app.batching import MicroBatcher
 from models.calibration import Thresholds
-from models.cam import resolve_layer
 from models.checkpoint import CheckpointError
 from models.predictor import Predictor, select_device
 from models.store import ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
+
+
+#: How many stored versions besides the serving one stay loaded for comparisons.
+OTHER_MODELS_KEPT = 2
 
 
 class NoModelError(RuntimeError):
@@ -52,6 +55,8 @@ class ModelManager:
         self.thresholds = thresholds or Thresholds()
         self._predictor: Predictor | None = None
         self._seen_default: str | None = None
+        #: Stored versions loaded to compare with the serving one, oldest first.
+        self._others: dict[str, Predictor] = {}
         #: The checkpoints that could not be loaded at start-up, for /ready.
         self.load_errors: list[str] = []
         # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch.
@@ -130,6 +135,18 @@ class ModelManager:
             self._predictor, self._seen_default = predictor, chosen.ref
         return chosen
 
+    def stored_predictor(self, ref: str) -> Predictor:
+        """A stored version other than the serving one (``name:version``), for comparisons; the last
+        few are kept loaded. ``ModelNotFoundError`` if there is no such version."""
+        name, _, version = ref.partition(":")
+        with self._swap:
+            if ref not in self._others:
+                chosen = self.store.get(name, version or None)
+                self._others[ref] = self._from_version(chosen)
+                while len(self._others) > OTHER_MODELS_KEPT:
+                    self._others.pop(next(iter(self._others)))
+            return self._others[ref]
+
     def _from_file(self, path: Path) -> Predictor:
         # A file outside the store is versioned by its weights' digest.
         name = path.parent.name if path.name == "model.pt" else path.stem
@@ -185,7 +202,7 @@ class ExplainItem:
     target: int | None
 
 
-ExplainKey = tuple[str, str | None]  # (method, layer)
+ExplainKey = tuple[str, str | None, str | None]  # (method, layer, stored model "name:version" or None)
 
 
 class InferenceService:
@@ -237,8 +254,8 @@ class InferenceService:
         ]
 
     def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
-        method, layer = cast(ExplainKey, key)
-        predictor = self.manager.predictor
+        method, layer, ref = cast(ExplainKey, key)
+        predictor = self.manager.predictor if ref is None else self.manager.stored_predictor(ref)
         started = time.perf_counter()
         result = predictor.explain(
             [item.image for item in items],
@@ -277,11 +294,14 @@ class InferenceService:
         return await self._classifier.submit(("classify",), image)
 
     async def explain(
-        self, image: Image.Image, *, method: str, target: int | None, layer: str | None
+        self,
+        image: Image.Image,
+        *,
+        method: str,
+        target: int | None,
+        layer: str | None,
+        model: str | None = None,
     ) -> Explained:
-        key: ExplainKey = (method, layer)
+        """Explain with the serving model, or with the stored version ``model`` (``name:version``)."""
+        key: ExplainKey = (method, layer, model)
         return await self._explainer.submit(key, ExplainItem(image, target))
-
-    def check_layer(self, layer: str) -> None:
-        """Raise ValueError listing the model's layers if ``layer`` is not one of its submodules."""
-        resolve_layer(self.manager.predictor.model, layer)

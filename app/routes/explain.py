@@ -1,7 +1,7 @@
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -11,7 +11,7 @@ from app.routes.inference_views import classification
 from app.schemas import ExplanationPublic, TargetPublic
 from app.serving import Explained
 from app.uploads import read_image
-from models.cam import list_cam_methods
+from models.cam import list_cam_methods, resolve_layer
 from models.cam.overlay import (
     heatmap_to_uint8,
     list_colormaps,
@@ -19,6 +19,8 @@ from models.cam.overlay import (
     resize_heatmap,
     to_base64_png,
 )
+from models.checkpoint import CheckpointError
+from models.store import ModelNotFoundError
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(422))
 
@@ -45,7 +47,9 @@ def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: floa
     )
 
 
-@router.post("/explain", response_model=ExplanationPublic, responses=error_responses(401, 413, 415, 422, 503))
+@router.post(
+    "/explain", response_model=ExplanationPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
+)
 async def explain_image(
     service: ServiceDep,
     settings: SettingsDep,
@@ -66,20 +70,33 @@ async def explain_image(
     layer: Annotated[
         str | None, Form(description="submodule to explain; the last convolutional stage if omitted")
     ] = None,
+    model: Annotated[
+        str | None,
+        Form(
+            description="a stored version (name:version, or name for its newest) to explain with instead "
+            "of the serving model, to compare their heatmaps"
+        ),
+    ] = None,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
     check_cam_options(method, colormap)
-    predictor = service.manager.predictor
+    model = model or None
+    try:
+        predictor = service.manager.predictor if model is None else service.manager.stored_predictor(model)
+    except ModelNotFoundError as error:
+        raise unprocessable(f"model: {error}") from None
+    except CheckpointError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"model {model} cannot be served: {error}") from None
     target_index = parse_target(target, predictor.class_names)
     layer = layer or None
     if layer is not None:
         try:
-            service.check_layer(layer)
+            resolve_layer(predictor.model, layer)
         except ValueError as error:
             raise unprocessable(str(error)) from None
     image = await read_image(file, settings)
     try:
-        outcome = await service.explain(image, method=method, target=target_index, layer=layer)
+        outcome = await service.explain(image, method=method, target=target_index, layer=layer, model=model)
     except ValueError as error:
         # The layer cannot be explained (its output is not a feature map, or it runs twice), or the
         # target no longer exists because another model began serving meanwhile.

@@ -68,6 +68,45 @@ async function similar(file) {
   showSimilar(await response.json());
 }
 
+async function explainWith(file, model) {
+  const form = new FormData();
+  form.append("file", file);
+  form.append("method", $("method").value);
+  if (model) form.append("model", model);
+  const response = await fetch("/explain", { method: "POST", body: form });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+function caption(body) {
+  const top = body.predictions[0];
+  return `${body.model.name} ${body.model.version}: ${body.label} (${(100 * top.probability).toFixed(1)}%)`;
+}
+
+// The paper's comparison, live: the same photo explained by the serving model and another stored one.
+async function compare(file, serving) {
+  const response = await fetch("/models");
+  if (!response.ok) return;
+  const others = (await response.json()).models
+    .map((m) => `${m.name}:${m.version}`)
+    .filter((ref) => ref !== `${serving.model.name}:${serving.model.version}`);
+  $("compare").hidden = others.length === 0;
+  if (!others.length) return;
+  const select = $("other");
+  const chosen = others.includes(select.value) ? select.value : others[0];
+  select.replaceChildren(...others.map((ref) => new Option(ref, ref, false, ref === chosen)));
+  try {
+    // Both overlays at the server's default blend, so the two heatmaps are drawn alike.
+    const [mine, theirs] = await Promise.all([explainWith(file, null), explainWith(file, chosen)]);
+    $("mine").src = `data:image/png;base64,${mine.overlay}`;
+    $("mine-caption").textContent = caption(mine);
+    $("theirs").src = `data:image/png;base64,${theirs.overlay}`;
+    $("theirs-caption").textContent = caption(theirs);
+  } catch (error) {
+    $("theirs-caption").textContent = `${chosen} could not explain it: ${error.message}`;
+  }
+}
+
 async function explain(file) {
   setStatus(`Looking at ${file.name}…`);
   const form = new FormData();
@@ -90,7 +129,7 @@ async function explain(file) {
   showBars(body.predictions);
   $("result").hidden = false;
   setStatus(`Done: ${file.name}`);
-  await similar(file);
+  await Promise.all([similar(file), compare(file, body)]);
 }
 
 let current = null;
@@ -103,6 +142,7 @@ function choose(file) {
 
 $("photo").addEventListener("change", (event) => choose(event.target.files[0]));
 $("method").addEventListener("change", () => choose(current));
+$("other").addEventListener("change", () => choose(current));
 $("opacity").addEventListener("input", (event) => {
   $("heatmap").style.opacity = String(event.target.value / 100);
   $("opacity-value").textContent = `${event.target.value}%`;

@@ -227,3 +227,16 @@ def test_with_every_checkpoint_corrupt_the_service_starts_and_says_why(
         assert "model other:v1 cannot be loaded" in ready.json()["detail"]
         response = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")})
         assert response.status_code == 503
+
+
+def test_explain_with_another_stored_version_to_compare(client: TestClient, stored: ModelStore) -> None:
+    photo = {"file": ("p.png", png_bytes(), "image/png")}
+    serving = client.post("/explain", files=photo).json()
+    other = client.post("/explain", files=photo, data={"model": "other:v1"}).json()
+    assert other["model"] == {"name": "other", "version": "v1"}
+    assert {p["label"] for p in other["predictions"]} == {"a", "b"}
+    assert serving["model"]["name"] == "tiny"  # what serves is unchanged
+    assert client.post("/explain", files=photo, data={"model": "waste"}).json()["model"]["version"] == "v2"
+    response = client.post("/explain", files=photo, data={"model": "nope:v1"})
+    assert response.status_code == 422
+    assert "no model named 'nope'" in response.json()["detail"]

@@ -89,3 +89,23 @@ def test_a_model_is_trained_followed_and_served_from_the_training_page(
     assert api.get("/models").json()["serving"]["name"] == "from-the-page"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "ui-train.png", full_page=True)
+
+
+def test_two_stored_models_explain_the_same_photo_side_by_side(
+    page: Page, system: System, trashnet_photos: Path, tmp_path: Path
+) -> None:
+    from models.store import ModelStore
+    from tests.app.conftest import tiny_checkpoint
+
+    ModelStore(system.root / "var" / "models").add("compare-me", tiny_checkpoint(tmp_path / "c.pt", seed=5))
+    photo = sorted((trashnet_photos / "paper").glob("*.jpg"))[0]
+    page.goto("/ui")
+    page.get_by_label("Drop a photo here, or choose one (on a phone: take one)").set_input_files(photo)
+    expect(page.locator("#compare")).to_be_visible(timeout=30_000)
+    expect(page.get_by_label("Compare with")).to_contain_text("compare-me:v1")
+    page.get_by_label("Compare with").select_option("compare-me:v1")
+    expect(page.locator("#theirs-caption")).to_contain_text("compare-me v1:", timeout=30_000)
+    theirs = page.get_by_alt_text("heatmap of the other model")
+    assert theirs.evaluate("image => image.complete && image.naturalWidth > 0")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "ui-compare.png", full_page=True)

@@ -56,7 +56,9 @@ def test_a_config_saved_before_the_augmentation_options_still_loads(tmp_path: Pa
 
 
 def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
-    config = make_config("improved", data=str(tmp_path), out="o", model_kwargs={"width": 4})
+    config = make_config(
+        "improved", data=str(tmp_path), out="o", model="simple_cnn", model_kwargs={"width": 4}
+    )
     data = config.to_dict()
     assert isinstance(data["mean"], list)
     assert TrainConfig.from_dict(data) == config
