@@ -165,19 +165,23 @@ def score(
     }
 
 
-def run_job(client: httpx2.Client, form: dict[str, str], upload: bytes) -> dict[str, Any]:
-    """Start a training job and wait for its end; its record, with its wall time."""
+def start_job(client: httpx2.Client, form: dict[str, str], upload: bytes) -> str:
+    """Start a training job; its URL. A ``base`` is resolved now, to the model serving now."""
     created = client.post("/train", files={"file": ("site.zip", upload)}, data=form, headers=KEY)
     if created.status_code != 202:
         raise SystemExit(f"POST /train {form}: {created.status_code} {created.text}")
-    url = created.headers["location"]
+    return str(created.headers["location"])
+
+
+def wait_for_job(client: httpx2.Client, url: str) -> dict[str, Any]:
+    """The job's record once it has ended, with its wall time (created to finished)."""
     while True:
         job = client.get(url).json()
         if job["state"] in {"succeeded", "failed", "cancelled"}:
             break
         time.sleep(2)
     if job["state"] != "succeeded":
-        raise SystemExit(f"job {form}: {job['state']}: {job['error']}")
+        raise SystemExit(f"job {url}: {job['state']}: {job['error']}")
     job["wall_seconds"] = job["finished_at"] - job["created_at"]
     return dict(job)
 
@@ -220,17 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         everything = [(label, name, data) for label, items in photos.items() for name, data in items]
         keys = [(label, name) for label, name, _ in everything]
         answers = dict(zip(keys, classify(client, everything), strict=True))
+        # Every job is started while the shipped model serves, so every (b) fine-tunes from it (a base
+        # is resolved when its job is started); models are made the default only afterwards, to be
+        # scored one by one.
+        started = []
         for k in args.k:
             train, test = draw(photos, k, args.seed)
             upload = zip_of(train)
-            print(
-                f"k={k}: {sum(map(len, train.values()))} photos to train on, {len(test)} to test", flush=True
-            )
-            run: dict[str, Any] = {
-                "k": k,
-                "train_photos": sum(map(len, train.values())),
-                "test_photos": len(test),
-            }
+            labelled = sum(map(len, train.values()))
+            print(f"k={k}: {labelled} photos to train on, {len(test)} to test", flush=True)
+            run: dict[str, Any] = {"k": k, "train_photos": labelled, "test_photos": len(test)}
             run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
             finetune = {"base": "default", "name": f"site-k{k}-finetuned", "amp": "true"}
             if args.finetune_epochs:
@@ -245,19 +248,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "name": f"site-k{k}-scratch",
             }
             for key, form in (("b_finetuned", finetune), ("c_from_scratch", scratch_form)):
-                job = run_job(client, form, upload)
-                serve_model(client, job["result"]["model"])
-                scored = score(classify(client, test), test, classes)
-                run[key] = {
-                    **scored,
-                    "form": form,
-                    "wall_seconds": job["wall_seconds"],
-                    "epochs": len(job["history"]),
-                    "best_val_accuracy": job["result"]["best_val_accuracy"],
-                    "job_test_accuracy": job["result"]["test_accuracy"],
-                }
-                print(f"  {key}: {scored['accuracy']:.4f} in {job['wall_seconds']:.0f} s", flush=True)
+                started.append((run, test, key, form, start_job(client, form, upload)))
             record["runs"].append(run)
+        for run, test, key, form, url in started:
+            job = wait_for_job(client, url)
+            serve_model(client, job["result"]["model"])
+            scored = score(classify(client, test), test, classes)
+            run[key] = {
+                **scored,
+                "form": form,
+                "base": job["result"].get("base"),
+                "wall_seconds": job["wall_seconds"],
+                "train_seconds": job["finished_at"] - job["started_at"],
+                "epochs": len(job["history"]),
+                "best_val_accuracy": job["result"]["best_val_accuracy"],
+                "job_test_accuracy": job["result"]["test_accuracy"],
+            }
+            print(
+                f"  k={run['k']} {key}: {scored['accuracy']:.4f} in {job['wall_seconds']:.0f} s", flush=True
+            )
             (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
         record["serving_model"] = serving
     (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
