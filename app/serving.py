@@ -136,16 +136,21 @@ class ModelManager:
         return chosen
 
     def stored_predictor(self, ref: str) -> Predictor:
-        """A stored version other than the serving one (``name:version``), for comparisons; the last
-        few are kept loaded. ``ModelNotFoundError`` if there is no such version."""
+        """A stored version (``name:version``, or ``name`` for its newest now), for comparisons: the
+        serving predictor when it is that version, else one of the last few loaded. Loads from disk:
+        call it off the event loop. ``ModelNotFoundError`` if there is no such version."""
         name, _, version = ref.partition(":")
+        chosen = self.store.get(name, version or None)
         with self._swap:
-            if ref not in self._others:
-                chosen = self.store.get(name, version or None)
-                self._others[ref] = self._from_version(chosen)
+            serving = self._predictor
+            if serving is not None and (serving.name, serving.version) == (chosen.name, chosen.version):
+                return serving
+            cached = self._others.get(chosen.ref)
+            if cached is None or cached.sha256 != chosen.sha256:
+                cached = self._others[chosen.ref] = self._from_version(chosen)
                 while len(self._others) > OTHER_MODELS_KEPT:
                     self._others.pop(next(iter(self._others)))
-            return self._others[ref]
+            return cached
 
     def _from_file(self, path: Path) -> Predictor:
         # A file outside the store is versioned by its weights' digest.
@@ -200,9 +205,11 @@ class Fingerprinted(Classified):
 class ExplainItem:
     image: Image.Image
     target: int | None
+    #: The model to explain with; None: the one serving when the batch runs.
+    predictor: Predictor | None = None
 
 
-ExplainKey = tuple[str, str | None, str | None]  # (method, layer, stored model "name:version" or None)
+ExplainKey = tuple[str, str | None, str | None]  # (method, layer, weights of another model or None)
 
 
 class InferenceService:
@@ -254,8 +261,9 @@ class InferenceService:
         ]
 
     def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
-        method, layer, ref = cast(ExplainKey, key)
-        predictor = self.manager.predictor if ref is None else self.manager.stored_predictor(ref)
+        method, layer, _ = cast(ExplainKey, key)
+        # A batch holds one model's items: the key names it.
+        predictor = items[0].predictor or self.manager.predictor
         started = time.perf_counter()
         result = predictor.explain(
             [item.image for item in items],
@@ -300,8 +308,8 @@ class InferenceService:
         method: str,
         target: int | None,
         layer: str | None,
-        model: str | None = None,
+        predictor: Predictor | None = None,
     ) -> Explained:
-        """Explain with the serving model, or with the stored version ``model`` (``name:version``)."""
-        key: ExplainKey = (method, layer, model)
-        return await self._explainer.submit(key, ExplainItem(image, target))
+        """Explain with the serving model, or with ``predictor`` (another loaded version)."""
+        key: ExplainKey = (method, layer, None if predictor is None else predictor.sha256)
+        return await self._explainer.submit(key, ExplainItem(image, target, predictor))

@@ -96,15 +96,17 @@ def write_checksums(folder: Path) -> None:
 
 
 def refresh_exported(folder: Path) -> bool:
-    """After its checkpoint's spec changed (e.g. calibrated), bring an exported folder's ``spec.json``
-    and ``SHA256SUMS`` up to date; False if ``folder`` is not an exported model folder."""
-    if not (folder / SUMS_FILE).is_file() or not (folder / SPEC_FILE).is_file():
+    """After its checkpoint's spec changed (e.g. calibrated), bring the ``spec.json`` beside it (an
+    exported folder's, or a model store version's) and any ``SHA256SUMS`` up to date; False if the
+    folder has no ``spec.json``."""
+    if not (folder / SPEC_FILE).is_file():
         return False
     loaded = load_checkpoint(folder / CHECKPOINT)
     meta = json.loads((folder / SPEC_FILE).read_text())
     meta.update({"spec": loaded.spec.to_dict(), "sha256": loaded.sha256})
     (folder / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    write_checksums(folder)
+    if (folder / SUMS_FILE).is_file():
+        write_checksums(folder)
     return True
 
 

@@ -444,7 +444,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     written = args.out or args.checkpoint
     if written.name == CHECKPOINT and refresh_exported(written.parent):
-        logger.info("updated %s and %s in %s", SPEC_FILE, SUMS_FILE, written.parent)
+        logger.info("updated %s (and any %s) in %s", SPEC_FILE, SUMS_FILE, written.parent)
     fitted = calibration.fitted_on or {}
     before, after = fitted["before"], fitted["after"]
     sys.stdout.write(

@@ -16,7 +16,7 @@ from worker.jobs import Job, JobStore
 logger = logging.getLogger(__name__)
 
 #: What a job folder may hold that is large and not needed once the job has finished.
-BULKY = ("upload*", "inputs", "result.zip", "run/data", "run/*.pt")
+BULKY = ("upload*", "inputs", "result.zip", "run/data", "run/*.pt", "run/index.npz")
 
 
 def bulky_files(folder: Path) -> list[Path]:
@@ -30,11 +30,18 @@ def size_of(path: Path) -> int:
 
 
 def remove(path: Path) -> None:
-    # A data set linked in from the data root is unlinked, never followed.
+    # A data set linked in from the data root is unlinked, never followed; gone already is done.
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=False, onerror=_unless_gone)
     else:
         path.unlink(missing_ok=True)
+
+
+def _unless_gone(
+    function: object, path: str, info: tuple[type[BaseException], BaseException, object]
+) -> None:
+    if not isinstance(info[1], FileNotFoundError):
+        raise info[1]
 
 
 def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) -> int:
@@ -61,7 +68,12 @@ def prune_finished_jobs(jobs: JobStore, *, retention_seconds: float, now: float 
             continue
         if now - job.finished_at < retention_seconds:
             continue
-        freed = prune_job(jobs, job)
+        try:
+            freed = prune_job(jobs, job)
+        except OSError:
+            # One job's folder (a permission, another process pruning it too) does not stop the rest.
+            logger.exception("job %s: could not free its files; will try again", job.id)
+            continue
         job.pruned_at = now
         jobs.save(job)
         logger.info(

@@ -4,7 +4,7 @@ import json
 import logging
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +14,10 @@ import numpy as np
 from app.config import Settings
 from app.imaging import BadImageError, decode_image
 from app.jobs import PHOTO_SUFFIXES
+from app.redaction import path_labels
 from app.serving import ModelManager
 from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
-from models.files import atomic_open
+from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
 from models.store import ModelStore
@@ -41,15 +42,17 @@ class Held:
     lease: JobLease
 
 
-def _public_error(error: Exception, folder: Path) -> str:
-    """The error for the job record, without the server's paths."""
-    return f"{type(error).__name__}: {error}".replace(str(folder), "<job>").replace(
-        str(folder.parent), "<jobs>"
-    )
+def _public_error(error: Exception, folder: Path, labels: Mapping[str, str]) -> str:
+    """The error for the job record, without the server's paths: the job's own folder is ``<job>``,
+    the other folders a user knows by their labels, any other folder left out."""
+    text = f"{type(error).__name__}: {error}".replace(str(folder), "<job>")
+    return redact_paths(text, labels)
 
 
 @contextmanager
-def held(jobs: JobStore, job_id: str, lease_seconds: int) -> Iterator[Held | None]:
+def held(
+    jobs: JobStore, job_id: str, lease_seconds: int, labels: Mapping[str, str] | None = None
+) -> Iterator[Held | None]:
     """The job, leased to this worker and marked running; None if it is finished, cancelled or held
     elsewhere. The outcome is saved at the end (a failure with its error) unless the lease was lost,
     in which case the worker now holding the job records it."""
@@ -75,7 +78,7 @@ def held(jobs: JobStore, job_id: str, lease_seconds: int) -> Iterator[Held | Non
         logger.warning("job %s: lease lost; another worker carries on", job_id)
     except Exception as error:
         logger.exception("job %s failed", job_id)
-        job.state, job.error = "failed", _public_error(error, jobs.folder(job_id))
+        job.state, job.error = "failed", _public_error(error, jobs.folder(job_id), labels or {})
     finally:
         if not lease.lost.is_set():
             job.finished_at = time.time() if job.finished else None
@@ -86,7 +89,7 @@ def held(jobs: JobStore, job_id: str, lease_seconds: int) -> Iterator[Held | Non
 def run_training_job(job_id: str, settings: Settings) -> Job:
     """Train (or resume) the job's run, then register its best checkpoint as a new model version."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
-    with held(jobs, job_id, settings.job_lock_seconds) as holding:
+    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
         if holding is None:
             return jobs.get(job_id)
         job, params = holding.job, holding.job.params
@@ -196,7 +199,7 @@ def explain_images(
 def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[], Predictor]) -> Job:
     """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
-    with held(jobs, job_id, settings.job_lock_seconds) as holding:
+    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
         if holding is None:
             return jobs.get(job_id)
         job, params, lease = holding.job, holding.job.params, holding.lease

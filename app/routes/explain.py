@@ -82,11 +82,12 @@ async def explain_image(
     check_cam_options(method, colormap)
     model = model or None
     try:
-        predictor = service.manager.predictor if model is None else service.manager.stored_predictor(model)
+        other = None if model is None else await run_in_threadpool(service.manager.stored_predictor, model)
     except ModelNotFoundError as error:
         raise unprocessable(f"model: {error}") from None
     except CheckpointError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, f"model {model} cannot be served: {error}") from None
+    predictor = other or service.manager.predictor
     target_index = parse_target(target, predictor.class_names)
     layer = layer or None
     if layer is not None:
@@ -96,7 +97,9 @@ async def explain_image(
             raise unprocessable(str(error)) from None
     image = await read_image(file, settings)
     try:
-        outcome = await service.explain(image, method=method, target=target_index, layer=layer, model=model)
+        outcome = await service.explain(
+            image, method=method, target=target_index, layer=layer, predictor=other
+        )
     except ValueError as error:
         # The layer cannot be explained (its output is not a feature map, or it runs twice), or the
         # target no longer exists because another model began serving meanwhile.

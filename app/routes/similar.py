@@ -5,6 +5,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
@@ -47,7 +48,8 @@ async def similar_images(
     outcome = await service.fingerprint(image)
     predictor = outcome.predictor
     try:
-        index = predictor.index
+        # Read from disk the first time (megabytes): off the event loop.
+        index = await run_in_threadpool(lambda: predictor.index)
     except NoIndexError as error:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

@@ -71,9 +71,9 @@ def resolve_base(
     """``options`` with the base model's weights to start from, its lineage and the architecture,
     input size and normalisation it fixes; 422 when there is no such model or the options clash."""
     if base == SERVING_BASE:
-        if not service.manager.loaded or version is not None:
+        if version is not None:
             raise unprocessable("base 'default' is the model serving now: give no base_version")
-        predictor = service.manager.predictor
+        predictor = service.manager.predictor  # NoModelError (503) when none serves
         spec, sha256, ref = predictor.spec, predictor.sha256, f"{predictor.name}:{predictor.version}"
         path = predictor.path
     else:

@@ -3,6 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// Each photo (or change of method or model) starts a new generation; answers of an older one are
+// dropped, so a slow reply never overwrites the photo chosen after it.
+let generation = 0;
+let photoUrl = null;
 
 function setStatus(text) {
   $("status").textContent = text;
@@ -55,17 +59,19 @@ function showSimilar(body) {
   }
 }
 
-async function similar(file) {
+async function similar(file, mine) {
   const form = new FormData();
   form.append("file", file);
   form.append("k", "5");
   const response = await fetch("/similar", { method: "POST", body: form });
+  if (mine !== generation) return;
   if (!response.ok) {
     $("similar").replaceChildren();
     $("similar-status").textContent = `No similar photos: ${await errorText(response)}`;
     return;
   }
-  showSimilar(await response.json());
+  const body = await response.json();
+  if (mine === generation) showSimilar(body);
 }
 
 async function explainWith(file, model) {
@@ -84,9 +90,9 @@ function caption(body) {
 }
 
 // The paper's comparison, live: the same photo explained by the serving model and another stored one.
-async function compare(file, serving) {
+async function compare(file, serving, mine) {
   const response = await fetch("/models");
-  if (!response.ok) return;
+  if (!response.ok || mine !== generation) return;
   const others = (await response.json()).models
     .map((m) => `${m.name}:${m.version}`)
     .filter((ref) => ref !== `${serving.model.name}:${serving.model.version}`);
@@ -95,31 +101,39 @@ async function compare(file, serving) {
   const select = $("other");
   const chosen = others.includes(select.value) ? select.value : others[0];
   select.replaceChildren(...others.map((ref) => new Option(ref, ref, false, ref === chosen)));
-  try {
-    // Both overlays at the server's default blend, so the two heatmaps are drawn alike.
-    const [mine, theirs] = await Promise.all([explainWith(file, null), explainWith(file, chosen)]);
-    $("mine").src = `data:image/png;base64,${mine.overlay}`;
-    $("mine-caption").textContent = caption(mine);
-    $("theirs").src = `data:image/png;base64,${theirs.overlay}`;
-    $("theirs-caption").textContent = caption(theirs);
-  } catch (error) {
-    $("theirs-caption").textContent = `${chosen} could not explain it: ${error.message}`;
+  // Both overlays at the server's default blend, so the two heatmaps are drawn alike; each side
+  // shows its own answer or its own error.
+  const [left, right] = await Promise.allSettled([explainWith(file, null), explainWith(file, chosen)]);
+  if (mine !== generation) return;
+  for (const [side, outcome, ref] of [["mine", left, "the serving model"], ["theirs", right, chosen]]) {
+    if (outcome.status === "fulfilled") {
+      $(side).src = `data:image/png;base64,${outcome.value.overlay}`;
+      $(`${side}-caption`).textContent = caption(outcome.value);
+    } else {
+      $(side).removeAttribute("src");
+      $(`${side}-caption`).textContent = `${ref} could not explain it: ${outcome.reason.message}`;
+    }
   }
 }
 
 async function explain(file) {
+  const mine = ++generation;
   setStatus(`Looking at ${file.name}…`);
   const form = new FormData();
   form.append("file", file);
   form.append("method", $("method").value);
   form.append("alpha", "1"); // the heatmap alone; the slider blends it over the photo
   const response = await fetch("/explain", { method: "POST", body: form });
+  if (mine !== generation) return;
   if (!response.ok) {
     setStatus(`Could not explain ${file.name}: ${await errorText(response)}`);
     return;
   }
   const body = await response.json();
-  $("original").src = URL.createObjectURL(file);
+  if (mine !== generation) return;
+  if (photoUrl) URL.revokeObjectURL(photoUrl);
+  photoUrl = URL.createObjectURL(file);
+  $("original").src = photoUrl;
   $("heatmap").src = `data:image/png;base64,${body.overlay}`;
   $("label").textContent = body.label;
   $("unsure").hidden = !body.unsure;
@@ -129,7 +143,7 @@ async function explain(file) {
   showBars(body.predictions);
   $("result").hidden = false;
   setStatus(`Done: ${file.name}`);
-  await Promise.all([similar(file), compare(file, body)]);
+  await Promise.all([similar(file, mine), compare(file, body, mine)]);
 }
 
 let current = null;

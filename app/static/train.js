@@ -19,10 +19,14 @@ function drawCurves(canvas, history, metric) {
   const { width, height } = canvas;
   context.clearRect(0, 0, width, height);
   if (!history.length) return;
-  const values = history.flatMap((r) => [r[`train_${metric}`], r[`val_${metric}`]]);
+  const values = history
+    .flatMap((r) => [r[`train_${metric}`], r[`val_${metric}`]])
+    .filter((v) => typeof v === "number" && Number.isFinite(v));
+  if (!values.length) return;
   const low = metric === "accuracy" ? 0 : Math.min(...values);
   const high = metric === "accuracy" ? 1 : Math.max(...values);
-  const x = (epoch) => 30 + ((width - 40) * (epoch - 1)) / Math.max(1, history.length - 1);
+  const first = history[0].epoch;
+  const x = (epoch) => 30 + ((width - 40) * (epoch - first)) / Math.max(1, history.length - 1);
   const y = (value) => height - 20 - ((height - 30) * (value - low)) / Math.max(1e-9, high - low);
   context.strokeStyle = "#d0d7de";
   context.strokeRect(30, 10, width - 40, height - 30);
@@ -31,12 +35,14 @@ function drawCurves(canvas, history, metric) {
     context.strokeStyle = COLOURS[split];
     context.fillStyle = COLOURS[split];
     context.beginPath();
-    history.forEach((record, i) => {
-      const px = x(record.epoch);
-      const py = y(record[`${split}_${metric}`]);
-      if (i === 0) context.moveTo(px, py);
-      else context.lineTo(px, py);
-    });
+    let drawing = false;
+    for (const record of history) {
+      const value = record[`${split}_${metric}`];
+      if (typeof value !== "number" || !Number.isFinite(value)) continue;
+      if (drawing) context.lineTo(x(record.epoch), y(value));
+      else context.moveTo(x(record.epoch), y(value));
+      drawing = true;
+    }
     context.stroke();
     context.fillText(split === "train" ? "train" : "validation", width - 90, split === "train" ? 24 : 40);
   }
@@ -95,8 +101,13 @@ async function promote(model, key) {
 $("train").addEventListener("submit", async (event) => {
   event.preventDefault();
   const key = $("key").value;
+  const archive = $("archive").files[0];
+  if (!archive) {
+    $("status").textContent = "Choose an archive of photos first.";
+    return;
+  }
   const form = new FormData();
-  form.append("file", $("archive").files[0]);
+  form.append("file", archive);
   for (const field of ["base", "name", "epochs"]) {
     if ($(field).value) form.append(field, $(field).value);
   }

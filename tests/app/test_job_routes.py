@@ -360,3 +360,13 @@ def test_a_pruned_batch_result_is_410(client: TestClient, settings: Settings) ->
     assert response.status_code == 410
     assert "removed after the retention time" in response.json()["detail"]
     assert client.get(f"/explain/batch/{job['id']}").json()["pruned_at"] is not None
+
+
+def test_finetuning_the_serving_model_when_none_serves_is_503(settings: Settings, dataset_zip: bytes) -> None:
+    unserved = settings.model_copy(update={"model_path": None})
+    with TestClient(create_app(unserved, submitter=FakeSubmitter())) as client:
+        response = client.post(
+            "/train", files={"file": ("data.zip", dataset_zip)}, data={"base": "default"}, headers=KEY
+        )
+    assert response.status_code == 503
+    assert "no model is loaded" in response.json()["detail"]

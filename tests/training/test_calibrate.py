@@ -120,3 +120,28 @@ def test_too_few_photos_to_fit_on_are_refused_and_nothing_is_written(
     args = ["calibrate", f"--checkpoint={checkpoint}", f"--manifest={run / 'manifest.json'}", "--device=cpu"]
     assert main(args) == 2
     assert checkpoint.read_bytes() == (run / "best.pt").read_bytes()
+
+
+def test_calibrating_a_stored_version_updates_what_the_store_shows(
+    calibrated_run: TrainResult, tmp_path: Path
+) -> None:
+    from models.store import ModelStore
+
+    run = calibrated_run.out_dir
+    plain = tmp_path / "plain.pt"
+    original = load_checkpoint(run / "best.pt")
+    spec = type(original.spec).from_dict({**original.spec.to_dict(), "calibration": {}})
+    save_checkpoint(plain, original.state_dict, spec)
+    store = ModelStore(tmp_path / "models")
+    version = store.add("site", plain)
+    assert version.spec.calibration == {}
+    args = [
+        "calibrate",
+        f"--checkpoint={version.path}",
+        f"--manifest={run / 'manifest.json'}",
+        "--device=cpu",
+    ]
+    assert main(args) == 0
+    again = store.get("site", version.version)
+    assert again.spec.calibration["temperature"] > 0
+    assert again.sha256 == version.sha256  # the same weights, the same registered version

@@ -137,3 +137,15 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
         assert by_file["b.png"]["calibrated"] is False
         assert by_file["b.png"]["unsure"] is False
         assert isinstance(by_file["b.png"]["energy"], float)
+
+
+def test_a_jobs_error_names_no_server_folder(settings: Settings, tmp_path: Path) -> None:
+    from app.redaction import path_labels
+    from worker.runner import _public_error
+
+    folder = settings.jobs_dir / "abc"
+    error = FileNotFoundError(
+        f"{folder}/run/data/x.jpg; {settings.models_dir}/se/v1/model.pt; /home/someone/elsewhere/y.pt"
+    )
+    text = _public_error(error, folder, path_labels(settings))
+    assert text == "FileNotFoundError: <job>/run/data/x.jpg; <models>/se/v1/model.pt; y.pt"
