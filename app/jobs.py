@@ -3,6 +3,7 @@
 Everything here touches the disk or Redis, so routes call it through a thread pool.
 """
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +97,30 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
         raise unprocessable(f"data_path {relative!r} is neither a folder nor an archive")
     if resolved.is_file():
         vet_archive(resolved, settings, label=relative)
+    else:
+        refuse_links_out(resolved, root, relative)
     return resolved
+
+
+#: How many of a folder's escaping links an error lists.
+LINKS_LISTED = 5
+
+
+def refuse_links_out(folder: Path, root: Path, label: str) -> None:
+    """422 listing the links inside ``folder`` that lead outside ``root`` (training would read files the
+    data root does not hold); links that stay inside are fine."""
+    escaping = []
+    for parent, dirs, files in os.walk(folder):  # links to folders are listed, never entered
+        for name in (*dirs, *files):
+            path = Path(parent) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                escaping.append(path.relative_to(folder).as_posix())
+    if escaping:
+        listed = ", ".join(sorted(escaping)[:LINKS_LISTED])
+        more = f" and {len(escaping) - LINKS_LISTED} more" if len(escaping) > LINKS_LISTED else ""
+        raise unprocessable(
+            f"data_path {label!r} holds links that lead outside the data root: {listed}{more}"
+        )
 
 
 def store_training_data(

@@ -168,6 +168,25 @@ def test_a_symlink_out_of_the_data_root_is_refused(
     assert "leads outside the data root" in response.json()["detail"]
 
 
+def test_links_inside_a_data_set_that_leave_the_data_root_are_refused(
+    client: TestClient, settings: Settings, submitted: FakeSubmitter, tmp_path: Path
+) -> None:
+    secret = make_image_folder(tmp_path / "elsewhere", per_class=1)
+    photos = make_image_folder(settings.resolved_data_root / "site-a", per_class=3)
+    os.symlink(secret / "glass" / "glass0.png", photos / "glass" / "stolen.png")
+    os.symlink(secret / "metal", photos / "metal" / "more")
+    response = client.post("/train", data={"data_path": "site-a"}, headers=KEY)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "holds links that lead outside the data root: glass/stolen.png, metal/more" in detail
+    assert submitted.jobs == []
+    # A link that stays inside the data root is a data set's own business.
+    (photos / "glass" / "stolen.png").unlink()
+    (photos / "metal" / "more").unlink()
+    os.symlink(photos / "paper" / "paper0.png", photos / "glass" / "alias.png")
+    assert client.post("/train", data={"data_path": "site-a"}, headers=KEY).status_code == 202
+
+
 @pytest.mark.parametrize("name", ["../escape.png", "/abs/olute.png", "ok/../../escape.png"])
 def test_zip_slip_archives_are_refused(client: TestClient, name: str) -> None:
     response = client.post(
