@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.batching import QueueFullError
 from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
+from app.limits import RequestGate
 from app.metrics import Metrics
 from app.redaction import path_labels
 from app.routes import batches, classify, explain, health, similar, training, ui
@@ -117,13 +118,6 @@ def validation_message(error: RequestValidationError) -> str:
     return "; ".join(problems)
 
 
-def body_limit(path: str, settings: Settings) -> int:
-    """The largest request body a route may receive: its files' limits plus room for the form."""
-    if path in ("/train", "/explain/batch"):
-        return settings.max_archive_upload_bytes + (1 << 20)
-    return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
-
-
 def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | None = None) -> FastAPI:
     """The application; ``submitter`` queues jobs (Celery by default, a fake in unit tests)."""
     app = FastAPI(
@@ -167,20 +161,6 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         )
 
     @app.middleware("http")
-    async def refuse_oversized_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """413 before the body is read, when its declared length is already over every limit."""
-        declared = request.headers.get("content-length", "")
-        limit = body_limit(request.url.path, request.app.state.settings)
-        if declared.isdecimal() and int(declared) > limit:
-            return JSONResponse(
-                {"detail": f"request body of {declared} bytes is over the limit of {limit} bytes"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        return await call_next(request)
-
-    @app.middleware("http")
     async def record_metrics(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -193,6 +173,8 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
         return response
 
+    # Outermost: a key and the body's size are checked before anything reads the body.
+    app.add_middleware(RequestGate, settings=app.state.settings)
     for router in (
         classify.router,
         batches.router,

@@ -1,0 +1,101 @@
+"""The gate every request passes before its body is read: the API key of the routes that need one,
+and the body's size, declared or streamed.
+
+A pure ASGI middleware, so that it sees the body as it arrives: a chunked upload with no
+``Content-Length`` is cut off at the route's limit instead of being spooled to disk whole, and a request
+without a valid key to a state-changing route is answered before any of its body is read.
+"""
+
+from typing import Any
+
+from fastapi import HTTPException, status
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings
+from app.security import API_KEY_HEADER, check_api_key
+
+#: Methods that change state; under these paths they need an API key (as the routes' WriteAccess does).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WRITE_PATHS = ("/train", "/explain/batch", "/models")
+
+
+class BodyTooLargeError(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"request body is over the limit of {limit} bytes"
+        )
+
+
+def body_limit(path: str, settings: Settings) -> int:
+    """The largest request body a route may receive: its files' limits plus room for the form."""
+    if path in ("/train", "/explain/batch"):
+        return settings.max_archive_upload_bytes + (1 << 20)
+    return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
+
+
+def needs_key(method: str, path: str) -> bool:
+    return method in WRITE_METHODS and any(path == p or path.startswith(p + "/") for p in WRITE_PATHS)
+
+
+class RequestGate:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        path, method = scope["path"], scope["method"]
+        limit = body_limit(path, self.settings)
+        try:
+            if needs_key(method, path):
+                check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()))
+            declared = headers.get("content-length", "")
+            if declared.isdecimal() and int(declared) > limit:
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE,
+                    f"request body of {declared} bytes is over the limit of {limit} bytes",
+                )
+        except HTTPException as error:
+            await self._refuse(error, scope, receive, send)
+            return
+        received = 0
+        over = False
+        answered = False  # the app began its response, or the 413 was sent
+
+        async def counted() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # The rest is never read: to the route the client has gone, and what it answers
+                    # is replaced by the 413 below.
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answer(message: Message) -> None:
+            nonlocal answered
+            if not over:
+                answered = answered or message["type"] == "http.response.start"
+                await send(message)
+            elif not answered:
+                answered = True
+                await self._refuse(BodyTooLargeError(limit), scope, receive, send)
+
+        await self.app(scope, counted, answer)
+        if over and not answered:
+            await self._refuse(BodyTooLargeError(limit), scope, receive, send)
+
+    @staticmethod
+    async def _refuse(error: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer ``error`` as the API's errors look: ``{"detail": ...}`` with its status."""
+        headers: dict[str, Any] = dict(error.headers or {})
+        response = JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
+        await response(scope, receive, send)
