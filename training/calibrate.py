@@ -19,9 +19,9 @@ from models.calibration import (
     energy_threshold,
     fit_temperature,
 )
-from models.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from models.checkpoint import ModelSpec, save_checkpoint
 from training.data import Sample
-from training.evaluation import eval_loader, predict, remap_labels
+from training.evaluation import load_for_evaluation, predict
 from training.report import calibration_metrics
 
 logger = logging.getLogger(__name__)
@@ -90,13 +90,17 @@ def calibrate_checkpoint(
 ) -> Calibration:
     """Fit the calibration of the checkpoint on ``samples`` and write it into the checkpoint's spec, at
     ``out`` (default: in place). The weights are written back as they were stored (fp16 stays fp16)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint, source=str(checkpoint_path)).to(device)
-    samples = remap_labels(samples, data_classes, checkpoint.spec.class_names)
-    loader = eval_loader(
-        checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=workers
+    loaded = load_for_evaluation(
+        checkpoint_path,
+        root=root,
+        samples=samples,
+        data_classes=data_classes,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
     )
-    predictions = predict(model, loader, device=device)
+    checkpoint = loaded.checkpoint
+    predictions = predict(loaded.model, loaded.loader, device=device)
     calibration = fit_calibration(
         torch.from_numpy(predictions.logits),
         torch.from_numpy(np.asarray(predictions.targets)),

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from models.calibration import Calibration, energy_score
-from models.checkpoint import ModelSpec, load_checkpoint
+from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.transforms import build_eval_transform
@@ -207,6 +207,38 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
         plot_risk_coverage({str(split or "photos"): report["risk_coverage"]}, out_dir / "risk_coverage.png")
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint ready to run over samples: its record, its model on the device, and a loader over
+    the samples relabelled to its class order."""
+
+    checkpoint: Checkpoint
+    model: nn.Module
+    samples: list[Sample]
+    loader: DataLoader[tuple[torch.Tensor, int]]
+
+
+def load_for_evaluation(
+    checkpoint_path: Path,
+    *,
+    root: Path,
+    samples: Sequence[Sample],
+    data_classes: Sequence[str],
+    device: torch.device,
+    batch_size: int,
+    workers: int | None,
+) -> Loaded:
+    """Load and verify ``checkpoint_path`` and the samples (labels in ``data_classes`` order) it is to
+    run over, preprocessed by its spec's eval transform."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(device)
+    relabelled = remap_labels(samples, data_classes, checkpoint.spec.class_names)
+    loader = eval_loader(
+        checkpoint.spec, root, relabelled, batch_size=batch_size, device=device, workers=workers
+    )
+    return Loaded(checkpoint, model, relabelled, loader)
+
+
 def evaluate_checkpoint(
     checkpoint_path: Path,
     *,
@@ -221,13 +253,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order), per
     source too when ``sources`` tags each sample."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(device)
-    samples = remap_labels(samples, data_classes, checkpoint.spec.class_names)
-    loader = eval_loader(
-        checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=workers
+    loaded = load_for_evaluation(
+        checkpoint_path,
+        root=root,
+        samples=samples,
+        data_classes=data_classes,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
     )
-    predictions = predict(model, loader, device=device)
+    checkpoint = loaded.checkpoint
+    predictions = predict(loaded.model, loaded.loader, device=device)
     logger.info("%s: accuracy %.4f on %d images", checkpoint_path, predictions.accuracy, len(samples))
     return build_report(
         predictions,

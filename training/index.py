@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.checkpoint import build_model, load_checkpoint
 from models.fingerprint import EmbeddingHook, hash_bits
 from models.similarity import FingerprintIndex
 from training.data import Sample
-from training.evaluation import eval_loader, remap_labels
+from training.evaluation import load_for_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +44,20 @@ def build_index(
     workers: int | None = None,
 ) -> FingerprintIndex:
     """Hash and embed every photo of ``samples`` (labels in ``data_classes`` order) with the checkpoint."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint, source=str(checkpoint_path)).to(device)
-    samples = remap_labels(samples, data_classes, checkpoint.spec.class_names)
-    loader = eval_loader(
-        checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=workers
+    loaded = load_for_evaluation(
+        checkpoint_path,
+        root=root,
+        samples=samples,
+        data_classes=data_classes,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
     )
+    checkpoint, model, samples = loaded.checkpoint, loaded.model, loaded.samples
     hook = EmbeddingHook(model)
     embeddings = []
     try:
-        for images, _ in loader:
+        for images, _ in loaded.loader:
             model(images.to(device))
             assert hook.features is not None
             embeddings.append(hook.features.cpu())

@@ -2,7 +2,6 @@
 // training photos it resembles. Plain DOM, no libraries, so the page runs with no network but the API.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 // Each photo (or change of method or model) starts a new generation; answers of an older one are
 // dropped, so a slow reply never overwrites the photo chosen after it.
 let generation = 0;
@@ -10,15 +9,6 @@ let photoUrl = null;
 
 function setStatus(text) {
   $("status").textContent = text;
-}
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-  } catch {
-    return response.statusText;
-  }
 }
 
 function showBars(predictions) {

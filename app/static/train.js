@@ -2,17 +2,7 @@
 // the epochs come, and make the new model the one that serves with PUT /models/default.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const COLOURS = { train: "#0b6e4f", val: "#9a3412" };
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-  } catch {
-    return response.statusText;
-  }
-}
 
 function drawCurves(canvas, history, metric) {
   const context = canvas.getContext("2d");
