@@ -5,6 +5,7 @@ Nothing else in the project reads the environment.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,14 @@ class Settings(BaseSettings):
     inference_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; None = torch's default"
     )
+    inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="'auto': bf16 on a GPU or on a CPU with bf16 instructions, else fp32 "
+        "(emulated bf16 is many times slower)",
+    )
+    inference_channels_last: bool = Field(
+        True, description="convolve in the NHWC layout (faster on oneDNN, cuDNN)"
+    )
 
     # "Unsure" answers: over the thresholds in each model's calibration (None: the model's own).
     unsure_min_probability: float | None = Field(
@@ -34,15 +43,24 @@ class Settings(BaseSettings):
         None, description="energy score (-logsumexp of the logits) over which a photo is out of distribution"
     )
 
-    # Micro-batching of concurrent /classify and /explain requests.
+    # Micro-batching of concurrent /classify and /explain requests. A batch starts as soon as the model
+    # is free, with every request waiting then; requests that arrive while it runs form the next one.
     batch_max_size: int = Field(16, ge=1, le=256)
-    batch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0.0, le=1000.0, description="how long a request waits for company when the model is idle"
+    )
     # Requests waiting for the model beyond this are answered 503 instead of queueing without bound.
     batch_max_pending: int = Field(256, ge=1)
 
     # Uploads.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="pixels of all the photos of one request together"
+    )
+    overlay_max_side: int = Field(
+        1024, ge=16, description="longest side of an /explain overlay; larger photos are scaled down"
+    )
     max_files_per_request: int = Field(32, ge=1)
     max_archive_bytes: int = Field(
         1024 * 1024 * 1024, ge=1, description="uncompressed bytes in an uploaded archive"

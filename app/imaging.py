@@ -18,8 +18,31 @@ class BadImageError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image.Image:
+def image_pixels(data: bytes) -> int:
+    """Width x height from the header alone (0 if the header cannot be read: decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+            width, height = image.size
+    except Exception:
+        return 0
+    return width * height
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    name: str = "upload",
+    min_side: int | None = None,
+    max_side: int | None = None,
+) -> Image.Image:
     """Decode ``data`` into an RGB image with its EXIF orientation applied.
+
+    ``min_side``: the image may come out smaller than stored, as long as both sides stay at least
+    ``min_side`` (a JPEG is decoded at 1/2, 1/4 or 1/8 of its size by DCT scaling, any other format
+    shrunk by an integer factor after decoding), so a photo far larger than its use costs neither
+    the time to decode it whole nor the memory to keep it. ``max_side``: a longer side is then scaled
+    down to it (aspect ratio kept).
 
     415: not an image, or a format outside :data:`SUPPORTED_FORMATS`; 413: more than ``max_pixels``
     pixels (checked from the header, before any pixel is decoded); 422: truncated or corrupt.
@@ -43,13 +66,28 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image
     if width * height > max_pixels:
         raise BadImageError(413, f"{name}: {width}x{height} pixels is over the limit of {max_pixels} pixels")
     try:
+        if min_side is not None and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        # In place: a copy of every photo would be made only to drop its orientation tag.
+        ImageOps.exif_transpose(image, in_place=True)
     except Image.DecompressionBombError as error:
         raise BadImageError(413, f"{name}: image too large: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(422, f"{name}: truncated or corrupt {image.format} image: {error}") from None
-    return to_rgb(upright)
+    return fit(to_rgb(image), min_side=min_side, max_side=max_side)
+
+
+def fit(image: Image.Image, *, min_side: int | None, max_side: int | None) -> Image.Image:
+    """Shrink by the largest integer factor that keeps both sides at least ``min_side`` (box filter:
+    fast, and what DCT scaling does to a JPEG), then scale a side over ``max_side`` down to it."""
+    if min_side is not None:
+        factor = min(image.size) // min_side
+        if factor >= 2:
+            image = image.reduce(factor)
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -68,4 +106,4 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -3,8 +3,7 @@
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
@@ -20,7 +19,7 @@ from app.batching import QueueFullError
 from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.limits import RequestGate
-from app.metrics import Metrics
+from app.metrics import Metrics, MetricsMiddleware
 from app.redaction import path_labels
 from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
@@ -82,6 +81,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shipped_path=settings.shipped_model_path,
         device_name=settings.device,
         thresholds=settings.unsure_thresholds,
+        precision=settings.inference_precision,
+        channels_last=settings.inference_channels_last,
     )
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
@@ -160,19 +161,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
             {"detail": validation_message(error)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
         )
 
-    @app.middleware("http")
-    async def record_metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Outermost: a key and the body's size are checked before anything reads the body.
     app.add_middleware(RequestGate, settings=app.state.settings)
     for router in (

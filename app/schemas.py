@@ -57,9 +57,12 @@ class ExplanationPublic(Classification):
     method: str = Field(examples=["gradcam"])
     layer: str = Field(examples=["layer4"])
     target: TargetPublic = Field(description="the class the heatmap explains")
-    overlay: str = Field(description="base64 PNG: the heatmap over the photo, at the photo's own size")
+    overlay: str = Field(
+        description="base64 PNG: the heatmap over the photo, at the photo's own size (scaled down to "
+        "TRASHCAM_OVERLAY_MAX_SIDE, 1024 px by default, on its longest side)"
+    )
     heatmap: str = Field(
-        description="base64 grayscale PNG of the heatmap (255 = strongest), at the photo's size"
+        description="base64 grayscale PNG of the heatmap (255 = strongest), at the overlay's size"
     )
 
 
@@ -99,6 +102,11 @@ class ReadyPublic(BaseModel):
     ready: bool
     model: ModelRef | None
     redis: bool
+    device: str = Field(description="where models infer", examples=["cpu", "cuda"])
+    precision: str = Field(
+        description="the number format and layout models infer in, chosen for the device",
+        examples=["fp32+channels_last", "bf16+channels_last"],
+    )
     detail: str | None = None
 
 

@@ -18,11 +18,15 @@ from typing import cast
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
 from app.batching import MicroBatcher
 from models.calibration import Thresholds
 from models.checkpoint import CheckpointError
+from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
 from models.store import ModelStore, ModelVersion
 
@@ -46,11 +50,17 @@ class ModelManager:
         shipped_path: Path,
         device_name: str,
         thresholds: Thresholds | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
     ) -> None:
         self.store = store
         self.explicit_path = explicit_path
         self.shipped_path = shipped_path
         self.device = select_device(device_name)
+        #: How every model it loads infers on its device (``models.precision.choose_precision``).
+        self.precision: InferencePrecision = choose_precision(
+            self.device, precision, channels_last=channels_last
+        )
         #: "Unsure" thresholds from the settings, over every model's own.
         self.thresholds = thresholds or Thresholds()
         self._predictor: Predictor | None = None
@@ -156,7 +166,12 @@ class ModelManager:
         # A file outside the store is versioned by its weights' digest.
         name = path.parent.name if path.name == "model.pt" else path.stem
         return Predictor.from_checkpoint(
-            str(path), name=name, version=None, device=self.device, thresholds=self.thresholds
+            str(path),
+            name=name,
+            version=None,
+            device=self.device,
+            thresholds=self.thresholds,
+            precision=self.precision,
         )
 
     def _from_version(self, version: ModelVersion) -> Predictor:
@@ -166,6 +181,7 @@ class ModelManager:
             version=version.version,
             device=self.device,
             thresholds=self.thresholds,
+            precision=self.precision,
         )
         # The file's own digest only proves it is intact; the store's record proves it is the version
         # that was registered (and that /models shows), not weights swapped in with a new digest.
@@ -202,14 +218,21 @@ class Fingerprinted(Classified):
 
 
 @dataclass(frozen=True)
-class ExplainItem:
-    image: Image.Image
+class Prepared:
+    """A photo prepared (off the inference thread) as the input of the model it will run on."""
+
+    inputs: Tensor
+    predictor: Predictor
+
+
+@dataclass(frozen=True)
+class ExplainItem(Prepared):
     target: int | None
-    #: The model to explain with; None: the one serving when the batch runs.
-    predictor: Predictor | None = None
 
 
-ExplainKey = tuple[str, str | None, str | None]  # (method, layer, weights of another model or None)
+# Items share a batch only with items for the same weights: (kind, weights), and for explanations the
+# method and layer too.
+BatchKey = tuple[str, ...]
 
 
 class InferenceService:
@@ -235,9 +258,9 @@ class InferenceService:
             max_pending=max_pending,
             on_batch=on_batch,
         )
-        self._classifier: MicroBatcher[Image.Image, Classified] = batching(self._classify_batch)
+        self._classifier: MicroBatcher[Prepared, Classified] = batching(self._classify_batch)
         self._explainer: MicroBatcher[ExplainItem, Explained] = batching(self._explain_batch)
-        self._fingerprinter: MicroBatcher[Image.Image, Fingerprinted] = batching(self._fingerprint_batch)
+        self._fingerprinter: MicroBatcher[Prepared, Fingerprinted] = batching(self._fingerprint_batch)
 
     def start(self) -> None:
         self._classifier.start()
@@ -250,26 +273,25 @@ class InferenceService:
         await self._fingerprinter.stop()
         self.executor.shutdown(wait=True)
 
-    def _classify_batch(self, key: Hashable, images: list[Image.Image]) -> list[Classified]:
-        predictor = self.manager.predictor
+    def _classify_batch(self, key: Hashable, items: list[Prepared]) -> list[Classified]:
+        predictor = items[0].predictor
         started = time.perf_counter()
-        scores = predictor.classify(images)
+        scores = predictor.classify(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
         return [
-            Classified(predictor, row.tolist(), float(energy), elapsed, len(images))
+            Classified(predictor, row.tolist(), float(energy), elapsed, len(items))
             for row, energy in zip(scores.probabilities, scores.energies, strict=True)
         ]
 
     def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
-        method, layer, _ = cast(ExplainKey, key)
-        # A batch holds one model's items: the key names it.
-        predictor = items[0].predictor or self.manager.predictor
+        _, _, method, layer = cast(BatchKey, key)
+        predictor = items[0].predictor
         started = time.perf_counter()
         result = predictor.explain(
-            [item.image for item in items],
+            torch.stack([item.inputs for item in items]),
             method=method,
             targets=[item.target for item in items],
-            layer=layer,
+            layer=layer or None,
         )
         elapsed = (time.perf_counter() - started) * 1000
         return [
@@ -281,25 +303,37 @@ class InferenceService:
             )
         ]
 
-    def _fingerprint_batch(self, key: Hashable, images: list[Image.Image]) -> list[Fingerprinted]:
-        predictor = self.manager.predictor
+    def _fingerprint_batch(self, key: Hashable, items: list[Prepared]) -> list[Fingerprinted]:
+        predictor = items[0].predictor
         started = time.perf_counter()
-        result = predictor.fingerprint(images)
+        result = predictor.fingerprint(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
         return [
             Fingerprinted(
-                predictor, row.tolist(), float(energy), elapsed, len(images), embedding.numpy(), value
+                predictor, row.tolist(), float(energy), elapsed, len(items), embedding.numpy(), value
             )
             for row, energy, embedding, value in zip(
                 result.probabilities, result.energies, result.embeddings, result.hashes, strict=True
             )
         ]
 
+    def input_size(self) -> int:
+        """The side of the serving model's input: what a photo to classify needs at least."""
+        return self.manager.predictor.spec.input_size
+
+    async def _prepare(self, image: Image.Image, predictor: Predictor | None) -> Prepared:
+        # The model is chosen when the request arrives, and the request finishes on it even if another
+        # begins serving meanwhile: its input was prepared for this one's size and normalisation.
+        chosen = predictor or self.manager.predictor
+        return Prepared(await run_in_threadpool(chosen.prepare, image), chosen)
+
     async def fingerprint(self, image: Image.Image) -> Fingerprinted:
-        return await self._fingerprinter.submit(("fingerprint",), image)
+        prepared = await self._prepare(image, None)
+        return await self._fingerprinter.submit(("fingerprint", prepared.predictor.sha256), prepared)
 
     async def classify(self, image: Image.Image) -> Classified:
-        return await self._classifier.submit(("classify",), image)
+        prepared = await self._prepare(image, None)
+        return await self._classifier.submit(("classify", prepared.predictor.sha256), prepared)
 
     async def explain(
         self,
@@ -311,5 +345,6 @@ class InferenceService:
         predictor: Predictor | None = None,
     ) -> Explained:
         """Explain with the serving model, or with ``predictor`` (another loaded version)."""
-        key: ExplainKey = (method, layer, None if predictor is None else predictor.sha256)
-        return await self._explainer.submit(key, ExplainItem(image, target, predictor))
+        prepared = await self._prepare(image, predictor)
+        key: BatchKey = ("explain", prepared.predictor.sha256, method, layer or "")
+        return await self._explainer.submit(key, ExplainItem(prepared.inputs, prepared.predictor, target))

@@ -5,7 +5,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.imaging import BadImageError, decode_image
+from app.imaging import BadImageError, decode_image, image_pixels
 
 
 async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
@@ -19,15 +19,47 @@ async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
     return data
 
 
-async def read_image(upload: UploadFile, settings: Settings) -> Image.Image:
-    """Decode an uploaded photo (off the event loop); 413/415/422 with the reason if it is unusable."""
-    data = await read_upload(upload, max_bytes=settings.max_upload_bytes)
-    try:
-        return await run_in_threadpool(
-            decode_image, data, max_pixels=settings.max_image_pixels, name=upload.filename or "upload"
+def decode_all(
+    blobs: list[tuple[str, bytes]], settings: Settings, *, min_side: int, max_side: int | None
+) -> list[Image.Image]:
+    """Check a request's pixel budget from the headers, then decode each photo: one trip to the
+    thread pool for the whole request."""
+    pixels = sum(image_pixels(blob) for _, blob in blobs)
+    if pixels > settings.max_request_pixels:
+        raise BadImageError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{len(blobs)} photos of {pixels} pixels in all: over the limit of "
+            f"{settings.max_request_pixels} pixels a request",
         )
+    return [
+        decode_image(
+            blob, max_pixels=settings.max_image_pixels, name=name, min_side=min_side, max_side=max_side
+        )
+        for name, blob in blobs
+    ]
+
+
+async def read_images(
+    uploads: list[UploadFile], settings: Settings, *, min_side: int, max_side: int | None = None
+) -> list[Image.Image]:
+    """Decode a request's photos (off the event loop), each no larger than its use needs (see
+    :func:`app.imaging.decode_image`); 413 if together they are over the request's pixel budget,
+    413/415/422 with the reason if one is unusable."""
+    blobs = [
+        (upload.filename or "upload", await read_upload(upload, max_bytes=settings.max_upload_bytes))
+        for upload in uploads
+    ]
+    try:
+        return await run_in_threadpool(decode_all, blobs, settings, min_side=min_side, max_side=max_side)
     except BadImageError as error:
         raise HTTPException(error.status_code, error.message) from None
+
+
+async def read_image(
+    upload: UploadFile, settings: Settings, *, min_side: int, max_side: int | None = None
+) -> Image.Image:
+    """One uploaded photo, as :func:`read_images` decodes them."""
+    return (await read_images([upload], settings, min_side=min_side, max_side=max_side))[0]
 
 
 def gather_uploads(

@@ -1,5 +1,5 @@
 """A loaded model ready to classify and explain photos: preprocessing from its spec, inference on
-its device, explanations from the same forward pass."""
+its device in its precision, explanations from the same forward pass."""
 
 import functools
 from collections.abc import Sequence
@@ -14,6 +14,7 @@ from models.calibration import Calibration, Thresholds, energy_score
 from models.cam import compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.fingerprint import embed, hash_bits
+from models.precision import InferencePrecision
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
 
@@ -66,7 +67,9 @@ class Predictor:
         sha256: str = "",
         path: str | None = None,
         thresholds: Thresholds | None = None,
+        precision: InferencePrecision | None = None,
     ) -> None:
+        self.precision = precision or InferencePrecision()
         # Explanations need no parameter gradients; freezing once here spares every call.
         self.model = model.to(device).eval().requires_grad_(False)
         self.spec = spec
@@ -88,6 +91,7 @@ class Predictor:
         version: str | None,
         device: torch.device,
         thresholds: Thresholds | None = None,
+        precision: InferencePrecision | None = None,
     ) -> "Predictor":
         """Load a checkpoint file; ``version`` None names it by its weights' digest. ``thresholds``
         override the "unsure" thresholds of the checkpoint's calibration."""
@@ -103,14 +107,23 @@ class Predictor:
             sha256=checkpoint.sha256,
             path=path,
             thresholds=thresholds,
+            precision=precision,
         )
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.spec.class_names
 
-    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        return torch.stack([self._transform(image.convert("RGB")) for image in images]).to(self.device)
+    def prepare(self, image: Image.Image) -> Tensor:
+        """One photo as the model's input (3, S, S) on the CPU; callers run it off the inference
+        thread, so that a batch only stacks what its requests prepared."""
+        return self._transform(image)
+
+    def inputs(self, images: Sequence[Image.Image] | Tensor) -> Tensor:
+        """A batch on the model's device and in its layout, from photos or from :meth:`prepare`'s
+        tensors stacked."""
+        batch = images if isinstance(images, Tensor) else torch.stack([self.prepare(i) for i in images])
+        return self.precision.inputs(batch.to(self.device))
 
     def scores(self, logits: Tensor) -> Scores:
         """Calibrated probabilities and energy scores of a batch of logits."""
@@ -121,15 +134,17 @@ class Predictor:
         """Whether a prediction (its calibrated probabilities and energy) should go to a person."""
         return self.calibration.is_unsure(max(probabilities), energy)
 
-    def classify(self, images: Sequence[Image.Image]) -> Scores:
+    def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
         """Calibrated class probabilities and energy scores of ``images``."""
-        batch = self.preprocess(images)
-        with torch.inference_mode():
+        batch = self.inputs(images)
+        with torch.inference_mode(), self.precision.autocast(self.device):
             return self.scores(self.model(batch))
 
-    def fingerprint(self, images: Sequence[Image.Image]) -> Fingerprints:
+    def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
         """Scores, embeddings and hashes of ``images``, from one forward pass."""
-        logits, embeddings = embed(self.model, self.preprocess(images))
+        with self.precision.autocast(self.device):
+            logits, embeddings = embed(self.model, self.inputs(images))
+        embeddings = embeddings.float()
         scores = self.scores(logits)
         return Fingerprints(
             probabilities=scores.probabilities,
@@ -148,14 +163,16 @@ class Predictor:
 
     def explain(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | Tensor,
         *,
         method: str = "gradcam",
         targets: Sequence[int | None] | None = None,
         layer: str | None = None,
     ) -> Explanation:
         """Probabilities and CAM heatmaps from one forward pass."""
-        out = compute_cam(self.model, self.preprocess(images), method=method, targets=targets, layer=layer)
+        batch = self.inputs(images)
+        with self.precision.autocast(self.device):
+            out = compute_cam(self.model, batch, method=method, targets=targets, layer=layer)
         scores = self.scores(out.logits)
         return Explanation(
             probabilities=scores.probabilities,

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from models import create_model
 from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
+from models.precision import cpu_has_native_bf16
 from models.predictor import select_device
 from models.similarity import INDEX_FILE
 from training.augment import build_batch_mix, build_train_transform
@@ -39,7 +40,7 @@ from training.data import (
     make_loader,
 )
 from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
-from training.hardware import cpu_has_native_bf16, cpu_name, environment
+from training.hardware import cpu_name, environment
 from training.index import build_index
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste

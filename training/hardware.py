@@ -1,8 +1,5 @@
-"""What a training process runs on: the name recorded with its epochs, and whether bf16 is fast there.
-
-A CPU without bf16 instructions (AVX512-BF16 or AMX) emulates bf16 arithmetic in oneDNN, which made a
-ResNet-50 training step many times slower than fp32 on an AVX2-only EPYC; ``--amp`` must not do that.
-"""
+"""What a training process runs on: the names recorded with its epochs (whether bf16 is fast there:
+``models.precision``)."""
 
 import platform
 from pathlib import Path
@@ -21,13 +18,6 @@ def cpu_name() -> str:
             if key.strip() == "model name" and value.strip():
                 return value.strip()
     return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX tiles), so bf16 autocast pays off."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    # torch exposes these only privately; a torch without them is treated as having no native bf16.
-    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
 def device_name(device: torch.device) -> str:

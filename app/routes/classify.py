@@ -7,7 +7,7 @@ from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
 from app.routes.inference_views import classification
 from app.schemas import ClassifyPublic
-from app.uploads import gather_uploads, read_image
+from app.uploads import gather_uploads, read_images
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(422))
 
@@ -21,7 +21,8 @@ async def classify_images(
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class."""
     uploads = gather_uploads(file, files, settings)
-    images = [await read_image(upload, settings) for upload in uploads]
+    # Decoded no larger than the model's input needs.
+    images = await read_images(uploads, settings, min_side=service.input_size())
     outcomes = await asyncio.gather(*(service.classify(image) for image in images))
     return ClassifyPublic(
         results=[

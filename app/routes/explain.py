@@ -38,7 +38,7 @@ def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None
 
 
 def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: float) -> tuple[str, str]:
-    """(overlay, heatmap) as base64 PNGs at the photo's own size."""
+    """(overlay, heatmap) as base64 PNGs at the size of ``image``."""
     photo = np.asarray(image.convert("RGB"))
     heatmap = resize_heatmap(outcome.heatmap, photo.shape[:2])
     return (
@@ -95,7 +95,9 @@ async def explain_image(
             resolve_layer(predictor.model, layer)
         except ValueError as error:
             raise unprocessable(str(error)) from None
-    image = await read_image(file, settings)
+    # Decoded at the photo's own size, or scaled down to the longest overlay side.
+    side = max(settings.overlay_max_side, predictor.spec.input_size)
+    image = await read_image(file, settings, min_side=side, max_side=side)
     try:
         outcome = await service.explain(
             image, method=method, target=target_index, layer=layer, predictor=other

@@ -41,6 +41,8 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         ready=not problems,
         model=model_ref(service.manager.predictor) if loaded else None,
         redis=redis_ok,
+        device=str(service.manager.device),
+        precision=service.manager.precision.name,
         # What was skipped at start-up is said even when an older version serves in its place.
         detail="; ".join(problems + service.manager.load_errors) or None,
     )

@@ -24,7 +24,7 @@ async def fingerprint_image(
 ) -> FingerprintPublic:
     """The photo's 64-bit deep-feature perceptual hash under the serving model (the paper's section
     4.2): near-identical photos differ in a few bits."""
-    image = await read_image(file, settings)
+    image = await read_image(file, settings, min_side=service.input_size())
     outcome = await service.fingerprint(image)
     return FingerprintPublic(
         filename=file.filename, model=model_ref(outcome.predictor), hash=hash_hex(outcome.hash)
@@ -44,7 +44,7 @@ async def similar_images(
 ) -> SimilarPublic:
     """The k training photos the serving model sees as most alike, with their labels, distances and
     thumbnails: "the model thinks this is glass; these are the training photos it resembles"."""
-    image = await read_image(file, settings)
+    image = await read_image(file, settings, min_side=service.input_size())
     outcome = await service.fingerprint(image)
     predictor = outcome.predictor
     try:

@@ -103,7 +103,11 @@ class BaseCAM:
                 score = logits.gather(1, target_classes[:, None]).sum()
                 (gradients,) = torch.autograd.grad(score, activations)
         with torch.no_grad():
-            cams = self.cam_image(images, activations.detach(), gradients, target_classes).clamp_min(0)
+            # Under autocast the layer's output is bf16 or fp16; weighting and summing 2048 channels in
+            # fp32 keeps the heatmap as fine as the fp32 one.
+            activations = activations.detach().float()
+            gradients = None if gradients is None else gradients.float()
+            cams = self.cam_image(images, activations, gradients, target_classes).clamp_min(0)
             cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
             heatmaps = scale_to_unit(cams[:, 0])
         return CamOutput(heatmaps, logits.detach(), target_classes)

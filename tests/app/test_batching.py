@@ -1,4 +1,5 @@
 import asyncio
+import threading
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,3 +62,35 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_lives_on() -> None:
     bad, later = asyncio.run(run())
     assert isinstance(bad, ValueError)
     assert later == 30
+
+
+def test_an_idle_model_takes_a_request_at_once_and_a_busy_one_batches_what_arrives() -> None:
+    """With no wait for company, a lone request runs alone, and the requests that arrive while a
+    batch runs form the next batch, all together."""
+    running = threading.Event()
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def process(key: Hashable, items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            running.set()
+            release.wait(5)
+        return items
+
+    async def run() -> list[int]:
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher: MicroBatcher[int, int] = MicroBatcher(process, max_size=8, max_wait=0.0, executor=executor)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("k", 0))
+        await asyncio.to_thread(running.wait, 5)
+        rest = [asyncio.create_task(batcher.submit("k", i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = [await first, *[await task for task in rest]]
+        await batcher.stop()
+        executor.shutdown()
+        return results
+
+    assert asyncio.run(run()) == [0, 1, 2, 3, 4, 5]
+    assert batches == [[0], [1, 2, 3, 4, 5]]

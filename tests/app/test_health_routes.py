@@ -1,5 +1,7 @@
+import torch
 from fastapi.testclient import TestClient
 
+from models.precision import choose_precision
 from tests.app.conftest import png_bytes
 
 
@@ -14,8 +16,12 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
         "ready": True,
         "model": response.json()["model"],
         "redis": True,
+        "device": "cpu",
+        # The tests' CPU decides between fp32 and bf16; the layout is channels-last either way.
+        "precision": choose_precision(torch.device("cpu")).name,
         "detail": None,
     }
+    assert response.json()["precision"].endswith("+channels_last")
 
 
 def test_ready_is_503_when_redis_is_unreachable(client: TestClient) -> None:

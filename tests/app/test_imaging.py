@@ -105,3 +105,42 @@ def test_too_many_pixels_is_413_before_decoding(side: int, message: str) -> None
     error = rejected(png_header_only(side, side), max_pixels=30_000_000)
     assert error.status_code == 413
     assert message in error.message
+
+
+def photo_bytes(size: tuple[int, int], fmt: str) -> bytes:
+    # Smooth content, so that a shrunk decode can be compared with a full one.
+    x = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, size[1], dtype=np.float32)[:, None, None]
+    array = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        # DCT scaling: 1/4 keeps both sides over 112, 1/8 would not.
+        ("JPEG", (250, 200)),
+        # An integer factor of 800 // 112 = 7.
+        ("PNG", (143, 115)),
+    ],
+)
+def test_a_photo_is_decoded_no_larger_than_its_use_needs(fmt: str, expected: tuple[int, int]) -> None:
+    data = photo_bytes((1000, 800), fmt)
+    shrunk = decode_image(data, max_pixels=10**8, min_side=112)
+    assert shrunk.size == expected
+    assert min(shrunk.size) >= 112
+    full = decode_image(data, max_pixels=10**8)
+    assert full.size == (1000, 800)
+    # The same picture: at the model's input size the two differ by a few levels at most.
+    a = np.asarray(shrunk.resize((112, 112), Image.Resampling.BILINEAR), dtype=np.float32)
+    b = np.asarray(full.resize((112, 112), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(a - b).mean() < 3
+
+
+def test_a_longest_side_is_scaled_down_to_the_limit() -> None:
+    image = decode_image(photo_bytes((2000, 1000), "PNG"), max_pixels=10**8, min_side=1024, max_side=1024)
+    assert image.size == (1024, 512)
+    small = decode_image(photo_bytes((300, 200), "PNG"), max_pixels=10**8, min_side=1024, max_side=1024)
+    assert small.size == (300, 200)

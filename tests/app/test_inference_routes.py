@@ -67,6 +67,28 @@ def test_too_large_upload_is_413(settings: Settings) -> None:
     assert "photo.png: larger than the limit of 1000 bytes" in response.json()["detail"]
 
 
+def test_photos_over_the_request_pixel_budget_are_413_before_decoding(settings: Settings) -> None:
+    settings.max_request_pixels = 3000
+    two = [("files", upload(data=png_bytes(size=(40, 30)))) for _ in range(2)]
+    three = [*two, ("files", upload(data=png_bytes(size=(40, 30))))]
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/classify", files=two).status_code == 200
+        response = client.post("/classify", files=three)
+    assert response.status_code == 413
+    assert (
+        response.json()["detail"] == "3 photos of 3600 pixels in all: over the limit of 3000 pixels a request"
+    )
+
+
+def test_an_overlay_is_at_most_the_longest_side_allowed(settings: Settings) -> None:
+    settings.overlay_max_side = 64
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/explain", files={"file": upload(data=png_bytes(size=(200, 100)))})
+    assert response.status_code == 200
+    assert decode_png(response.json()["overlay"]).size == (64, 32)
+    assert decode_png(response.json()["heatmap"]).size == (64, 32)
+
+
 @pytest.mark.parametrize(
     ("data", "status"),
     [

@@ -19,17 +19,6 @@ def test_the_cpu_name_comes_from_cpuinfo(tmp_path: Path, monkeypatch: pytest.Mon
     assert hardware.cpu_name() == "AMD EPYC 9654"
 
 
-def test_native_bf16_follows_the_cpu_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not hardware.cpu_has_native_bf16()
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert hardware.cpu_has_native_bf16()
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert not hardware.cpu_has_native_bf16()
-
-
 def test_environment_names_device_precision_and_torch() -> None:
     record = hardware.environment(torch.device("cpu"), torch.bfloat16)
     assert record["precision"] == "bf16"

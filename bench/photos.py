@@ -1,0 +1,26 @@
+"""Real photos for the benchmarks: the files of one split of a run's manifest, as stored."""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.split import manifest_and_root
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    data: bytes
+    label: str
+
+
+def load_photos(manifest: Path, data: list[str] | None, split: str = "test") -> list[Photo]:
+    """The encoded bytes and labels of the ``split`` photos of ``manifest`` (its data set named by
+    ``data`` when it has moved since the manifest was written)."""
+    with tempfile.TemporaryDirectory(prefix="bench-photos-") as scratch:
+        run_data = manifest.parent / "data"
+        loaded, root = manifest_and_root(manifest, data, Path(scratch) / "data", run_data=run_data)
+        return [
+            Photo(Path(path).name, (root / path).read_bytes(), loaded.class_names[label])
+            for path, label in loaded.select(split)
+        ]

@@ -1,0 +1,387 @@
+"""Service throughput and latency against its own ceiling and a naive peer, measured in one run.
+
+    python -m bench.service_load --checkpoint weights/se_resnet50/model.pt \\
+        --manifest weights/se_resnet50/manifest.json --data data/trashnet-112.tar.gz \\
+        --out docs/performance/service-load.json
+
+1. The in-process ceiling: the checkpoint's forward pass alone on the test photos, already
+   preprocessed, at each batch size and precision (fp32; bf16 autocast; bf16 with channels_last where
+   the CPU has bf16 instructions), and the test-split accuracy of each precision.
+2. The service, started with the command users run (``trashcam api``), and the naive peer
+   (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
+   clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
+   latency percentiles, errors, the CPU that the server and this load generator used (they share the
+   machine's cores), and the mean batch the service ran.
+3. Memory: a fresh ``trashcam api``, its RSS after 100 and after 1,000 ``/explain`` requests.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import psutil
+import torch
+from PIL import Image
+
+from app.cli import piece_commands, trashcam_command
+from bench.photos import Photo, load_photos
+from models.checkpoint import build_model, load_checkpoint
+from models.precision import InferencePrecision, cpu_has_native_bf16
+from models.transforms import build_eval_transform
+
+OURS_PORT = 8100
+PEER_PORT = 8101
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    server: str
+    endpoint: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    photos_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_cpu_cores: float
+    loadgen_cpu_cores: float
+    mean_batch: float | None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# --- 1. the in-process ceiling ------------------------------------------------------------------
+
+
+def candidate_precisions(device: torch.device) -> list[InferencePrecision]:
+    """fp32 in both layouts, and bf16 where it is native (emulated bf16 is many times slower)."""
+    dtypes: list[torch.dtype | None] = [None]
+    if device.type == "cuda" or cpu_has_native_bf16():
+        dtypes.append(torch.bfloat16)
+    return [InferencePrecision(dtype, layout) for dtype in dtypes for layout in (False, True)]
+
+
+def ceiling(
+    checkpoint_path: Path,
+    photos: Sequence[Photo],
+    batch_sizes: Sequence[int],
+    rounds: int,
+    *,
+    only: str | None = None,
+    with_accuracy: bool = True,
+) -> dict[str, Any]:
+    """The forward pass alone, on photos already preprocessed: photos/s per precision and batch size,
+    and the test accuracy of each precision."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(checkpoint).eval().to(device)
+    transform = build_eval_transform(checkpoint.spec)
+    inputs = torch.stack([transform(Image.open(io.BytesIO(p.data)).convert("RGB")) for p in photos])
+    labels = torch.tensor([checkpoint.spec.class_names.index(p.label) for p in photos])
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[str, float] = {}
+    for precision in candidate_precisions(device):
+        if only is not None and precision.name != only:
+            continue
+
+        def forward(batch: torch.Tensor, precision: InferencePrecision = precision) -> torch.Tensor:
+            with torch.inference_mode(), precision.autocast(device):
+                logits = model(precision.inputs(batch.to(device))).float().cpu()
+            return logits
+
+        if with_accuracy:
+            predicted = torch.cat([forward(chunk).argmax(1) for chunk in inputs.split(64)])
+            accuracy[precision.name] = float((predicted == labels).float().mean())
+        for batch_size in batch_sizes:
+            batch = inputs[:batch_size]
+            forward(batch)  # warm-up
+            times = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                forward(batch)
+                times.append(time.perf_counter() - started)
+            rows.append(
+                {
+                    "precision": precision.name,
+                    "batch": batch_size,
+                    "photos_per_s": batch_size / statistics.median(times),
+                }
+            )
+    best = max(rows, key=lambda row: row["photos_per_s"])
+    return {"device": device.type, "rows": rows, "accuracy": accuracy, "best": best}
+
+
+# --- 2. servers and load ------------------------------------------------------------------------
+
+
+@contextmanager
+def running(command: list[str], port: int, env: dict[str, str]) -> Iterator[psutil.Process]:
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{' '.join(command)} did not start")
+            time.sleep(0.5)
+        yield psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@dataclass
+class Timed:
+    latencies: list[float]
+    answered: int
+    errors: int
+    seconds: float
+    batches: list[int]
+    server_cpu: float
+    own_cpu: float
+
+
+async def load(
+    url: str,
+    photos: Sequence[Photo],
+    *,
+    clients: int,
+    requests: int,
+    warmup: int,
+    server: psutil.Process | None = None,
+) -> Timed:
+    """``requests`` requests after ``warmup`` ones: latencies (s), errors, wall time, the service's batch
+    sizes, and the CPU seconds that the server and this process spent meanwhile."""
+    order = itertools.cycle(photos)
+    latencies: list[float] = []
+    batches: list[int] = []
+    errors = answered = remaining = 0
+
+    async def client_loop(client: httpx2.AsyncClient) -> None:
+        nonlocal errors, answered, remaining
+        while remaining > 0:
+            remaining -= 1
+            photo = next(order)
+            started = time.perf_counter()
+            try:
+                response = await client.post(url, files={"file": (photo.name, photo.data, "image/jpeg")})
+            except httpx2.HTTPError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                errors += 1
+                continue
+            answered += 1
+            body = response.json()
+            results = body.get("results", [body])
+            batches.extend(int(r["batch_size"]) for r in results if "batch_size" in r)
+
+    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx2.AsyncClient(limits=limits, timeout=300) as client:
+        remaining = warmup
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        latencies.clear()
+        batches.clear()
+        errors = answered = 0
+        remaining = requests
+        server_cpu = 0.0 if server is None else cpu_seconds(server)
+        own_cpu = time.process_time()
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - started
+        own_cpu = time.process_time() - own_cpu
+        server_cpu = 0.0 if server is None else cpu_seconds(server) - server_cpu
+    return Timed(latencies, answered, errors, wall, batches, server_cpu, own_cpu)
+
+
+def measure(
+    server: str, process: psutil.Process, url: str, photos: Sequence[Photo], clients: int, requests: int
+) -> LoadResult:
+    timed = asyncio.run(
+        load(url, photos, clients=clients, requests=requests, warmup=2 * clients, server=process)
+    )
+    wall = timed.seconds
+    return LoadResult(
+        server=server,
+        endpoint=url.rsplit("/", 1)[-1],
+        clients=clients,
+        requests=requests,
+        errors=timed.errors,
+        seconds=wall,
+        photos_per_s=timed.answered / wall,
+        p50_ms=1000 * percentile(timed.latencies, 50),
+        p95_ms=1000 * percentile(timed.latencies, 95),
+        p99_ms=1000 * percentile(timed.latencies, 99),
+        server_cpu_cores=timed.server_cpu / wall,
+        loadgen_cpu_cores=timed.own_cpu / wall,
+        mean_batch=statistics.mean(timed.batches) if timed.batches else None,
+    )
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+
+
+def summarise(rows: list[LoadResult]) -> dict[str, Any]:
+    """The median of the rounds of one configuration (photos/s and each percentile on its own)."""
+    first = rows[0]
+    return {
+        "server": first.server,
+        "endpoint": first.endpoint,
+        "clients": first.clients,
+        "rounds": len(rows),
+        "requests": sum(row.requests for row in rows),
+        "errors": sum(row.errors for row in rows),
+        **{
+            name: statistics.median(getattr(row, name) for row in rows)
+            for name in (
+                "photos_per_s",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "server_cpu_cores",
+                "loadgen_cpu_cores",
+            )
+        },
+        "mean_batch": statistics.median(
+            [row.mean_batch for row in rows if row.mean_batch is not None] or [0.0]
+        ),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=160, help="requests per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement, in turn")
+    parser.add_argument("--endpoints", nargs="+", default=["classify", "explain"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--ceiling-rounds", type=int, default=5)
+    parser.add_argument("--memory", type=int, nargs=2, default=[100, 1000], metavar=("FIRST", "THEN"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "memory"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    photos = load_photos(args.manifest, args.data, args.split)
+    result: dict[str, Any] = {
+        "command": "python -m bench.service_load " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "photos": f"{len(photos)} {args.split} photos of {args.manifest}",
+    }
+    result["ceiling"] = ceiling(args.checkpoint, photos, args.batch_sizes, args.ceiling_rounds)
+    print(json.dumps(result["ceiling"], indent=2), flush=True)
+    best = result["ceiling"]["best"]
+
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as var, contextlib.ExitStack() as stack:
+        env = {"TRASHCAM_MODEL_PATH": str(args.checkpoint.resolve()), "TRASHCAM_VAR_DIR": var}
+        ours_command = trashcam_command(piece_commands("127.0.0.1", OURS_PORT)["api"])
+        servers = {"ours": (stack.enter_context(running(ours_command, OURS_PORT, env)), OURS_PORT)}
+        if "peer" not in args.skip:
+            peer_command = [sys.executable, "-m", "bench.naive_peer", "--checkpoint", str(args.checkpoint)]
+            peer_command += ["--port", str(PEER_PORT)]
+            servers["naive peer"] = (stack.enter_context(running(peer_command, PEER_PORT, {})), PEER_PORT)
+        rows: dict[tuple[str, str, int], list[LoadResult]] = {}
+        ceilings: list[float] = []
+        # Every round measures each configuration once, the servers in turn, and the ceiling again, so
+        # that load from elsewhere on the machine falls on all of them alike.
+        for round_index in range(args.rounds):
+            ceilings.append(
+                ceiling(
+                    args.checkpoint, photos, [best["batch"]], args.ceiling_rounds, only=best["precision"]
+                )["best"]["photos_per_s"]
+            )
+            for endpoint, clients in itertools.product(args.endpoints, args.clients):
+                names = list(servers)
+                names = names[round_index % len(names) :] + names[: round_index % len(names)]
+                for name in names:
+                    process, port = servers[name]
+                    url = f"http://127.0.0.1:{port}/{endpoint}"
+                    row = measure(name, process, url, photos, clients, args.requests)
+                    rows.setdefault((name, endpoint, clients), []).append(row)
+                    print(row, flush=True)
+        result["ceiling"]["per_round"] = ceilings
+        result["load"] = [summarise(group) for group in rows.values()]
+        result["load_rounds"] = [asdict(row) for group in rows.values() for row in group]
+        result["ratios"] = ratios(result["load"], statistics.median(ceilings))
+
+    if "memory" not in args.skip:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as var:
+            env = {"TRASHCAM_MODEL_PATH": str(args.checkpoint.resolve()), "TRASHCAM_VAR_DIR": var}
+            first, then = args.memory
+            with running(ours_command, OURS_PORT, env) as ours:
+                url = f"http://127.0.0.1:{OURS_PORT}/explain"
+                rss = {"started": rss_mb(ours)}
+                asyncio.run(load(url, photos, clients=8, requests=first, warmup=0))
+                rss[f"after {first}"] = rss_mb(ours)
+                asyncio.run(load(url, photos, clients=8, requests=then - first, warmup=0))
+                rss[f"after {then}"] = rss_mb(ours)
+            rss["drift"] = rss[f"after {then}"] / rss[f"after {first}"] - 1
+            result["memory_rss_mb"] = rss
+
+    print(json.dumps({key: result[key] for key in ("ratios", "memory_rss_mb") if key in result}, indent=2))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def ratios(load: list[dict[str, Any]], ceiling_photos_per_s: float) -> dict[str, float]:
+    """Ours against the ceiling and the peer, per endpoint and number of clients."""
+    by = {(row["server"], row["endpoint"], row["clients"]): row for row in load}
+    out: dict[str, float] = {}
+    for (server, endpoint, clients), row in by.items():
+        if server != "ours":
+            continue
+        if endpoint == "classify":
+            out[f"classify {clients} clients / ceiling"] = row["photos_per_s"] / ceiling_photos_per_s
+        peer = by.get(("naive peer", endpoint, clients))
+        if peer is not None:
+            out[f"{endpoint} {clients} clients / peer (photos/s)"] = (
+                row["photos_per_s"] / peer["photos_per_s"]
+            )
+            out[f"{endpoint} {clients} clients / peer (p50)"] = row["p50_ms"] / peer["p50_ms"]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
