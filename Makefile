@@ -34,5 +34,9 @@ chromium:
 test: lint redis chromium
 	$(BIN)/pytest
 
+# The speed benchmarks of docs/PERFORMANCE.md (about half an hour on 2 CPU cores).
 bench: install
-	$(BIN)/python -m bench.cam_speed
+	$(BIN)/python -m bench.cam_speed --checkpoint weights/se_resnet50/model.pt
+	$(BIN)/python -m bench.service_load --checkpoint weights/se_resnet50/model.pt \
+		--manifest weights/se_resnet50/manifest.json --data data/trashnet-112.tar.gz
+	$(BIN)/python -m bench.training_speed --data data/trashnet-112.tar.gz

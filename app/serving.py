@@ -1,9 +1,10 @@
 """The serving model and the batched inference around it.
 
 :class:`ModelManager` decides which checkpoint serves (explicit path, else the store's default, else
-the shipped weights) and swaps predictors atomically: a batch takes the current predictor when it
-starts, so requests in flight finish on the model they began with. :class:`InferenceService` feeds
-requests through micro-batchers that share one inference thread.
+the shipped weights), in which precision, and swaps predictors atomically: a request takes the current
+predictor when it arrives and finishes on it. :class:`InferenceService` prepares each photo in the
+request's thread and feeds the prepared inputs through micro-batchers that share one inference thread,
+which then only stacks them and runs the model.
 """
 
 import functools

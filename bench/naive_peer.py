@@ -5,8 +5,9 @@
 One forward pass per request in fp32, in FastAPI's thread pool; ``/explain`` with pytorch-grad-cam's
 ``GradCAM`` and ``show_cam_on_image``. pytorch-grad-cam keeps the activations of the call on its
 object and hooks the shared model, so concurrent calls would mix them up: a lock lets one explanation
-run at a time, which is the least a correct peer must do. Same checkpoint, same preprocessing, same
-responses in substance (probabilities; a base64 PNG overlay at the photo's size).
+run at a time (the least a correct peer must do), and each builds and releases its own ``GradCAM``.
+Same checkpoint, same preprocessing, same responses in substance (probabilities; a base64 PNG
+overlay at the photo's size).
 """
 
 import argparse
@@ -35,7 +36,7 @@ def create_peer(checkpoint_path: Path) -> FastAPI:
     model = build_model(checkpoint).eval()
     names = checkpoint.spec.class_names
     transform = build_eval_transform(checkpoint.spec)
-    cam = GradCAM(model=model, target_layers=[resolve_layer(model, None)])
+    layer = resolve_layer(model, None)
     cam_lock = threading.Lock()
     app = FastAPI(title="naive peer")
 
@@ -53,7 +54,9 @@ def create_peer(checkpoint_path: Path) -> FastAPI:
     def explain(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         image = Image.open(file.file).convert("RGB")
         batch = transform(image).unsqueeze(0)
-        with cam_lock:
+        # Built per request: pytorch-grad-cam hooks the layer until released, and its hooks would
+        # otherwise run in every /classify forward pass too.
+        with cam_lock, GradCAM(model=model, target_layers=[layer]) as cam:
             heatmap = cam(input_tensor=batch, targets=None)[0]
             scores = probabilities(cam.outputs)
         photo = np.asarray(image, dtype=np.float32) / 255

@@ -5,8 +5,9 @@
         --out docs/performance/service-load.json
 
 1. The in-process ceiling: the checkpoint's forward pass alone on the test photos, already
-   preprocessed, at each batch size and precision (fp32; bf16 autocast; bf16 with channels_last where
-   the CPU has bf16 instructions), and the test-split accuracy of each precision.
+   preprocessed, at each batch size, precision (fp32, and bf16 where the CPU or GPU has it), layout
+   (batches of 4 or more channels-last, or not) and with its batch norms as trained or folded, and the
+   test-split accuracy of each; the best is the ceiling.
 2. The service, started with the command users run (``trashcam api``), and the naive peer
    (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
    clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
@@ -18,6 +19,7 @@
 import argparse
 import asyncio
 import contextlib
+import copy
 import io
 import itertools
 import json
@@ -38,10 +40,12 @@ import httpx2
 import psutil
 import torch
 from PIL import Image
+from torch import nn
 
 from app.cli import piece_commands, trashcam_command
 from bench.photos import Photo, load_photos
 from models.checkpoint import build_model, load_checkpoint
+from models.fusion import fold_batch_norms
 from models.precision import InferencePrecision, cpu_has_native_bf16
 from models.transforms import build_eval_transform
 
@@ -91,28 +95,36 @@ def ceiling(
     only: str | None = None,
     with_accuracy: bool = True,
 ) -> dict[str, Any]:
-    """The forward pass alone, on photos already preprocessed: photos/s per precision and batch size,
-    and the test accuracy of each precision."""
+    """The forward pass alone, on photos already preprocessed: photos/s per precision, layout and
+    batch size, with the batch norms as trained and folded into the convolutions (as the service
+    runs it), and the test accuracy of each."""
     checkpoint = load_checkpoint(checkpoint_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(checkpoint).eval().to(device)
+    as_trained = build_model(checkpoint).eval().to(device)
+    folded = copy.deepcopy(as_trained)
+    fold_batch_norms(folded)
     transform = build_eval_transform(checkpoint.spec)
     inputs = torch.stack([transform(Image.open(io.BytesIO(p.data)).convert("RGB")) for p in photos])
     labels = torch.tensor([checkpoint.spec.class_names.index(p.label) for p in photos])
     rows: list[dict[str, Any]] = []
     accuracy: dict[str, float] = {}
-    for precision in candidate_precisions(device):
-        if only is not None and precision.name != only:
+    for precision, (suffix, model) in itertools.product(
+        candidate_precisions(device), (("", as_trained), ("+folded_bn", folded))
+    ):
+        name = precision.name + suffix
+        if only is not None and name != only:
             continue
 
-        def forward(batch: torch.Tensor, precision: InferencePrecision = precision) -> torch.Tensor:
+        def forward(
+            batch: torch.Tensor, precision: InferencePrecision = precision, model: nn.Module = model
+        ) -> torch.Tensor:
             with torch.inference_mode(), precision.autocast(device):
                 logits = model(precision.inputs(batch.to(device))).float().cpu()
             return logits
 
         if with_accuracy:
             predicted = torch.cat([forward(chunk).argmax(1) for chunk in inputs.split(64)])
-            accuracy[precision.name] = float((predicted == labels).float().mean())
+            accuracy[name] = float((predicted == labels).float().mean())
         for batch_size in batch_sizes:
             batch = inputs[:batch_size]
             forward(batch)  # warm-up
@@ -121,13 +133,8 @@ def ceiling(
                 started = time.perf_counter()
                 forward(batch)
                 times.append(time.perf_counter() - started)
-            rows.append(
-                {
-                    "precision": precision.name,
-                    "batch": batch_size,
-                    "photos_per_s": batch_size / statistics.median(times),
-                }
-            )
+            photos_per_s = batch_size / statistics.median(times)
+            rows.append({"precision": name, "batch": batch_size, "photos_per_s": photos_per_s})
     best = max(rows, key=lambda row: row["photos_per_s"])
     return {"device": device.type, "rows": rows, "accuracy": accuracy, "best": best}
 

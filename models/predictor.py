@@ -14,6 +14,7 @@ from models.calibration import Calibration, Thresholds, energy_score
 from models.cam import compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.fingerprint import embed, hash_bits
+from models.fusion import fold_batch_norms
 from models.precision import InferencePrecision
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
@@ -72,6 +73,7 @@ class Predictor:
         self.precision = precision or InferencePrecision()
         # Explanations need no parameter gradients; freezing once here spares every call.
         self.model = model.to(device).eval().requires_grad_(False)
+        fold_batch_norms(self.model)
         self.spec = spec
         self.name = name
         self.version = version

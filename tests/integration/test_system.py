@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psutil
 import pytest
 from PIL import Image
 
@@ -229,3 +230,32 @@ def test_a_restarted_api_still_reports_every_job(system: System, api: httpx2.Cli
     system.start_api()
     after = api.get("/train").json()
     assert [(j["id"], j["state"]) for j in after] == [(j["id"], j["state"]) for j in before]
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def test_huge_photos_leave_no_lasting_memory(system: System, api: httpx2.Client) -> None:
+    """16 small PNGs of 6000 x 6000 pixels in one /classify are refused before any is decoded; two
+    (under the request's pixel budget) are decoded one at a time and shrunk at once, and the memory
+    goes back."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (6000, 6000), (120, 90, 60)).save(buffer, format="PNG")
+    big = ("big.png", buffer.getvalue(), "image/png")
+    assert len(big[1]) < 200_000
+    pid = system.processes["api"].pid
+    small = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(small, format="PNG")
+    # The model's first batches allocate their buffers.
+    api.post("/classify", files=[("files", ("small.png", small.getvalue(), "image/png"))] * 2)
+    before = rss_mb(pid)
+    response = api.post("/classify", files=[("files", big)] * 16)
+    assert response.status_code == 413
+    assert "576000000 pixels in all" in response.json()["detail"]
+    for _ in range(3):
+        response = api.post("/classify", files=[("files", big)] * 2)
+        assert response.status_code == 200
+        assert len(response.json()["results"]) == 2
+    # One decoded photo is 108 MB; what stays must be far less than the 16 of them (1.7 GB).
+    assert rss_mb(pid) - before < 150
