@@ -26,5 +26,6 @@ def check_cam_options(method: str, colormap: str) -> None:
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer with (``{"detail": "..."}``)."""
+    """OpenAPI entries for the error statuses a route can answer with (``{"detail": "..."}``). Routes
+    that read a form list 400: a multipart body that cannot be parsed is answered before validation."""
     return {code: {"model": ErrorPublic} for code in codes}

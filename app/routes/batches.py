@@ -16,7 +16,7 @@ from models.cam.overlay import list_colormaps
 from worker.jobs import new_job_id
 from worker.runner import INPUTS_DIR, RESULT_ZIP
 
-router = APIRouter(prefix="/explain/batch", tags=["inference"], responses=error_responses(422))
+router = APIRouter(prefix="/explain/batch", tags=["inference"], responses=error_responses(400, 422))
 
 
 @router.post(

@@ -9,7 +9,7 @@ from app.routes.inference_views import classification
 from app.schemas import ClassifyPublic
 from app.uploads import gather_uploads, read_images
 
-router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(422))
+router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
 @router.post("/classify", response_model=ClassifyPublic, responses=error_responses(401, 413, 415, 422, 503))

@@ -22,7 +22,7 @@ from models.cam.overlay import (
 from models.checkpoint import CheckpointError
 from models.store import ModelNotFoundError
 
-router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(422))
+router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
 def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None:

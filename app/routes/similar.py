@@ -15,7 +15,7 @@ from app.uploads import read_image
 from models.fingerprint import hash_hex
 from models.similarity import NoIndexError
 
-router = APIRouter(tags=["similarity"], dependencies=[ReadAccess], responses=error_responses(422))
+router = APIRouter(tags=["similarity"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
 @router.post("/fingerprint", response_model=FingerprintPublic, responses=error_responses(401, 413, 415, 503))

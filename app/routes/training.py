@@ -18,7 +18,7 @@ from training.config import RECIPES, make_config
 from training.transfer import base_options
 from worker.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
 
-router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(422))
+router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(400, 422))
 
 
 def job_public(job: Job) -> JobPublic:

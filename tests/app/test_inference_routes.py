@@ -259,3 +259,21 @@ def test_probabilities_are_calibrated_and_unsure_follows_the_thresholds(settings
     strict = relaxed.model_copy(update={"unsure_max_energy": energy - 1.0})
     with TestClient(create_app(strict)) as client:
         assert top(client)["unsure"] is True
+
+
+def test_an_unparsable_form_is_a_documented_400(client: TestClient) -> None:
+    response = client.post(
+        "/classify",
+        content=b"--not-the-boundary\r\ngarbage",
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    assert response.status_code == 400
+    assert isinstance(response.json()["detail"], str)
+    documented = client.get("/openapi.json").json()["paths"]
+    for path, method in (
+        ("/classify", "post"),
+        ("/explain", "post"),
+        ("/train", "post"),
+        ("/similar", "post"),
+    ):
+        assert "400" in documented[path][method]["responses"], path
