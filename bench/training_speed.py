@@ -4,7 +4,8 @@
         --out docs/performance/training-speed.json
 
 - ours: the training run's own objects (``training.engine``: its loader with the recipe's augmentation,
-  sampler and workers, its optimizer, loss, batch mixing and precision), stepped the way an epoch is;
+  sampler and workers, its optimizer, loss, batch mixing and precision), each batch through the
+  step an epoch takes (``train_batch``);
 - plain: the loop one writes first: ``transforms.v2`` random-resized crops and flips, a ``DataLoader``
   with as many workers, AdamW and cross-entropy in fp32, no autocast.
 
@@ -35,7 +36,7 @@ from torchvision.transforms import v2
 from models import create_model
 from training.config import make_config
 from training.data import default_workers
-from training.engine import _Run, split_data, train_step
+from training.engine import _Run, split_data
 
 WARMUP = 2
 
@@ -114,19 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours.model.train()
 
         def our_step(images: torch.Tensor, labels: torch.Tensor) -> None:
-            # What train_epoch does with each batch.
-            images, labels = images.to(ours.device), labels.to(ours.device)
-            images, targets = (images, labels) if ours.batch_mix is None else ours.batch_mix(images, labels)
-            train_step(
-                ours.model,
-                images,
-                targets,
-                optimizer=ours.optimizer,
-                scaler=ours.scaler,
-                criterion=ours.criterion,
-                amp=ours.amp,
-            )
-            ours.scheduler.step()
+            ours.train_batch(images, labels)
 
         torch.manual_seed(0)
         plain_model: nn.Module = create_model(args.model, num_classes=len(manifest.class_names)).train()

@@ -286,6 +286,24 @@ class _Run:
             for name in head:
                 self.model.get_submodule(name).train()
 
+    def train_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step and one scheduler step on a batch from the loader; the loss and logits."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        # Mixed batches train on class probabilities; accuracy still counts each image's own label.
+        images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
+        loss, logits = train_step(
+            self.model,
+            images,
+            targets,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            criterion=self.criterion,
+            amp=self.amp,
+        )
+        self.scheduler.step()
+        return loss, logits
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         # Epochs are counted from 1: epoch self.epoch + 1 runs now.
@@ -294,20 +312,8 @@ class _Run:
         loss_sum, correct, seen = 0.0, 0, 0
         loader: DataLoader[tuple[torch.Tensor, int]] = self.train_loader
         for step, (images, labels) in enumerate(loader, start=1):
-            images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            # Mixed batches train on class probabilities; accuracy still counts each image's own label.
-            images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
-            loss, logits = train_step(
-                self.model,
-                images,
-                targets,
-                optimizer=self.optimizer,
-                scaler=self.scaler,
-                criterion=self.criterion,
-                amp=self.amp,
-            )
-            self.scheduler.step()
+            loss, logits = self.train_batch(images, labels)
             loss_sum += float(loss) * len(labels)
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)
