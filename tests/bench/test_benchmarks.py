@@ -1,0 +1,53 @@
+"""The benchmarks' own pieces: the naive peer answers as the service does, and the ratios are right."""
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from bench.naive_peer import create_peer
+from bench.service_load import percentile, ratios
+from tests.app.conftest import CLASSES, png_bytes, tiny_checkpoint
+
+
+def test_the_naive_peer_classifies_and_explains(tmp_path: Path) -> None:
+    client = TestClient(create_peer(tiny_checkpoint(tmp_path / "tiny.pt")))
+    photo = {"file": ("p.png", png_bytes(size=(50, 30)), "image/png")}
+    classified = client.post("/classify", files=photo).json()
+    assert set(classified["probabilities"]) == set(CLASSES)
+    assert sum(classified["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    explained = client.post("/explain", files=photo).json()
+    overlay = Image.open(io.BytesIO(base64.b64decode(explained["overlay"])))
+    assert overlay.size == (50, 30)
+    # Built per request and released: no hook stays on the model for /classify.
+    assert client.post("/classify", files=photo).json() == classified
+
+
+def test_ratios_compare_ours_with_the_ceiling_and_the_peer() -> None:
+    load = [
+        {"server": "ours", "endpoint": "classify", "clients": 32, "photos_per_s": 30.0, "p50_ms": 100.0},
+        {
+            "server": "naive peer",
+            "endpoint": "classify",
+            "clients": 32,
+            "photos_per_s": 15.0,
+            "p50_ms": 200.0,
+        },
+        {"server": "ours", "endpoint": "explain", "clients": 1, "photos_per_s": 12.0, "p50_ms": 80.0},
+        {"server": "naive peer", "endpoint": "explain", "clients": 1, "photos_per_s": 4.0, "p50_ms": 240.0},
+    ]
+    assert ratios(load, 40.0) == {
+        "classify 32 clients / ceiling": 0.75,
+        "classify 32 clients / peer (photos/s)": 2.0,
+        "classify 32 clients / peer (p50)": 0.5,
+        "explain 1 clients / peer (photos/s)": 3.0,
+        "explain 1 clients / peer (p50)": pytest.approx(1 / 3),
+    }
+
+
+def test_percentiles_are_of_the_sorted_values() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert (percentile(values, 0), percentile(values, 50), percentile(values, 100)) == (1.0, 3.0, 5.0)
