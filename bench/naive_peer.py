@@ -39,6 +39,7 @@ def create_peer(checkpoint_path: Path) -> FastAPI:
     layer = resolve_layer(model, None)
     cam_lock = threading.Lock()
     app = FastAPI(title="naive peer")
+    app.state.model = model
 
     def probabilities(logits: torch.Tensor) -> dict[str, float]:
         return dict(zip(names, torch.softmax(logits.float(), dim=1)[0].tolist(), strict=True))

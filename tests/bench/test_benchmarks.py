@@ -22,8 +22,9 @@ def test_the_naive_peer_classifies_and_explains(tmp_path: Path) -> None:
     explained = client.post("/explain", files=photo).json()
     overlay = Image.open(io.BytesIO(base64.b64decode(explained["overlay"])))
     assert overlay.size == (50, 30)
-    # Built per request and released: no hook stays on the model for /classify.
-    assert client.post("/classify", files=photo).json() == classified
+    # Built per request and released: no hook stays on the model to run in /classify's passes.
+    model = client.app.state.model  # type: ignore[attr-defined]
+    assert not any(module._forward_hooks for module in model.modules())
 
 
 def test_ratios_compare_ours_with_the_ceiling_and_the_peer() -> None:
