@@ -231,9 +231,10 @@ class ExplainItem(Prepared):
     target: int | None
 
 
-# Items share a batch only with items for the same weights: (kind, weights), and for explanations the
-# method and layer too.
-BatchKey = tuple[str, ...]
+# Items share a batch only with items for the same loaded model: (kind, the predictor's identity), and
+# for explanations the method and layer too. Not its weights' digest: a recalibrated model keeps its
+# weights, and one loaded again may differ in spec, so only the object itself says "the same model".
+BatchKey = tuple[str, int, str, str]
 
 
 class InferenceService:
@@ -330,11 +331,11 @@ class InferenceService:
 
     async def fingerprint(self, image: Image.Image) -> Fingerprinted:
         prepared = await self._prepare(image, None)
-        return await self._fingerprinter.submit(("fingerprint", prepared.predictor.sha256), prepared)
+        return await self._fingerprinter.submit(("fingerprint", id(prepared.predictor), "", ""), prepared)
 
     async def classify(self, image: Image.Image) -> Classified:
         prepared = await self._prepare(image, None)
-        return await self._classifier.submit(("classify", prepared.predictor.sha256), prepared)
+        return await self._classifier.submit(("classify", id(prepared.predictor), "", ""), prepared)
 
     async def explain(
         self,
@@ -347,5 +348,5 @@ class InferenceService:
     ) -> Explained:
         """Explain with the serving model, or with ``predictor`` (another loaded version)."""
         prepared = await self._prepare(image, predictor)
-        key: BatchKey = ("explain", prepared.predictor.sha256, method, layer or "")
+        key: BatchKey = ("explain", id(prepared.predictor), method, layer or "")
         return await self._explainer.submit(key, ExplainItem(prepared.inputs, prepared.predictor, target))

@@ -26,8 +26,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: The smallest batch that runs channels-last. The weights stay in the default layout and the input's
 #: layout decides (oneDNN and cuDNN convolve channels-last when either is): on a 2-core x86 CPU,
-#: SE-ResNet-50 at 112 px ran a batch of 16 about 20% faster channels-last, and a single photo about
-#: 10% slower (``python -m bench.service_load``, docs/PERFORMANCE.md).
+#: SE-ResNet-50 at 112 px ran a batch of 16 about 20-30% faster channels-last (the ceiling of
+#: ``python -m bench.service_load``, docs/PERFORMANCE.md), and a single photo no faster, often slower,
+#: in interleaved timings.
 CHANNELS_LAST_MIN_BATCH = 4
 
 
@@ -69,7 +70,9 @@ def choose_precision(
         raise ValueError(f"unknown precision {requested!r}; one of: {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
-            dtype: torch.dtype | None = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Native bf16 from Ampere (compute capability 8.0) on; older GPUs emulate it, so fp16.
+            native = torch.cuda.get_device_capability(device) >= (8, 0)
+            dtype: torch.dtype | None = torch.bfloat16 if native else torch.float16
         else:
             dtype = torch.bfloat16 if cpu_has_native_bf16() else None
     else:

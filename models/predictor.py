@@ -143,10 +143,9 @@ class Predictor:
             return self.scores(self.model(batch))
 
     def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
-        """Scores, embeddings and hashes of ``images``, from one forward pass."""
-        with self.precision.autocast(self.device):
-            logits, embeddings = embed(self.model, self.inputs(images))
-        embeddings = embeddings.float()
+        """Scores, embeddings and hashes of ``images``, from one forward pass, in fp32 whatever the
+        precision: the index of training photos was built in fp32, and bf16 would flip hash bits."""
+        logits, embeddings = embed(self.model, self.inputs(images))
         scores = self.scores(logits)
         return Fingerprints(
             probabilities=scores.probabilities,

@@ -252,6 +252,8 @@ def serving_manager(settings: Settings) -> ModelManager:
         shipped_path=settings.shipped_model_path,
         device_name=settings.device,
         thresholds=settings.unsure_thresholds,
+        precision=settings.inference_precision,
+        channels_last=settings.inference_channels_last,
     )
     manager.load_initial()
     return manager

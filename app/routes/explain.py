@@ -99,8 +99,9 @@ async def explain_image(
     side = max(settings.overlay_max_side, predictor.spec.input_size)
     image = await read_image(file, settings, min_side=side, max_side=side)
     try:
+        # The model the target and layer were checked against, even if another begins serving meanwhile.
         outcome = await service.explain(
-            image, method=method, target=target_index, layer=layer, predictor=other
+            image, method=method, target=target_index, layer=layer, predictor=predictor
         )
     except ValueError as error:
         # The layer cannot be explained (its output is not a feature map, or it runs twice), or the

@@ -15,9 +15,9 @@ from models.cam.registry import register_cam
 @register_cam("scorecam")
 class ScoreCAM(BaseCAM):
     uses_gradients = False
-    # Masked copies per forward pass. 16 in the channels-last layout ran fastest per image on a 2-core
-    # CPU (SE-ResNet-50 at 112 px: a batch of 64 costs more per image than one of 16, and channels-last
-    # convolves a batch of 16 about 20% faster); ``bench/cam_speed.py`` compares it with pytorch-grad-cam.
+    # Masked copies per forward pass, in the channels-last layout, which convolves batches of 16 faster
+    # than the default one on a 2-core CPU (the ceiling of bench/service_load.py); against
+    # pytorch-grad-cam's Score-CAM: bench/cam_speed.py.
     batch_size = 16
 
     def channel_weights(
