@@ -1,5 +1,8 @@
 """Turning uploaded bytes into RGB photos, refusing what is not a safe, whole image."""
 
+import ctypes
+import ctypes.util
+import functools
 import io
 import warnings
 
@@ -107,3 +110,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+@functools.cache
+def _malloc_trim() -> "ctypes._NamedFuncPointer | None":
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only
+
+
+def release_freed_memory() -> None:
+    """Return the heap memory that this process has freed to the system (glibc's ``malloc_trim``, in
+    every malloc arena); a no-op where the C library has none."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -5,7 +5,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.imaging import BadImageError, decode_image, image_pixels
+from app.imaging import BadImageError, decode_image, image_pixels, release_freed_memory
 
 
 async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
@@ -17,6 +17,11 @@ async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
             f"{upload.filename or 'upload'}: larger than the limit of {max_bytes} bytes",
         )
     return data
+
+
+#: Photos of more pixels than this in one request (a 12-megapixel phone photo is 12 million) have the
+#: memory of their full-size decoding handed back to the system afterwards.
+RELEASE_AFTER_PIXELS = 8_000_000
 
 
 def decode_all(
@@ -31,12 +36,17 @@ def decode_all(
             f"{len(blobs)} photos of {pixels} pixels in all: over the limit of "
             f"{settings.max_request_pixels} pixels a request",
         )
-    return [
+    images = [
         decode_image(
             blob, max_pixels=settings.max_image_pixels, name=name, min_side=min_side, max_side=max_side
         )
         for name, blob in blobs
     ]
+    if pixels > RELEASE_AFTER_PIXELS:
+        # The full-size buffers are freed by now, but into the malloc arena of this pool thread, which
+        # keeps them: hand them back, or every thread that once decoded a huge photo holds its size.
+        release_freed_memory()
+    return images
 
 
 async def read_images(
