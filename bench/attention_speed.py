@@ -15,8 +15,8 @@ import time
 import torch
 
 import models
+from models.precision import DTYPES
 from training.engine import train_step
-from training.speed import PRECISIONS
 
 MODELS = ("resnet50", "se_resnet50", "shared_se_resnet50")
 
@@ -28,11 +28,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16")
+    parser.add_argument("--precision", choices=list(DTYPES), default="bf16")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    amp = PRECISIONS[args.precision]
+    amp = DTYPES[args.precision]
     networks = {name: models.create_model(name, num_classes=6) for name in MODELS}
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in networks.items()}
     scaler = torch.amp.GradScaler("cpu", enabled=False)

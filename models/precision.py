@@ -20,8 +20,16 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
+#: The number formats by name, as autocast dtypes (None: fp32, no autocast).
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 #: Number formats a model can be asked to infer in; "auto" picks the fastest that keeps accuracy.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *DTYPES)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: the name of an autocast dtype (None: fp32)."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 #: The smallest batch that runs channels-last. The weights stay in the default layout and the input's
@@ -42,8 +50,7 @@ class InferencePrecision:
 
     @property
     def name(self) -> str:
-        dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        return dtype + ("+channels_last" if self.channels_last else "")
+        return precision_name(self.dtype) + ("+channels_last" if self.channels_last else "")
 
     def inputs(self, batch: Tensor) -> Tensor:
         """``batch`` in the layout its size runs fastest in."""
@@ -76,7 +83,7 @@ def choose_precision(
         else:
             dtype = torch.bfloat16 if cpu_has_native_bf16() else None
     else:
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+        dtype = DTYPES[requested]
         if device.type == "cpu" and dtype is torch.bfloat16 and not cpu_has_native_bf16():
             raise ValueError("bf16 asked for, but this CPU has no bf16 instructions (it would run emulated)")
         if device.type == "cpu" and dtype is torch.float16:

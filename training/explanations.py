@@ -26,13 +26,13 @@ from models.cam import compute_cam, list_cam_methods
 from models.cam.faithfulness import faithfulness
 from models.cam.overlay import overlay_heatmap
 from models.checkpoint import CheckpointError, build_model, load_checkpoint
+from models.precision import precision_name
 from models.predictor import select_device
 from models.transforms import build_eval_transform
 from training.archive import ArchiveError
 from training.data import DataError
 from training.engine import DATA_DIR, amp_dtype
 from training.evaluation import autocast, eval_loader, remap_labels
-from training.hardware import precision_name
 from training.split import AnyManifest, manifest_and_root
 
 logger = logging.getLogger(__name__)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from models.precision import precision_name
+
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -25,10 +27,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-un
 from models import list_models
 from models.calibration import DEFAULT_ENERGY_QUANTILE, DEFAULT_MIN_PROBABILITY
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.precision import DTYPES
 from models.predictor import select_device
 from models.similarity import INDEX_FILE
 from training.archive import ArchiveError
@@ -45,7 +46,7 @@ from training.evaluation import evaluate_checkpoint, write_report
 from training.export import CHECKPOINT, SPEC_FILE, SUMS_FILE, refresh_exported
 from training.index import build_index
 from training.progress import Progress, ProgressCallback
-from training.speed import PRECISIONS, time_train_steps
+from training.speed import time_train_steps
 from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
 from training.state import ResumeError
 from training.transfer import base_options
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--input-size", type=int, default=128)
     speed.add_argument("--steps", type=int, default=5)
     speed.add_argument("--warmup", type=int, default=2)
-    speed.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(PRECISIONS))
+    speed.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     speed.add_argument("--device")
     return parser
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from models import create_model
+from models.precision import DTYPES
 from training.engine import train_step
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ def time_train_steps(
     seed: int = 0,
 ) -> StepTiming:
     """Median wall time of ``steps`` Adam training steps on random data, after ``warmup`` untimed ones."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {tuple(PRECISIONS)}")
+    if precision not in DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {tuple(DTYPES)}")
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=6).to(device).train()
@@ -52,7 +51,7 @@ def time_train_steps(
             optimizer=optimizer,
             scaler=scaler,
             criterion=criterion,
-            amp=PRECISIONS[precision],
+            amp=DTYPES[precision],
         )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
