@@ -40,7 +40,6 @@ import httpx2
 import psutil
 import torch
 from PIL import Image
-from torch import nn
 
 from app.cli import piece_commands, trashcam_command
 from bench.photos import Photo, load_photos
@@ -86,57 +85,56 @@ def candidate_precisions(device: torch.device) -> list[InferencePrecision]:
     return [InferencePrecision(dtype, layout) for dtype in dtypes for layout in (False, True)]
 
 
-def ceiling(
-    checkpoint_path: Path,
-    photos: Sequence[Photo],
-    batch_sizes: Sequence[int],
-    rounds: int,
-    *,
-    only: str | None = None,
-    with_accuracy: bool = True,
-) -> dict[str, Any]:
+class Ceiling:
     """The forward pass alone, on photos already preprocessed: photos/s per precision, layout and
     batch size, with the batch norms as trained and folded into the convolutions (as the service
-    runs it), and the test accuracy of each."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    as_trained = build_model(checkpoint).eval().to(device)
-    folded = copy.deepcopy(as_trained)
-    fold_batch_norms(folded)
-    transform = build_eval_transform(checkpoint.spec)
-    inputs = torch.stack([transform(Image.open(io.BytesIO(p.data)).convert("RGB")) for p in photos])
-    labels = torch.tensor([checkpoint.spec.class_names.index(p.label) for p in photos])
-    rows: list[dict[str, Any]] = []
-    accuracy: dict[str, float] = {}
-    for precision, (suffix, model) in itertools.product(
-        candidate_precisions(device), (("", as_trained), ("+folded_bn", folded))
-    ):
-        name = precision.name + suffix
-        if only is not None and name != only:
-            continue
+    runs it), and the test accuracy of each. The checkpoint is loaded and the photos are prepared
+    once, for every measurement of the run."""
 
-        def forward(
-            batch: torch.Tensor, precision: InferencePrecision = precision, model: nn.Module = model
-        ) -> torch.Tensor:
-            with torch.inference_mode(), precision.autocast(device):
-                logits = model(precision.inputs(batch.to(device))).float().cpu()
-            return logits
+    def __init__(self, checkpoint_path: Path, photos: Sequence[Photo]) -> None:
+        checkpoint = load_checkpoint(checkpoint_path)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        as_trained = build_model(checkpoint).eval().to(self.device)
+        folded = copy.deepcopy(as_trained)
+        fold_batch_norms(folded)
+        transform = build_eval_transform(checkpoint.spec)
+        self.inputs = torch.stack([transform(Image.open(io.BytesIO(p.data)).convert("RGB")) for p in photos])
+        self.labels = torch.tensor([checkpoint.spec.class_names.index(p.label) for p in photos])
+        self.variants = {
+            precision.name + suffix: (precision, model)
+            for precision, (suffix, model) in itertools.product(
+                candidate_precisions(self.device), (("", as_trained), ("+folded_bn", folded))
+            )
+        }
 
-        if with_accuracy:
-            predicted = torch.cat([forward(chunk).argmax(1) for chunk in inputs.split(64)])
-            accuracy[name] = float((predicted == labels).float().mean())
-        for batch_size in batch_sizes:
-            batch = inputs[:batch_size]
-            forward(batch)  # warm-up
-            times = []
-            for _ in range(rounds):
-                started = time.perf_counter()
-                forward(batch)
-                times.append(time.perf_counter() - started)
-            photos_per_s = batch_size / statistics.median(times)
-            rows.append({"precision": name, "batch": batch_size, "photos_per_s": photos_per_s})
-    best = max(rows, key=lambda row: row["photos_per_s"])
-    return {"device": device.type, "rows": rows, "accuracy": accuracy, "best": best}
+    def forward(self, name: str, batch: torch.Tensor) -> torch.Tensor:
+        precision, model = self.variants[name]
+        with torch.inference_mode(), precision.autocast(self.device):
+            return model(precision.inputs(batch.to(self.device))).float().cpu()
+
+    def accuracy(self) -> dict[str, float]:
+        accuracy = {}
+        for name in self.variants:
+            predicted = torch.cat([self.forward(name, chunk).argmax(1) for chunk in self.inputs.split(64)])
+            accuracy[name] = float((predicted == self.labels).float().mean())
+        return accuracy
+
+    def measure(
+        self, batch_sizes: Sequence[int], rounds: int, *, only: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for name in self.variants if only is None else [only]:
+            for batch_size in batch_sizes:
+                batch = self.inputs[:batch_size]
+                self.forward(name, batch)  # warm-up
+                times = []
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    self.forward(name, batch)
+                    times.append(time.perf_counter() - started)
+                photos_per_s = batch_size / statistics.median(times)
+                rows.append({"precision": name, "batch": batch_size, "photos_per_s": photos_per_s})
+        return rows
 
 
 # --- 2. servers and load ------------------------------------------------------------------------
@@ -315,7 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "photos": f"{len(photos)} {args.split} photos of {args.manifest}",
     }
-    result["ceiling"] = ceiling(args.checkpoint, photos, args.batch_sizes, args.ceiling_rounds)
+    ceiling = Ceiling(args.checkpoint, photos)
+    ceiling_rows = ceiling.measure(args.batch_sizes, args.ceiling_rounds)
+    result["ceiling"] = {
+        "device": ceiling.device.type,
+        "rows": ceiling_rows,
+        "accuracy": ceiling.accuracy(),
+        "best": max(ceiling_rows, key=lambda row: row["photos_per_s"]),
+    }
     print(json.dumps(result["ceiling"], indent=2), flush=True)
     best = result["ceiling"]["best"]
 
@@ -332,11 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every round measures each configuration once, the servers in turn, and the ceiling again, so
         # that load from elsewhere on the machine falls on all of them alike.
         for round_index in range(args.rounds):
-            ceilings.append(
-                ceiling(
-                    args.checkpoint, photos, [best["batch"]], args.ceiling_rounds, only=best["precision"]
-                )["best"]["photos_per_s"]
-            )
+            (again,) = ceiling.measure([best["batch"]], args.ceiling_rounds, only=best["precision"])
+            ceilings.append(again["photos_per_s"])
             for endpoint, clients in itertools.product(args.endpoints, args.clients):
                 names = list(servers)
                 names = names[round_index % len(names) :] + names[: round_index % len(names)]
