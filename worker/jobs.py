@@ -5,7 +5,9 @@ A record lives at ``<jobs_dir>/<id>/job.json`` (the authority) and under the Red
 ``trashcam:job:<id>`` (a copy for whoever reads Redis). A cancellation is a separate marker file that
 only the API writes, so a worker saving progress can never undo it. The job's folder is also where its
 work happens (a training run's checkpoints, a heatmap batch's inputs and zip). A worker holds a job
-through a :class:`JobLease`, a Redis lock that a heartbeat keeps alive while the job runs.
+through a :class:`JobLease`: a Redis lock that a heartbeat keeps alive while the job runs, and a
+heartbeat file in the job's folder that outlives a Redis restart, so that a job whose lock Redis lost is
+not taken for one whose worker died.
 """
 
 import contextlib
@@ -36,6 +38,8 @@ LOCK_PREFIX = "trashcam:lock:"
 #: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
 INSTANCE_KEY = "trashcam:instance"
 CANCEL_MARKER = "cancel"
+#: Written by the worker holding a job (its holder token) every third of the lease's time to live.
+HEARTBEAT_FILE = "heartbeat"
 
 
 class JobNotFoundError(LookupError):
@@ -167,17 +171,26 @@ class JobStore:
 
     # Ownership -----------------------------------------------------------------------------------
     def lease(self, job_id: str, ttl_seconds: int) -> "JobLease":
-        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds)
+        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, self.folder(job_id) / HEARTBEAT_FILE)
 
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
 
-    def orphans(self) -> list[Job]:
+    def heartbeat_age(self, job_id: str) -> float | None:
+        """Seconds since the job's holder last showed it was alive; None if no worker ever held it."""
+        try:
+            return time.time() - (self.folder(job_id) / HEARTBEAT_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def orphans(self, lease_seconds: float) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.
 
-        A running job whose lease expired lost its worker; a queued job whose message went to an
-        earlier Redis instance lost that message when Redis restarted (it keeps nothing on disk).
-        Either is safe to submit again: training resumes from its last checkpoint and heatmap
+        A running job lost its worker when neither its lock nor its heartbeat file has been renewed
+        for ``lease_seconds``; the file matters after a Redis restart, which drops every lock while
+        the workers go on (each takes its lock back at its next heartbeat). A queued job whose message
+        went to an earlier Redis instance lost that message when Redis restarted (it keeps nothing on
+        disk). Either is safe to submit again: training resumes from its last checkpoint and heatmap
         batches are recomputed.
         """
         instance = self.redis_instance()
@@ -185,24 +198,32 @@ class JobStore:
         for job in self.all():
             if job.finished:
                 continue
-            lost_worker = job.state == "running" and not self.locked(job.id)
-            lost_message = job.state == "queued" and job.queued_on != instance
-            if lost_worker or lost_message:
+            if job.state == "running":
+                age = self.heartbeat_age(job.id)
+                alive = self.locked(job.id) or (age is not None and age < lease_seconds)
+                if not alive:
+                    found.append(job)
+            elif job.queued_on != instance:
                 found.append(job)
         return found
 
 
 class JobLease:
-    """A Redis lock on one job, kept alive by a heartbeat thread while the job runs.
+    """A Redis lock on one job, kept alive by a heartbeat thread while the job runs, which also renews
+    the job's heartbeat file.
 
+    Only one lease holds a job: the lock is refused while another holder's heartbeat file is fresh,
+    since after a Redis restart that holder still runs and takes its lock back at its next beat.
     ``lost`` is set when the lock could not be kept (it expired and someone else took it, or Redis
     lost it and it could not be taken back); the job's work should then stop, writing nothing.
     """
 
-    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int, heartbeat_file: Path) -> None:
         # Not thread-local: the heartbeat thread extends the lock the job's thread acquired.
         self._lock = Lock(client, key, timeout=ttl_seconds, blocking=False, thread_local=False)
         self.ttl = ttl_seconds
+        self.heartbeat_file = heartbeat_file
+        self.holder = uuid.uuid4().hex
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -210,9 +231,28 @@ class JobLease:
     def acquire(self) -> bool:
         if not self._lock.acquire(blocking=False):
             return False
+        if self._held_elsewhere():
+            with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
+                self._lock.release()
+            return False
+        self._write_heartbeat()
         self._heartbeat = threading.Thread(target=self._beat, name="job-lease", daemon=True)
         self._heartbeat.start()
         return True
+
+    def _held_elsewhere(self) -> bool:
+        try:
+            age = time.time() - self.heartbeat_file.stat().st_mtime
+            holder = self.heartbeat_file.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return holder != self.holder and age < self.ttl
+
+    def _write_heartbeat(self) -> None:
+        try:
+            atomic_write_bytes(self.heartbeat_file, f"{self.holder}\n".encode())
+        except OSError:
+            logger.warning("could not write the job's heartbeat file %s", self.heartbeat_file, exc_info=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -224,7 +264,9 @@ class JobLease:
                     self.lost.set()
                     return
             except redis.RedisError:
+                # Redis is down: the work goes on, and the file says so to whoever looks for orphans.
                 logger.warning("could not renew a job lease; retrying", exc_info=True)
+            self._write_heartbeat()
 
     def _take_back(self) -> bool:
         try:
@@ -236,5 +278,7 @@ class JobLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
+        if not self.lost.is_set():
+            self.heartbeat_file.unlink(missing_ok=True)
         with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
             self._lock.release()

@@ -20,7 +20,7 @@ def submit(celery: Celery, job: Job) -> None:
     celery.send_task(name, args=[job.id], task_id=f"{job.id}-{job.attempts}")
 
 
-def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None]) -> list[str]:
+def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None], lease_seconds: float) -> list[str]:
     """Resubmit every orphaned job (see :meth:`JobStore.orphans`); one recoverer runs at a time.
 
     An orphan whose cancellation was requested is marked cancelled instead.
@@ -29,7 +29,7 @@ def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None]) -> list[str
         return []
     try:
         recovered = []
-        for job in jobs.orphans():
+        for job in jobs.orphans(lease_seconds):
             if job.cancel_requested:
                 job.state, job.finished_at = "cancelled", time.time()
                 jobs.save(job)

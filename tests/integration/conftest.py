@@ -85,16 +85,23 @@ class System:
         except OSError:
             return False
 
-    def _start(self, piece: str) -> None:
-        """Start ``piece`` with the very command that docker-compose.yml and ``trashcam serve`` run."""
+    def _start(self, piece: str, name: str | None = None) -> None:
+        """Start ``piece`` with the very command that docker-compose.yml and ``trashcam serve`` run (as
+        process ``name``, default the piece's, which also names its log)."""
         port = int(self.api_url.rsplit(":", 1)[1])
-        self.processes[piece] = subprocess.Popen(
+        name = name or piece
+        self.processes[name] = subprocess.Popen(
             trashcam_command(piece_commands("127.0.0.1", port)[piece]),
             cwd=REPO_ROOT,
             env=self.env,
-            stdout=self._log_file(piece),
+            stdout=self._log_file(name),
             stderr=subprocess.STDOUT,
         )
+
+    def start_another_training_worker(self, name: str) -> None:
+        """One more training worker beside the first, as a deployment that scales them out runs."""
+        self._start("training-worker", name)
+        wait_until(partial(_says_ready, self.logs / f"{name}.log"), 60, name)
 
     def start_api(self) -> None:
         self._start("api")
@@ -129,14 +136,15 @@ class System:
         process.wait(30)
 
     def stop_all(self) -> None:
-        for name in (*WORKERS, "api", "redis"):
+        for name in (*(set(self.processes) - {"api", "redis"}), "api", "redis"):
             if name in self.processes:
                 self.kill(name, signal.SIGTERM)
         for handle in self.log_files:
             handle.close()
 
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+    def log(self, name: str, *, whole: bool = False) -> str:
+        text = (self.logs / f"{name}.log").read_text(errors="replace")
+        return text if whole else text[-4000:]
 
 
 def trashnet_subset(root: Path, per_class: int, classes: tuple[str, ...] | None = None) -> Path:

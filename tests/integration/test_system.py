@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import signal
 import time
 import zipfile
 from pathlib import Path
@@ -209,6 +210,47 @@ def test_a_killed_worker_loses_no_training_job(
     assert job["state"] == "succeeded", (job["error"], system.log("training-worker"))
     assert job["attempts"] >= 2
     assert [record["epoch"] for record in job["history"]][-1] == 6
+
+
+def test_a_redis_restart_never_runs_one_job_twice(
+    system: System, api: httpx2.Client, trashnet_photos: Path
+) -> None:
+    """Two training workers, a job running on one, and Redis restarted under it: its lock is gone, but
+    its worker still runs it and says so in the job's heartbeat file, so the API does not resubmit it and
+    the idle worker never starts a second run."""
+    system.start_another_training_worker("training-worker-2")
+    try:
+        form = {
+            "model": "simple_cnn",
+            "model_kwargs": '{"width": 4}',
+            "epochs": "500",
+            "batch_size": "4",
+            "input_size": "32",
+        }
+        created = api.post(
+            "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
+        )
+        url, job_id = created.headers["location"], created.json()["id"]
+        deadline = time.monotonic() + 120
+        while api.get(url).json()["epoch"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        system.kill("redis")
+        system.start_redis()
+        # Three lock lifetimes (TRASHCAM_JOB_LOCK_SECONDS=5) of recovery rounds (every second).
+        watch_until = time.monotonic() + 15
+        while time.monotonic() < watch_until:
+            job = api.get(url).json()
+            assert (job["state"], job["attempts"]) == ("running", 1), job
+            time.sleep(0.5)
+        api.delete(url, headers=KEY)
+        job = wait_for_job(api, url, {"cancelled", "failed", "succeeded"}, timeout=60)
+        assert (job["state"], job["attempts"]) == ("cancelled", 1), job
+        logs = system.log("training-worker", whole=True) + system.log("training-worker-2", whole=True)
+        # One queue message (task id <job>-<attempts when queued>), received by one worker, once.
+        assert logs.count(f"trashcam.train[{job_id}-") == logs.count(f"trashcam.train[{job_id}-0]")
+        assert logs.count(f"trashcam.train[{job_id}-0] received") == 1
+    finally:
+        system.kill("training-worker-2", signal.SIGTERM)
 
 
 def test_a_redis_restart_loses_no_job(system: System, api: httpx2.Client, trashnet_photos: Path) -> None:

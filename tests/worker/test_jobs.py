@@ -95,10 +95,43 @@ def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
     done = jobs.create("training", {})
     done.state = "succeeded"
     jobs.save(done)
-    assert {job.id for job in jobs.orphans()} == {running_lost.id}
+    assert {job.id for job in jobs.orphans(30)} == {running_lost.id}
 
     jobs.redis.flushdb()  # a Redis restart: queues, locks and the instance id are gone
-    assert {job.id for job in jobs.orphans()} == {running_locked.id, running_lost.id, queued.id}
+    # The running job's worker still beats: its heartbeat file, not the lost lock, says so.
+    assert {job.id for job in jobs.orphans(30)} == {running_lost.id, queued.id}
     jobs.mark_queued(queued)  # resubmitted to the new instance
-    assert queued.id not in {job.id for job in jobs.orphans()}
+    assert queued.id not in {job.id for job in jobs.orphans(30)}
     lease.release()
+
+
+def test_a_worker_that_stops_beating_leaves_an_orphan(jobs: JobStore) -> None:
+    job = jobs.create("training", {})
+    job.state = "running"
+    jobs.save(job)
+    lease = jobs.lease(job.id, 1)
+    assert lease.acquire()
+    lease._stop.set()  # the worker dies: no more beats, neither to Redis nor to the file
+    jobs.redis.flushdb()
+    assert jobs.orphans(1) == []  # its file is still fresh
+    time.sleep(1.2)
+    assert [orphan.id for orphan in jobs.orphans(1)] == [job.id]
+
+
+def test_a_second_worker_never_holds_a_job_whose_holder_still_beats(jobs: JobStore) -> None:
+    """After a Redis restart the lock is gone but the first worker still runs the job: a redelivered
+    message must not start a second run before the first takes its lock back."""
+    job = jobs.create("training", {})
+    first = jobs.lease(job.id, 3)
+    assert first.acquire()
+    jobs.redis.flushdb()
+    second = jobs.lease(job.id, 3)
+    assert not second.acquire()
+    assert not jobs.locked(job.id)  # the refused lease did not keep the lock either
+    time.sleep(1.5)  # the first worker's next beat takes the lock back
+    assert jobs.locked(job.id)
+    assert not first.lost.is_set()
+    first.release()
+    assert jobs.heartbeat_age(job.id) is None
+    assert second.acquire()  # released: the next holder is welcome
+    second.release()
