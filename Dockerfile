@@ -14,6 +14,7 @@ WORKDIR /srv/trashcam
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/${TORCH_VARIANT}
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY core ./core
 COPY models ./models
 COPY training ./training
 COPY worker ./worker

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import redis
 import uvicorn
 
-from app.config import get_settings
+from core.settings import get_settings
 
 
 def run_api(host: str, port: int) -> None:

@@ -4,13 +4,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from app.config import Settings
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
 from app.security import API_KEY_HEADER, check_api_key
 from app.serving import InferenceService
+from core.jobs import JobStore
+from core.settings import Settings
 from models.store import ModelStore
-from worker.jobs import JobStore
 
 
 def settings_of_app(request: Request) -> Settings:

@@ -13,8 +13,9 @@ import kombu.exceptions
 import redis
 from fastapi import HTTPException, status
 
-from app.config import Settings
 from app.errors import too_large, unprocessable
+from core.jobs import PHOTO_SUFFIXES, Job, JobKind, JobStore
+from core.settings import Settings
 from training.archive import (
     ARCHIVE_SUFFIXES,
     ArchiveError,
@@ -23,13 +24,9 @@ from training.archive import (
     extract_archive,
     is_archive,
 )
-from training.data import IMAGE_SUFFIXES
 from training.split import parse_data_sets
-from worker.jobs import Job, JobKind, JobStore
 
 _CHUNK = 1 << 20
-#: What /explain/batch accepts as photos: what a training data set may hold, listed in messages.
-PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
 
 
 class JobSubmitter(Protocol):

@@ -12,8 +12,8 @@ from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
 from app.security import API_KEY_HEADER, check_api_key
+from core.settings import Settings
 
 #: Methods that change state; under these paths they need an API key (as the routes' WriteAccess does).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -16,19 +16,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
-from app.config import Settings, get_settings
 from app.jobs import JobSubmitter
 from app.limits import RequestGate
 from app.metrics import Metrics, MetricsMiddleware
-from app.redaction import path_labels
 from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
-from app.serving import InferenceService, ModelManager, NoModelError
+from app.serving import InferenceService
+from core.jobs import JobStore
+from core.model_manager import ModelManager, NoModelError
+from core.queue import create_celery, submit
+from core.recovery import recover_orphans
+from core.redaction import path_labels
+from core.retention import prune_finished_jobs
+from core.settings import Settings, get_settings
 from models.files import redact_paths
 from models.store import ModelStore
-from worker.jobs import JobStore
-from worker.recovery import recover_orphans
-from worker.retention import prune_finished_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,6 @@ async def recover_lost_jobs(app: FastAPI) -> None:
 
 
 def celery_submitter(settings: Settings) -> JobSubmitter:
-    from worker.celery_app import create_celery
-    from worker.recovery import submit
-
     celery = create_celery(settings)
     return lambda job: submit(celery, job)
 
@@ -77,15 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.inference_threads is not None:
         torch.set_num_threads(settings.inference_threads)
-    manager = ModelManager(
-        store=app.state.store,
-        explicit_path=settings.model_path,
-        shipped_path=settings.shipped_model_path,
-        device_name=settings.device,
-        thresholds=settings.unsure_thresholds,
-        precision=settings.inference_precision,
-        channels_last=settings.inference_channels_last,
-    )
+    manager = ModelManager.from_settings(settings, app.state.store)
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
         app.state.metrics.model_loads.inc()

@@ -4,7 +4,7 @@ import hmac
 
 from fastapi import HTTPException, status
 
-from app.config import Settings
+from core.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 

@@ -4,8 +4,8 @@ from fastapi import HTTPException, UploadFile, status
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.config import Settings
-from app.imaging import BadImageError, decode_image, image_pixels, release_freed_memory
+from core.imaging import BadImageError, decode_image, image_pixels, release_freed_memory
+from core.settings import Settings
 
 
 async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
@@ -53,7 +53,7 @@ async def read_images(
     uploads: list[UploadFile], settings: Settings, *, min_side: int, max_side: int | None = None
 ) -> list[Image.Image]:
     """Decode a request's photos (off the event loop), each no larger than its use needs (see
-    :func:`app.imaging.decode_image`); 413 if together they are over the request's pixel budget,
+    :func:`core.imaging.decode_image`); 413 if together they are over the request's pixel budget,
     413/415/422 with the reason if one is unusable."""
     blobs = [
         (upload.filename or "upload", await read_upload(upload, max_bytes=settings.max_upload_bytes))

@@ -2,8 +2,8 @@
 
 import time
 
+from core.jobs import Job, JobLease, JobStore
 from training.progress import Progress, TrainingCancelled
-from worker.jobs import Job, JobLease, JobStore
 
 
 class LeaseLost(TrainingCancelled):

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config import Settings
-from app.imaging import BadImageError, decode_image
-from app.jobs import PHOTO_SUFFIXES
-from app.redaction import path_labels
-from app.serving import ModelManager
+from core.imaging import BadImageError, decode_image
+from core.jobs import INPUTS_DIR, PHOTO_SUFFIXES, RESULT_ZIP, RUN_DIR, Job, JobLease, JobStore
+from core.model_manager import ModelManager
+from core.redaction import path_labels
+from core.retention import prune_job
+from core.settings import Settings
 from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
 from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
@@ -23,15 +24,9 @@ from models.similarity import INDEX_FILE
 from models.store import ModelStore
 from training.config import make_config
 from training.engine import CONFIG_FILE, resume, train
-from worker.jobs import Job, JobLease, JobStore
 from worker.progress import JobProgress, LeaseLost
-from worker.retention import prune_job
 
 logger = logging.getLogger(__name__)
-
-RUN_DIR = "run"
-INPUTS_DIR = "inputs"
-RESULT_ZIP = "result.zip"
 
 
 @dataclass
@@ -246,14 +241,6 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
 
 def serving_manager(settings: Settings) -> ModelManager:
     """The model the API serves by default, loaded for a worker process."""
-    manager = ModelManager(
-        store=ModelStore(settings.models_dir),
-        explicit_path=settings.model_path,
-        shipped_path=settings.shipped_model_path,
-        device_name=settings.device,
-        thresholds=settings.unsure_thresholds,
-        precision=settings.inference_precision,
-        channels_last=settings.inference_channels_last,
-    )
+    manager = ModelManager.from_settings(settings)
     manager.load_initial()
     return manager

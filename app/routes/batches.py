@@ -11,10 +11,9 @@ from app.errors import check_cam_options, error_responses, too_large
 from app.jobs import discard, enqueue, store_photos
 from app.routes.training import find_job, job_public
 from app.schemas import JobPublic
+from core.jobs import INPUTS_DIR, RESULT_ZIP, new_job_id
 from models.cam import list_cam_methods
 from models.cam.overlay import list_colormaps
-from worker.jobs import new_job_id
-from worker.runner import INPUTS_DIR, RESULT_ZIP
 
 router = APIRouter(prefix="/explain/batch", tags=["inference"], responses=error_responses(400, 422))
 

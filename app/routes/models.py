@@ -1,12 +1,12 @@
 from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from app.config import Settings
 from app.deps import ReadAccess, ServiceDep, SettingsDep, StoreDep, WriteAccess
 from app.errors import error_responses
-from app.redaction import path_labels
 from app.routes.inference_views import model_ref
 from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic
+from core.redaction import path_labels
+from core.settings import Settings
 from models.checkpoint import CheckpointError
 from models.files import redact
 from models.store import ModelNotFoundError, ModelVersion

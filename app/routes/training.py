@@ -11,12 +11,12 @@ from app.errors import error_responses, unprocessable
 from app.jobs import discard, enqueue, public_params, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
+from core.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
 from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, make_config
 from training.transfer import base_options
-from worker.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
 
 router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(400, 422))
 

@@ -9,11 +9,11 @@ from PIL import Image
 from pydantic import SecretStr
 
 import models
-from app.config import Settings
 from app.main import create_app
+from core.jobs import Job
+from core.settings import Settings
 from models.checkpoint import ModelSpec, save_checkpoint
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
-from worker.jobs import Job
 
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
 API_KEY = "test-key-0123456789"

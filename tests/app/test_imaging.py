@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import BadImageError, decode_image
+from core.imaging import BadImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

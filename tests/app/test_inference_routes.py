@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.config import Settings
 from app.main import create_app
+from core.settings import Settings
 from models.cam import list_cam_methods
 from tests.app.conftest import CLASSES, png_bytes
 

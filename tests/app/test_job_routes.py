@@ -8,8 +8,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.main import create_app
+from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 from tests.training.helpers import make_image_folder
 
@@ -286,7 +286,7 @@ def test_bad_heatmap_batches(
 
 
 def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes, settings: Settings) -> None:
-    from worker.jobs import JobStore
+    from core.jobs import JobStore
 
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
@@ -363,8 +363,8 @@ def test_bad_bases_are_422_with_why(
 
 
 def test_a_pruned_batch_result_is_410(client: TestClient, settings: Settings) -> None:
-    from worker.jobs import JobStore
-    from worker.retention import prune_finished_jobs
+    from core.jobs import JobStore
+    from core.retention import prune_finished_jobs
 
     files = [("files", ("a.png", png_bytes(), "image/png"))]
     job = client.post("/explain/batch", files=files, headers=KEY).json()

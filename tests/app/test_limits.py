@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.main import create_app
+from core.settings import Settings
 from tests.app.conftest import API_KEY
 
 

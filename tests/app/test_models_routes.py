@@ -5,8 +5,8 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.main import create_app
+from core.settings import Settings
 from models.store import ModelStore
 from tests.app.conftest import API_KEY, png_bytes, tiny_checkpoint
 

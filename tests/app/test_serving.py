@@ -3,7 +3,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from app.serving import InferenceService, ModelManager
+from app.serving import InferenceService
+from core.model_manager import ModelManager
 from models.store import ModelStore
 from tests.app.conftest import tiny_checkpoint
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.main import create_app
+from core.settings import Settings
 from models.similarity import INDEX_FILE
 from tests.app.conftest import CLASSES
 from tests.training.helpers import make_image_folder

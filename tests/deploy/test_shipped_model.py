@@ -2,7 +2,7 @@
 
 import torch
 
-from app.config import Settings
+from core.settings import Settings
 from models.checkpoint import file_sha256, load_checkpoint
 from models.files import read_json
 from training.export import SPEC_FILE, SUMS_FILE, read_checksums

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.config import Settings
+from core.jobs import JobStore
+from core.settings import Settings
 from tests.app.conftest import TEST_REDIS_URL
-from worker.jobs import JobStore
 
 
 @pytest.fixture

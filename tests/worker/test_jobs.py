@@ -3,7 +3,7 @@ import time
 import pytest
 import redis
 
-from worker.jobs import KEY_PREFIX, LOCK_PREFIX, JobNotFoundError, JobStore
+from core.jobs import KEY_PREFIX, LOCK_PREFIX, JobNotFoundError, JobStore
 
 
 def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:

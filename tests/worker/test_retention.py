@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.jobs import JobStore
-from worker.retention import prune_finished_jobs, prune_job
+from core.jobs import JobStore
+from core.retention import prune_finished_jobs, prune_job
 
 DAY = 86400.0
 

@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.config import Settings
+from core.jobs import INPUTS_DIR, RESULT_ZIP, JobStore
+from core.settings import Settings
 from models.predictor import Predictor
 from models.store import ModelStore
 from tests.app.conftest import png_bytes, tiny_checkpoint
 from tests.training.helpers import make_image_folder
 from training.progress import Progress, TrainingCancelled
-from worker.jobs import JobStore
 from worker.progress import JobProgress, LeaseLost
-from worker.runner import INPUTS_DIR, RESULT_ZIP, run_heatmap_job, run_training_job, serving_manager
+from worker.runner import run_heatmap_job, run_training_job, serving_manager
 
 TINY = {
     "model": "simple_cnn",
@@ -140,7 +140,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
 
 
 def test_a_jobs_error_names_no_server_folder(settings: Settings, tmp_path: Path) -> None:
-    from app.redaction import path_labels
+    from core.redaction import path_labels
     from worker.runner import _public_error
 
     folder = settings.jobs_dir / "abc"

@@ -1,9 +1,10 @@
 from celery import Task
 
-from app.config import get_settings
-from app.serving import ModelManager
+from core.model_manager import ModelManager
+from core.queue import HEATMAPS_TASK
+from core.settings import get_settings
 from models.predictor import Predictor
-from worker.celery_app import HEATMAPS_TASK, celery_app
+from worker.celery_app import celery_app
 from worker.runner import run_heatmap_job, serving_manager
 
 

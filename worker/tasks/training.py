@@ -1,7 +1,8 @@
 from celery import Task
 
-from app.config import get_settings
-from worker.celery_app import TRAIN_TASK, celery_app
+from core.queue import TRAIN_TASK
+from core.settings import get_settings
+from worker.celery_app import celery_app
 from worker.runner import run_training_job
 
 

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from worker.jobs import Job, JobStore
+from core.jobs import Job, JobStore
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import redis
 from redis.lock import Lock
 
 from models.files import atomic_write_bytes
+from training.data import IMAGE_SUFFIXES
 
 JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -38,6 +39,14 @@ LOCK_PREFIX = "trashcam:lock:"
 #: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
 INSTANCE_KEY = "trashcam:instance"
 CANCEL_MARKER = "cancel"
+# A job's folder: job.json and the markers above, and the work of its kind.
+#: A training job's run folder (see ``training.engine``: config, split, checkpoints, report).
+RUN_DIR = "run"
+#: A heatmap batch's photos, and the zip of its results.
+INPUTS_DIR = "inputs"
+RESULT_ZIP = "result.zip"
+#: What a heatmap batch accepts as photos: what a training data set may hold, listed in messages.
+PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
 #: Written by the worker holding a job (its holder token) every third of the lease's time to live.
 HEARTBEAT_FILE = "heartbeat"
 
@@ -68,7 +77,7 @@ class Job:
     attempts: int = 0
     #: The Redis instance that held this job's queue message when it was last queued.
     queued_on: str | None = None
-    #: When its uploads, data, checkpoints and results were removed (see ``worker.retention``).
+    #: When its uploads, data, checkpoints and results were removed (see ``core.retention``).
     pruned_at: float | None = None
 
     @property

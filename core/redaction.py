@@ -1,7 +1,7 @@
 """Server paths out of what the API shows: model records and error messages name files relative to the
 folders a user knows (the data root, the var folder, the project), never the machine's layout."""
 
-from app.config import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 
 
 def path_labels(settings: Settings) -> dict[str, str]:

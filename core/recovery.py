@@ -4,20 +4,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from celery import Celery
-
-from worker.jobs import Job, JobStore
+from core.jobs import Job, JobStore
 
 logger = logging.getLogger(__name__)
 RECOVERY_KEY = "trashcam:recovering"
-
-
-def submit(celery: Celery, job: Job) -> None:
-    """Queue ``job``'s task (the caller records it as queued first, see :meth:`JobStore.mark_queued`)."""
-    from worker.celery_app import HEATMAPS_TASK, TRAIN_TASK
-
-    name = TRAIN_TASK if job.kind == "training" else HEATMAPS_TASK
-    celery.send_task(name, args=[job.id], task_id=f"{job.id}-{job.attempts}")
 
 
 def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None], lease_seconds: float) -> list[str]:

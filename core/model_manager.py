@@ -1,0 +1,191 @@
+"""Which model serves: :class:`ModelManager` picks the checkpoint (explicit path, else the store's default,
+else the shipped weights) and its precision, and swaps predictors atomically, so a request that took the
+current predictor finishes on it. The API and the heatmap workers both load their model through it.
+"""
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from core.settings import Settings
+from models.calibration import Thresholds
+from models.checkpoint import CheckpointError
+from models.precision import InferencePrecision, choose_precision
+from models.predictor import Predictor, select_device
+from models.store import ModelStore, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+#: How many stored versions besides the serving one stay loaded for comparisons.
+OTHER_MODELS_KEPT = 2
+
+
+class NoModelError(RuntimeError):
+    """No model is configured, stored or shipped."""
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        explicit_path: Path | None,
+        shipped_path: Path,
+        device_name: str,
+        thresholds: Thresholds | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
+    ) -> None:
+        self.store = store
+        self.explicit_path = explicit_path
+        self.shipped_path = shipped_path
+        self.device = select_device(device_name)
+        #: How every model it loads infers on its device (``models.precision.choose_precision``).
+        self.precision: InferencePrecision = choose_precision(
+            self.device, precision, channels_last=channels_last
+        )
+        #: "Unsure" thresholds from the settings, over every model's own.
+        self.thresholds = thresholds or Thresholds()
+        self._predictor: Predictor | None = None
+        self._seen_default: str | None = None
+        #: Stored versions loaded to compare with the serving one, oldest first.
+        self._others: dict[str, Predictor] = {}
+        #: The checkpoints that could not be loaded at start-up, for /ready.
+        self.load_errors: list[str] = []
+        # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch.
+        self._swap = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ModelStore | None = None) -> "ModelManager":
+        """The manager of the model the service serves by default, as its settings say (not loaded yet:
+        call :meth:`load_initial`)."""
+        return cls(
+            store=store or ModelStore(settings.models_dir),
+            explicit_path=settings.model_path,
+            shipped_path=settings.shipped_model_path,
+            device_name=settings.device,
+            thresholds=settings.unsure_thresholds,
+            precision=settings.inference_precision,
+            channels_last=settings.inference_channels_last,
+        )
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise NoModelError(
+                "no model is loaded: configure TRASHCAM_MODEL_PATH, ship weights with the service, "
+                "or train one with POST /train and make it the default"
+            )
+        return self._predictor
+
+    @property
+    def loaded(self) -> bool:
+        return self._predictor is not None
+
+    def load_initial(self) -> None:
+        """Serve the explicit checkpoint, else the store's default, else the shipped weights.
+
+        The explicit checkpoint is what serves at start-up; a default set later (by PUT /models/default
+        or a training job asked to make its model the default) takes over from it. A checkpoint that
+        cannot be loaded (corrupt, truncated, altered) is skipped for the next one, the default's
+        earlier versions first, so one bad file never keeps the service from starting; ``load_errors``
+        says what was skipped.
+        """
+        default = self.store.default()
+        self._seen_default = default.ref if default is not None else None
+        self.load_errors = []
+        for described, load in self._candidates(default):
+            try:
+                self._predictor = load()
+            except CheckpointError as error:
+                logger.error("cannot serve %s: %s", described, error)
+                self.load_errors.append(f"{described} cannot be loaded (corrupt, truncated or altered)")
+                continue
+            logger.info("serving model %s:%s", self._predictor.name, self._predictor.version)
+            return
+
+    def _candidates(self, default: ModelVersion | None) -> list[tuple[str, Callable[[], Predictor]]]:
+        candidates: list[tuple[str, Callable[[], Predictor]]] = []
+        if self.explicit_path is not None:
+            path = self.explicit_path
+            candidates.append(("the configured model", lambda: self._from_file(path)))
+        if default is not None:
+            earlier = [v for v in self.store.versions(default.name) if v.version != default.version]
+            for version in [default, *reversed(earlier)]:
+                candidates.append((f"model {version.ref}", functools.partial(self._from_version, version)))
+        if self.shipped_path.is_file():
+            candidates.append(("the shipped model", lambda: self._from_file(self.shipped_path)))
+        return candidates
+
+    def refresh(self) -> bool:
+        """Follow the store's default when something else (a finished training job) changed it.
+
+        Returns True if a new predictor was swapped in.
+        """
+        with self._swap:
+            default = self.store.default()
+            ref = default.ref if default is not None else None
+            if ref == self._seen_default or default is None:
+                self._seen_default = ref
+                return False
+            predictor = self._from_version(default)
+            self._predictor, self._seen_default = predictor, ref
+        logger.info("serving model %s (new default)", ref)
+        return True
+
+    def switch(self, name: str, version: str | None) -> ModelVersion:
+        """Make a stored version the default and serve it; it is loaded before the swap."""
+        with self._swap:
+            chosen = self.store.get(name, version)
+            predictor = self._from_version(chosen)
+            self.store.set_default(chosen.name, chosen.version)
+            self._predictor, self._seen_default = predictor, chosen.ref
+        return chosen
+
+    def stored_predictor(self, ref: str) -> Predictor:
+        """A stored version (``name:version``, or ``name`` for its newest now), for comparisons: the
+        serving predictor when it is that version, else one of the last few loaded. Loads from disk:
+        call it off the event loop. ``ModelNotFoundError`` if there is no such version."""
+        name, _, version = ref.partition(":")
+        chosen = self.store.get(name, version or None)
+        with self._swap:
+            serving = self._predictor
+            if serving is not None and (serving.name, serving.version) == (chosen.name, chosen.version):
+                return serving
+            cached = self._others.get(chosen.ref)
+            if cached is None or cached.sha256 != chosen.sha256:
+                cached = self._others[chosen.ref] = self._from_version(chosen)
+                while len(self._others) > OTHER_MODELS_KEPT:
+                    self._others.pop(next(iter(self._others)))
+            return cached
+
+    def _from_file(self, path: Path) -> Predictor:
+        # A file outside the store is versioned by its weights' digest.
+        name = path.parent.name if path.name == "model.pt" else path.stem
+        return Predictor.from_checkpoint(
+            str(path),
+            name=name,
+            version=None,
+            device=self.device,
+            thresholds=self.thresholds,
+            precision=self.precision,
+        )
+
+    def _from_version(self, version: ModelVersion) -> Predictor:
+        predictor = Predictor.from_checkpoint(
+            str(version.path),
+            name=version.name,
+            version=version.version,
+            device=self.device,
+            thresholds=self.thresholds,
+            precision=self.precision,
+        )
+        # The file's own digest only proves it is intact; the store's record proves it is the version
+        # that was registered (and that /models shows), not weights swapped in with a new digest.
+        if predictor.sha256 != version.sha256:
+            raise CheckpointError(
+                f"{version.ref}: weights {predictor.sha256[:12]} are not the registered {version.sha256[:12]}"
+            )
+        return predictor
