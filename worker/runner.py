@@ -9,15 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from core.explain import explanation
 from core.imaging import BadImageError, decode_image
 from core.jobs import INPUTS_DIR, PHOTO_SUFFIXES, RESULT_ZIP, RUN_DIR, Job, JobLease, JobStore
 from core.model_manager import ModelManager
 from core.redaction import path_labels
 from core.retention import prune_job
 from core.settings import Settings
-from models.cam.overlay import encode_png, heatmap_to_uint8, overlay_heatmap, resize_heatmap
 from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
@@ -151,7 +149,6 @@ def explain_images(
     on_batch: Callable[[int], None],
 ) -> Iterator[ExplainedImage]:
     """Each image explained, in batches; its outputs are named by position, so equal names cannot clash."""
-    names = predictor.class_names
     for start in range(0, len(paths), batch_size):
         chunk = list(enumerate(paths[start : start + batch_size], start=start))
         decoded = []
@@ -167,27 +164,28 @@ def explain_images(
             for (index, path, image), probs, energy, heatmap, target in zip(
                 decoded, result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
             ):
-                photo = np.asarray(image)
-                sized = resize_heatmap(heatmap.numpy(), photo.shape[:2])
-                ranked = sorted(
-                    zip(names, probs.tolist(), strict=True), key=lambda pair: pair[1], reverse=True
+                shown = explanation(
+                    predictor,
+                    image,
+                    probabilities=probs.tolist(),
+                    energy=float(energy),
+                    heatmap=heatmap.numpy(),
+                    target=int(target),
+                    colormap=colormap,
+                    alpha=alpha,
                 )
                 entry: dict[str, object] = {
                     "file": path.name,
                     "overlay": f"overlays/{index:05d}.png",
                     "heatmap": f"heatmaps/{index:05d}.png",
-                    "label": ranked[0][0],
-                    "target": names[int(target)],
-                    "predictions": [{"label": label, "probability": p} for label, p in ranked],
-                    "calibrated": predictor.calibration.fitted,
-                    "energy": float(energy),
-                    "unsure": predictor.is_unsure(probs.tolist(), float(energy)),
+                    "label": shown.label,
+                    "target": shown.target_label,
+                    "predictions": [{"label": label, "probability": p} for label, p in shown.predictions],
+                    "calibrated": shown.calibrated,
+                    "energy": shown.energy,
+                    "unsure": shown.unsure,
                 }
-                yield ExplainedImage(
-                    entry,
-                    encode_png(overlay_heatmap(photo, sized, colormap=colormap, alpha=alpha)),
-                    encode_png(heatmap_to_uint8(sized)),
-                )
+                yield ExplainedImage(entry, shown.overlay_png, shown.heatmap_png)
         on_batch(start + len(chunk))
 
 

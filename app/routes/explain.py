@@ -1,24 +1,17 @@
+import base64
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import check_cam_options, error_responses, unprocessable
 from app.routes.inference_views import classification
 from app.schemas import ExplanationPublic, TargetPublic
-from app.serving import Explained
 from app.uploads import read_image
+from core.explain import explanation
 from models.cam import list_cam_methods, resolve_layer
-from models.cam.overlay import (
-    heatmap_to_uint8,
-    list_colormaps,
-    overlay_heatmap,
-    resize_heatmap,
-    to_base64_png,
-)
+from models.cam.overlay import list_colormaps
 from models.checkpoint import CheckpointError
 from models.store import ModelNotFoundError
 
@@ -35,16 +28,6 @@ def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None
         return int(target)
     valid = ", ".join(f"{index} ({name})" for index, name in enumerate(class_names))
     raise unprocessable(f"unknown target {target!r}; valid classes: {valid}")
-
-
-def render(image: Image.Image, outcome: Explained, *, colormap: str, alpha: float) -> tuple[str, str]:
-    """(overlay, heatmap) as base64 PNGs at the size of ``image``."""
-    photo = np.asarray(image.convert("RGB"))
-    heatmap = resize_heatmap(outcome.heatmap, photo.shape[:2])
-    return (
-        to_base64_png(overlay_heatmap(photo, heatmap, colormap=colormap, alpha=alpha)),
-        to_base64_png(heatmap_to_uint8(heatmap)),
-    )
 
 
 @router.post(
@@ -107,13 +90,22 @@ async def explain_image(
         # The layer cannot be explained (its output is not a feature map, or it runs twice), or the
         # target no longer exists because another model began serving meanwhile.
         raise unprocessable(str(error)) from None
-    overlay, heatmap = await run_in_threadpool(render, image, outcome, colormap=colormap, alpha=alpha)
-    names = outcome.predictor.class_names
+    shown = await run_in_threadpool(
+        explanation,
+        outcome.predictor,
+        image,
+        probabilities=outcome.probabilities,
+        energy=outcome.energy,
+        heatmap=outcome.heatmap,
+        target=outcome.target,
+        colormap=colormap,
+        alpha=alpha,
+    )
     return ExplanationPublic(
         **classification(file.filename, outcome).model_dump(),
         method=method,
         layer=layer or str(getattr(outcome.predictor.model, "cam_layer", "")),
-        target=TargetPublic(index=outcome.target, label=names[outcome.target]),
-        overlay=overlay,
-        heatmap=heatmap,
+        target=TargetPublic(index=shown.target, label=shown.target_label),
+        overlay=base64.b64encode(shown.overlay_png).decode("ascii"),
+        heatmap=base64.b64encode(shown.heatmap_png).decode("ascii"),
     )

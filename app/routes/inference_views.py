@@ -2,6 +2,7 @@
 
 from app.schemas import Classification, ClassProbability, ModelRef
 from app.serving import Classified
+from core.explain import ranked
 from models.predictor import Predictor
 
 
@@ -10,13 +11,12 @@ def model_ref(predictor: Predictor) -> ModelRef:
 
 
 def classification(filename: str | None, outcome: Classified) -> Classification:
-    names = outcome.predictor.class_names
-    ranked = sorted(zip(names, outcome.probabilities, strict=True), key=lambda pair: pair[1], reverse=True)
+    predictions = ranked(outcome.predictor.class_names, outcome.probabilities)
     return Classification(
         filename=filename,
         model=model_ref(outcome.predictor),
-        label=ranked[0][0],
-        predictions=[ClassProbability(label=label, probability=p) for label, p in ranked],
+        label=predictions[0][0],
+        predictions=[ClassProbability(label=label, probability=p) for label, p in predictions],
         calibrated=outcome.predictor.calibration.fitted,
         energy=round(outcome.energy, 4),
         unsure=outcome.unsure,
