@@ -7,14 +7,14 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import kombu.exceptions
 import redis
 from fastapi import HTTPException, status
 
 from app.errors import too_large, unprocessable
-from core.jobs import PHOTO_SUFFIXES, Job, JobKind, JobStore
+from core.jobs import PHOTO_SUFFIXES, Job, JobParams, JobStore
 from core.settings import Settings
 from training.archive import (
     ARCHIVE_SUFFIXES,
@@ -199,10 +199,10 @@ def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings
     return count
 
 
-def enqueue(jobs: JobStore, submit: JobSubmitter, kind: JobKind, params: dict[str, Any], job_id: str) -> Job:
+def enqueue(jobs: JobStore, submit: JobSubmitter, params: JobParams, job_id: str) -> Job:
     """Record the job and queue its task; 503 (and nothing kept) if the queue is unreachable."""
     try:
-        job = jobs.create(kind, params, job_id=job_id)
+        job = jobs.create(params, job_id=job_id)
         jobs.mark_queued(job)
         submit(job)
     except (redis.RedisError, kombu.exceptions.KombuError, OSError) as error:
@@ -213,14 +213,6 @@ def enqueue(jobs: JobStore, submit: JobSubmitter, kind: JobKind, params: dict[st
             headers={"Retry-After": "5"},
         ) from None
     return job
-
-
-def public_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Job parameters without server-side paths."""
-    public = {key: value for key, value in params.items() if key not in ("data",)}
-    if "options" in public:
-        public["options"] = {key: value for key, value in public["options"].items() if key != "init_from"}
-    return public
 
 
 def discard(folder: Path) -> None:

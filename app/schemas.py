@@ -118,8 +118,10 @@ class JobPublic(BaseModel):
     updated_at: float
     started_at: float | None
     finished_at: float | None
-    epoch: int = Field(description="training: epochs started; heatmaps: images done")
-    epochs: int = Field(description="training: epochs in the run; heatmaps: images in the batch")
+    epoch: int = Field(description="training: epochs started")
+    epochs: int = Field(description="training: epochs in the run")
+    images_done: int = Field(0, description="heatmaps: photos explained so far")
+    images: int = Field(0, description="heatmaps: photos in the batch")
     progress: float = Field(ge=0.0, le=1.0)
     eta_seconds: float | None
     metrics: dict[str, float] = Field(description="latest step's running metrics")
@@ -131,7 +133,10 @@ class JobPublic(BaseModel):
     pruned_at: float | None = Field(
         None, description="when the job's uploads, data and results were removed after the retention time"
     )
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(
+        description="what the job runs: training, the model name and its whole training config (server "
+        "paths left out); heatmaps, the method, colormap and alpha"
+    )
 
 
 class FingerprintPublic(BaseModel):

@@ -11,7 +11,6 @@ not taken for one whose worker died.
 """
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -19,14 +18,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field
 from redis.lock import Lock
 
 from models.files import atomic_write_bytes
+from training.config import TrainConfig
 from training.data import IMAGE_SUFFIXES
 
 JobKind = Literal["training", "heatmaps"]
@@ -55,23 +55,64 @@ class JobNotFoundError(LookupError):
     pass
 
 
-@dataclass
-class Job:
+#: TrainConfig fields that name the server's files: never shown by the API.
+SERVER_PATHS = ("data", "out", "init_from")
+
+
+class TrainingParams(BaseModel):
+    """What a training job runs, built and validated once, when the job is created."""
+
+    kind: Literal["training"] = "training"
+    #: The model name the result is registered under (a new version of it).
+    name: str
+    config: TrainConfig
+    #: How the data was given, for people: ``upload:photos.zip, data_root:sets/bins``.
+    source: str
+    make_default: bool = False
+
+    def public(self) -> dict[str, Any]:
+        shown = self.model_dump(mode="json")
+        shown["config"] = {k: v for k, v in shown["config"].items() if k not in SERVER_PATHS}
+        return shown
+
+
+class HeatmapParams(BaseModel):
+    """How a heatmap batch explains its photos (``POST /explain/batch`` declares the defaults)."""
+
+    kind: Literal["heatmaps"] = "heatmaps"
+    method: str
+    colormap: str
+    alpha: float = Field(ge=0.0, le=1.0)
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+JobParams = Annotated[TrainingParams | HeatmapParams, Field(discriminator="kind")]
+
+
+class Job(BaseModel):
+    # Fields written by another version of the service are ignored rather than fatal.
+    model_config = ConfigDict(extra="ignore")
+
     id: str
-    kind: JobKind
-    params: dict[str, Any]
+    params: JobParams
     state: JobState = "queued"
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    #: Training: epochs started, and in the run.
     epoch: int = 0
     epochs: int = 0
+    #: Heatmaps: photos explained, and in the batch.
+    images_done: int = 0
+    images: int = 0
     progress: float = 0.0
     eta_seconds: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    result: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     cancel_requested: bool = False
     attempts: int = 0
@@ -81,18 +122,19 @@ class Job:
     pruned_at: float | None = None
 
     @property
+    def kind(self) -> JobKind:
+        return self.params.kind
+
+    @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Job":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        # Fields written by another version of the service are ignored rather than fatal.
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls.model_validate_json(text)
 
 
 def new_job_id() -> str:
@@ -114,8 +156,8 @@ class JobStore:
         return self.jobs_dir / job_id
 
     # Records -------------------------------------------------------------------------------------
-    def create(self, kind: JobKind, params: dict[str, Any], *, job_id: str | None = None) -> Job:
-        job = Job(id=job_id or new_job_id(), kind=kind, params=params)
+    def create(self, params: TrainingParams | HeatmapParams, *, job_id: str | None = None) -> Job:
+        job = Job(id=job_id or new_job_id(), params=params)
         self.folder(job.id).mkdir(parents=True, exist_ok=True)
         self.save(job)
         return job

@@ -8,18 +8,13 @@ recipe for comparison and ``strong`` adds automatic augmentation, random erasing
 shot on one posterboard; every field can also be overridden on its own.
 """
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.registry import validate_model_options
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
-#: Automatic augmentation policies (torchvision's TrivialAugmentWide and RandAugment).
-AUTO_AUGMENTS = ("trivial", "rand")
 
 #: The TrashNet authors' train/val/test proportions, which the project keeps for comparability.
 DEFAULT_SPLIT = (0.70, 0.13, 0.17)
@@ -102,58 +97,83 @@ BASE_RECIPES = ("finetune",)
 
 #: Fields that only say where and how fast to run; they may change on resume without changing results.
 RUNTIME_FIELDS = ("data", "out", "device", "workers")
-#: Fields held as tuples in the config and as lists in JSON.
-TUPLE_FIELDS = ("mean", "std", "split", "holdout_sources", "plain_sources", "init_classes")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run depends on. Plain values only, so it serialises to JSON and tensors."""
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine"]
+AutoAugment = Literal["trivial", "rand"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+#: Automatic augmentation policies (torchvision's TrivialAugmentWide and RandAugment).
+AUTO_AUGMENTS: tuple[str, ...] = get_args(AutoAugment)
 
-    #: One data set (a folder or an archive), or several as ``name=path`` (a name defaults to the file
-    #: name); several are split each on its own and trained on together.
-    data: str | tuple[str, ...]
-    out: str
-    model: str = "se_resnet50"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: str = "paper"
-    epochs: int = 50
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "constant"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    input_size: int = 128
-    hflip: bool = True
-    crop_min_scale: float | None = None
-    rotation: float = 0.0
-    color_jitter: float = 0.0
-    auto_augment: str | None = None
-    random_erasing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    seed: int = 0
-    split: tuple[float, float, float] = DEFAULT_SPLIT
-    amp: bool = False
-    #: Photos of these sources go to the holdout split: never trained or selected on.
-    holdout_sources: tuple[str, ...] = ()
-    #: Sampling weight of a photo is n_class**-class_balance * n_source**-source_balance (0: uniform,
-    #: 1: every class or source drawn equally often).
-    class_balance: float = 0.0
-    source_balance: float = 0.0
-    grayscale: float = 0.0
-    blur: float = 0.0
-    #: Probability that a photo of a ``plain_sources`` source has its object pasted onto a crop of
-    #: another training photo (see ``training.paste``).
-    paste_background: float = 0.0
-    plain_sources: tuple[str, ...] = ()
-    #: A checkpoint whose weights the network starts from (the head rows of classes it shares).
-    init_from: str | None = None
+
+class TrainConfig(BaseModel):
+    """Everything one training run depends on, with its limits and help: the one declaration that the
+    CLI's flags (``training.run``) and the HTTP form (``POST /train``) are derived from. Plain values
+    only, so it serialises to JSON and to ``torch.load(weights_only=True)``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    data: str | tuple[str, ...] = Field(
+        description="one data set (a folder or an archive), or several as name=path (a name defaults "
+        "to the file name), each split on its own and trained on together"
+    )
+    out: str = Field(description="the run folder")
+    model: str = Field("se_resnet50", description="the architecture (models.list_models)")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description='architecture options, e.g. {"width": 8}'
+    )
+    recipe: str = Field("paper", description="the named defaults this config started from")
+    epochs: int = Field(50, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=4096)
+    optimizer: Optimizer = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="peak learning rate")
+    weight_decay: NonNegative = 0.0
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD's momentum")
+    schedule: Schedule = "constant"
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up (fewer than epochs)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    input_size: int = Field(128, ge=8, le=1024, description="side of the square the network sees")
+    hflip: bool = Field(True, description="random horizontal flips")
+    crop_min_scale: float | None = Field(
+        None, gt=0.0, le=1.0, description="random-resized-crop minimum area fraction; none: no crops"
+    )
+    rotation: NonNegative = Field(0.0, description="random rotation range in degrees")
+    color_jitter: NonNegative = Field(0.0, description="brightness/contrast/saturation jitter")
+    auto_augment: AutoAugment | None = Field(None, description="TrivialAugmentWide or RandAugment")
+    random_erasing: Probability = Field(0.0, description="probability of erasing a random rectangle")
+    mixup_alpha: NonNegative = Field(0.0, description="MixUp's Beta(alpha, alpha); 0: off")
+    cutmix_alpha: NonNegative = Field(0.0, description="CutMix's Beta(alpha, alpha); 0: off")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation mean per channel")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation std per channel")
+    seed: int = Field(0, ge=0)
+    split: tuple[float, float, float] = Field(DEFAULT_SPLIT, description="train, val and test fractions")
+    amp: bool = Field(False, description="bf16 autocast on a CPU that has bf16, mixed precision on CUDA")
+    holdout_sources: tuple[str, ...] = Field(
+        (), description="sources never trained or selected on (tagged by a data set's manifest.csv)"
+    )
+    class_balance: Probability = Field(
+        0.0, description="sample by n_class**-x: 0 uniform, 1 every class drawn equally often"
+    )
+    source_balance: Probability = Field(
+        0.0, description="sample by n_source**-x: 0 uniform, 1 every source drawn equally often"
+    )
+    grayscale: Probability = Field(0.0, description="probability of a grayscale photo")
+    blur: Probability = Field(0.0, description="probability of a Gaussian blur")
+    paste_background: Probability = Field(
+        0.0,
+        description="probability that a plain-source photo has its object pasted onto a crop of another "
+        "training photo (training.paste)",
+    )
+    plain_sources: tuple[str, ...] = Field((), description="sources shot on plain backgrounds")
+    init_from: str | None = Field(
+        None,
+        description="fine-tune: start from this checkpoint's weights, its architecture kept and the "
+        "classifier rows of classes it shares kept by name",
+    )
     #: The digest of ``init_from``'s weights, recorded when the run starts (``None``: not yet); a run
     #: given one refuses a checkpoint whose weights differ.
     init_sha256: str | None = None
@@ -163,52 +183,49 @@ class TrainConfig:
     #: The registered model ``init_from`` is (``name:version``), for the lineage; the record then leaves
     #: the server's path out.
     base: str | None = None
-    #: Epochs at the start in which only the classifier trains (the backbone and its batch-norm
-    #: statistics stay as ``init_from`` had them).
-    freeze_epochs: int = 0
-    device: str | None = None
-    workers: int | None = None
+    freeze_epochs: int = Field(
+        0, ge=0, description="epochs at the start that train only the classifier (needs a base model)"
+    )
+    device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
+    workers: int | None = Field(None, ge=0, description="data-loader processes (default: sized to the CPUs)")
 
-    def __post_init__(self) -> None:
-        for key in ("data", "holdout_sources", "plain_sources", "init_classes"):
-            value: Any = getattr(self, key)  # a list when built from JSON or a form
-            if isinstance(value, list):
-                object.__setattr__(self, key, tuple(str(item) for item in value))
-        for key in ("mean", "std", "split"):
-            if isinstance(getattr(self, key), list):
-                object.__setattr__(self, key, _triple(getattr(self, key), key))
-        _validate(self)
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        checks = [
+            (self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)"),
+            (all(s > 0 for s in self.std), "std must be positive"),
+            (all(f > 0 for f in self.split), "split needs 3 positive fractions"),
+            (abs(sum(self.split) - 1) < 1e-6, "split fractions must sum to 1"),
+            (self.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
+            (isinstance(self.data, str) or len(self.data) >= 1, "data needs at least one data set"),
+            (self.freeze_epochs < self.epochs, "freeze_epochs must be in [0, epochs)"),
+            (
+                self.init_from is not None or self.recipe not in BASE_RECIPES,
+                f"the {self.recipe} recipe starts from a trained model: give a base model (init_from)",
+            ),
+            (
+                self.init_from is not None or self.freeze_epochs == 0,
+                "freeze_epochs needs a base model (init_from) whose backbone it keeps",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        validate_model_options(self.model, self.model_kwargs)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists), for JSON and for ``torch.load(weights_only=True)``."""
-        data = dataclasses.asdict(self)
-        for key in (*TUPLE_FIELDS, "data"):
-            if isinstance(data[key], tuple):
-                data[key] = list(data[key])
-        return data
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("mean", "std", "split"):
-            if key in values:
-                values[key] = _triple(values[key], key)
-        for key in ("holdout_sources", "plain_sources", "init_classes"):
-            if key in values:
-                values[key] = tuple(str(tag) for tag in values[key])
-        if isinstance(values.get("data"), list):
-            values["data"] = tuple(str(item) for item in values["data"])
-        values["model_kwargs"] = dict(values.get("model_kwargs", {}))
-        return cls(**values)
+        """Inverse of :meth:`to_dict`; unknown keys or bad values raise ``ValueError``."""
+        return checked(cls.model_validate, data)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
+        return checked(type(self).model_validate, {**self.model_dump(), **changes})
 
     def recipe_record(self) -> dict[str, Any]:
         """The hyperparameters that shape the weights, for ``ModelSpec.recipe``."""
@@ -221,71 +238,28 @@ class TrainConfig:
         return data
 
 
+def describe(error: ValidationError) -> str:
+    """``"epochs: Input should be greater than or equal to 1; ..."``: every field at fault, on one line."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+def checked(build: Callable[[Any], "TrainConfig"], values: Any) -> "TrainConfig":
+    """``build(values)``, its validation errors as one ``ValueError("invalid training config: ...")``."""
+    try:
+        return build(values)
+    except ValidationError as error:
+        raise ValueError(f"invalid training config: {describe(error)}") from None
+
+
 def make_config(recipe: str = "paper", **overrides: Any) -> TrainConfig:
     """A config from the named recipe with ``overrides`` on top (``None`` values are ignored)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
     values: dict[str, Any] = {**RECIPES[recipe], "recipe": recipe}
     values.update({key: value for key, value in overrides.items() if value is not None})
-    return TrainConfig(**values)
-
-
-def _triple(values: Any, name: str) -> tuple[float, float, float]:
-    items = tuple(float(v) for v in values)
-    if len(items) != 3:
-        raise ValueError(f"{name} must have 3 values, got {len(items)}")
-    return (items[0], items[1], items[2])
-
-
-def _validate(config: TrainConfig) -> None:
-    checks = [
-        (config.epochs >= 1, "epochs must be at least 1"),
-        (config.batch_size >= 1, "batch_size must be at least 1"),
-        (config.lr > 0, "lr must be positive"),
-        (config.weight_decay >= 0, "weight_decay must not be negative"),
-        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-        (config.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-        (0 <= config.warmup_epochs < config.epochs, "warmup_epochs must be in [0, epochs)"),
-        (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-        (config.input_size >= 8, "input_size must be at least 8"),
-        (
-            config.crop_min_scale is None or 0 < config.crop_min_scale <= 1,
-            "crop_min_scale must be in (0, 1]",
-        ),
-        (config.rotation >= 0, "rotation must not be negative"),
-        (config.color_jitter >= 0, "color_jitter must not be negative"),
-        (
-            config.auto_augment is None or config.auto_augment in AUTO_AUGMENTS,
-            f"auto_augment must be one of {AUTO_AUGMENTS}",
-        ),
-        (0 <= config.random_erasing <= 1, "random_erasing must be a probability in [0, 1]"),
-        (config.mixup_alpha >= 0, "mixup_alpha must not be negative"),
-        (config.cutmix_alpha >= 0, "cutmix_alpha must not be negative"),
-        (all(s > 0 for s in config.std), "std must be positive"),
-        (len(config.split) == 3 and all(f > 0 for f in config.split), "split needs 3 positive fractions"),
-        (abs(sum(config.split) - 1) < 1e-6, "split fractions must sum to 1"),
-        (config.workers is None or config.workers >= 0, "workers must not be negative"),
-        (config.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
-        (0 <= config.class_balance <= 1, "class_balance must be in [0, 1]"),
-        (0 <= config.source_balance <= 1, "source_balance must be in [0, 1]"),
-        (0 <= config.grayscale <= 1, "grayscale must be a probability in [0, 1]"),
-        (0 <= config.blur <= 1, "blur must be a probability in [0, 1]"),
-        (0 <= config.paste_background <= 1, "paste_background must be a probability in [0, 1]"),
-        (isinstance(config.data, str) or len(config.data) >= 1, "data needs at least one data set"),
-        (0 <= config.freeze_epochs < config.epochs, "freeze_epochs must be in [0, epochs)"),
-        (
-            config.init_from is not None or config.recipe not in BASE_RECIPES,
-            f"the {config.recipe} recipe starts from a trained model: give a base model (init_from)",
-        ),
-        (
-            config.init_from is not None or config.freeze_epochs == 0,
-            "freeze_epochs needs a base model (init_from) whose backbone it keeps",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"invalid training config: {message}")
-    try:
-        validate_model_options(config.model, config.model_kwargs)
-    except ValueError as error:
-        raise ValueError(f"invalid training config: {error}") from None
+    return checked(TrainConfig.model_validate, values)

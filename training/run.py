@@ -31,20 +31,13 @@ from models.predictor import select_device
 from models.similarity import INDEX_FILE
 from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
-from training.config import (
-    AUTO_AUGMENTS,
-    DEFAULT_SPLIT,
-    OPTIMIZERS,
-    RECIPES,
-    SCHEDULES,
-    TrainConfig,
-    make_config,
-)
+from training.config import DEFAULT_SPLIT, RECIPES, TrainConfig, make_config
 from training.data import DataError
 from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import CHECKPOINT, SPEC_FILE, SUMS_FILE, refresh_exported
 from training.index import build_index
+from training.options import RUNTIME_OPTIONS, USER_OPTIONS, add_options, given_options
 from training.progress import Progress, ProgressCallback
 from training.speed import time_train_steps
 from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
@@ -53,38 +46,6 @@ from training.transfer import base_options
 
 logger = logging.getLogger("training.run")
 
-#: ``train`` options copied into the TrainConfig as they are (``None``: the recipe's value).
-CONFIG_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-    "input_size",
-    "hflip",
-    "crop_min_scale",
-    "rotation",
-    "color_jitter",
-    "auto_augment",
-    "random_erasing",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "seed",
-    "amp",
-    "device",
-    "workers",
-    "model_kwargs",
-    "class_balance",
-    "source_balance",
-    "grayscale",
-    "blur",
-    "paste_background",
-    "init_from",
-    "freeze_epochs",
-)
 #: Errors that mean bad input or a bad file, reported as one line instead of a traceback.
 USER_ERRORS = (ArchiveError, CheckpointError, DataError, ResumeError, RunExistsError, ValueError)
 
@@ -144,8 +105,7 @@ def _callbacks(*callbacks: ProgressCallback | None) -> ProgressCallback:
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--workers", type=int, help="data-loader processes (default: sized to the CPUs)")
+    add_options(parser, RUNTIME_OPTIONS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--kill-after-epoch",
@@ -173,11 +133,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         "--model-kwargs", type=json.loads, help="builder keywords as JSON, e.g. '{\"width\": 4}'"
     )
     paper = ("epochs", "batch_size", "optimizer", "lr", "input_size", "hflip")
+    defaults = {key: TrainConfig.model_fields[key].default for key in paper}
     recipes = "; ".join(
-        f"{name}: "
-        + ", ".join(
-            f"{key}={value}" for key, value in (values or {k: getattr(TrainConfig, k) for k in paper}).items()
-        )
+        f"{name}: " + ", ".join(f"{key}={value}" for key, value in (values or defaults).items())
         for name, values in RECIPES.items()
     )
     parser.add_argument(
@@ -186,54 +144,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         choices=list(RECIPES),
         help=f"defaults for the options below ({recipes})".replace("%", "%%"),
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--schedule", choices=SCHEDULES)
-    parser.add_argument("--warmup-epochs", type=int)
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--input-size", type=int)
-    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--crop-min-scale", type=float, help="random-resized-crop minimum area fraction")
-    parser.add_argument("--rotation", type=float, help="random rotation range in degrees")
-    parser.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation jitter")
-    parser.add_argument("--auto-augment", choices=AUTO_AUGMENTS, help="TrivialAugmentWide or RandAugment")
-    parser.add_argument("--random-erasing", type=float, help="probability of erasing a random rectangle")
-    parser.add_argument("--mixup-alpha", type=float, help="MixUp's Beta(alpha, alpha); 0: off")
-    parser.add_argument("--cutmix-alpha", type=float, help="CutMix's Beta(alpha, alpha); 0: off")
-    parser.add_argument("--mean", type=float, nargs=3)
-    parser.add_argument("--std", type=float, nargs=3)
-    parser.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--seed", type=int)
-    parser.add_argument(
-        "--holdout", nargs="+", metavar="SOURCE", help="sources never trained or selected on (split holdout)"
-    )
-    parser.add_argument("--class-balance", type=float, help="sample by n_class**-x (0: off, 1: balanced)")
-    parser.add_argument("--source-balance", type=float, help="sample by n_source**-x (0: off, 1: balanced)")
-    parser.add_argument("--grayscale", type=float, help="probability of a grayscale photo")
-    parser.add_argument("--blur", type=float, help="probability of a Gaussian blur")
-    parser.add_argument(
-        "--paste-background", type=float, help="probability of pasting a plain-source object elsewhere"
-    )
-    parser.add_argument(
-        "--plain-sources", nargs="+", metavar="SOURCE", help="sources shot on plain backgrounds"
-    )
-    parser.add_argument(
-        "--base",
-        "--init-from",
-        dest="init_from",
-        metavar="CHECKPOINT",
-        help="fine-tune: start from this checkpoint's weights, its architecture kept and the classifier rows "
-        "of classes it shares kept by name (the finetune recipe needs one)",
-    )
-    parser.add_argument(
-        "--freeze-epochs", type=int, help="epochs at the start that train only the classifier (with --base)"
-    )
-    parser.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16/fp16 autocast"
-    )
+    add_options(parser, [name for name in USER_OPTIONS if name not in RUNTIME_OPTIONS])
     _add_runtime_args(parser)
 
 
@@ -330,15 +241,10 @@ def _progress(args: argparse.Namespace) -> tuple[TqdmProgress, ProgressCallback]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    options = {key: getattr(args, key) for key in CONFIG_OPTIONS}
-    if options["model_kwargs"] is not None and not isinstance(options["model_kwargs"], dict):
+    options = given_options(args)
+    if args.model_kwargs is not None and not isinstance(args.model_kwargs, dict):
         raise ValueError("--model-kwargs must be a JSON object")
-    for key in ("mean", "std", "split"):
-        value = getattr(args, key)
-        options[key] = None if value is None else tuple(value)
-    for key, name in (("holdout_sources", "holdout"), ("plain_sources", "plain_sources")):
-        value = getattr(args, name)
-        options[key] = None if value is None else tuple(value)
+    options["model_kwargs"] = args.model_kwargs
     # One unnamed data set is split exactly as it always was; several (or a named one) are a mixed run.
     data: str | tuple[str, ...] = (
         args.data[0] if len(args.data) == 1 and "=" not in args.data[0] else tuple(args.data)

@@ -11,7 +11,17 @@ from pathlib import Path
 
 from core.explain import explanation
 from core.imaging import BadImageError, decode_image
-from core.jobs import INPUTS_DIR, PHOTO_SUFFIXES, RESULT_ZIP, RUN_DIR, Job, JobLease, JobStore
+from core.jobs import (
+    INPUTS_DIR,
+    PHOTO_SUFFIXES,
+    RESULT_ZIP,
+    RUN_DIR,
+    HeatmapParams,
+    Job,
+    JobLease,
+    JobStore,
+    TrainingParams,
+)
 from core.model_manager import ModelManager
 from core.redaction import path_labels
 from core.retention import prune_job
@@ -20,7 +30,6 @@ from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
 from models.store import ModelStore
-from training.config import make_config
 from training.engine import CONFIG_FILE, resume, train
 from worker.progress import JobProgress, LeaseLost
 
@@ -86,16 +95,15 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         if holding is None:
             return jobs.get(job_id)
         job, params = holding.job, holding.job.params
+        if not isinstance(params, TrainingParams):
+            raise TypeError(f"job {job_id} is a {params.kind} job, not a training job")
         run_dir = jobs.folder(job_id) / RUN_DIR
         callback = JobProgress(jobs, job, holding.lease)
         if (run_dir / CONFIG_FILE).exists():
             result = resume(run_dir, callback=callback)
         else:
-            options = params["options"]
-            config = make_config(
-                params.get("recipe", "paper"), data=params["data"], out=str(run_dir), **options
-            )
-            result = train(config, callback=callback)
+            # Built and checked when the job was created; the run goes where the job's folder is now.
+            result = train(params.config.replace(out=str(run_dir)), callback=callback)
         if holding.lease.lost.is_set():
             raise LeaseLost(job_id)
         if result.status == "cancelled":
@@ -105,8 +113,8 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         report_path = run_dir / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
         index = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
-        version = store.add(params["name"], run_dir / "best.pt", report=report, extra=index)
-        if params.get("make_default"):
+        version = store.add(params.name, run_dir / "best.pt", report=report, extra=index)
+        if params.make_default:
             store.set_default(version.name, version.version)
         job.state, job.progress, job.eta_seconds = "succeeded", 1.0, 0.0
         job.result = {
@@ -114,7 +122,7 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             "best_val_accuracy": result.best_val_accuracy,
             "best_epoch": result.best_epoch,
             "test_accuracy": result.test_accuracy,
-            "default": bool(params.get("make_default")),
+            "default": params.make_default,
         }
         recipe = version.spec.recipe
         if recipe.get("base") or recipe.get("init_sha256"):
@@ -196,17 +204,19 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
         if holding is None:
             return jobs.get(job_id)
         job, params, lease = holding.job, holding.job.params, holding.lease
+        if not isinstance(params, HeatmapParams):
+            raise TypeError(f"job {job_id} is a {params.kind} job, not a heatmap batch")
         folder = jobs.folder(job_id)
         paths = sorted(
             p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
         )
         predictor = predictor_for()
-        job.epochs = len(paths)
+        job.images = len(paths)
 
         def on_batch(done: int) -> None:
             if lease.lost.is_set():
                 raise LeaseLost(job_id)
-            job.epoch, job.progress = done, done / max(1, len(paths))
+            job.images_done, job.progress = done, done / max(1, len(paths))
             jobs.save(job)
 
         entries = []
@@ -214,9 +224,9 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
             for explained in explain_images(
                 predictor,
                 paths,
-                method=params.get("method", "gradcam"),
-                colormap=params.get("colormap", "jet"),
-                alpha=float(params.get("alpha", 0.5)),
+                method=params.method,
+                colormap=params.colormap,
+                alpha=params.alpha,
                 max_pixels=settings.max_image_pixels,
                 batch_size=settings.batch_max_size,
                 on_batch=on_batch,
@@ -227,7 +237,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 entries.append(explained.entry)
             manifest = {
                 "model": {"name": predictor.name, "version": predictor.version},
-                "method": params.get("method", "gradcam"),
+                "method": params.method,
                 "images": entries,
             }
             archive.writestr("manifest.json", json.dumps(manifest, indent=2))

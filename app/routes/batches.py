@@ -11,7 +11,7 @@ from app.errors import check_cam_options, error_responses, too_large
 from app.jobs import discard, enqueue, store_photos
 from app.routes.training import find_job, job_public
 from app.schemas import JobPublic
-from core.jobs import INPUTS_DIR, RESULT_ZIP, new_job_id
+from core.jobs import INPUTS_DIR, RESULT_ZIP, HeatmapParams, new_job_id
 from models.cam import list_cam_methods
 from models.cam.overlay import list_colormaps
 
@@ -48,8 +48,8 @@ async def create_heatmap_batch(
     except BaseException:
         discard(folder)
         raise
-    params = {"method": method, "alpha": alpha, "colormap": colormap}
-    job = await run_in_threadpool(enqueue, jobs, submit, "heatmaps", params, job_id)
+    params = HeatmapParams(method=method, alpha=alpha, colormap=colormap)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id)
     response.headers["Location"] = f"/explain/batch/{job.id}"
     return job_public(job)
 

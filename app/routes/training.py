@@ -8,21 +8,22 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, ReadAccess, ServiceDep, SettingsDep, StoreDep, SubmitterDep, WriteAccess
 from app.errors import error_responses, unprocessable
-from app.jobs import discard, enqueue, public_params, store_training_data
+from app.jobs import discard, enqueue, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
-from core.jobs import Job, JobKind, JobNotFoundError, JobStore, new_job_id
+from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
 from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, make_config
+from training.options import TrainingOptions
 from training.transfer import base_options
 
 router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(400, 422))
 
 
 def job_public(job: Job) -> JobPublic:
-    return JobPublic(**{**job.__dict__, "params": public_params(job.params)})
+    return JobPublic(**{**job.model_dump(), "kind": job.kind, "params": job.params.public()})
 
 
 def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
@@ -39,10 +40,10 @@ def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
 SERVING_BASE = "default"
 
 
-def training_options(model: str | None, model_kwargs: str | None, **values: Any) -> dict[str, Any]:
+def training_options(model: str | None, model_kwargs: str | None, given: TrainingOptions) -> dict[str, Any]:
     """The TrainConfig overrides of a request; 422 for options the network does not take. With no
     ``model`` the base model's architecture decides, and its own options are checked against it."""
-    options: dict[str, Any] = {key: value for key, value in values.items() if value is not None}
+    options = given.overrides()
     if model is not None:
         options["model"] = model
     if model_kwargs:
@@ -110,6 +111,7 @@ async def create_training_job(
     submit: SubmitterDep,
     store: StoreDep,
     service: ServiceDep,
+    given: Annotated[TrainingOptions, Form()],
     file: Annotated[
         UploadFile | None, File(description="a data set archive (.zip, .tar.gz): a folder per class")
     ] = None,
@@ -139,25 +141,6 @@ async def create_training_job(
         ),
     ] = None,
     base_version: Annotated[str | None, Form(description="a version of base; the newest if omitted")] = None,
-    freeze_epochs: Annotated[
-        int | None, Form(ge=0, le=1000, description="epochs at the start that train only the classifier")
-    ] = None,
-    epochs: Annotated[int | None, Form(ge=1, le=1000)] = None,
-    batch_size: Annotated[int | None, Form(ge=1, le=4096)] = None,
-    lr: Annotated[float | None, Form(gt=0, le=10)] = None,
-    seed: Annotated[int | None, Form(ge=0)] = None,
-    input_size: Annotated[int | None, Form(ge=8, le=1024)] = None,
-    amp: Annotated[bool | None, Form(description="bf16 autocast on the CPU, mixed precision on CUDA")] = None,
-    holdout: Annotated[
-        list[str] | None,
-        Form(description="sources never trained or selected on (tagged by a data set's manifest.csv)"),
-    ] = None,
-    class_balance: Annotated[
-        float | None, Form(ge=0, le=1, description="sample by n_class**-x: 0 uniform, 1 balanced classes")
-    ] = None,
-    source_balance: Annotated[
-        float | None, Form(ge=0, le=1, description="sample by n_source**-x: 0 uniform, 1 balanced sources")
-    ] = None,
     model_kwargs: Annotated[
         str | None, Form(description='architecture options as JSON, e.g. {"width": 8}')
     ] = None,
@@ -175,19 +158,7 @@ async def create_training_job(
     if name is not None:
         name = checked_name(name)
     options = await run_in_threadpool(
-        training_options,
-        model or (None if base else "se_resnet50"),
-        model_kwargs,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        input_size=input_size,
-        amp=amp,
-        holdout_sources=tuple(holdout) if holdout else None,
-        class_balance=class_balance,
-        source_balance=source_balance,
-        freeze_epochs=freeze_epochs,
+        training_options, model or (None if base else "se_resnet50"), model_kwargs, given
     )
     if base:
         options = await run_in_threadpool(resolve_base, base, base_version or None, store, service, options)
@@ -200,21 +171,14 @@ async def create_training_job(
         upload = None if file is None else (file.filename or "upload", file.file)
         data, source = await run_in_threadpool(store_training_data, upload, data_paths, folder, settings)
         try:
-            make_config(recipe, data=data, out=str(folder / "run"), **options)
-        except (TypeError, ValueError) as error:
-            raise unprocessable(f"invalid training options: {error}") from None
+            config = make_config(recipe, data=data, out=str(folder / RUN_DIR), **options)
+        except ValueError as error:
+            raise unprocessable(str(error)) from None
     except BaseException:
         discard(folder)
         raise
-    params = {
-        "name": registered_name,
-        "recipe": recipe,
-        "options": options,
-        "data": data,
-        "source": source,
-        "make_default": make_default,
-    }
-    job = await run_in_threadpool(enqueue, jobs, submit, "training", params, job_id)
+    params = TrainingParams(name=registered_name, config=config, source=source, make_default=make_default)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)
 

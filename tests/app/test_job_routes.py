@@ -9,6 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from core.jobs import TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 from tests.training.helpers import make_image_folder
@@ -52,8 +53,19 @@ def test_training_job_from_an_uploaded_archive(
     assert response.headers["location"] == f"/train/{job['id']}"
     assert (job["kind"], job["state"], job["progress"]) == ("training", "queued", 0.0)
     assert job["params"]["name"] == "tiny-waste"
-    assert job["params"]["options"] == {"model": "simple_cnn", "epochs": 1, "batch_size": 4, "input_size": 32}
-    assert "data" not in job["params"]  # server paths stay private
+    config = job["params"]["config"]
+    assert (config["model"], config["epochs"], config["batch_size"], config["input_size"]) == (
+        "simple_cnn",
+        1,
+        4,
+        32,
+    )
+    assert config["recipe"] == "paper"
+    assert not {"data", "out", "init_from"} & set(config)  # server paths stay private
+    # The config the worker will run, built and checked once, here.
+    (queued,) = submitted.jobs
+    assert isinstance(queued.params, TrainingParams)
+    assert queued.params.config.out == str(settings.jobs_dir / job["id"] / "run")
     assert [j.id for j in submitted.jobs] == [job["id"]]
     assert (settings.jobs_dir / job["id"] / "upload.zip").read_bytes() == dataset_zip
     assert client.get(f"/train/{job['id']}").json()["id"] == job["id"]
@@ -66,7 +78,9 @@ def test_training_job_from_the_data_root(
     make_image_folder(settings.resolved_data_root / "photos", per_class=3)
     response = client.post("/train", data={"data_path": "photos", "model": "simple_cnn"}, headers=KEY)
     assert response.status_code == 202, response.text
-    assert submitted.jobs[0].params["data"] == str((settings.resolved_data_root / "photos").resolve())
+    params = submitted.jobs[0].params
+    assert isinstance(params, TrainingParams)
+    assert params.config.data == str((settings.resolved_data_root / "photos").resolve())
 
 
 def test_training_job_on_an_upload_and_data_root_folders_at_once(
@@ -79,12 +93,13 @@ def test_training_job_on_an_upload_and_data_root_folders_at_once(
     response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
     assert response.status_code == 202, response.text
     params = submitted.jobs[0].params
-    assert params["data"] == (
+    assert isinstance(params, TrainingParams)
+    assert params.config.data == (
         f"upload={settings.jobs_dir / response.json()['id'] / 'upload.zip'}",
         f"photos={(root / 'photos').resolve()}",
         f"site={(root / 'site-a').resolve()}",
     )
-    assert (params["options"]["class_balance"], params["options"]["source_balance"]) == (0.5, 1.0)
+    assert (params.config.class_balance, params.config.source_balance) == (0.5, 1.0)
     assert response.json()["params"]["source"] == "upload:data.zip, data_root:photos, data_root:site=site-a"
 
 
@@ -329,8 +344,8 @@ def test_finetuning_the_serving_model_takes_its_architecture_and_lineage(
     response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
     assert response.status_code == 202, response.text
     job = response.json()
-    assert job["params"]["recipe"] == "finetune"
-    options = job["params"]["options"]
+    options = job["params"]["config"]
+    assert options["recipe"] == "finetune"
     assert (options["model"], options["model_kwargs"], options["input_size"]) == (
         "simple_cnn",
         {"width": 4},
@@ -340,7 +355,8 @@ def test_finetuning_the_serving_model_takes_its_architecture_and_lineage(
     assert len(options["init_sha256"]) == 64
     assert "init_from" not in options  # the server's path stays private
     (queued,) = submitted.jobs
-    assert queued.params["options"]["init_from"] == str(settings.model_path)
+    assert isinstance(queued.params, TrainingParams)
+    assert queued.params.config.init_from == str(settings.model_path)
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ def test_a_model_finetuned_from_the_serving_one_serves_calibrated(
     assert created.status_code == 202, created.text
     job = wait_for_job(api, created.headers["location"], {"succeeded", "failed", "cancelled"})
     assert job["state"] == "succeeded", job["error"]
-    assert job["params"]["recipe"] == "finetune"
+    assert job["params"]["config"]["recipe"] == "finetune"
     assert job["result"]["base"]["ref"] == f"{serving['name']}:{serving['version']}"
     assert job["result"]["transfer"] == {"kept": ["glass", "metal", "paper"], "new": []}
     assert job["result"]["calibrated"] is True

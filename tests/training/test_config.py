@@ -2,6 +2,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 from training.config import TrainConfig, make_config
@@ -84,12 +85,24 @@ def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_values_raise(change: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="invalid training config"):
+    field = next(iter(change))
+    with pytest.raises(ValueError, match=f"^invalid training config: .*{field}"):
+        TrainConfig.from_dict({"data": "d", "out": "o", **change})
+    with pytest.raises(ValidationError, match=field):
         TrainConfig(data="d", out="o", **change)
+
+
+def test_every_problem_is_named_on_one_line() -> None:
+    with pytest.raises(ValueError, match="invalid training config") as caught:
+        make_config(data="d", out="o", epochs=0, lr=-1.0)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "epochs: Input should be greater than or equal to 1" in message
+    assert "lr: Input should be greater than 0" in message
 
 
 def test_unknown_recipe_and_keys_raise() -> None:
     with pytest.raises(ValueError, match="unknown recipe"):
         make_config("fancy", data="d", out="o")
-    with pytest.raises(ValueError, match="unknown training config keys"):
+    with pytest.raises(ValueError, match="colour: Extra inputs are not permitted"):
         TrainConfig.from_dict({"data": "d", "out": "o", "colour": "red"})

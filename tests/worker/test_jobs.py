@@ -4,10 +4,11 @@ import pytest
 import redis
 
 from core.jobs import KEY_PREFIX, LOCK_PREFIX, JobNotFoundError, JobStore
+from tests.worker.conftest import HEATMAPS, training_params
 
 
 def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
-    job = jobs.create("training", {"name": "x"})
+    job = jobs.create(training_params())
     job.epoch, job.state = 3, "running"
     jobs.save(job)
     jobs.redis.delete(KEY_PREFIX + job.id)  # as after a Redis restart
@@ -16,7 +17,7 @@ def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
 
 
 def test_a_job_is_saved_while_redis_is_down(jobs: JobStore) -> None:
-    job = jobs.create("heatmaps", {})
+    job = jobs.create(HEATMAPS)
     offline = JobStore(
         redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2), jobs.jobs_dir
     )
@@ -26,8 +27,8 @@ def test_a_job_is_saved_while_redis_is_down(jobs: JobStore) -> None:
 
 
 def test_an_unreadable_record_is_skipped_not_fatal(jobs: JobStore) -> None:
-    good = jobs.create("training", {})
-    broken = jobs.create("training", {})
+    good = jobs.create(training_params())
+    broken = jobs.create(training_params())
     (jobs.folder(broken.id) / "job.json").write_text("{not json")
     assert [job.id for job in jobs.all()] == [good.id]
     with pytest.raises(JobNotFoundError, match="unreadable record"):
@@ -35,16 +36,16 @@ def test_an_unreadable_record_is_skipped_not_fatal(jobs: JobStore) -> None:
 
 
 def test_fields_from_another_version_are_ignored(jobs: JobStore) -> None:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     path = jobs.folder(job.id) / "job.json"
     path.write_text(path.read_text().replace('"attempts"', '"priority": 5, "attempts"'))
     assert jobs.get(job.id).id == job.id
 
 
 def test_cancelling(jobs: JobStore) -> None:
-    queued = jobs.create("training", {})
+    queued = jobs.create(training_params())
     assert jobs.request_cancel(queued.id).state == "cancelled"
-    running = jobs.create("training", {})
+    running = jobs.create(training_params())
     running.state = "running"
     jobs.save(running)
     lease = jobs.lease(running.id, 30)
@@ -58,7 +59,7 @@ def test_cancelling(jobs: JobStore) -> None:
 
 
 def test_a_lease_has_one_holder_and_a_heartbeat(jobs: JobStore) -> None:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     first, second = jobs.lease(job.id, 1), jobs.lease(job.id, 1)
     assert first.acquire()
     assert not second.acquire()
@@ -72,7 +73,7 @@ def test_a_lease_has_one_holder_and_a_heartbeat(jobs: JobStore) -> None:
 
 
 def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     lease = jobs.lease(job.id, 1)
     assert lease.acquire()
     jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
@@ -82,17 +83,17 @@ def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
 
 
 def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
-    running_locked = jobs.create("training", {})
+    running_locked = jobs.create(training_params())
     running_locked.state = "running"
     jobs.save(running_locked)
     lease = jobs.lease(running_locked.id, 30)
     assert lease.acquire()
-    running_lost = jobs.create("training", {})
+    running_lost = jobs.create(training_params())
     running_lost.state = "running"
     jobs.save(running_lost)
-    queued = jobs.create("heatmaps", {})
+    queued = jobs.create(HEATMAPS)
     jobs.mark_queued(queued)
-    done = jobs.create("training", {})
+    done = jobs.create(training_params())
     done.state = "succeeded"
     jobs.save(done)
     assert {job.id for job in jobs.orphans(30)} == {running_lost.id}
@@ -106,7 +107,7 @@ def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
 
 
 def test_a_worker_that_stops_beating_leaves_an_orphan(jobs: JobStore) -> None:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     job.state = "running"
     jobs.save(job)
     lease = jobs.lease(job.id, 1)
@@ -121,7 +122,7 @@ def test_a_worker_that_stops_beating_leaves_an_orphan(jobs: JobStore) -> None:
 def test_a_second_worker_never_holds_a_job_whose_holder_still_beats(jobs: JobStore) -> None:
     """After a Redis restart the lock is gone but the first worker still runs the job: a redelivered
     message must not start a second run before the first takes its lock back."""
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     first = jobs.lease(job.id, 3)
     assert first.acquire()
     jobs.redis.flushdb()

@@ -5,12 +5,13 @@ import pytest
 
 from core.jobs import JobStore
 from core.retention import prune_finished_jobs, prune_job
+from tests.worker.conftest import training_params
 
 DAY = 86400.0
 
 
 def job_with_files(jobs: JobStore, state: str, finished_days_ago: float | None, outside: Path) -> str:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     job.state = state  # type: ignore[assignment]
     job.finished_at = None if finished_days_ago is None else time.time() - finished_days_ago * DAY
     jobs.save(job)

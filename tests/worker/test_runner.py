@@ -2,21 +2,24 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from core.jobs import INPUTS_DIR, RESULT_ZIP, JobStore
+from core.jobs import INPUTS_DIR, RESULT_ZIP, HeatmapParams, JobStore, TrainingParams
 from core.settings import Settings
 from models.predictor import Predictor
 from models.store import ModelStore
 from tests.app.conftest import png_bytes, tiny_checkpoint
 from tests.training.helpers import make_image_folder
+from tests.worker.conftest import training_params
+from training.config import make_config
 from training.progress import Progress, TrainingCancelled
 from worker.progress import JobProgress, LeaseLost
 from worker.runner import run_heatmap_job, run_training_job, serving_manager
 
-TINY = {
+TINY: dict[str, Any] = {
     "model": "simple_cnn",
     "model_kwargs": {"width": 4},
     "epochs": 2,
@@ -27,18 +30,9 @@ TINY = {
 }
 
 
-def training_job(jobs: JobStore, data: Path, **params: object) -> str:
-    job = jobs.create(
-        "training",
-        {
-            "name": "tiny",
-            "recipe": "paper",
-            "options": dict(TINY),
-            "data": str(data),
-            "make_default": True,
-            **params,
-        },
-    )
+def training_job(jobs: JobStore, data: Path) -> str:
+    config = make_config(data=str(data), out="elsewhere", **TINY)
+    job = jobs.create(TrainingParams(name="tiny", config=config, source="test", make_default=True))
     return job.id
 
 
@@ -84,7 +78,7 @@ def test_a_failing_job_records_why(jobs: JobStore, settings: Settings, tmp_path:
 
 
 def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
-    job = jobs.create("training", {})
+    job = jobs.create(training_params())
     lease = jobs.lease(job.id, 30)
     assert lease.acquire()
     progress = JobProgress(jobs, job, lease, interval=0.0)
@@ -106,7 +100,7 @@ def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
 def test_a_heatmap_job_writes_overlays_and_a_manifest(
     jobs: JobStore, settings: Settings, tmp_path: Path
 ) -> None:
-    job = jobs.create("heatmaps", {"method": "gradcam", "alpha": 0.4, "colormap": "turbo"})
+    job = jobs.create(HeatmapParams(method="gradcam", alpha=0.4, colormap="turbo"))
     inputs = jobs.folder(job.id) / INPUTS_DIR
     inputs.mkdir()
     (inputs / "a.png").write_bytes(png_bytes(size=(30, 20)))
