@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.lock import Lock
 
 from models.files import atomic_write_bytes
-from training.config import TrainConfig
+from training.config import TrainConfig, make_config
 from training.data import IMAGE_SUFFIXES
 
 JobKind = Literal["training", "heatmaps"]
@@ -120,6 +120,26 @@ class Job(BaseModel):
     queued_on: str | None = None
     #: When its uploads, data, checkpoints and results were removed (see ``core.retention``).
     pruned_at: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Records written before job parameters were typed: the kind stood beside them, and a training
+        job kept its recipe, options and data apart instead of its whole config."""
+        if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+            return data
+        params = dict(data["params"])
+        if "kind" in params:
+            return data
+        params["kind"] = data.get("kind")
+        if params["kind"] == "training" and "config" not in params:
+            options = params.pop("options", {})
+            config = make_config(
+                params.pop("recipe", "paper"), data=params.pop("data"), out=RUN_DIR, **options
+            )
+            params["config"] = config.to_dict()
+            params.setdefault("source", "")
+        return {**data, "params": params}
 
     @property
     def kind(self) -> JobKind:

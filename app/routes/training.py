@@ -15,7 +15,7 @@ from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, Trainin
 from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
-from training.config import RECIPES, make_config
+from training.config import RECIPES, TrainConfig, make_config
 from training.options import TrainingOptions
 from training.transfer import base_options
 
@@ -149,7 +149,7 @@ async def create_training_job(
     """Train a model on a data set; 202 with the job to follow. The result becomes a new model version."""
     if model is not None and model not in list_models():
         raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
-    recipe = recipe or ("finetune" if base else "paper")
+    recipe = recipe or ("finetune" if base else TrainConfig.model_fields["recipe"].default)
     if recipe not in RECIPES:
         raise unprocessable(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
     data_paths = [path for path in data_path or [] if path]

@@ -1,9 +1,11 @@
+import json
 import time
+from typing import Any
 
 import pytest
 import redis
 
-from core.jobs import KEY_PREFIX, LOCK_PREFIX, JobNotFoundError, JobStore
+from core.jobs import KEY_PREFIX, LOCK_PREFIX, HeatmapParams, JobNotFoundError, JobStore, TrainingParams
 from tests.worker.conftest import HEATMAPS, training_params
 
 
@@ -136,3 +138,44 @@ def test_a_second_worker_never_holds_a_job_whose_holder_still_beats(jobs: JobSto
     assert jobs.heartbeat_age(job.id) is None
     assert second.acquire()  # released: the next holder is welcome
     second.release()
+
+
+def test_a_record_from_before_typed_parameters_still_reads(jobs: JobStore) -> None:
+    """A record whose kind stood beside untyped parameters, as the service wrote it before."""
+    old: dict[str, Any] = {
+        "id": "0123456789abcdef0123456789abcdef",
+        "kind": "training",
+        "state": "succeeded",
+        "epoch": 2,
+        "epochs": 2,
+        "params": {
+            "name": "tiny",
+            "recipe": "strong",
+            "options": {"model": "simple_cnn", "model_kwargs": {"width": 4}, "epochs": 8},
+            "data": "/data/photos",
+            "source": "data_root:photos",
+            "make_default": True,
+        },
+    }
+    folder = jobs.folder(old["id"])
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(old))
+    job = jobs.get(old["id"])
+    assert isinstance(job.params, TrainingParams)
+    assert (job.kind, job.state, job.params.name, job.params.make_default) == (
+        "training",
+        "succeeded",
+        "tiny",
+        True,
+    )
+    config = job.params.config
+    assert (config.recipe, config.epochs, config.data) == ("strong", 8, "/data/photos")
+    heatmaps = {
+        **old,
+        "id": "f" * 32,
+        "kind": "heatmaps",
+        "params": {"method": "layercam", "alpha": 0.4, "colormap": "jet"},
+    }
+    jobs.folder(heatmaps["id"]).mkdir()
+    (jobs.folder(heatmaps["id"]) / "job.json").write_text(json.dumps(heatmaps))
+    assert jobs.get(heatmaps["id"]).params == HeatmapParams(method="layercam", alpha=0.4, colormap="jet")
