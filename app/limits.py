@@ -18,6 +18,8 @@ from core.settings import Settings
 #: Methods that change state; under these paths they need an API key (as the routes' WriteAccess does).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 WRITE_PATHS = ("/train", "/explain/batch", "/models")
+#: With ``protect_reads`` every method under these paths needs one too (as the routes' ReadAccess does).
+READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models")
 
 
 class BodyTooLargeError(HTTPException):
@@ -34,8 +36,15 @@ def body_limit(path: str, settings: Settings) -> int:
     return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
 
 
-def needs_key(method: str, path: str) -> bool:
-    return method in WRITE_METHODS and any(path == p or path.startswith(p + "/") for p in WRITE_PATHS)
+def under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def needs_key(method: str, path: str, *, protect_reads: bool) -> bool:
+    """Whether the route's own key check would refuse a request without a key. Checked here as well, so
+    that it is refused before its body is read: the routes check it only after parsing their form."""
+    writes = method in WRITE_METHODS and under(path, WRITE_PATHS)
+    return writes or (protect_reads and under(path, READ_PATHS))
 
 
 class RequestGate:
@@ -51,7 +60,7 @@ class RequestGate:
         path, method = scope["path"], scope["method"]
         limit = body_limit(path, self.settings)
         try:
-            if needs_key(method, path):
+            if needs_key(method, path, protect_reads=self.settings.protect_reads):
                 check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()))
             declared = headers.get("content-length", "")
             if declared.isdecimal() and int(declared) > limit:

@@ -19,6 +19,7 @@ from app.batching import QueueFullError
 from app.jobs import JobSubmitter
 from app.limits import RequestGate
 from app.metrics import Metrics, MetricsMiddleware
+from app.openapi import DocumentedAPI
 from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
 from app.serving import InferenceService
@@ -114,7 +115,7 @@ def validation_message(error: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | None = None) -> FastAPI:
     """The application; ``submitter`` queues jobs (Celery by default, a fake in unit tests)."""
-    app = FastAPI(
+    app = DocumentedAPI(
         title="trashcam",
         summary="Explainable waste-image recognition: material classes with Grad-CAM heatmaps.",
         version="0.1.0",

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -177,6 +178,8 @@ class Timed:
     batches: list[int]
     server_cpu: float
     own_cpu: float
+    #: Responses by status code; "no answer" counts requests that got none (a connection error).
+    statuses: Counter[int | str]
 
 
 async def load(
@@ -193,6 +196,7 @@ async def load(
     order = itertools.cycle(photos)
     latencies: list[float] = []
     batches: list[int] = []
+    statuses: Counter[int | str] = Counter()
     errors = answered = remaining = 0
 
     async def client_loop(client: httpx2.AsyncClient) -> None:
@@ -205,8 +209,10 @@ async def load(
                 response = await client.post(url, files={"file": (photo.name, photo.data, "image/jpeg")})
             except httpx2.HTTPError:
                 errors += 1
+                statuses["no answer"] += 1
                 continue
             latencies.append(time.perf_counter() - started)
+            statuses[response.status_code] += 1
             if response.status_code != 200:
                 errors += 1
                 continue
@@ -221,6 +227,7 @@ async def load(
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         latencies.clear()
         batches.clear()
+        statuses.clear()
         errors = answered = 0
         remaining = requests
         server_cpu = 0.0 if server is None else cpu_seconds(server)
@@ -230,7 +237,7 @@ async def load(
         wall = time.perf_counter() - started
         own_cpu = time.process_time() - own_cpu
         server_cpu = 0.0 if server is None else cpu_seconds(server) - server_cpu
-    return Timed(latencies, answered, errors, wall, batches, server_cpu, own_cpu)
+    return Timed(latencies, answered, errors, wall, batches, server_cpu, own_cpu, statuses)
 
 
 def measure(

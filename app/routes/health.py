@@ -60,7 +60,9 @@ def queue_depths(url: str, queues: tuple[str, ...]) -> dict[str, int]:
         return {}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}}
+)
 def read_metrics(metrics: MetricsDep, service: ServiceDep, settings: SettingsDep, jobs: JobsDep) -> Response:
     """Prometheus metrics: requests and latencies per route, batches, model loads, queues and jobs."""
     metrics.model_loaded.set(1 if service.manager.loaded else 0)

@@ -85,7 +85,8 @@ def read_model(name: str, service: ServiceDep, store: StoreDep, settings: Settin
 @router.put(
     "/default",
     response_model=ModelPublic,
-    responses=error_responses(401, 403, 404, 409),
+    # 400: a body that is not JSON at all is answered before validation.
+    responses=error_responses(400, 401, 403, 404, 409),
     dependencies=[WriteAccess],
 )
 async def update_default_model(

@@ -49,17 +49,22 @@ def png_bytes(size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "P
     return buffer.getvalue()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def api_settings(folder: Path) -> Settings:
+    """Settings for an API test: a tiny model, every folder under ``folder``, one API key."""
     return Settings(
-        model_path=tiny_checkpoint(tmp_path / "tiny.pt"),
-        var_dir=tmp_path / "var",
-        shipped_model_path=tmp_path / "no-shipped-model.pt",
+        model_path=tiny_checkpoint(folder / "tiny.pt"),
+        var_dir=folder / "var",
+        shipped_model_path=folder / "no-shipped-model.pt",
         api_keys=[SecretStr(API_KEY)],
         batch_max_wait_ms=2.0,
         redis_url=TEST_REDIS_URL,
-        data_root=tmp_path / "data-root",
+        data_root=folder / "data-root",
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return api_settings(tmp_path)
 
 
 class FakeSubmitter:

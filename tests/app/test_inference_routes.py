@@ -1,15 +1,17 @@
 import asyncio
 import base64
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.main import create_app
+from bench.bad_images import BadImage, corpus
 from core.settings import Settings
 from models.cam import list_cam_methods
 from tests.app.conftest import CLASSES, png_bytes
@@ -89,19 +91,44 @@ def test_an_overlay_is_at_most_the_longest_side_allowed(settings: Settings) -> N
     assert decode_png(response.json()["heatmap"]).size == (64, 32)
 
 
-@pytest.mark.parametrize(
-    ("data", "status"),
-    [
-        (b"plain text, not a photo", 415),
-        (png_bytes(size=(64, 64), fmt="JPEG")[:300], 422),
-        (b"", 422),
-    ],
-)
-def test_bad_images_get_their_status_on_both_routes(client: TestClient, data: bytes, status: int) -> None:
+#: Limits small enough that the corpus's cases over them are small files.
+CORPUS_UPLOAD_BYTES = 1 << 16
+CORPUS_IMAGE_PIXELS = 4_000_000
+CORPUS = [
+    case
+    for case in corpus(max_upload_bytes=CORPUS_UPLOAD_BYTES, max_image_pixels=CORPUS_IMAGE_PIXELS)
+    if not case.heavy
+]
+
+
+@pytest.fixture
+def corpus_client(settings: Settings) -> Iterator[TestClient]:
+    settings.max_upload_bytes = CORPUS_UPLOAD_BYTES
+    settings.max_image_pixels = CORPUS_IMAGE_PIXELS
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def displayed_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return ImageOps.exif_transpose(image).size
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
+def test_bad_images_get_their_status_on_both_routes(corpus_client: TestClient, case: BadImage) -> None:
     for route in ("/classify", "/explain"):
-        response = client.post(route, files={"file": upload(data=data)})
-        assert response.status_code == status, route
-        assert response.json()["detail"].startswith("photo.png:")
+        response = corpus_client.post(route, files={"file": (case.filename, case.data, "image/png")})
+        assert response.status_code == case.expected, (route, response.text)
+        body = response.json()
+        if case.expected != 200:
+            # The message names the file and says what is wrong with it.
+            assert body["detail"].startswith(f"{case.filename}: "), body
+            continue
+        if route == "/classify":
+            assert body["results"][0]["filename"] == case.filename
+        else:
+            # The overlay is the photo as it is shown: orientation applied, the first frame.
+            assert decode_png(body["overlay"]).size == displayed_size(case.data)
 
 
 @pytest.mark.parametrize("method", list_cam_methods())

@@ -74,6 +74,31 @@ def test_a_state_changing_request_without_its_key_is_refused_before_its_body(
         assert sent[0]["status"] == 401
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/classify"),
+        ("POST", "/explain"),
+        ("POST", "/similar"),
+        ("GET", "/models"),
+        ("GET", "/train"),
+    ],
+)
+def test_with_protected_reads_a_read_without_its_key_is_refused_before_its_body(
+    settings: Settings, method: str, path: str
+) -> None:
+    settings.protect_reads = True
+    headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"300000000")]
+    sent = run_gate(settings, method, path, headers)
+    assert sent[0]["status"] == 401
+
+
+def test_without_protected_reads_a_read_needs_no_key(settings: Settings) -> None:
+    headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"999999999999")]
+    # Past the key check, the declared length is the first thing refused: nothing is read.
+    assert run_gate(settings, "POST", "/classify", headers)[0]["status"] == 413
+
+
 def test_a_declared_length_over_the_limit_is_413_before_the_body(settings: Settings) -> None:
     headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"999999999999")]
     sent = run_gate(settings, "POST", "/train", [*headers, (b"x-api-key", API_KEY.encode())])

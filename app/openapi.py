@@ -1,0 +1,78 @@
+"""The OpenAPI document, corrected where FastAPI's own does not say what the service answers."""
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.schemas import ErrorPublic
+from app.security import API_KEY_HEADER
+
+ERROR_REF = {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}
+#: What a key check answers: 401 for a missing or wrong key, 403 when none is configured.
+ACCESS_ERRORS = {"401": "Unauthorized", "403": "Forbidden"}
+
+
+def document_access_errors(document: dict[str, Any]) -> None:
+    """Add 401 and 403 to every operation behind a key check. The check is one dependency shared by
+    many routes (:func:`app.deps.require_api_key`, :func:`app.deps.require_read_access`), and each
+    operation that has it takes the key's header, so it is found by that, and no route can forget to
+    say what the check answers. Reads need a key only with ``protect_reads`` set, but the document is
+    the same for every configuration."""
+    for path in document["paths"].values():
+        for operation in path.values():
+            headers = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "header"}
+            if API_KEY_HEADER not in headers:
+                continue
+            for code, description in ACCESS_ERRORS.items():
+                operation["responses"].setdefault(
+                    code, {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+                )
+
+
+def form_fields_without_null(document: dict[str, Any]) -> None:
+    """Drop ``null`` from the fields of multipart bodies. A form cannot send null: a field left out
+    takes its default, and one sent as the text "null" is the string "null". FastAPI documents an
+    optional form field (``str | None``) as ``anyOf: [string, null]``, which tells clients and
+    generated tests to send exactly that; an optional file field so documented is not even recognised
+    as a file."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for path in document["paths"].values():
+        for operation in path.values():
+            body = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+            if body is None or "$ref" not in body["schema"]:
+                continue
+            for form in form_schemas(schemas, body["schema"]["$ref"]):
+                for name, field in form.get("properties", {}).items():
+                    form["properties"][name] = without_null(field)
+
+
+def form_schemas(schemas: dict[str, Any], ref: str) -> list[dict[str, Any]]:
+    """The body's schema and those it takes fields from (``allOf``: a form model, such as the training
+    options derived from ``TrainConfig``)."""
+    form = schemas[ref.rsplit("/", 1)[-1]]
+    parts = [form]
+    for part in form.get("allOf", []):
+        if "$ref" in part:
+            parts.extend(form_schemas(schemas, part["$ref"]))
+    return parts
+
+
+def without_null(field: dict[str, Any]) -> dict[str, Any]:
+    alternatives = [a for a in field.get("anyOf", []) if a != {"type": "null"}]
+    if "anyOf" not in field or len(alternatives) == len(field["anyOf"]):
+        return field
+    rest = {key: value for key, value in field.items() if key != "anyOf" and value is not None}
+    if len(alternatives) == 1:
+        return {**alternatives[0], **rest}
+    return {**rest, "anyOf": alternatives}
+
+
+class DocumentedAPI(FastAPI):
+    """FastAPI, whose OpenAPI document lists the access errors and has no null form fields."""
+
+    def openapi(self) -> dict[str, Any]:
+        # FastAPI caches its document until the routes change; both corrections are idempotent.
+        document = super().openapi()
+        document_access_errors(document)
+        form_fields_without_null(document)
+        return document
