@@ -212,6 +212,46 @@ def test_a_killed_worker_loses_no_training_job(
     assert [record["epoch"] for record in job["history"]][-1] == 6
 
 
+def large_photos_zip(trashnet_photos: Path, count: int) -> bytes:
+    """``count`` TrashNet photos enlarged to 1024 px: each overlay is rendered at the photo's size, so a
+    batch of them takes the heatmap worker long enough to be killed in the middle."""
+    sources = sorted(trashnet_photos.rglob("*.jpg"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(count):
+            photo_bytes = io.BytesIO()
+            Image.open(sources[index % len(sources)]).resize((1024, 1024)).save(photo_bytes, "JPEG")
+            archive.writestr(f"photo-{index:03d}.jpg", photo_bytes.getvalue())
+    return buffer.getvalue()
+
+
+def test_a_killed_heatmap_worker_loses_no_batch(
+    system: System, api: httpx2.Client, trashnet_photos: Path
+) -> None:
+    count = 160
+    upload = ("photos.zip", large_photos_zip(trashnet_photos, count))
+    created = api.post("/explain/batch", files={"files": upload}, headers=KEY)
+    assert created.status_code == 202, created.text
+    url = created.headers["location"]
+    deadline = time.monotonic() + 120
+    while api.get(url).json()["images_done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    system.kill("heatmap-worker")  # SIGKILL mid-batch
+    interrupted = api.get(url).json()
+    assert interrupted["state"] == "running"
+    assert 0 < interrupted["images_done"] < count
+    system.kill("training-worker", signal.SIGTERM)
+    system.start_workers()
+    job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert job["state"] == "succeeded", (job["error"], system.log("heatmap-worker"))
+    assert job["attempts"] >= 2
+    assert (job["images_done"], job["images"], job["result"]["images"]) == (count, count, count)
+    with zipfile.ZipFile(io.BytesIO(api.get(f"{url}/result").content)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert len(manifest["images"]) == count
+        assert all("error" not in entry for entry in manifest["images"])
+
+
 def test_a_redis_restart_never_runs_one_job_twice(
     system: System, api: httpx2.Client, trashnet_photos: Path
 ) -> None:
