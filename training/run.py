@@ -26,6 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-un
 from models import list_models
 from models.calibration import DEFAULT_ENERGY_QUANTILE, DEFAULT_MIN_PROBABILITY
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.files import DiskFullError
 from models.precision import DTYPES
 from models.predictor import select_device
 from models.similarity import INDEX_FILE
@@ -47,7 +48,15 @@ from training.transfer import base_options
 logger = logging.getLogger("training.run")
 
 #: Errors that mean bad input or a bad file, reported as one line instead of a traceback.
-USER_ERRORS = (ArchiveError, CheckpointError, DataError, ResumeError, RunExistsError, ValueError)
+USER_ERRORS = (
+    ArchiveError,
+    CheckpointError,
+    DataError,
+    DiskFullError,
+    ResumeError,
+    RunExistsError,
+    ValueError,
+)
 
 
 class TqdmProgress:

@@ -1,6 +1,8 @@
 import json
 import signal
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from tests.training.helpers import (
     assert_same_weights,
     checkpoint_weights,
     cli_train_args,
+    make_image_folder,
     run_cli,
     without_timing,
 )
@@ -112,3 +115,29 @@ def test_cli_reports_bad_input_without_a_traceback(
         main(["train", f"--data={tmp_path / 'missing'}", f"--out={tmp_path / 'run'}", "--model=simple_cnn"])
         == 2
     )
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 1 MB (a tmpfs), which a run's checkpoints do not fit in."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_run_on_a_full_disk_ends_with_one_line_that_says_so(small_disk: Path, tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "photos", per_class=5)
+    result = run_cli(*cli_train_args(data, small_disk / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the disk is full: no space left to write" in result.stderr
+    assert str(small_disk / "run") in result.stderr
+    assert not [path.name for path in (small_disk / "run").iterdir() if path.name.startswith(".")]
