@@ -57,9 +57,7 @@ async def recover_lost_jobs(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     while True:
         try:
-            await run_in_threadpool(
-                recover_orphans, app.state.jobs, app.state.submitter, settings.job_lock_seconds
-            )
+            await run_in_threadpool(recover_orphans, app.state.jobs, app.state.submitter)
             retention = settings.job_retention_days * 86400
             await run_in_threadpool(prune_finished_jobs, app.state.jobs, retention_seconds=retention)
         except Exception:

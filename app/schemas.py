@@ -124,7 +124,9 @@ class JobPublic(BaseModel):
     images: int = Field(0, description="heatmaps: photos in the batch")
     progress: float = Field(ge=0.0, le=1.0)
     eta_seconds: float | None
-    metrics: dict[str, float] = Field(description="latest step's running metrics")
+    metrics: dict[str, float | None] = Field(
+        description="latest step's running metrics; null where one is not a number (a diverged run)"
+    )
     history: list[dict[str, Any]] = Field(description="one record per finished epoch")
     result: dict[str, Any] = Field(description="training: the registered model version; heatmaps: the zip")
     error: str | None

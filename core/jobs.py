@@ -11,6 +11,7 @@ not taken for one whose worker died.
 """
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +55,29 @@ HEARTBEAT_FILE = "heartbeat"
 
 class JobNotFoundError(LookupError):
     pass
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a job's heartbeat file says: who holds the job, and for how long a beat counts."""
+
+    holder: str
+    ttl: float
+    age: float  # seconds since it was written
+
+    @property
+    def fresh(self) -> bool:
+        return self.age < self.ttl
+
+
+def read_heartbeat(path: Path) -> Heartbeat | None:
+    """The heartbeat in ``path``; None if there is none (or it cannot be read, as if there were none)."""
+    try:
+        written, text = path.stat().st_mtime, path.read_text()
+        data = json.loads(text)
+        return Heartbeat(str(data["holder"]), float(data["ttl"]), time.time() - written)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 #: TrainConfig fields that name the server's files: never shown by the API.
@@ -92,8 +117,9 @@ JobParams = Annotated[TrainingParams | HeatmapParams, Field(discriminator="kind"
 
 
 class Job(BaseModel):
-    # Fields written by another version of the service are ignored rather than fatal.
-    model_config = ConfigDict(extra="ignore")
+    # Fields written by another version of the service are ignored rather than fatal; a diverged run's
+    # NaN loss is kept as NaN (JSON's null would not read back as a number).
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
 
     id: str
     params: JobParams
@@ -247,19 +273,17 @@ class JobStore:
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
 
-    def heartbeat_age(self, job_id: str) -> float | None:
-        """Seconds since the job's holder last showed it was alive; None if no worker ever held it."""
-        try:
-            return time.time() - (self.folder(job_id) / HEARTBEAT_FILE).stat().st_mtime
-        except FileNotFoundError:
-            return None
+    def heartbeat(self, job_id: str) -> Heartbeat | None:
+        """The job's heartbeat file: which worker last showed it was alive and working on it, and when."""
+        return read_heartbeat(self.folder(job_id) / HEARTBEAT_FILE)
 
-    def orphans(self, lease_seconds: float) -> list[Job]:
+    def orphans(self) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.
 
-        A running job lost its worker when neither its lock nor its heartbeat file has been renewed
-        for ``lease_seconds``; the file matters after a Redis restart, which drops every lock while
-        the workers go on (each takes its lock back at its next heartbeat). A queued job whose message
+        A running job lost its worker when neither its lock nor its heartbeat file is fresh (the file
+        says how long its beats count, so the workers' settings decide, not the reader's); the file
+        matters after a Redis restart, which drops every lock while the workers go on (each takes its
+        lock back at its next beat). A queued job whose message
         went to an earlier Redis instance lost that message when Redis restarted (it keeps nothing on
         disk). Either is safe to submit again: training resumes from its last checkpoint and heatmap
         batches are recomputed.
@@ -270,9 +294,8 @@ class JobStore:
             if job.finished:
                 continue
             if job.state == "running":
-                age = self.heartbeat_age(job.id)
-                alive = self.locked(job.id) or (age is not None and age < lease_seconds)
-                if not alive:
+                beat = self.heartbeat(job.id)
+                if not self.locked(job.id) and not (beat is not None and beat.fresh):
                     found.append(job)
             elif job.queued_on != instance:
                 found.append(job)
@@ -281,16 +304,18 @@ class JobStore:
 
 class JobLease:
     """A Redis lock on one job, kept alive by a heartbeat thread while the job runs, which also renews
-    the job's heartbeat file.
+    the job's heartbeat file (its holder and time to live).
 
     Only one lease holds a job: the lock is refused while another holder's heartbeat file is fresh,
     since after a Redis restart that holder still runs and takes its lock back at its next beat.
-    ``lost`` is set when the lock could not be kept (it expired and someone else took it, or Redis
-    lost it and it could not be taken back); the job's work should then stop, writing nothing.
+    ``lost`` is set when another holder's file appears (this worker stalled past the time to live and
+    the job was given to another); the job's work should then stop, writing nothing.
     """
 
     def __init__(self, client: redis.Redis, key: str, ttl_seconds: int, heartbeat_file: Path) -> None:
         # Not thread-local: the heartbeat thread extends the lock the job's thread acquired.
+        self._redis = client
+        self._key = key
         self._lock = Lock(client, key, timeout=ttl_seconds, blocking=False, thread_local=False)
         self.ttl = ttl_seconds
         self.heartbeat_file = heartbeat_file
@@ -312,30 +337,31 @@ class JobLease:
         return True
 
     def _held_elsewhere(self) -> bool:
-        try:
-            age = time.time() - self.heartbeat_file.stat().st_mtime
-            holder = self.heartbeat_file.read_text().strip()
-        except FileNotFoundError:
-            return False
-        return holder != self.holder and age < self.ttl
+        beat = read_heartbeat(self.heartbeat_file)
+        return beat is not None and beat.holder != self.holder and beat.fresh
 
     def _write_heartbeat(self) -> None:
+        record = json.dumps({"holder": self.holder, "ttl": self.ttl})
         try:
-            atomic_write_bytes(self.heartbeat_file, f"{self.holder}\n".encode())
+            atomic_write_bytes(self.heartbeat_file, record.encode())
         except OSError:
             logger.warning("could not write the job's heartbeat file %s", self.heartbeat_file, exc_info=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            if self._held_elsewhere():
+                self.lost.set()
+                return
             try:
                 self._lock.reacquire()
             except redis.exceptions.LockNotOwnedError:
-                # Redis lost the lock (a restart): take it back unless another worker has it.
+                # Redis lost the lock (a restart): take it back if it is free. If another worker has it,
+                # it is about to give it up (this file is fresh), or it took the job over when this one
+                # stalled, and its file says so at the next beat; either way this file is not renewed.
                 if not self._take_back():
-                    self.lost.set()
-                    return
+                    continue
             except redis.RedisError:
-                # Redis is down: the work goes on, and the file says so to whoever looks for orphans.
+                # Redis is down, so no one can take the lock: the file shows that the work goes on.
                 logger.warning("could not renew a job lease; retrying", exc_info=True)
             self._write_heartbeat()
 
@@ -345,11 +371,22 @@ class JobLease:
         except redis.RedisError:
             return False
 
+    def holds(self) -> bool:
+        """Whether this lease still holds the job, asked of the file and Redis now, not at the next beat:
+        no other holder's fresh file, and the lock this lease's or free (Redis lost it)."""
+        if self.lost.is_set() or self._held_elsewhere():
+            return False
+        try:
+            return bool(self._lock.owned()) or not self._redis.exists(self._key)
+        except redis.RedisError:
+            return True  # no one can take a lock from a Redis that is down
+
     def release(self) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if not self.lost.is_set():
+        beat = read_heartbeat(self.heartbeat_file)
+        if beat is not None and beat.holder == self.holder:
             self.heartbeat_file.unlink(missing_ok=True)
         with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
             self._lock.release()

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 RECOVERY_KEY = "trashcam:recovering"
 
 
-def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None], lease_seconds: float) -> list[str]:
+def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None]) -> list[str]:
     """Resubmit every orphaned job (see :meth:`JobStore.orphans`); one recoverer runs at a time.
 
     An orphan whose cancellation was requested is marked cancelled instead.
@@ -19,7 +19,7 @@ def recover_orphans(jobs: JobStore, resubmit: Callable[[Job], None], lease_secon
         return []
     try:
         recovered = []
-        for job in jobs.orphans(lease_seconds):
+        for job in jobs.orphans():
             if job.cancel_requested:
                 job.state, job.finished_at = "cancelled", time.time()
                 jobs.save(job)

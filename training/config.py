@@ -115,7 +115,8 @@ class TrainConfig(BaseModel):
     CLI's flags (``training.run``) and the HTTP form (``POST /train``) are derived from. Plain values
     only, so it serialises to JSON and to ``torch.load(weights_only=True)``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # No NaN or infinity: JSON cannot hold them, and no option means anything with them.
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     data: str | tuple[str, ...] = Field(
         description="one data set (a folder or an archive), or several as name=path (a name defaults "

@@ -24,5 +24,4 @@ def _recover_lost_jobs(**_: object) -> None:
     recover_orphans(
         JobStore.from_url(settings.redis_url, settings.jobs_dir),
         lambda job: submit(celery_app, job),
-        settings.job_lock_seconds,
     )

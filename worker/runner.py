@@ -56,8 +56,8 @@ def held(
     jobs: JobStore, job_id: str, lease_seconds: int, labels: Mapping[str, str] | None = None
 ) -> Iterator[Held | None]:
     """The job, leased to this worker and marked running; None if it is finished, cancelled or held
-    elsewhere. The outcome is saved at the end (a failure with its error) unless the lease was lost,
-    in which case the worker now holding the job records it."""
+    elsewhere. The outcome is saved at the end (a failure with its error) unless the lease no longer
+    holds the job, in which case the worker now holding it records it."""
     lease = jobs.lease(job_id, lease_seconds)
     if not lease.acquire():
         yield None
@@ -82,7 +82,9 @@ def held(
         logger.exception("job %s failed", job_id)
         job.state, job.error = "failed", _public_error(error, jobs.folder(job_id), labels or {})
     finally:
-        if not lease.lost.is_set():
+        # Asked now, not at the lease's next beat: a worker that stalled and lost the job to another
+        # must not save its stale record over the new holder's.
+        if lease.holds():
             job.finished_at = time.time() if job.finished else None
             jobs.save(job)
         lease.release()

@@ -405,3 +405,20 @@ def test_finetuning_the_serving_model_when_none_serves_is_503(settings: Settings
         )
     assert response.status_code == 503
     assert "no model is loaded" in response.json()["detail"]
+
+
+def test_a_diverged_job_is_shown_with_null_metrics(
+    client: TestClient, dataset_zip: bytes, settings: Settings
+) -> None:
+    """JSON has no NaN: a diverged run's loss is answered as null, and the job stays listed."""
+    from core.jobs import JobStore
+
+    job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
+    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    record = jobs.get(job["id"])
+    record.state, record.metrics = "running", {"train_loss": float("nan"), "train_accuracy": 0.25}
+    jobs.save(record)
+    shown = client.get(f"/train/{job['id']}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["metrics"] == {"train_loss": None, "train_accuracy": 0.25}
+    assert [j["id"] for j in client.get("/train").json()] == [job["id"]]

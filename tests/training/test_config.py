@@ -106,3 +106,10 @@ def test_unknown_recipe_and_keys_raise() -> None:
         make_config("fancy", data="d", out="o")
     with pytest.raises(ValueError, match="colour: Extra inputs are not permitted"):
         TrainConfig.from_dict({"data": "d", "out": "o", "colour": "red"})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_no_option_takes_infinity_or_nan(value: float) -> None:
+    """JSON cannot hold them (a run's config.json, a job's record), and no option means anything with them."""
+    with pytest.raises(ValueError, match="rotation: Input should be a finite number"):
+        make_config(data="d", out="o", rotation=value)

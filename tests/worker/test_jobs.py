@@ -1,11 +1,21 @@
 import json
+import math
+import threading
 import time
 from typing import Any
 
 import pytest
 import redis
 
-from core.jobs import KEY_PREFIX, LOCK_PREFIX, HeatmapParams, JobNotFoundError, JobStore, TrainingParams
+from core.jobs import (
+    HEARTBEAT_FILE,
+    KEY_PREFIX,
+    LOCK_PREFIX,
+    HeatmapParams,
+    JobNotFoundError,
+    JobStore,
+    TrainingParams,
+)
 from tests.worker.conftest import HEATMAPS, training_params
 
 
@@ -78,10 +88,24 @@ def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
     job = jobs.create(training_params())
     lease = jobs.lease(job.id, 1)
     assert lease.acquire()
+    # Another worker holds the lock for an instant (it refuses the job: this lease's file is fresh):
+    # the lease is not lost for that, and takes its lock back once it is free.
     jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
+    time.sleep(0.5)
+    assert not lease.lost.is_set()
+    jobs.redis.delete(LOCK_PREFIX + job.id)
+    time.sleep(0.5)
+    assert jobs.locked(job.id)
+    assert lease.holds()
+    # Another worker takes the job over (the lock and its own heartbeat file): this lease is lost.
+    jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
+    heartbeat = jobs.folder(job.id) / HEARTBEAT_FILE
+    heartbeat.write_text(json.dumps({"holder": "someone-else", "ttl": 30}))
     assert lease.lost.wait(3)
+    assert not lease.holds()
     lease.release()
     assert jobs.redis.get(LOCK_PREFIX + job.id) == b"someone-else"  # not released by the loser
+    assert heartbeat.is_file()  # nor the new holder's file
 
 
 def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
@@ -98,13 +122,13 @@ def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
     done = jobs.create(training_params())
     done.state = "succeeded"
     jobs.save(done)
-    assert {job.id for job in jobs.orphans(30)} == {running_lost.id}
+    assert {job.id for job in jobs.orphans()} == {running_lost.id}
 
     jobs.redis.flushdb()  # a Redis restart: queues, locks and the instance id are gone
     # The running job's worker still beats: its heartbeat file, not the lost lock, says so.
-    assert {job.id for job in jobs.orphans(30)} == {running_lost.id, queued.id}
+    assert {job.id for job in jobs.orphans()} == {running_lost.id, queued.id}
     jobs.mark_queued(queued)  # resubmitted to the new instance
-    assert queued.id not in {job.id for job in jobs.orphans(30)}
+    assert queued.id not in {job.id for job in jobs.orphans()}
     lease.release()
 
 
@@ -116,9 +140,9 @@ def test_a_worker_that_stops_beating_leaves_an_orphan(jobs: JobStore) -> None:
     assert lease.acquire()
     lease._stop.set()  # the worker dies: no more beats, neither to Redis nor to the file
     jobs.redis.flushdb()
-    assert jobs.orphans(1) == []  # its file is still fresh
+    assert jobs.orphans() == []  # its file is still fresh
     time.sleep(1.2)
-    assert [orphan.id for orphan in jobs.orphans(1)] == [job.id]
+    assert [orphan.id for orphan in jobs.orphans()] == [job.id]
 
 
 def test_a_second_worker_never_holds_a_job_whose_holder_still_beats(jobs: JobStore) -> None:
@@ -135,7 +159,7 @@ def test_a_second_worker_never_holds_a_job_whose_holder_still_beats(jobs: JobSto
     assert jobs.locked(job.id)
     assert not first.lost.is_set()
     first.release()
-    assert jobs.heartbeat_age(job.id) is None
+    assert jobs.heartbeat(job.id) is None
     assert second.acquire()  # released: the next holder is welcome
     second.release()
 
@@ -179,3 +203,41 @@ def test_a_record_from_before_typed_parameters_still_reads(jobs: JobStore) -> No
     jobs.folder(heatmaps["id"]).mkdir()
     (jobs.folder(heatmaps["id"]) / "job.json").write_text(json.dumps(heatmaps))
     assert jobs.get(heatmaps["id"]).params == HeatmapParams(method="layercam", alpha=0.4, colormap="jet")
+
+
+def test_a_diverged_runs_nan_metrics_read_back(jobs: JobStore) -> None:
+    job = jobs.create(training_params())
+    job.metrics = {"train_loss": float("nan"), "train_accuracy": 0.1}
+    job.history = [{"epoch": 1, "train_loss": float("inf")}]
+    jobs.save(job)
+    again = jobs.get(job.id)
+    assert math.isnan(again.metrics["train_loss"])
+    assert again.history[0]["train_loss"] == float("inf")
+    assert [j.id for j in jobs.all()] == [job.id]
+
+
+def test_a_superseded_lease_leaves_the_new_holders_file_and_record(jobs: JobStore) -> None:
+    """A worker that stalled past the time to live, and whose job another worker then took: when it
+    wakes after a Redis restart it must not take the lock back, nor remove the new holder's file."""
+    job = jobs.create(training_params())
+    first = jobs.lease(job.id, 1)
+    assert first.acquire()
+    first._stop.set()  # the worker stalls: its beats stop
+    assert first._heartbeat is not None
+    first._heartbeat.join()
+    time.sleep(1.2)  # its lock and its file expire
+    second = jobs.lease(job.id, 30)
+    assert second.acquire()
+    jobs.redis.flushdb()  # Redis restarts: the new holder's lock is gone too
+    assert not first.holds()
+    first._stop.clear()  # the stalled worker wakes and beats again
+    threading.Thread(target=first._beat, daemon=True).start()
+    assert first.lost.wait(2)
+    assert not jobs.locked(job.id)  # it did not take the lock back
+    first.release()
+    beat = jobs.heartbeat(job.id)
+    assert beat is not None
+    assert beat.holder == second.holder
+    assert second.holds()
+    second.release()
+    assert jobs.heartbeat(job.id) is None
