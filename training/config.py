@@ -140,7 +140,7 @@ class TrainConfig(BaseModel):
     input_size: int = Field(128, ge=8, le=1024, description="side of the square the network sees")
     hflip: bool = Field(True, description="random horizontal flips")
     crop_min_scale: float | None = Field(
-        None, gt=0.0, le=1.0, description="random-resized-crop minimum area fraction; none: no crops"
+        None, gt=0.0, le=1.0, description="random-resized-crop minimum area fraction (not set: no crops)"
     )
     rotation: NonNegative = Field(0.0, description="random rotation range in degrees")
     color_jitter: NonNegative = Field(0.0, description="brightness/contrast/saturation jitter")
