@@ -25,9 +25,30 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
 
 
+#: Folders at the root of this machine: a path under one of them is a machine path, not a route.
+TOP_LEVEL = {entry.name for entry in Path("/").iterdir()}
+
+
 def absolute(value: str) -> bool:
-    # "a=/x/y, b=/z" lists of named data sets count too.
-    return any(part.split("=", 1)[-1].strip().startswith("/") for part in value.split(","))
+    """Whether ``value`` names a file by its absolute path ("a=/x/y, b=/z" lists of named data sets
+    count too). An API route ("/classify") is not one: a machine path starts at one of this machine's
+    top-level folders, or is at least three folders deep."""
+    for part in value.split(","):
+        path = part.split("=", 1)[-1].strip()
+        if path.startswith("/") and len(path) > 1:
+            components = path.strip("/").split("/")
+            if components[0] in TOP_LEVEL or len(components) >= 3:
+                return True
+    return False
+
+
+def test_a_path_is_told_from_a_route() -> None:
+    assert absolute("/work/main/data/trashnet.tar.gz")
+    assert absolute("upload=/srv/x/y/upload.zip, photos=/data/photos")
+    assert absolute("/tmp")
+    assert not absolute("/classify")
+    assert not absolute("/explain/batch")
+    assert not absolute("data/trashnet-112.tar.gz")
 
 
 def test_there_are_records_to_check() -> None:
