@@ -39,6 +39,12 @@ def precision_name(dtype: torch.dtype | None) -> str:
 #: in interleaved timings.
 CHANNELS_LAST_MIN_BATCH = 4
 
+#: The smallest batch that a CPU runs in a reduced precision. In a thread of its own, as the service
+#: runs its model, SE-ResNet-50 at 112 px on a 2-core EPYC with AVX512-BF16 took 1.09x fp32's time for
+#: a single photo under bf16 autocast, 0.96x for two and 0.78x for four (``python -m
+#: bench.precision_batches``, docs/performance/precision-batches.json). GPUs keep theirs.
+CPU_REDUCED_MIN_BATCH = 2
+
 
 @dataclass(frozen=True)
 class InferencePrecision:
@@ -52,16 +58,25 @@ class InferencePrecision:
     def name(self) -> str:
         return precision_name(self.dtype) + ("+channels_last" if self.channels_last else "")
 
+    def dtype_for(self, device: torch.device, batch_size: int) -> torch.dtype | None:
+        """The autocast dtype a batch of ``batch_size`` runs in (None: fp32): on a CPU, batches under
+        :data:`CPU_REDUCED_MIN_BATCH` run in fp32, which is faster for them."""
+        if device.type == "cpu" and batch_size < CPU_REDUCED_MIN_BATCH:
+            return None
+        return self.dtype
+
     def inputs(self, batch: Tensor) -> Tensor:
         """``batch`` in the layout its size runs fastest in."""
         if self.channels_last and batch.shape[0] >= CHANNELS_LAST_MIN_BATCH:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch.contiguous()
 
-    def autocast(self, device: torch.device) -> AbstractContextManager[object]:
-        if self.dtype is None:
+    def autocast(self, device: torch.device, batch_size: int) -> AbstractContextManager[object]:
+        """Autocast to the dtype of a batch of ``batch_size`` (see :meth:`dtype_for`)."""
+        dtype = self.dtype_for(device, batch_size)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
+        return torch.autocast(device.type, dtype=dtype)
 
 
 def choose_precision(

@@ -139,7 +139,7 @@ class Predictor:
     def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
         """Calibrated class probabilities and energy scores of ``images``."""
         batch = self.inputs(images)
-        with torch.inference_mode(), self.precision.autocast(self.device):
+        with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
             return self.scores(self.model(batch))
 
     def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
@@ -172,7 +172,7 @@ class Predictor:
     ) -> Explanation:
         """Probabilities and CAM heatmaps from one forward pass."""
         batch = self.inputs(images)
-        with self.precision.autocast(self.device):
+        with self.precision.autocast(self.device, batch.shape[0]):
             out = compute_cam(self.model, batch, method=method, targets=targets, layer=layer)
         scores = self.scores(out.logits)
         return Explanation(

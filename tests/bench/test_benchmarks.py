@@ -2,14 +2,18 @@
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench import precision_batches
 from bench.naive_peer import create_peer
 from bench.service_load import percentile, ratios
+from models.precision import precision_name
 from tests.app.conftest import CLASSES, png_bytes, tiny_checkpoint
 
 
@@ -52,3 +56,17 @@ def test_ratios_compare_ours_with_the_ceiling_and_the_peer() -> None:
 def test_percentiles_are_of_the_sorted_values() -> None:
     values = [5.0, 1.0, 3.0, 2.0, 4.0]
     assert (percentile(values, 0), percentile(values, 50), percentile(values, 100)) == (1.0, 3.0, 5.0)
+
+
+def test_the_precision_bench_times_every_batch_in_each_format_against_fp32(tmp_path: Path) -> None:
+    out = tmp_path / "record.json"
+    argv = ["--checkpoint", str(tiny_checkpoint(tmp_path / "tiny.pt")), "--device", "cpu"]
+    timing = ["--batches", "1", "4", "--rounds", "1", "--seconds", "0.05", "--out", str(out)]
+    assert precision_batches.main([*argv, *timing]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    names = {"fp32", *(precision_name(d) for d in precision_batches.reduced_dtypes(torch.device("cpu")))}
+    assert {(row["batch"], row["precision"]) for row in rows} == {(b, n) for b in (1, 4) for n in names}
+    for row in rows:
+        assert row["photos_per_s"] > 0
+        if row["precision"] == "fp32":
+            assert row["time_vs_fp32"] == 1.0

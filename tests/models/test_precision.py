@@ -57,3 +57,21 @@ def test_channels_last_and_bf16_answer_as_fp32_does() -> None:
         torch.testing.assert_close(result.probabilities, reference.probabilities, atol=tolerance, rtol=0)
         assert (result.heatmaps - reference.heatmaps).abs().mean() < tolerance
         torch.testing.assert_close(other.classify(images).probabilities, result.probabilities)
+
+
+def test_a_cpu_runs_a_single_photo_in_fp32_and_batches_in_the_reduced_precision() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    bf16 = precision.InferencePrecision(torch.bfloat16, channels_last=True)
+    assert bf16.dtype_for(cpu, 1) is None
+    assert bf16.dtype_for(cpu, precision.CPU_REDUCED_MIN_BATCH) is torch.bfloat16
+    assert bf16.dtype_for(gpu, 1) is torch.bfloat16  # a GPU keeps its precision at every size
+    assert precision.InferencePrecision().dtype_for(cpu, 16) is None
+    with bf16.autocast(cpu, 1):
+        assert not torch.is_autocast_enabled("cpu")
+    with bf16.autocast(cpu, 4):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    # A single photo answers as the fp32 model does, exactly.
+    image = torch.rand(1, 3, 64, 64)
+    fp32_result = tiny_predictor(precision.InferencePrecision()).classify(image).probabilities
+    torch.testing.assert_close(tiny_predictor(bf16).classify(image).probabilities, fp32_result)
