@@ -166,7 +166,8 @@ def test_a_heatmap_batch_returns_its_zip(api: httpx2.Client, trashnet_photos: Pa
             assert Image.open(io.BytesIO(archive.read(entry["overlay"]))).size == sizes[original]
 
 
-def test_cancelling_a_running_training_job(api: httpx2.Client, trashnet_photos: Path) -> None:
+def start_a_long_training_job(api: httpx2.Client, trashnet_photos: Path) -> httpx2.Response:
+    """A tiny model for 500 epochs: a job that runs until it is cancelled."""
     form = {
         "model": "simple_cnn",
         "model_kwargs": '{"width": 4}',
@@ -174,10 +175,13 @@ def test_cancelling_a_running_training_job(api: httpx2.Client, trashnet_photos: 
         "batch_size": "4",
         "input_size": "32",
     }
-    created = api.post(
+    return api.post(
         "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
     )
-    url = created.headers["location"]
+
+
+def test_cancelling_a_running_training_job(api: httpx2.Client, trashnet_photos: Path) -> None:
+    url = start_a_long_training_job(api, trashnet_photos).headers["location"]
     running = wait_for_job(api, url, {"running"})
     assert running["state"] == "running"
     assert api.delete(url, headers=KEY).json()["cancel_requested"] is True
@@ -260,16 +264,7 @@ def test_a_redis_restart_never_runs_one_job_twice(
     the idle worker never starts a second run."""
     system.start_another_training_worker("training-worker-2")
     try:
-        form = {
-            "model": "simple_cnn",
-            "model_kwargs": '{"width": 4}',
-            "epochs": "500",
-            "batch_size": "4",
-            "input_size": "32",
-        }
-        created = api.post(
-            "/train", files={"file": ("photos.zip", zip_folder(trashnet_photos))}, data=form, headers=KEY
-        )
+        created = start_a_long_training_job(api, trashnet_photos)
         url, job_id = created.headers["location"], created.json()["id"]
         deadline = time.monotonic() + 120
         while api.get(url).json()["epoch"] < 1 and time.monotonic() < deadline:
