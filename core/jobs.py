@@ -358,18 +358,16 @@ class JobLease:
                 # Redis lost the lock (a restart): take it back if it is free. If another worker has it,
                 # it is about to give it up (this file is fresh), or it took the job over when this one
                 # stalled, and its file says so at the next beat; either way this file is not renewed.
-                if not self._take_back():
-                    continue
+                # A Redis that fails the attempt itself (still starting) is Redis down, as below.
+                try:
+                    if not self._lock.acquire(blocking=False):
+                        continue
+                except redis.RedisError:
+                    logger.warning("could not take a job lease back; retrying", exc_info=True)
             except redis.RedisError:
                 # Redis is down, so no one can take the lock: the file shows that the work goes on.
                 logger.warning("could not renew a job lease; retrying", exc_info=True)
             self._write_heartbeat()
-
-    def _take_back(self) -> bool:
-        try:
-            return bool(self._lock.acquire(blocking=False))
-        except redis.RedisError:
-            return False
 
     def holds(self) -> bool:
         """Whether this lease still holds the job, asked of the file and Redis now, not at the next beat:
