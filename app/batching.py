@@ -2,18 +2,19 @@
 
 Requests wait at most ``max_wait`` seconds for company, and a batch holds at most ``max_size``
 items. Items carry a key; only items with the same key share a batch (an /explain with Grad-CAM and
-one with Score-CAM cannot). Batches run on the given executor: with a single worker thread shared by
-every batcher of a model, the event loop never waits on the model and the model never runs twice at
-once.
+one with Score-CAM cannot). A batch runs on a free lane (:mod:`app.lanes`), which every batcher of
+the service shares: while every lane is busy the requests wait and the next batch grows, and a lane
+never runs two batches at once, so the event loop never waits on the model.
 """
 
 import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from app.lanes import InferenceLanes, Lane
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -31,15 +32,16 @@ class QueueFullError(RuntimeError):
 
 
 class MicroBatcher(Generic[Item, Result]):
-    """Collects submitted items into batches and runs ``process(key, items) -> results`` on them."""
+    """Collects submitted items into batches and runs ``process(lane, key, items) -> results`` on them,
+    on the lane whose index it is given."""
 
     def __init__(
         self,
-        process: Callable[[Hashable, list[Item]], list[Result]],
+        process: Callable[[int, Hashable, list[Item]], list[Result]],
         *,
         max_size: int,
         max_wait: float,
-        executor: ThreadPoolExecutor,
+        lanes: InferenceLanes,
         max_pending: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -48,9 +50,10 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_wait = max_wait
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[Item, Result]] = asyncio.Queue()
-        self._executor = executor
+        self._lanes = lanes
         self.max_pending = max_pending
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         if self._task is None:
@@ -75,8 +78,7 @@ class MicroBatcher(Generic[Item, Result]):
             await self._task
         self._task = None
 
-    async def _collect(self) -> list[_Pending[Item, Result]]:
-        first = await self._queue.get()
+    async def _collect(self, first: _Pending[Item, Result]) -> list[_Pending[Item, Result]]:
         batch = [first]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_size:
@@ -93,29 +95,45 @@ class MicroBatcher(Generic[Item, Result]):
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            pending = await self._collect()
-            groups: dict[Hashable, list[_Pending[Item, Result]]] = {}
-            for entry in pending:
-                groups.setdefault(entry.key, []).append(entry)
+            first = await self._queue.get()
+            # The lane is taken before the batch is formed, so requests that arrive while every lane
+            # is busy join it; and no lane is held while there is nothing to run.
+            lane = await self._lanes.take()
+            try:
+                pending = await self._collect(first)
+            except BaseException:
+                self._lanes.give_back(lane)
+                raise
+            batch = asyncio.get_running_loop().create_task(self._run_batch(lane, pending))
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, lane: Lane, pending: list[_Pending[Item, Result]]) -> None:
+        groups: dict[Hashable, list[_Pending[Item, Result]]] = {}
+        for entry in pending:
+            groups.setdefault(entry.key, []).append(entry)
+        try:
             for key, group in groups.items():
-                started = time.perf_counter()
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._process, key, [entry.item for entry in group]
-                    )
-                    if len(results) != len(group):
-                        raise RuntimeError(f"a batch of {len(group)} gave {len(results)} results")
-                except Exception as error:
-                    for entry in group:
-                        if not entry.future.done():
-                            entry.future.set_exception(error)
-                else:
-                    for entry, result in zip(group, results, strict=True):
-                        if not entry.future.done():
-                            entry.future.set_result(result)
-                    if self._on_batch is not None:
-                        self._on_batch(len(group), time.perf_counter() - started)
+                await self._run_group(lane, key, group)
+        finally:
+            self._lanes.give_back(lane)
             for _ in pending:
                 self._queue.task_done()
+
+    async def _run_group(self, lane: Lane, key: Hashable, group: list[_Pending[Item, Result]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._lanes.run(lane, self._process, lane.index, key, [e.item for e in group])
+            if len(results) != len(group):
+                raise RuntimeError(f"a batch of {len(group)} gave {len(results)} results")
+        except Exception as error:
+            for entry in group:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+            return
+        for entry, result in zip(group, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)
+        if self._on_batch is not None:
+            self._on_batch(len(group), time.perf_counter() - started)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
 from app.jobs import JobSubmitter
+from app.lanes import plan_lanes
 from app.limits import RequestGate
 from app.metrics import Metrics, MetricsMiddleware
 from app.openapi import DocumentedAPI
@@ -73,9 +74,10 @@ def celery_submitter(settings: Settings) -> JobSubmitter:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    if settings.inference_threads is not None:
-        torch.set_num_threads(settings.inference_threads)
     manager = ModelManager.from_settings(settings, app.state.store)
+    lanes = plan_lanes(manager.device, lanes=settings.inference_lanes, threads=settings.inference_threads)
+    # Each lane sets its own thread count; this one is for the loading and the requests' own work.
+    torch.set_num_threads(lanes.threads)
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
         app.state.metrics.model_loads.inc()
@@ -84,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_batch_size=settings.batch_max_size,
         max_wait_s=settings.batch_max_wait_ms / 1000.0,
         max_pending=settings.batch_max_pending,
+        lanes=lanes,
         on_batch=app.state.metrics.observe_batch,
     )
     app.state.service = service

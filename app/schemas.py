@@ -107,6 +107,10 @@ class ReadyPublic(BaseModel):
         description="the number format and layout models infer in, chosen for the device",
         examples=["fp32+channels_last", "bf16+channels_last"],
     )
+    lanes: str = Field(
+        description="how many batches run at once, and on how many threads each",
+        examples=["2 lanes x 1 thread"],
+    )
     detail: str | None = None
 
 

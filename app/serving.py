@@ -1,13 +1,13 @@
 """Batched inference around the serving model (see :class:`core.model_manager.ModelManager`).
 
 :class:`InferenceService` prepares each photo in the request's thread and feeds the prepared inputs
-through micro-batchers that share one inference thread, which then only stacks them and runs the model.
+through micro-batchers that share the inference lanes (:mod:`app.lanes`); a lane only stacks what its
+batch's requests prepared and runs the model, on a replica of its own.
 """
 
 import functools
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app.batching import MicroBatcher
+from app.lanes import InferenceLanes, LanePlan
 from core.model_manager import ModelManager
 from models.predictor import Predictor
 
@@ -68,7 +69,7 @@ BatchKey = tuple[str, int, str, str]
 
 
 class InferenceService:
-    """Classify and explain through micro-batchers that share one inference thread."""
+    """Classify and explain through micro-batchers that share the inference lanes."""
 
     def __init__(
         self,
@@ -77,16 +78,17 @@ class InferenceService:
         max_batch_size: int,
         max_wait_s: float,
         max_pending: int = 256,
+        lanes: LanePlan | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.manager = manager
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        # Both batchers share the one inference thread, so the model never runs twice at once.
+        self.lanes = InferenceLanes(lanes or LanePlan(lanes=1, threads=torch.get_num_threads()))
+        # Every batcher takes its lanes from one set, so the lanes bound how many batches run at once.
         batching = functools.partial(
             MicroBatcher,
             max_size=max_batch_size,
             max_wait=max_wait_s,
-            executor=self.executor,
+            lanes=self.lanes,
             max_pending=max_pending,
             on_batch=on_batch,
         )
@@ -103,23 +105,23 @@ class InferenceService:
         await self._classifier.stop()
         await self._explainer.stop()
         await self._fingerprinter.stop()
-        self.executor.shutdown(wait=True)
+        self.lanes.shutdown()
 
-    def _classify_batch(self, key: Hashable, items: list[Prepared]) -> list[Classified]:
+    def _classify_batch(self, lane: int, key: Hashable, items: list[Prepared]) -> list[Classified]:
         predictor = items[0].predictor
         started = time.perf_counter()
-        scores = predictor.classify(torch.stack([item.inputs for item in items]))
+        scores = predictor.replica(lane).classify(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
         return [
             Classified(predictor, row.tolist(), float(energy), elapsed, len(items))
             for row, energy in zip(scores.probabilities, scores.energies, strict=True)
         ]
 
-    def _explain_batch(self, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
+    def _explain_batch(self, lane: int, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
         _, _, method, layer = cast(BatchKey, key)
         predictor = items[0].predictor
         started = time.perf_counter()
-        result = predictor.explain(
+        result = predictor.replica(lane).explain(
             torch.stack([item.inputs for item in items]),
             method=method,
             targets=[item.target for item in items],
@@ -135,10 +137,10 @@ class InferenceService:
             )
         ]
 
-    def _fingerprint_batch(self, key: Hashable, items: list[Prepared]) -> list[Fingerprinted]:
+    def _fingerprint_batch(self, lane: int, key: Hashable, items: list[Prepared]) -> list[Fingerprinted]:
         predictor = items[0].predictor
         started = time.perf_counter()
-        result = predictor.fingerprint(torch.stack([item.inputs for item in items]))
+        result = predictor.replica(lane).fingerprint(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
         return [
             Fingerprinted(

@@ -7,7 +7,10 @@
 1. The in-process ceiling: the checkpoint's forward pass alone on the test photos, already
    preprocessed, at each batch size, precision (fp32, and bf16 where the CPU or GPU has it), layout
    (batches of 4 or more channels-last, or not) and with its batch norms as trained or folded, and the
-   test-split accuracy of each; the best is the ceiling.
+   test-split accuracy of each; each one batch at a time on the main thread with torch's default
+   threads, and, where the service runs more than one lane (``app.lanes``), also as many batches side
+   by side as it has lanes, each on a thread of its own with the lanes' thread count. The best of all
+   is the ceiling.
 2. The service, started with the command users run (``trashcam api``), and the naive peer
    (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
    clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
@@ -29,9 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +48,7 @@ import torch
 from PIL import Image
 
 from app.cli import piece_commands, trashcam_command
+from app.lanes import plan_lanes
 from bench.photos import Photo, load_photos
 from models.checkpoint import build_model, load_checkpoint
 from models.fusion import fold_batch_norms
@@ -95,6 +101,8 @@ class Ceiling:
     def __init__(self, checkpoint_path: Path, photos: Sequence[Photo]) -> None:
         checkpoint = load_checkpoint(checkpoint_path)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        #: The lanes the service runs on this machine by default (``trashcam api``'s own choice).
+        self.lanes = plan_lanes(self.device)
         as_trained = build_model(checkpoint).eval().to(self.device)
         folded = copy.deepcopy(as_trained)
         fold_batch_norms(folded)
@@ -124,21 +132,54 @@ class Ceiling:
         return accuracy
 
     def measure(
-        self, batch_sizes: Sequence[int], rounds: int, *, only: str | None = None
+        self,
+        batch_sizes: Sequence[int],
+        rounds: int,
+        *,
+        only: str | None = None,
+        lanes: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for name in self.variants if only is None else [only]:
             for batch_size in batch_sizes:
                 batch = self.inputs[:batch_size]
-                self.forward(name, batch)  # warm-up
-                times = []
-                for _ in range(rounds):
-                    started = time.perf_counter()
-                    self.forward(name, batch)
-                    times.append(time.perf_counter() - started)
-                photos_per_s = batch_size / statistics.median(times)
-                rows.append({"precision": name, "batch": batch_size, "photos_per_s": photos_per_s})
+                for count in lanes or sorted({1, self.lanes.lanes}):
+                    photos_per_s = (
+                        self._one_at_a_time(name, batch, rounds)
+                        if count == 1
+                        else self._side_by_side(name, batch, rounds, count)
+                    )
+                    rows.append(
+                        {"precision": name, "batch": batch_size, "lanes": count, "photos_per_s": photos_per_s}
+                    )
         return rows
+
+    def _one_at_a_time(self, name: str, batch: torch.Tensor, rounds: int) -> float:
+        self.forward(name, batch)  # warm-up
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            self.forward(name, batch)
+            times.append(time.perf_counter() - started)
+        return batch.shape[0] / statistics.median(times)
+
+    def _side_by_side(self, name: str, batch: torch.Tensor, rounds: int, count: int) -> float:
+        """Photos/s of ``count`` threads, each running ``rounds`` forward passes of ``batch`` on the
+        lanes' thread count, all started together (the model is only read, so they can share it)."""
+        start = threading.Barrier(count)
+
+        def run(times: int) -> None:
+            start.wait()
+            for _ in range(times):
+                self.forward(name, batch)
+
+        with ThreadPoolExecutor(
+            count, initializer=torch.set_num_threads, initargs=(self.lanes.threads,)
+        ) as pool:
+            list(pool.map(run, [1] * count))  # warm-up, on every thread
+            started = time.perf_counter()
+            list(pool.map(run, [rounds] * count))
+            return count * rounds * batch.shape[0] / (time.perf_counter() - started)
 
 
 # --- 2. servers and load ------------------------------------------------------------------------
@@ -327,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceiling_rows = ceiling.measure(args.batch_sizes, args.ceiling_rounds)
     result["ceiling"] = {
         "device": ceiling.device.type,
+        "lanes": ceiling.lanes.name,
         "rows": ceiling_rows,
         "accuracy": ceiling.accuracy(),
         "best": max(ceiling_rows, key=lambda row: row["photos_per_s"]),
@@ -347,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every round measures each configuration once, the servers in turn, and the ceiling again, so
         # that load from elsewhere on the machine falls on all of them alike.
         for round_index in range(args.rounds):
-            (again,) = ceiling.measure([best["batch"]], args.ceiling_rounds, only=best["precision"])
+            (again,) = ceiling.measure(
+                [best["batch"]], args.ceiling_rounds, only=best["precision"], lanes=[best["lanes"]]
+            )
             ceilings.append(again["photos_per_s"])
             for endpoint, clients in itertools.product(args.endpoints, args.clients):
                 names = list(servers)

@@ -23,8 +23,15 @@ class Settings(BaseSettings):
     shipped_model_path: Path = PROJECT_ROOT / "weights" / "se_resnet50" / "model.pt"
     var_dir: Path = PROJECT_ROOT / "var"
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    inference_lanes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="batches that run at once, each on a thread of its own (app.lanes); None: one per "
+        "CPU core (at most 4), one on a GPU",
+    )
     inference_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; None = torch's default"
+        None, ge=1, description="torch threads of each lane; None: the CPU cores shared out among the lanes"
     )
     inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

@@ -1,7 +1,10 @@
 """A loaded model ready to classify and explain photos: preprocessing from its spec, inference on
 its device in its precision, explanations from the same forward pass."""
 
+import copy
 import functools
+import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +86,8 @@ class Predictor:
         self.path = path
         self.calibration = Calibration.from_dict(spec.calibration).with_thresholds(thresholds or Thresholds())
         self._transform = build_eval_transform(spec)
+        self._replicas: dict[int, Predictor] = {}
+        self._replicas_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -111,6 +116,23 @@ class Predictor:
             thresholds=thresholds,
             precision=precision,
         )
+
+    def replica(self, lane: int) -> "Predictor":
+        """This predictor for inference lane ``lane`` (:mod:`app.lanes`): lane 0 runs this one, every
+        other lane a copy made on first use, with module objects of its own and this one's weights.
+        Lanes run at the same time, and a CAM hooks the modules of the model it runs on: on shared
+        modules, one lane's hooks would capture another lane's forward pass."""
+        if lane == 0:
+            return self
+        with self._replicas_lock:
+            replica = self._replicas.get(lane)
+            if replica is None:
+                replica = copy.copy(self)
+                tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+                replica.model = copy.deepcopy(self.model, memo={id(tensor): tensor for tensor in tensors})
+                replica._replicas, replica._replicas_lock = {}, threading.Lock()
+                self._replicas[lane] = replica
+            return replica
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         redis=redis_ok,
         device=str(service.manager.device),
         precision=service.manager.precision.name,
+        lanes=service.lanes.plan.name,
         # What was skipped at start-up is said even when an older version serves in its place.
         detail="; ".join(problems + service.manager.load_errors) or None,
     )

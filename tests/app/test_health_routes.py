@@ -1,6 +1,7 @@
 import torch
 from fastapi.testclient import TestClient
 
+from app.lanes import plan_lanes
 from models.precision import choose_precision
 from tests.app.conftest import png_bytes
 
@@ -19,6 +20,8 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
         "device": "cpu",
         # The tests' CPU decides between fp32 and bf16; the layout is channels-last either way.
         "precision": choose_precision(torch.device("cpu")).name,
+        # One lane per core, as many as the tests' machine has (at most four).
+        "lanes": plan_lanes(torch.device("cpu")).name,
         "detail": None,
     }
     assert response.json()["precision"].endswith("+channels_last")

@@ -70,3 +70,20 @@ def test_the_precision_bench_times_every_batch_in_each_format_against_fp32(tmp_p
         assert row["photos_per_s"] > 0
         if row["precision"] == "fp32":
             assert row["time_vs_fp32"] == 1.0
+
+
+def test_the_ceiling_measures_one_batch_at_a_time_and_the_lanes_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.lanes import LanePlan
+    from bench import service_load
+    from bench.photos import Photo
+
+    monkeypatch.setattr(service_load, "plan_lanes", lambda device: LanePlan(lanes=2, threads=1))
+    photos = [Photo(f"p{i}.png", png_bytes(size=(40, 30)), CLASSES[i % len(CLASSES)]) for i in range(4)]
+    ceiling = service_load.Ceiling(tiny_checkpoint(tmp_path / "tiny.pt"), photos)
+    threads = torch.get_num_threads()
+    rows = ceiling.measure([1, 4], rounds=2, only="fp32")
+    assert [(row["batch"], row["lanes"]) for row in rows] == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert all(row["photos_per_s"] > 0 for row in rows)
+    assert torch.get_num_threads() == threads, "the lanes' thread count stays in their threads"
