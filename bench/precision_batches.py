@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.5, help="timing per measurement")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of the measuring thread (the service's lanes: app.lanes)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -53,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fold_batch_norms(model)
     size = checkpoint.spec.input_size
     dtypes: list[torch.dtype | None] = [None, *reduced_dtypes(device)]
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    threads = args.threads or torch.get_num_threads()
+    thread = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="inference", initializer=torch.set_num_threads, initargs=(threads,)
+    )
 
     def forward(batch: torch.Tensor, dtype: torch.dtype | None) -> None:
         cast = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": "python -m bench.precision_batches "
             + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}",
+            "threads": threads,
             "rows": rows,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,10 @@
    clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
    latency percentiles, errors, the CPU that the server and this load generator used (they share the
    machine's cores), and the mean batch the service ran.
-3. Memory: a fresh ``trashcam api``, its RSS after 100 and after 1,000 ``/explain`` requests.
+3. The request path alone: ``trashcam api`` serving a trivial model (a 4-channel simple CNN at the
+   checkpoint's input size and classes) under the most clients on ``/classify``, in every round: what
+   HTTP, decoding and preparing cost the server and this load generator a photo, next to the model.
+4. Memory: a fresh ``trashcam api``, its RSS after 100 and after 1,000 ``/explain`` requests.
 """
 
 import argparse
@@ -47,16 +50,37 @@ import psutil
 import torch
 from PIL import Image
 
+import models
 from app.cli import piece_commands, trashcam_command
 from app.lanes import plan_lanes
 from bench.photos import Photo, load_photos
-from models.checkpoint import build_model, load_checkpoint
+from models.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from models.fusion import fold_batch_norms
 from models.precision import InferencePrecision, cpu_has_native_bf16
 from models.transforms import build_eval_transform
 
 OURS_PORT = 8100
 PEER_PORT = 8101
+TRIVIAL_PORT = 8102
+TRIVIAL = "ours, trivial model"
+
+
+def trivial_checkpoint(checkpoint: Path, path: Path) -> Path:
+    """A 4-channel simple CNN with ``checkpoint``'s classes, input size and normalisation: a model that
+    costs next to nothing, so that serving it measures the request path alone."""
+    spec = load_checkpoint(checkpoint).spec
+    trivial = ModelSpec(
+        arch="simple_cnn",
+        class_names=spec.class_names,
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        arch_kwargs={"width": 4},
+        recipe={"note": "random weights: the request path alone (bench.service_load)"},
+    )
+    model = models.create_model("simple_cnn", num_classes=len(spec.class_names), width=4)
+    save_checkpoint(path, model, trivial)
+    return path
 
 
 @dataclass(frozen=True)
@@ -333,6 +357,13 @@ def summarise(rows: list[LoadResult]) -> dict[str, Any]:
                 "loadgen_cpu_cores",
             )
         },
+        # CPU a photo: what the cores, shared by the server and the load generator, spend on each.
+        "server_cpu_ms_per_photo": statistics.median(
+            [1000 * row.server_cpu_cores / row.photos_per_s for row in rows if row.photos_per_s] or [0.0]
+        ),
+        "loadgen_cpu_ms_per_photo": statistics.median(
+            [1000 * row.loadgen_cpu_cores / row.photos_per_s for row in rows if row.photos_per_s] or [0.0]
+        ),
         "mean_batch": statistics.median(
             [row.mean_batch for row in rows if row.mean_batch is not None] or [0.0]
         ),
@@ -354,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--ceiling-rounds", type=int, default=5)
     parser.add_argument("--memory", type=int, nargs=2, default=[100, 1000], metavar=("FIRST", "THEN"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "memory"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "memory", "request-path"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -384,6 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer_command = [sys.executable, "-m", "bench.naive_peer", "--checkpoint", str(args.checkpoint)]
             peer_command += ["--port", str(PEER_PORT)]
             servers["naive peer"] = (stack.enter_context(running(peer_command, PEER_PORT, {})), PEER_PORT)
+        if "request-path" not in args.skip:
+            trivial = trivial_checkpoint(args.checkpoint, Path(var) / "trivial.pt")
+            trivial_env = {
+                "TRASHCAM_MODEL_PATH": str(trivial),
+                "TRASHCAM_VAR_DIR": str(Path(var) / "trivial"),
+            }
+            trivial_command = trashcam_command(piece_commands("127.0.0.1", TRIVIAL_PORT)["api"])
+            trivial_server = stack.enter_context(running(trivial_command, TRIVIAL_PORT, trivial_env))
+            servers[TRIVIAL] = (trivial_server, TRIVIAL_PORT)
         rows: dict[tuple[str, str, int], list[LoadResult]] = {}
         ceilings: list[float] = []
         # Every round measures each configuration once, the servers in turn, and the ceiling again, so
@@ -397,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 names = list(servers)
                 names = names[round_index % len(names) :] + names[: round_index % len(names)]
                 for name in names:
+                    if name == TRIVIAL and (endpoint, clients) != ("classify", max(args.clients)):
+                        continue
                     process, port = servers[name]
                     url = f"http://127.0.0.1:{port}/{endpoint}"
                     row = measure(name, process, url, photos, clients, args.requests)
