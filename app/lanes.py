@@ -1,14 +1,15 @@
 """Inference lanes: threads that each run one batch at a time, so that batches run side by side.
 
 On a CPU the service runs one lane per core, each forward pass on one thread, rather than one batch
-at a time across every core. On a 2-core Xeon with AMX, SE-ResNet-50 at 112 px in bf16 ran batches of
-16 at 223-225 photos/s in two single-threaded lanes against 130 photos/s in one two-threaded lane, and
-a single photo in fp32 in 29-31 ms on one thread against 45-46 ms on two, both from a worker thread
-(``python -m bench.service_load`` measures the lanes against one lane in its ceiling; the figures are
-in docs/PERFORMANCE.md). A thread team of libgomp that the main thread did not start spins only
-briefly at its barriers, and a core taken by request handling stalls both threads of a team, so a
-two-threaded forward pass in a server thread waits much of its time; single-threaded lanes never wait
-for each other. A GPU runs one lane: its kernels queue on one device anyway.
+at a time across every core. On a 2-core Xeon with AMX, SE-ResNet-50 at 112 px (bf16, channels-last)
+ran batches of 16 at 174 photos/s in two single-threaded lanes against 102 photos/s one batch at a time
+on two threads from a worker thread, and single photos (fp32) at 37.5 against 15.8 photos/s
+(``python -m bench.lane_speed``, docs/performance/lane-speed.json). A forward pass on two threads waits
+at OpenMP's barriers: a core taken by request handling stalls both threads of its team, and once a
+process holds more OpenMP threads than cores, libgomp's threads sleep at each barrier rather than spin
+(the likely reason why the main thread of that bench ran single photos at 25.9 photos/s in its first
+round, before another thread had started a team, and at 15.1-15.2 after). Single-threaded lanes start
+no team and never wait for each other. A GPU runs one lane: its kernels queue on one device anyway.
 """
 
 import asyncio

@@ -39,11 +39,13 @@ def precision_name(dtype: torch.dtype | None) -> str:
 #: in interleaved timings.
 CHANNELS_LAST_MIN_BATCH = 4
 
-#: The smallest batch that a CPU runs in a reduced precision. In a thread of its own, as the service
-#: runs its model, SE-ResNet-50 at 112 px on a 2-core EPYC with AVX512-BF16 took 1.09x fp32's time for
-#: a single photo under bf16 autocast, 0.96x for two and 0.78x for four (``python -m
-#: bench.precision_batches``, docs/performance/precision-batches.json). GPUs keep theirs.
-CPU_REDUCED_MIN_BATCH = 2
+#: The smallest batch that a CPU runs in a reduced precision. On one thread of a lane (``app.lanes``),
+#: as the service runs its model, SE-ResNet-50 at 112 px on a 2-core Xeon with AMX took 1.39x fp32's
+#: time for a single photo under bf16 autocast, 1.10x for two, 0.96x for three and 0.62x for four
+#: (``python -m bench.precision_batches --threads 1``, docs/performance/precision-batches-lanes.json;
+#: on two threads of a 2-core EPYC with AVX512-BF16: 1.09x, 0.96x for two, precision-batches.json).
+#: GPUs keep theirs.
+CPU_REDUCED_MIN_BATCH = 3
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def test_a_cpu_runs_a_single_photo_in_fp32_and_batches_in_the_reduced_precision(
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     bf16 = precision.InferencePrecision(torch.bfloat16, channels_last=True)
     assert bf16.dtype_for(cpu, 1) is None
+    assert bf16.dtype_for(cpu, precision.CPU_REDUCED_MIN_BATCH - 1) is None
     assert bf16.dtype_for(cpu, precision.CPU_REDUCED_MIN_BATCH) is torch.bfloat16
     assert bf16.dtype_for(gpu, 1) is torch.bfloat16  # a GPU keeps its precision at every size
     assert precision.InferencePrecision().dtype_for(cpu, 16) is None
