@@ -16,10 +16,7 @@ The ratio printed is lanes against one lane. This is what ``app.lanes`` rests on
 
 import argparse
 import functools
-import json
-import platform
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.lanes import plan_lanes, usable_cores
+from app.lanes import plan_lanes
+from bench.record import run_record, write_json
 from models.checkpoint import build_model, load_checkpoint
 from models.fusion import fold_batch_norms
 from models.precision import choose_precision, precision_name
@@ -117,15 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_lane.shutdown()
     lanes.shutdown()
     if args.out is not None:
-        record = {
-            "command": "python -m bench.lane_speed " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": f"{platform.processor() or platform.machine()}, {usable_cores()} usable cores, "
-            f"torch {torch.__version__}, {device}",
-            "plan": plan.name,
-            "rows": rows,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        record = run_record("bench.lane_speed", argv, device, plan=plan.name, rows=rows)
+        write_json(args.out, record)
     return 0
 
 

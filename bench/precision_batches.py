@@ -11,11 +11,7 @@ ratio of fp32's (under 1: faster). This is what ``models.precision.CPU_REDUCED_M
 
 import argparse
 import contextlib
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bench.record import run_record, write_json
 from models.checkpoint import build_model, load_checkpoint
 from models.fusion import fold_batch_norms
 from models.precision import CHANNELS_LAST_MIN_BATCH, cpu_has_native_bf16, precision_name
@@ -100,15 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"batch {size_of_batch:3d} {name:5s} {median:7.1f} photos/s  time x{fp32 / median:.2f} of fp32")
     if args.out is not None:
-        record = {
-            "command": "python -m bench.precision_batches "
-            + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}",
-            "threads": threads,
-            "rows": rows,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.out, run_record("bench.precision_batches", argv, device, threads=threads, rows=rows))
     return 0
 
 

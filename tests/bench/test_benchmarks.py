@@ -87,3 +87,13 @@ def test_the_ceiling_measures_one_batch_at_a_time_and_the_lanes_side_by_side(
     assert [(row["batch"], row["lanes"]) for row in rows] == [(1, 1), (1, 2), (4, 1), (4, 2)]
     assert all(row["photos_per_s"] > 0 for row in rows)
     assert torch.get_num_threads() == threads, "the lanes' thread count stays in their threads"
+
+
+def test_a_record_names_the_command_that_made_it(tmp_path: Path) -> None:
+    from bench.record import run_record, write_json
+
+    record = run_record("bench.lane_speed", ["--rounds", "2"], torch.device("cpu"), rows=[1])
+    assert record["command"] == "python -m bench.lane_speed --rounds 2"
+    assert "usable cores" in record["machine"]
+    write_json(tmp_path / "deep" / "record.json", record)
+    assert json.loads((tmp_path / "deep" / "record.json").read_text()) == record
