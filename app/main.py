@@ -76,7 +76,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     manager = ModelManager.from_settings(settings, app.state.store)
     lanes = plan_lanes(manager.device, lanes=settings.inference_lanes, threads=settings.inference_threads)
-    # Each lane sets its own thread count; this one is for the loading and the requests' own work.
+    # Each lane sets its own thread count; this one is for the loading and the requests' own work, and
+    # is the process's until the app stops (a process that runs the app among other work gets its back).
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(lanes.threads)
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
@@ -103,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await service.stop()
+        torch.set_num_threads(threads_before)
 
 
 def validation_message(error: RequestValidationError) -> str:
