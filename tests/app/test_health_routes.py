@@ -2,6 +2,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.lanes import plan_lanes
+from core.settings import Settings
 from models.precision import choose_precision
 from tests.app.conftest import png_bytes
 
@@ -43,3 +44,25 @@ def test_metrics_count_requests_per_route_and_batches(client: TestClient) -> Non
     assert 'trashcam_http_request_seconds_count{method="POST",route="/classify"} 2.0' in text
     assert "trashcam_inference_batch_size_count 1.0" in text
     assert "trashcam_model_loaded 1.0" in text
+
+
+def test_the_app_gives_the_process_its_thread_count_back(settings: Settings) -> None:
+    """The lanes' thread count is the process's while the app runs; threads started after it stops
+    get torch's count from before (a training run in the same process must not run on one thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.main import create_app
+
+    def new_thread_count() -> int:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(torch.get_num_threads).result()
+
+    lanes = plan_lanes(torch.device("cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(lanes.threads + 1)  # a count that differs from the lanes' one
+    try:
+        with TestClient(create_app(settings, submitter=lambda job: None)):
+            assert new_thread_count() == lanes.threads
+        assert new_thread_count() == lanes.threads + 1
+    finally:
+        torch.set_num_threads(before)
