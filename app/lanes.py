@@ -72,7 +72,10 @@ class InferenceLanes:
 
     def __init__(self, plan: LanePlan) -> None:
         self.plan = plan
-        # torch's thread count is per thread for OpenMP: each lane sets its own as it starts.
+        # torch's thread count is per thread for OpenMP: each lane sets its own as it starts. Setting it
+        # also changes process-wide defaults (the count new threads start with), so shutting the lanes
+        # down puts back the count of the thread that made them.
+        self._threads_before = torch.get_num_threads()
         self._lanes = [
             Lane(
                 index,
@@ -107,3 +110,4 @@ class InferenceLanes:
     def shutdown(self) -> None:
         for lane in self._lanes:
             lane.executor.shutdown(wait=True)
+        torch.set_num_threads(self._threads_before)

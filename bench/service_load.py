@@ -197,13 +197,17 @@ class Ceiling:
             for _ in range(times):
                 self.forward(name, batch)
 
-        with ThreadPoolExecutor(
-            count, initializer=torch.set_num_threads, initargs=(self.lanes.threads,)
-        ) as pool:
-            list(pool.map(run, [1] * count))  # warm-up, on every thread
-            started = time.perf_counter()
-            list(pool.map(run, [rounds] * count))
-            return count * rounds * batch.shape[0] / (time.perf_counter() - started)
+        before = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(
+                count, initializer=torch.set_num_threads, initargs=(self.lanes.threads,)
+            ) as pool:
+                list(pool.map(run, [1] * count))  # warm-up, on every thread
+                started = time.perf_counter()
+                list(pool.map(run, [rounds] * count))
+                return count * rounds * batch.shape[0] / (time.perf_counter() - started)
+        finally:
+            torch.set_num_threads(before)  # the lanes' count also set the process's default
 
 
 # --- 2. servers and load ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import asyncio
 import threading
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -203,6 +204,11 @@ def test_a_lane_runs_torch_on_its_own_thread_count() -> None:
             lanes.give_back(lane)
             lanes.shutdown()
 
-    before = torch.get_num_threads()
+    def new_thread_count() -> int:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(torch.get_num_threads).result()
+
+    before, new_before = torch.get_num_threads(), new_thread_count()
     assert asyncio.run(run()) == 1
     assert torch.get_num_threads() == before, "the lane's count stays in the lane's thread"
+    assert new_thread_count() == new_before, "threads started after the lanes stop get the old count"
