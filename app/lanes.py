@@ -73,9 +73,10 @@ class InferenceLanes:
     def __init__(self, plan: LanePlan) -> None:
         self.plan = plan
         # torch's thread count is per thread for OpenMP: each lane sets its own as it starts. Setting it
-        # also changes process-wide defaults (the count new threads start with), so shutting the lanes
-        # down puts back the count of the thread that made them.
+        # also sets the count that threads started later begin with, here the lanes' count for the
+        # requests' own work too; shutting the lanes down puts back the count from before.
         self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(plan.threads)
         self._lanes = [
             Lane(
                 index,

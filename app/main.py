@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -76,13 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     manager = ModelManager.from_settings(settings, app.state.store)
     lanes = plan_lanes(manager.device, lanes=settings.inference_lanes, threads=settings.inference_threads)
-    # Each lane sets its own thread count; this one is for the loading and the requests' own work, and
-    # is the process's until the app stops (a process that runs the app among other work gets its back).
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(lanes.threads)
-    await run_in_threadpool(manager.load_initial)
-    if manager.loaded:
-        app.state.metrics.model_loads.inc()
+    # Made before the model loads: the lanes set the thread count that the loading and the requests'
+    # threads start with, and give the process its own back when the service stops.
     service = InferenceService(
         manager,
         max_batch_size=settings.batch_max_size,
@@ -91,6 +85,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lanes=lanes,
         on_batch=app.state.metrics.observe_batch,
     )
+    await run_in_threadpool(manager.load_initial)
+    if manager.loaded:
+        app.state.metrics.model_loads.inc()
     app.state.service = service
     service.start()
     background = [
@@ -105,7 +102,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await service.stop()
-        torch.set_num_threads(threads_before)
 
 
 def validation_message(error: RequestValidationError) -> str:
