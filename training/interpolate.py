@@ -1,0 +1,157 @@
+"""Weight interpolation between a model and the model fine-tuned from it (WiSE-FT, Wortsman et al.,
+"Robust fine-tuning of zero-shot models", CVPR 2022).
+
+A network fine-tuned from another stays in its basin, so the straight line between the two sets of
+weights holds models that trade what the start knew for what the fine-tuning added, at no cost at
+inference time. Each ``alpha`` (0: the start, 1: the fine-tuned end) is scored on a split of the
+end's run (its validation split: never a held-out source), and the best one is written as a checkpoint
+that records where it came from.
+
+    python -m training.interpolate --start weights/se_resnet50/model.pt --end runs/general/best.pt \\
+        --manifest runs/general/manifest.json --alphas 0 0.25 0.5 0.75 1 --amp --out runs/general/wise.pt
+"""
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
+from models.checkpoint import build_model as build_checkpoint_model
+from models.files import write_json
+from models.predictor import select_device
+from training.engine import DATA_DIR, DEFAULT_SOURCE
+from training.evaluation import build_report, eval_loader, predict, remap_labels
+from training.split import ALL_SPLITS, manifest_and_root
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+def check_compatible(start: Checkpoint, end: Checkpoint) -> None:
+    """Refuse two checkpoints whose weights do not lie in one space: another architecture, other
+    classes (or their order), or tensors of other names or shapes."""
+    a, b = start.spec, end.spec
+    for what, left, right in (
+        ("architecture", (a.arch, a.arch_kwargs), (b.arch, b.arch_kwargs)),
+        ("classes", a.class_names, b.class_names),
+    ):
+        if left != right:
+            raise ValueError(f"the two checkpoints differ in {what}: {left} and {right}")
+    shapes = {name: tuple(t.shape) for name, t in start.state_dict.items()}
+    other = {name: tuple(t.shape) for name, t in end.state_dict.items()}
+    if shapes != other:
+        differing = sorted(set(shapes.items()) ^ set(other.items()))[:3]
+        raise ValueError(f"the two checkpoints' tensors differ, e.g. {differing}")
+
+
+def interpolate(
+    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], alpha: float
+) -> StateDict:
+    """``(1 - alpha) * start + alpha * end`` for every floating tensor (computed in fp32, stored in the
+    end's dtype); other tensors (batch-norm step counters) are the end's."""
+    mixed: StateDict = {}
+    for name, target in end.items():
+        if target.is_floating_point():
+            value = torch.lerp(start[name].float(), target.float(), alpha)
+            mixed[name] = value.to(target.dtype)
+        else:
+            mixed[name] = target.clone()
+    return mixed
+
+
+def best_alpha(scores: Mapping[float, float]) -> float:
+    """The alpha with the highest score; on a tie the one nearest the fine-tuned end."""
+    return max(scores, key=lambda alpha: (scores[alpha], alpha))
+
+
+def interpolated_spec(
+    end: Checkpoint, start: Checkpoint, start_path: Path, end_path: Path, **record: Any
+) -> ModelSpec:
+    """The end's spec, its recipe saying which two checkpoints were mixed and how."""
+    lineage = {
+        "start": str(start_path),
+        "start_sha256": start.sha256,
+        "end": str(end_path),
+        "end_sha256": end.sha256,
+        **record,
+    }
+    data = end.spec.to_dict()
+    data["recipe"] = {**data["recipe"], "weight_interpolation": lineage}
+    return ModelSpec.from_dict(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--start", type=Path, required=True, help="the model the end was fine-tuned from")
+    parser.add_argument("--end", type=Path, required=True, help="the fine-tuned checkpoint")
+    parser.add_argument("--manifest", type=Path, required=True, help="the end's run manifest.json")
+    parser.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
+    parser.add_argument("--split", default="val", choices=ALL_SPLITS, help="photos to choose alpha on")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--out", type=Path, required=True, help="the chosen checkpoint")
+    parser.add_argument("--amp", action="store_true", help="score in bf16 (CPU) or fp16 (CUDA)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device")
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    if not all(0.0 <= alpha <= 1.0 for alpha in args.alphas):
+        parser.error("every alpha lies in [0, 1]")
+
+    start, end = load_checkpoint(args.start), load_checkpoint(args.end)
+    check_compatible(start, end)
+    device = select_device(args.device)
+    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    model = build_checkpoint_model(end, source=str(args.end)).to(device)
+    rows: dict[float, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="trashcam-interpolate-") as scratch:
+        manifest, root = manifest_and_root(
+            args.manifest, args.data, Path(scratch) / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
+        )
+        samples = remap_labels(manifest.select(args.split), manifest.class_names, end.spec.class_names)
+        loader = eval_loader(
+            end.spec, root, samples, batch_size=args.batch_size, device=device, workers=args.workers
+        )
+        sources = manifest.select_sources(args.split, DEFAULT_SOURCE)
+        for alpha in args.alphas:
+            model.load_state_dict(interpolate(start.state_dict, end.state_dict, alpha))
+            report = build_report(
+                predict(model, loader, device=device, amp_dtype=amp_dtype), end.spec, sources=sources
+            )
+            rows[alpha] = {
+                "accuracy": report["accuracy"],
+                "macro_recall": report["macro_avg"]["recall"],
+                "per_source": {name: row["accuracy"] for name, row in report["per_source"].items()},
+            }
+            sys.stdout.write(
+                f"alpha {alpha:.2f}: {args.split} accuracy {report['accuracy']:.4f} ("
+                + ", ".join(f"{name} {acc:.4f}" for name, acc in rows[alpha]["per_source"].items())
+                + ")\n"
+            )
+    chosen = best_alpha({alpha: row["accuracy"] for alpha, row in rows.items()})
+    record = {
+        "alpha": chosen,
+        "chosen_on": args.split,
+        "scores": [{"alpha": alpha, **row} for alpha, row in rows.items()],
+    }
+    spec = interpolated_spec(end, start, args.start, args.end, **record)
+    spec = ModelSpec.from_dict(
+        {**spec.to_dict(), "metrics": {**spec.metrics, f"{args.split}_accuracy": rows[chosen]["accuracy"]}}
+    )
+    sha256 = save_checkpoint(args.out, interpolate(start.state_dict, end.state_dict, chosen), spec)
+    write_json(args.out.with_suffix(".json"), {**record, "sha256": sha256})
+    sys.stdout.write(f"chose alpha {chosen:.2f} ({rows[chosen]['accuracy']:.4f}): {args.out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    sys.exit(main())
