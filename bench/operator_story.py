@@ -8,7 +8,8 @@ It starts the service with ``trashcam serve`` (its own var folder, a Redis datab
 for each k, with photos drawn per class with ``--seed`` (the rest of the site's photos are the test set):
 
 - (a) the serving model as it is, on every test photo (6-way, and restricted to the site's classes);
-- (b) ``POST /train`` with ``base=default``: fine-tuned from the serving model with the finetune recipe;
+- (b) ``POST /train`` with ``base=default``: fine-tuned from the serving model with the finetune recipe,
+  and the same from every ``--base NAME=CHECKPOINT`` (registered in the service's model store first);
 - (c) ``POST /train`` from scratch (``--scratch-recipe``, ``--scratch-epochs``, batches of 16, as the
   finetune recipe's) on the same photos.
 
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+
+from models.store import ModelStore
 
 API_KEY = "operator-story-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
@@ -202,12 +205,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, help="default: the finetune recipe's")
     parser.add_argument("--scratch-recipe", default="strong")
     parser.add_argument("--scratch-epochs", type=int, default=60)
+    parser.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="also fine-tune from this checkpoint, registered as NAME (repeatable)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     photos = read_source(args.extra, args.source)
-    classes = list(photos)
     args.out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "command": "python -m bench.operator_story " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -216,68 +225,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "runs": [],
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="operator-story-") as scratch,
-        service(Path(scratch) / "var", args.redis_url, args.out / "service.log") as client,
-    ):
-        serving = client.get("/models").json()["serving"]
-        everything = [(label, name, data) for label, items in photos.items() for name, data in items]
-        keys = [(label, name) for label, name, _ in everything]
-        answers = dict(zip(keys, classify(client, everything), strict=True))
-        # Every job is started while the shipped model serves, so every (b) fine-tunes from it (a base
-        # is resolved when its job is started); models are made the default only afterwards, to be
-        # scored one by one.
-        started = []
-        for k in args.k:
-            train, test = draw(photos, k, args.seed)
-            upload = zip_of(train)
-            labelled = sum(map(len, train.values()))
-            print(f"k={k}: {labelled} photos to train on, {len(test)} to test", flush=True)
-            run: dict[str, Any] = {"k": k, "train_photos": labelled, "test_photos": len(test)}
-            run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
-            finetune = {"base": "default", "name": f"site-k{k}-finetuned", "amp": "true"}
-            if args.finetune_epochs:
-                finetune["epochs"] = str(args.finetune_epochs)
-            scratch_form = {
-                "model": "se_resnet50",
-                "recipe": args.scratch_recipe,
-                "epochs": str(args.scratch_epochs),
-                "batch_size": "16",
-                "input_size": "112",
-                "amp": "true",
-                "name": f"site-k{k}-scratch",
+    bases = dict(item.split("=", 1) for item in args.base)
+    with tempfile.TemporaryDirectory(prefix="operator-story-") as scratch:
+        var = Path(scratch) / "var"
+        store = ModelStore(var / "models")
+        registered = {name: store.add(name, checkpoint) for name, checkpoint in bases.items()}
+        with service(var, args.redis_url, args.out / "service.log") as client:
+            record["serving_model"] = client.get("/models").json()["serving"]
+            record["bases"] = {
+                name: {"checkpoint": bases[name], "sha256": version.sha256}
+                for name, version in registered.items()
             }
-            for key, form in (("b_finetuned", finetune), ("c_from_scratch", scratch_form)):
-                started.append((run, test, key, form, start_job(client, form, upload)))
-            record["runs"].append(run)
-        for run, test, key, form, url in started:
-            job = wait_for_job(client, url)
-            serve_model(client, job["result"]["model"])
-            scored = score(classify(client, test), test, classes)
-            run[key] = {
-                **scored,
-                "form": form,
-                "base": job["result"].get("base"),
-                "wall_seconds": job["wall_seconds"],
-                "train_seconds": job["finished_at"] - job["started_at"],
-                "epochs": len(job["history"]),
-                "best_val_accuracy": job["result"]["best_val_accuracy"],
-                "job_test_accuracy": job["result"]["test_accuracy"],
-            }
-            print(
-                f"  k={run['k']} {key}: {scored['accuracy']:.4f} in {job['wall_seconds']:.0f} s", flush=True
-            )
-            (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        record["serving_model"] = serving
+            story(client, args, photos, record)
     (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     for run in record["runs"]:
         a, b, c = run["a_serving_model"], run["b_finetuned"], run["c_from_scratch"]
+        others = "".join(f", (b) from {name} {row['accuracy']:.4f}" for name, row in run["b_from"].items())
         print(
             f"k={run['k']}: (a) {a['accuracy']:.4f} "
             f"({a['accuracy_site_classes']:.4f} on the site's classes), "
-            f"(b) {b['accuracy']:.4f}, (c) {c['accuracy']:.4f}"
+            f"(b) {b['accuracy']:.4f}{others}, (c) {c['accuracy']:.4f}"
         )
     return 0
+
+
+def story(
+    client: httpx2.Client,
+    args: argparse.Namespace,
+    photos: dict[str, list[tuple[str, bytes]]],
+    record: dict[str, Any],
+) -> None:
+    """Every job is started while the shipped model serves, so every ``base=default`` fine-tunes from it
+    (a base is resolved when its job is started); models are made the default only afterwards, to be
+    scored one by one."""
+    classes = list(photos)
+    bases = [item.split("=", 1)[0] for item in args.base]
+    everything = [(label, name, data) for label, items in photos.items() for name, data in items]
+    keys = [(label, name) for label, name, _ in everything]
+    answers = dict(zip(keys, classify(client, everything), strict=True))
+    started = []
+    for k in args.k:
+        train, test = draw(photos, k, args.seed)
+        upload = zip_of(train)
+        labelled = sum(map(len, train.values()))
+        print(f"k={k}: {labelled} photos to train on, {len(test)} to test", flush=True)
+        run: dict[str, Any] = {"k": k, "train_photos": labelled, "test_photos": len(test), "b_from": {}}
+        run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
+        forms: dict[tuple[str, str | None], dict[str, str]] = {}
+        forms[("b_finetuned", None)] = finetune_form(args, k, "default", f"site-k{k}-finetuned")
+        for base in bases:
+            forms[("b_from", base)] = finetune_form(args, k, base, f"site-k{k}-from-{base}")
+        forms[("c_from_scratch", None)] = {
+            "model": "se_resnet50",
+            "recipe": args.scratch_recipe,
+            "epochs": str(args.scratch_epochs),
+            "batch_size": "16",
+            "input_size": "112",
+            "amp": "true",
+            "name": f"site-k{k}-scratch",
+        }
+        for slot, form in forms.items():
+            started.append((run, test, slot, form, start_job(client, form, upload)))
+        record["runs"].append(run)
+    for base in bases:  # each base as it is, before fine-tuning: (a) for that base
+        serve_model(client, {"name": base})
+        base_answers = dict(zip(keys, classify(client, everything), strict=True))
+        for run in record["runs"]:
+            test = draw(photos, run["k"], args.seed)[1]
+            run[f"a_{base}"] = score([base_answers[(label, name)] for label, name, _ in test], test, classes)
+    for run, test, (key, base), form, url in started:
+        job = wait_for_job(client, url)
+        serve_model(client, job["result"]["model"])
+        scored = score(classify(client, test), test, classes)
+        row = {
+            **scored,
+            "form": form,
+            "base": job["result"].get("base"),
+            "wall_seconds": job["wall_seconds"],
+            "train_seconds": job["finished_at"] - job["started_at"],
+            "epochs": len(job["history"]),
+            "best_val_accuracy": job["result"]["best_val_accuracy"],
+            "job_test_accuracy": job["result"]["test_accuracy"],
+        }
+        if base is None:
+            run[key] = row
+        else:
+            run[key][base] = row
+        label = key if base is None else f"{key} {base}"
+        print(f"  k={run['k']} {label}: {scored['accuracy']:.4f} in {job['wall_seconds']:.0f} s", flush=True)
+        (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def finetune_form(args: argparse.Namespace, k: int, base: str, name: str) -> dict[str, str]:
+    form = {"base": base, "name": name, "amp": "true"}
+    if args.finetune_epochs:
+        form["epochs"] = str(args.finetune_epochs)
+    return form
 
 
 if __name__ == "__main__":
