@@ -151,7 +151,11 @@ class TrainConfig(BaseModel):
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="normalisation mean per channel")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="normalisation std per channel")
     seed: int = Field(0, ge=0)
-    split: tuple[float, float, float] = Field(DEFAULT_SPLIT, description="train, val and test fractions")
+    split: tuple[float, float, float] = Field(
+        DEFAULT_SPLIT,
+        description="train, val and test fractions; test may be 0 (no test report: a data set too small "
+        "to spare photos for one)",
+    )
     amp: bool = Field(False, description="bf16 autocast on a CPU that has bf16, mixed precision on CUDA")
     holdout_sources: tuple[str, ...] = Field(
         (), description="sources never trained or selected on (tagged by a data set's manifest.csv)"
@@ -195,7 +199,10 @@ class TrainConfig(BaseModel):
         checks = [
             (self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)"),
             (all(s > 0 for s in self.std), "std must be positive"),
-            (all(f > 0 for f in self.split), "split needs 3 positive fractions"),
+            (
+                self.split[0] > 0 and self.split[1] > 0 and self.split[2] >= 0,
+                "split needs positive train and val fractions and a test fraction of 0 or more",
+            ),
             (abs(sum(self.split) - 1) < 1e-6, "split fractions must sum to 1"),
             (self.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
             (isinstance(self.data, str) or len(self.data) >= 1, "data needs at least one data set"),

@@ -381,10 +381,16 @@ class _Run:
         write_json(self.out / HISTORY_FILE, self.history)
         plot_curves(self.history, self.out)
 
-    def finish(self, root: Path) -> float:
-        """final.pt, then the test report of best.pt; returns best.pt's test accuracy."""
+    def finish(self, root: Path) -> float | None:
+        """final.pt, then the test report of best.pt; returns best.pt's test accuracy (``None`` when the
+        split has no test photos)."""
         self._write_history()
         test = self.manifest.select("test")
+        if not test:
+            self._save_model(FINAL_FILE, dict(self.history[-1]))
+            self._calibrate(root)
+            self._index(root)
+            return None
         loader = eval_loader(
             self.spec,
             root,
@@ -496,10 +502,10 @@ def _fit(run: _Run, root: Path) -> TrainResult:
         return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)
     test_accuracy = run.finish(root)
     logger.info(
-        "finished: best val acc %.4f (epoch %d), test acc %.4f",
+        "finished: best val acc %.4f (epoch %d), test acc %s",
         run.best_val_accuracy,
         run.best_epoch,
-        test_accuracy,
+        "n/a (no test photos)" if test_accuracy is None else f"{test_accuracy:.4f}",
     )
     return TrainResult("completed", run.out, run.epoch, run.best_val_accuracy, run.best_epoch, test_accuracy)
 
@@ -548,7 +554,8 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
         raise RunExistsError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     manifest, root = split_data(config, out / DATA_DIR)
-    for split, count in ((s, len(manifest.select(s))) for s in ("train", "val", "test")):
+    wanted = ("train", "val", "test") if config.split[2] > 0 else ("train", "val")
+    for split, count in ((s, len(manifest.select(s))) for s in wanted):
         if count == 0:
             raise ValueError(f"the {split} split is empty; the data set is too small to split")
     if config.init_from is not None:

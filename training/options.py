@@ -60,8 +60,9 @@ RUNTIME_OPTIONS = ("device", "workers")
 #: The name users know an option by, where it is not the field's.
 PUBLIC_NAMES = {"holdout_sources": "holdout"}
 #: The command line only. A checkpoint path and the device are the server's business: over HTTP a
-#: registered base model is named instead (``base``). Triples of numbers do not fit a form's fields.
-CLI_ONLY = ("init_from", "device", "workers", "mean", "std", "split")
+#: registered base model is named instead (``base``). A model's normalisation is its base's or the
+#: recipe's. (``split`` is a form field given three times: train, val, test.)
+CLI_ONLY = ("init_from", "device", "workers", "mean", "std")
 #: Extra spellings on the command line.
 CLI_ALIASES = {"init_from": ("--base",)}
 FORM_OPTIONS = tuple(name for name in USER_OPTIONS if name not in CLI_ONLY)

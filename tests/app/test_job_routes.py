@@ -72,6 +72,18 @@ def test_training_job_from_an_uploaded_archive(
     assert [j["id"] for j in client.get("/train").json()] == [job["id"]]
 
 
+def test_a_training_job_takes_a_split_without_a_test_fraction(
+    client: TestClient, submitted: FakeSubmitter, dataset_zip: bytes
+) -> None:
+    form = {"model": "simple_cnn", "epochs": "1", "input_size": "32", "split": ["0.8", "0.2", "0"]}
+    response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
+    assert response.status_code == 202, response.text
+    assert response.json()["params"]["config"]["split"] == [0.8, 0.2, 0.0]
+    (queued,) = submitted.jobs
+    assert isinstance(queued.params, TrainingParams)
+    assert queued.params.config.split == (0.8, 0.2, 0.0)
+
+
 def test_training_job_from_the_data_root(
     client: TestClient, settings: Settings, submitted: FakeSubmitter
 ) -> None:
@@ -132,6 +144,9 @@ def test_unknown_jobs_are_404(client: TestClient) -> None:
         ({"model": "simple_cnn", "model_kwargs": '{"width": 20000}'}, 422, "width: Input should be less"),
         ({"data_path": "photos"}, 422, "data_path 'photos' does not exist under the data root"),
         ({"data_path": "upload=photos"}, 422, "data set names must differ"),
+        ({"split": ["0.8", "0.2"]}, 422, "split"),
+        ({"split": ["0.8", "0.0", "0.2"]}, 422, "positive train and val fractions"),
+        ({"split": ["0.8", "0.3", "0.1"]}, 422, "split fractions must sum to 1"),
     ],
 )
 def test_bad_training_requests(

@@ -75,6 +75,8 @@ def test_round_trip_through_plain_dict(tmp_path: Path) -> None:
         {"optimizer": "adagrad"},
         {"schedule": "step"},
         {"split": (0.5, 0.2, 0.2)},
+        {"split": (0.9, 0.0, 0.1)},
+        {"split": (0.9, 0.2, -0.1)},
         {"label_smoothing": 1.0},
         {"warmup_epochs": 50},
         {"recipe": "nope"},

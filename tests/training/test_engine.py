@@ -202,3 +202,18 @@ def test_a_run_can_be_shortened_on_resume(image_folder: Path, tmp_path: Path) ->
     # The cosine decay now ends at epoch 3: its last epoch starts well below the rate of a 6-epoch run.
     assert history[2]["lr"] < 0.5 * history[0]["lr"]
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
+
+
+def test_a_split_without_test_photos_trains_on_more_and_reports_no_test(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = tiny_config(image_folder, out, epochs=1, warmup_epochs=0, workers=0, split=(0.75, 0.25, 0.0))
+    result = train(config)
+    assert (result.status, result.test_accuracy) == ("completed", None)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert sum(counts["test"].values()) == 0
+    assert sum(counts["train"].values()) == 6 * 6  # 8 photos a class: 6 to train on, 2 to validate
+    assert (out / "best.pt").is_file()
+    assert (out / "final.pt").is_file()
+    assert not (out / "report.json").exists()
