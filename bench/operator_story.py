@@ -112,7 +112,9 @@ def service(var_dir: Path, redis_url: str, log: Path) -> Iterator[httpx2.Client]
     script = Path(sys.executable).with_name("trashcam")
     command = [str(script), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
             deadline = time.monotonic() + 180
@@ -128,7 +130,11 @@ def service(var_dir: Path, redis_url: str, log: Path) -> Iterator[httpx2.Client]
             yield client
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:  # the API and its workers, all of them
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def classify(client: httpx2.Client, test: Sequence[tuple[str, str, bytes]]) -> list[dict[str, Any]]:
@@ -168,7 +174,11 @@ def score(
     }
 
 
-def start_job(client: httpx2.Client, form: dict[str, str], upload: bytes) -> str:
+#: A training form: fields, a repeated one (``split``) as a list.
+Form = dict[str, str | list[str]]
+
+
+def start_job(client: httpx2.Client, form: Form, upload: bytes) -> str:
     """Start a training job; its URL. A ``base`` is resolved now, to the model serving now."""
     created = client.post("/train", files={"file": ("site.zip", upload)}, data=form, headers=KEY)
     if created.status_code != 202:
@@ -211,6 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME=CHECKPOINT",
         help="also fine-tune from this checkpoint, registered as NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="how every job splits its k photos per class (default: the service's, 0.7 0.13 0.17)",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, required=True)
@@ -271,7 +288,7 @@ def story(
         print(f"k={k}: {labelled} photos to train on, {len(test)} to test", flush=True)
         run: dict[str, Any] = {"k": k, "train_photos": labelled, "test_photos": len(test), "b_from": {}}
         run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
-        forms: dict[tuple[str, str | None], dict[str, str]] = {}
+        forms: dict[tuple[str, str | None], Form] = {}
         forms[("b_finetuned", None)] = finetune_form(args, k, "default", f"site-k{k}-finetuned")
         for base in bases:
             forms[("b_from", base)] = finetune_form(args, k, base, f"site-k{k}-from-{base}")
@@ -284,6 +301,9 @@ def story(
             "amp": "true",
             "name": f"site-k{k}-scratch",
         }
+        if args.split:
+            for form in forms.values():
+                form["split"] = [str(fraction) for fraction in args.split]
         for slot, form in forms.items():
             started.append((run, test, slot, form, start_job(client, form, upload)))
         record["runs"].append(run)
@@ -316,8 +336,8 @@ def story(
         (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def finetune_form(args: argparse.Namespace, k: int, base: str, name: str) -> dict[str, str]:
-    form = {"base": base, "name": name, "amp": "true"}
+def finetune_form(args: argparse.Namespace, k: int, base: str, name: str) -> Form:
+    form: Form = {"base": base, "name": name, "amp": "true"}
     if args.finetune_epochs:
         form["epochs"] = str(args.finetune_epochs)
     return form
