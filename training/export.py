@@ -76,15 +76,34 @@ def run_checkpoint(run: Path, name: str) -> Checkpoint:
     )
 
 
-def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> Path:
-    """Write ``out/model.pt`` (fp16), ``spec.json``, the run's record and ``SHA256SUMS``."""
+def with_test_report(loaded: Checkpoint, report_dir: Path) -> Checkpoint:
+    """``loaded`` with the test metrics of its own test report (``trashcam-train evaluate``'s folder),
+    for a checkpoint other than best.pt, whose run holds none; refuses a report of other weights."""
+    report = read_json(report_dir / "report.json")
+    if report.get("checkpoint_sha256") != loaded.sha256:
+        raise ValueError(f"{report_dir}/report.json is the report of other weights than the exported ones")
+    if report.get("split") != "test":
+        raise ValueError(f"{report_dir}/report.json is a report of the {report.get('split')} split, not test")
+    metrics = {**loaded.spec.metrics, "test_loss": report["loss"], "test_accuracy": report["accuracy"]}
+    spec = ModelSpec.from_dict({**loaded.spec.to_dict(), "metrics": metrics})
+    return Checkpoint(spec=spec, state_dict=loaded.state_dict, sha256=loaded.sha256)
+
+
+def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE, report: Path | None = None) -> Path:
+    """Write ``out/model.pt`` (fp16), ``spec.json``, the run's record and ``SHA256SUMS``; with ``report``
+    (the checkpoint's own test report folder), that report too, its test metrics in the spec."""
     loaded = run_checkpoint(run, checkpoint)
+    if report is not None:
+        loaded = with_test_report(loaded, report)
     out.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec.from_dict(redact(loaded.spec.to_dict(), record_labels()))
     weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, spec, dtype=torch.float16)
     meta = {"spec": spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
+    if report is not None:
+        write_json(out / "report.json", redact(read_json(report / "report.json"), record_labels()))
+        shutil.copyfile(report / "confusion_matrix.png", out / "confusion_matrix.png")
     write_checksums(out)
     return out / CHECKPOINT
 
@@ -128,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
+        "--report",
+        type=Path,
+        help="the checkpoint's own test report (an evaluate --split test folder), for one other than best.pt",
+    )
+    parser.add_argument(
         "--record-only", action="store_true", help="copy the run's record files, without weights"
     )
     args = parser.parse_args(argv)
@@ -135,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         copied = copy_record(args.run, args.out)
         sys.stdout.write(f"{args.out}: {len(copied)} files\n")
         return 0
-    path = export_run(args.run, args.out, checkpoint=args.checkpoint)
+    path = export_run(args.run, args.out, checkpoint=args.checkpoint, report=args.report)
     sys.stdout.write(f"{path}: {path.stat().st_size / 1e6:.1f} MB\n")
     return 0
 

@@ -1,12 +1,14 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, load_model
 from models.files import redact
 from training.engine import TrainResult
 from training.export import copy_record, export_run, read_checksums, record_labels, run_checkpoint
+from training.run import main as evaluate_main
 
 
 def test_export_writes_fp16_weights_with_spec_report_and_checksums(
@@ -65,3 +67,24 @@ def test_the_last_epochs_weights_export_from_the_resume_file(
     out = export_run(reference_run.out_dir, tmp_path / "last", checkpoint="resume.pt")
     assert load_checkpoint(out).spec.metrics["epoch"] == final.spec.metrics["epoch"]
     assert not (out.parent / "report.json").exists()
+
+
+def test_a_checkpoint_other_than_the_best_exports_with_its_own_test_report(
+    reference_run: TrainResult, tmp_path: Path
+) -> None:
+    run = reference_run.out_dir
+    report_dir = tmp_path / "final-test"
+    argv = ["evaluate", "--checkpoint", str(run / "final.pt"), "--manifest", str(run / "manifest.json")]
+    assert evaluate_main([*argv, "--split", "test", "--out", str(report_dir)]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    out = export_run(run, tmp_path / "final", checkpoint="final.pt", report=report_dir).parent
+    shipped = json.loads((out / "report.json").read_text())
+    assert shipped["accuracy"] == report["accuracy"]
+    assert load_checkpoint(out / "model.pt").spec.metrics["test_accuracy"] == report["accuracy"]
+    assert (out / "confusion_matrix.png").is_file()
+    assert "report.json" in read_checksums(out)
+
+    report["checkpoint_sha256"] = "0" * 64
+    (report_dir / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="report of other weights"):
+        export_run(run, tmp_path / "other", checkpoint="final.pt", report=report_dir)
