@@ -74,7 +74,8 @@ def best_alpha(scores: Mapping[float, float]) -> float:
 def interpolated_spec(
     end: Checkpoint, start: Checkpoint, start_path: Path, end_path: Path, **record: Any
 ) -> ModelSpec:
-    """The end's spec, its recipe saying which two checkpoints were mixed and how."""
+    """The end's spec, its recipe saying which two checkpoints were mixed and how; uncalibrated (the
+    end's temperature was fitted to the end's weights, not to these)."""
     lineage = {
         "start": str(start_path),
         "start_sha256": start.sha256,
@@ -84,6 +85,7 @@ def interpolated_spec(
     }
     data = end.spec.to_dict()
     data["recipe"] = {**data["recipe"], "weight_interpolation": lineage}
+    data["calibration"] = {}
     return ModelSpec.from_dict(data)
 
 

@@ -72,6 +72,8 @@ def test_cli_scores_each_alpha_and_writes_the_chosen_one_with_its_lineage(
     lineage = chosen.spec.recipe["weight_interpolation"]
     assert lineage["start_sha256"] == load_checkpoint(start).sha256
     assert lineage["end_sha256"] == load_checkpoint(end).sha256
+    assert load_checkpoint(end).spec.calibration  # fitted to the end's weights: not carried over
+    assert chosen.spec.calibration == {}
     assert chosen.sha256 == record["sha256"]
     expected = interpolate(
         load_checkpoint(start).state_dict, load_checkpoint(end).state_dict, record["alpha"]
