@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from tests.training.helpers import make_image_folder, tiny_config
 from training.engine import train
 from training.interpolate import best_alpha, check_compatible, interpolate, main
@@ -60,7 +60,12 @@ def test_checkpoints_of_other_classes_are_refused(start_and_end: tuple[Path, Pat
 def test_cli_scores_each_alpha_and_writes_the_chosen_one_with_its_lineage(
     start_and_end: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    start, end, run = start_and_end
+    start, trained, run = start_and_end
+    # The end as a calibrated model is: its temperature fits its own weights only.
+    end = tmp_path / "end.pt"
+    checkpoint = load_checkpoint(trained)
+    calibrated = {**checkpoint.spec.to_dict(), "calibration": {"temperature": 2.0}}
+    save_checkpoint(end, checkpoint.state_dict, ModelSpec.from_dict(calibrated))
     out = tmp_path / "wise.pt"
     argv = ["--start", str(start), "--end", str(end), "--manifest", str(run / "manifest.json")]
     assert main([*argv, "--alphas", "0", "0.5", "1", "--out", str(out)]) == 0
@@ -72,7 +77,6 @@ def test_cli_scores_each_alpha_and_writes_the_chosen_one_with_its_lineage(
     lineage = chosen.spec.recipe["weight_interpolation"]
     assert lineage["start_sha256"] == load_checkpoint(start).sha256
     assert lineage["end_sha256"] == load_checkpoint(end).sha256
-    assert load_checkpoint(end).spec.calibration  # fitted to the end's weights: not carried over
     assert chosen.spec.calibration == {}
     assert chosen.sha256 == record["sha256"]
     expected = interpolate(
