@@ -216,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-epochs", type=int, help="default: the finetune recipe's")
     parser.add_argument(
+        "--finetune-default",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fine-tune the serving model, (b) (--no-finetune-default: only the --base models)",
+    )
+    parser.add_argument(
         "--scratch",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -264,13 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             story(client, args, photos, record)
     (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     for run in record["runs"]:
-        a, b = run["a_serving_model"], run["b_finetuned"]
+        a = run["a_serving_model"]
+        finetuned = f", (b) {run['b_finetuned']['accuracy']:.4f}" if "b_finetuned" in run else ""
         others = "".join(f", (b) from {name} {row['accuracy']:.4f}" for name, row in run["b_from"].items())
         scratch = f", (c) {run['c_from_scratch']['accuracy']:.4f}" if "c_from_scratch" in run else ""
         print(
             f"k={run['k']}: (a) {a['accuracy']:.4f} "
-            f"({a['accuracy_site_classes']:.4f} on the site's classes), "
-            f"(b) {b['accuracy']:.4f}{others}{scratch}"
+            f"({a['accuracy_site_classes']:.4f} on the site's classes){finetuned}{others}{scratch}"
         )
     return 0
 
@@ -298,7 +304,8 @@ def story(
         run: dict[str, Any] = {"k": k, "train_photos": labelled, "test_photos": len(test), "b_from": {}}
         run["a_serving_model"] = score([answers[(label, name)] for label, name, _ in test], test, classes)
         forms: dict[tuple[str, str | None], Form] = {}
-        forms[("b_finetuned", None)] = finetune_form(args, k, "default", f"site-k{k}-finetuned")
+        if args.finetune_default:
+            forms[("b_finetuned", None)] = finetune_form(args, k, "default", f"site-k{k}-finetuned")
         for base in bases:
             forms[("b_from", base)] = finetune_form(args, k, base, f"site-k{k}-from-{base}")
         if args.scratch:
