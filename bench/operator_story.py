@@ -296,8 +296,10 @@ def story(
     keys = [(label, name) for label, name, _ in everything]
     answers = dict(zip(keys, classify(client, everything), strict=True))
     started = []
+    tests = {}
     for k in args.k:
         train, test = draw(photos, k, args.seed)
+        tests[k] = test
         upload = zip_of(train)
         labelled = sum(map(len, train.values()))
         print(f"k={k}: {labelled} photos to train on, {len(test)} to test", flush=True)
@@ -328,7 +330,7 @@ def story(
         serve_model(client, {"name": base})
         base_answers = dict(zip(keys, classify(client, everything), strict=True))
         for run in record["runs"]:
-            test = draw(photos, run["k"], args.seed)[1]
+            test = tests[run["k"]]
             run[f"a_{base}"] = score([base_answers[(label, name)] for label, name, _ in test], test, classes)
     for run, test, (key, base), form, url in started:
         job = wait_for_job(client, url)

@@ -21,17 +21,13 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, ModelSpec, StateDict, load_checkpoint, save_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.predictor import select_device
-from training.engine import DATA_DIR, DEFAULT_SOURCE
+from training.engine import DATA_DIR, DEFAULT_SOURCE, amp_dtype
 from training.evaluation import build_report, eval_loader, predict, remap_labels
 from training.split import ALL_SPLITS, manifest_and_root
-
-logger = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
 
 
 def check_compatible(start: Checkpoint, end: Checkpoint) -> None:
@@ -72,10 +68,15 @@ def best_alpha(scores: Mapping[float, float]) -> float:
 
 
 def interpolated_spec(
-    end: Checkpoint, start: Checkpoint, start_path: Path, end_path: Path, **record: Any
+    end: Checkpoint,
+    start: Checkpoint,
+    start_path: Path,
+    end_path: Path,
+    metrics: Mapping[str, Any],
+    **record: Any,
 ) -> ModelSpec:
-    """The end's spec, its recipe saying which two checkpoints were mixed and how; uncalibrated (the
-    end's temperature was fitted to the end's weights, not to these)."""
+    """The end's spec with ``metrics`` added, its recipe saying which two checkpoints were mixed and how;
+    uncalibrated (the end's temperature was fitted to the end's weights, not to these)."""
     lineage = {
         "start": str(start_path),
         "start_sha256": start.sha256,
@@ -86,6 +87,7 @@ def interpolated_spec(
     data = end.spec.to_dict()
     data["recipe"] = {**data["recipe"], "weight_interpolation": lineage}
     data["calibration"] = {}
+    data["metrics"] = {**data["metrics"], **metrics}
     return ModelSpec.from_dict(data)
 
 
@@ -111,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start, end = load_checkpoint(args.start), load_checkpoint(args.end)
     check_compatible(start, end)
     device = select_device(args.device)
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    precision = amp_dtype(device, args.amp)
     model = build_checkpoint_model(end, source=str(args.end)).to(device)
     rows: dict[float, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="trashcam-interpolate-") as scratch:
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for alpha in args.alphas:
             model.load_state_dict(interpolate(start.state_dict, end.state_dict, alpha))
             report = build_report(
-                predict(model, loader, device=device, amp_dtype=amp_dtype), end.spec, sources=sources
+                predict(model, loader, device=device, amp_dtype=precision), end.spec, sources=sources
             )
             rows[alpha] = {
                 "accuracy": report["accuracy"],
@@ -144,10 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chosen_on": args.split,
         "scores": [{"alpha": alpha, **row} for alpha, row in rows.items()],
     }
-    spec = interpolated_spec(end, start, args.start, args.end, **record)
-    spec = ModelSpec.from_dict(
-        {**spec.to_dict(), "metrics": {**spec.metrics, f"{args.split}_accuracy": rows[chosen]["accuracy"]}}
-    )
+    metrics = {f"{args.split}_accuracy": rows[chosen]["accuracy"]}
+    spec = interpolated_spec(end, start, args.start, args.end, metrics, **record)
     sha256 = save_checkpoint(args.out, interpolate(start.state_dict, end.state_dict, chosen), spec)
     write_json(args.out.with_suffix(".json"), {**record, "sha256": sha256})
     sys.stdout.write(f"chose alpha {chosen:.2f} ({rows[chosen]['accuracy']:.4f}): {args.out}\n")
