@@ -81,7 +81,7 @@ def read_heartbeat(path: Path) -> Heartbeat | None:
 
 
 #: TrainConfig fields that name the server's files: never shown by the API.
-SERVER_PATHS = ("data", "out", "init_from")
+SERVER_PATHS = ("data", "out", "init_from", "replay_manifest", "replay_data")
 
 
 class TrainingParams(BaseModel):
@@ -98,6 +98,10 @@ class TrainingParams(BaseModel):
     def public(self) -> dict[str, Any]:
         shown = self.model_dump(mode="json")
         shown["config"] = {k: v for k, v in shown["config"].items() if k not in SERVER_PATHS}
+        # Which of the base's data sets are replayed, by name (where they are is the server's business).
+        shown["config"]["replay_data_sets"] = [
+            entry.partition("=")[0] if "=" in entry else Path(entry).name for entry in self.config.replay_data
+        ]
         return shown
 
 

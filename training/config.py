@@ -48,7 +48,10 @@ STRONG: dict[str, Any] = {
 #: Fine-tuning a trained model on a few hundred photos of one site: a low learning rate, small batches so
 #: that a few dozen photos still give a few hundred steps, the backbone frozen for the first epoch so
 #: that new head rows settle before they move it, classes balanced (a site rarely sees its materials
-#: equally often), and augmentation that keeps the photos recognisable.
+#: equally often), and augmentation that keeps the photos recognisable. What the site did not upload is
+#: kept: every class of the base stays, and half of each epoch's draws are the base's own training photos
+#: (replay, where they are at hand; else the base's outputs are distilled). A few photos overfit within a
+#: few epochs, so the run stops once the validation loss has not improved for five.
 FINETUNE: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 16,
@@ -63,7 +66,13 @@ FINETUNE: dict[str, Any] = {
     "auto_augment": "trivial",
     "random_erasing": 0.1,
     "class_balance": 1.0,
+    # Within the replayed photos, small sources count more (the general recipe's sampling); the site's
+    # own photos are one source.
+    "source_balance": 0.5,
     "freeze_epochs": 1,
+    "replay": 0.5,
+    "distill": 1.0,
+    "early_stop": 5,
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -96,12 +105,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 BASE_RECIPES = ("finetune",)
 
 #: Fields that only say where and how fast to run; they may change on resume without changing results.
-RUNTIME_FIELDS = ("data", "out", "device", "workers")
+RUNTIME_FIELDS = ("data", "out", "device", "workers", "replay_data")
 
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine"]
 AutoAugment = Literal["trivial", "rand"]
+ClassChoice = Literal["base", "data"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -156,7 +166,11 @@ class TrainConfig(BaseModel):
         description="train, val and test fractions; test may be 0 (no test report: a data set too small "
         "to spare photos for one)",
     )
-    amp: bool = Field(False, description="bf16 autocast on a CPU that has bf16, mixed precision on CUDA")
+    amp: bool | None = Field(
+        None,
+        description="mixed precision: bf16 autocast on a CPU that has bf16, bf16 or fp16 on CUDA; not set: "
+        "on wherever it is native (a CPU without bf16 instructions trains in fp32)",
+    )
     holdout_sources: tuple[str, ...] = Field(
         (), description="sources never trained or selected on (tagged by a data set's manifest.csv)"
     )
@@ -191,6 +205,32 @@ class TrainConfig(BaseModel):
     freeze_epochs: int = Field(
         0, ge=0, description="epochs at the start that train only the classifier (needs a base model)"
     )
+    classes: ClassChoice = Field(
+        "base",
+        description="with a base model, the classes the new model knows: 'base' keeps every class of the "
+        "base (the data's new ones added), 'data' only the data's; without a base, the data's",
+    )
+    replay: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="with a base model and its training photos at hand (replay_manifest), the share of each "
+        "epoch's draws that are those photos, so what the new data lacks is not forgotten",
+    )
+    replay_manifest: str | None = Field(
+        None, description="the split manifest of the base model's training data; its train split is replayed"
+    )
+    replay_data: tuple[str, ...] = Field(
+        (), description="where the replay manifest's data sets are now (NAME=PATH, or PATH for one)"
+    )
+    distill: NonNegative = Field(
+        0.0,
+        description="with a base model and no replay manifest, the weight of distilling the base's outputs "
+        "on the new photos (learning without forgetting); 0: off",
+    )
+    early_stop: int = Field(
+        0, ge=0, description="stop after this many epochs without a lower validation loss; 0: never"
+    )
     device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
     workers: int | None = Field(None, ge=0, description="data-loader processes (default: sized to the CPUs)")
 
@@ -214,6 +254,14 @@ class TrainConfig(BaseModel):
             (
                 self.init_from is not None or self.freeze_epochs == 0,
                 "freeze_epochs needs a base model (init_from) whose backbone it keeps",
+            ),
+            (
+                self.init_from is not None or self.replay_manifest is None,
+                "replay_manifest needs a base model (init_from) whose training photos it lists",
+            ),
+            (
+                self.replay_manifest is not None or not self.replay_data,
+                "replay_data says where a replay manifest's data sets are: give replay_manifest",
             ),
         ]
         for ok, message in checks:
@@ -243,6 +291,8 @@ class TrainConfig(BaseModel):
             data.pop(key)
         if self.base is not None:
             data.pop("init_from")  # a registered model is named by its ref, not the server's path
+        # The replayed photos are recorded by their manifest's digest (model_spec), not the server's path.
+        data.pop("replay_manifest")
         return data
 
 

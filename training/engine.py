@@ -14,6 +14,7 @@ Run folder layout (``config.out``)::
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,12 +40,20 @@ from training.data import (
     balance_weights,
     make_loader,
 )
-from training.evaluation import autocast, eval_loader, evaluate_checkpoint, predict, write_report
+from training.evaluation import (
+    autocast,
+    eval_loader,
+    evaluate_checkpoint,
+    predict,
+    remap_labels,
+    write_report,
+)
 from training.hardware import cpu_name, environment
 from training.index import build_index
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
+from training.replay import column_map, distillation_loss, load_replay, replay_record_for, replay_weights
 from training.report import plot_curves
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from training.split import (
@@ -65,6 +74,8 @@ CONFIG_FILE, MANIFEST_FILE, RESUME_FILE = "config.json", "manifest.json", "resum
 HISTORY_FILE, BEST_FILE, FINAL_FILE = "history.json", "best.pt", "final.pt"
 ENVIRONMENT_FILE = "environment.json"
 DATA_DIR = "data"
+#: Where a fine-tuning run extracts the base model's training photos that it replays.
+REPLAY_DIR = "replay"
 
 
 class RunExistsError(Exception):
@@ -83,15 +94,17 @@ class TrainResult:
     test_accuracy: float | None = None
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+def amp_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
     """Autocast dtype: bf16 on GPUs that support it, else fp16 (with a GradScaler); bf16 on a CPU with
-    bf16 instructions, else none (fp32), since emulated bf16 is slower than fp32 there."""
-    if not enabled:
+    bf16 instructions, else none (fp32), since emulated bf16 is slower than fp32 there. ``None`` (not
+    set) is on wherever it is native, as serving is; ``False`` is fp32."""
+    if enabled is False:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if not cpu_has_native_bf16():
-        logger.warning("%s has no bf16 instructions; training in fp32 instead", cpu_name())
+        if enabled:
+            logger.warning("%s has no bf16 instructions; training in fp32 instead", cpu_name())
         return None
     return torch.bfloat16
 
@@ -100,22 +113,41 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 DEFAULT_SOURCE = "data"
 
 
+def run_classes(config: TrainConfig, manifest: AnyManifest) -> tuple[str, ...]:
+    """The classes a run's model knows: with a base and ``classes="base"``, the base's in its order and
+    the data's new ones after them (so no head row moves); else the data's."""
+    if config.init_from is None or config.classes == "data":
+        return manifest.class_names
+    new = [name for name in manifest.class_names if name not in config.init_classes]
+    return (*config.init_classes, *new)
+
+
 def model_spec(
-    config: TrainConfig, manifest: AnyManifest, metrics: dict[str, Any] | None = None
+    config: TrainConfig,
+    manifest: AnyManifest,
+    metrics: dict[str, Any] | None = None,
+    *,
+    retention: dict[str, Any] | None = None,
 ) -> ModelSpec:
-    """The spec that every checkpoint of this run carries (recipe and data set included)."""
+    """The spec that every checkpoint of this run carries (recipe and data set included); ``retention``
+    says how the base's classes were protected (``training.replay``)."""
+    class_names = run_classes(config, manifest)
     recipe = {**config.recipe_record(), "data_source": manifest.source, "data_digest": manifest.digest}
     sources = sorted(set(manifest.select_sources("train", DEFAULT_SOURCE)))
     if sources != [DEFAULT_SOURCE]:
         recipe["train_sources"] = sources
     if config.init_classes:
         recipe["transfer"] = {
-            "kept": [name for name in manifest.class_names if name in config.init_classes],
-            "new": [name for name in manifest.class_names if name not in config.init_classes],
+            "kept": [name for name in class_names if name in config.init_classes],
+            "new": [name for name in class_names if name not in config.init_classes],
+            # Classes of the base that no photo of this run's data set shows.
+            "without_data": [name for name in class_names if name not in manifest.class_names],
         }
+    if retention is not None:
+        recipe["retention"] = retention
     return ModelSpec(
         arch=config.model,
-        class_names=manifest.class_names,
+        class_names=class_names,
         input_size=config.input_size,
         mean=config.mean,
         std=config.std,
@@ -134,11 +166,15 @@ def train_step(
     scaler: torch.amp.GradScaler,
     criterion: nn.Module,
     amp: torch.dtype | None,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on class indices or class probabilities; returns the (detached) loss and logits."""
+    """One optimiser step on class indices or class probabilities, plus ``extra_loss(images, logits)``
+    when given; returns the (detached) loss and logits."""
     with autocast(images.device, amp):
         logits = model(images)
         loss = criterion(logits.float(), targets)
+        if extra_loss is not None:
+            loss = loss + extra_loss(images, logits)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -165,16 +201,36 @@ class _Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         seed_everything(derive_seed(config.seed, "init"))
-        self.model = create_model(config.model, num_classes=len(manifest.class_names), **config.model_kwargs)
-        # A resumed run loads its own weights; only a fresh start takes the base checkpoint's.
-        if config.init_from is not None and not resuming:
+        self.class_names = run_classes(config, manifest)
+        self.model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
+        self.replay = (
+            None
+            if config.replay_manifest is None or config.replay == 0
+            else load_replay(
+                config.replay_manifest, config.replay_data, self.out / REPLAY_DIR, self.class_names
+            )
+        )
+        # The base model, when its outputs are distilled (no photos of its own to replay).
+        self.teacher: tuple[nn.Module, tuple[list[int], list[int]]] | None = None
+        base = None
+        if config.init_from is not None and (not resuming or self._distilling()):
             base = load_checkpoint(config.init_from)
             if base.sha256 != config.init_sha256:
                 raise ResumeError(
                     f"{config.init_from}: its weights ({base.sha256[:12]}) are not the ones this run "
                     f"started from ({str(config.init_sha256)[:12]})"
                 )
-            transfer = transfer_weights(self.model, base, manifest.class_names)
+        if base is not None and self._distilling():
+            teacher = create_model(config.model, num_classes=base.spec.num_classes, **config.model_kwargs)
+            teacher.load_state_dict(base.state_dict)
+            teacher.requires_grad_(False)
+            self.teacher = (
+                teacher.eval().to(self.device),
+                column_map(base.spec.class_names, self.class_names),
+            )
+        # A resumed run loads its own weights; only a fresh start takes the base checkpoint's.
+        if base is not None and not resuming:
+            transfer = transfer_weights(self.model, base, self.class_names)
             logger.info(
                 "started from %s: head rows kept for %s, new for %s",
                 config.init_from,
@@ -182,40 +238,55 @@ class _Run:
                 list(transfer.new_classes),
             )
         self.model.to(self.device)
-        self.spec = model_spec(config, manifest)
+        self.spec = model_spec(
+            config, manifest, retention=replay_record_for(config.replay, self.replay, self._distill_weight())
+        )
         self._build_loaders(root)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
-        self.batch_mix = build_batch_mix(config, len(manifest.class_names))
+        self.batch_mix = build_batch_mix(config, len(self.class_names))
         self.epoch = 0
         self.environment_recorded = False
         self.history: list[dict[str, float]] = []
         self.best_val_accuracy, self.best_epoch = -1.0, 0
         self.clock = EtaClock(self._units(config.epochs))
 
+    def _distill_weight(self) -> float:
+        """The distillation weight in force: only with a base model and nothing of its own to replay."""
+        config = self.config
+        replaying = config.replay_manifest is not None and config.replay > 0
+        return config.distill if config.init_from is not None and not replaying else 0.0
+
+    def _distilling(self) -> bool:
+        return self._distill_weight() > 0
+
     def _build_loaders(self, root: Path) -> None:
         config, manifest = self.config, self.manifest
-        train_samples = manifest.select("train")
+        train_samples = remap_labels(manifest.select("train"), manifest.class_names, self.class_names)
         sources = manifest.select_sources("train", DEFAULT_SOURCE)
+        # Paste only ever mixes the run's own photos: it knows their paths relative to the root.
+        prepare = background_paste(config, root, [path for path, _ in train_samples], sources)
+        balance = {"class_balance": config.class_balance, "source_balance": config.source_balance}
         self.sampler: EpochShuffleSampler
-        if config.class_balance > 0 or config.source_balance > 0:
-            weights = balance_weights(
-                [label for _, label in train_samples],
-                sources,
-                class_balance=config.class_balance,
-                source_balance=config.source_balance,
+        if self.replay is not None:
+            # The replayed photos' paths are absolute, so one dataset (and one root) serves both.
+            own = balance_weights([label for _, label in train_samples], sources, **balance)
+            replayed = balance_weights(
+                [label for _, label in self.replay.samples], self.replay.sources, **balance
             )
+            weights = replay_weights(own, replayed, config.replay)
+            # An epoch draws about every photo of the run's own once, and the replayed share beside them.
+            size = round(len(train_samples) / (1 - config.replay))
+            train_samples = [*train_samples, *self.replay.samples]
+            self.sampler = WeightedEpochSampler(weights, seed=config.seed, size=size)
+        elif config.class_balance > 0 or config.source_balance > 0:
+            weights = balance_weights([label for _, label in train_samples], sources, **balance)
             self.sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
-        train_set = ImageDataset(
-            root,
-            train_samples,
-            build_train_transform(config),
-            prepare=background_paste(config, root, [path for path, _ in train_samples], sources),
-        )
+        train_set = ImageDataset(root, train_samples, build_train_transform(config), prepare=prepare)
         self.train_loader = make_loader(
             train_set,
             batch_size=config.batch_size,
@@ -226,7 +297,7 @@ class _Run:
         self.val_loader = eval_loader(
             self.spec,
             root,
-            manifest.select("val"),
+            remap_labels(manifest.select("val"), manifest.class_names, self.class_names),
             batch_size=config.batch_size,
             device=self.device,
             workers=config.workers,
@@ -300,9 +371,20 @@ class _Run:
             scaler=self.scaler,
             criterion=self.criterion,
             amp=self.amp,
+            extra_loss=None if self.teacher is None else self._distillation,
         )
         self.scheduler.step()
         return loss, logits
+
+    def _distillation(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None
+        teacher, columns = self.teacher
+        with torch.no_grad():
+            base_logits = teacher(images)
+        return self._distill_weight() * distillation_loss(logits, base_logits, columns)
+
+    def plateaued(self) -> bool:
+        return plateaued([record["val_loss"] for record in self.history], self.config.early_stop)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
@@ -475,6 +557,15 @@ def background_paste(config: TrainConfig, root: Path, paths: list[str], sources:
     return BackgroundPaste(root, backgrounds, plain, p=config.paste_background)
 
 
+def plateaued(val_losses: list[float], patience: int) -> bool:
+    """Whether the validation loss has not improved for ``patience`` epochs (0: never stop). Decided
+    from the history alone, so a resumed run stops where the first would have."""
+    if patience == 0 or len(val_losses) <= patience:
+        return False
+    best = min(range(len(val_losses)), key=val_losses.__getitem__)
+    return len(val_losses) - 1 - best >= patience
+
+
 def record_environment(path: Path, first_epoch: int, process: dict[str, Any]) -> None:
     """Add the process that trains from ``first_epoch`` on to a run's record, replacing any entry from a
     process that was killed before the epochs it recorded were kept."""
@@ -495,8 +586,14 @@ def _rewrite_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 def _fit(run: _Run, root: Path) -> TrainResult:
     try:
-        while run.epoch < run.config.epochs:
+        while run.epoch < run.config.epochs and not run.plateaued():
             run.run_epoch()
+        if run.epoch < run.config.epochs:
+            logger.info(
+                "stopped after epoch %d: no lower validation loss for %d epochs",
+                run.epoch,
+                run.config.early_stop,
+            )
     except TrainingCancelled:
         logger.info("training cancelled; resumable from epoch %d", run.epoch)
         return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)

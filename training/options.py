@@ -52,6 +52,12 @@ USER_OPTIONS = (
     "plain_sources",
     "init_from",
     "freeze_epochs",
+    "classes",
+    "replay",
+    "replay_manifest",
+    "replay_data",
+    "distill",
+    "early_stop",
     "device",
     "workers",
 )
@@ -61,8 +67,9 @@ RUNTIME_OPTIONS = ("device", "workers")
 PUBLIC_NAMES = {"holdout_sources": "holdout"}
 #: The command line only. A checkpoint path and the device are the server's business: over HTTP a
 #: registered base model is named instead (``base``). A model's normalisation is its base's or the
-#: recipe's. (``split`` is a form field given three times: train, val, test.)
-CLI_ONLY = ("init_from", "device", "workers", "mean", "std")
+#: recipe's. The base's training photos to replay are the server's to find. (``split`` is a form field
+#: given three times: train, val, test.)
+CLI_ONLY = ("init_from", "replay_manifest", "replay_data", "device", "workers", "mean", "std")
 #: Extra spellings on the command line.
 CLI_ALIASES = {"init_from": ("--base",)}
 FORM_OPTIONS = tuple(name for name in USER_OPTIONS if name not in CLI_ONLY)

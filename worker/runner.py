@@ -30,7 +30,7 @@ from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
 from models.store import ModelStore
-from training.engine import CONFIG_FILE, resume, train
+from training.engine import CONFIG_FILE, DATA_DIR, REPLAY_DIR, resume, train
 from worker.progress import JobProgress, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -131,12 +131,13 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             # Fine-tuned: where it started, and which classifier rows it kept from there.
             job.result["base"] = {"ref": recipe.get("base"), "sha256": recipe.get("init_sha256")}
             job.result["transfer"] = recipe.get("transfer")
+            job.result["retention"] = recipe.get("retention")
         job.result["calibrated"] = bool(version.spec.calibration)
     finished = jobs.get(job_id)
     if finished.state == "succeeded":
-        # Only once success is on record: the extracted copy of the data set is not needed again (the
-        # upload stays until the retention time).
-        prune_job(jobs, finished, only=(f"{RUN_DIR}/data",))
+        # Only once success is on record: the extracted copies of the data set and of the replayed photos
+        # are not needed again (the upload stays until the retention time).
+        prune_job(jobs, finished, only=(f"{RUN_DIR}/{DATA_DIR}", f"{RUN_DIR}/{REPLAY_DIR}"))
     return finished
 
 

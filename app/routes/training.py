@@ -1,6 +1,7 @@
 """Training jobs: POST /train starts one, GET /train/{id} follows it, DELETE /train/{id} cancels it."""
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
@@ -12,11 +13,14 @@ from app.jobs import discard, enqueue, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
 from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
+from core.settings import PROJECT_ROOT, Settings
 from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, TrainConfig, make_config
+from training.engine import MANIFEST_FILE
 from training.options import TrainingOptions
+from training.replay import find_replay_data
 from training.transfer import base_options
 
 router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(400, 422))
@@ -66,11 +70,24 @@ def checked_name(name: str) -> str:
         raise unprocessable(f"{error}; give the model a 'name'") from None
 
 
+def replay_folders(settings: Settings) -> list[Path]:
+    """Where a base model's training data sets are looked for, by file name: the data root, then the
+    data sets that ship with the service."""
+    return [settings.resolved_data_root, PROJECT_ROOT / "data"]
+
+
 def resolve_base(
-    base: str, version: str | None, store: ModelStore, service: InferenceService, options: dict[str, Any]
+    base: str,
+    version: str | None,
+    store: ModelStore,
+    service: InferenceService,
+    options: dict[str, Any],
+    settings: Settings,
 ) -> dict[str, Any]:
     """``options`` with the base model's weights to start from, its lineage and the architecture,
-    input size and normalisation it fixes; 422 when there is no such model or the options clash."""
+    input size and normalisation it fixes, and its training photos to replay where the server has them
+    (its manifest beside its weights, its data sets in :func:`replay_folders`); 422 when there is no
+    such model or the options clash."""
     if base == SERVING_BASE:
         if version is not None:
             raise unprocessable("base 'default' is the model serving now: give no base_version")
@@ -94,7 +111,12 @@ def resolve_base(
         )
     except ValueError as error:
         raise unprocessable(f"base {ref}: {error}") from None
-    return {**options, **fixed, "init_from": path, "init_sha256": sha256, "base": ref}
+    resolved = {**options, **fixed, "init_from": path, "init_sha256": sha256, "base": ref}
+    manifest = Path(path).parent / MANIFEST_FILE
+    found = find_replay_data(manifest, replay_folders(settings))
+    if found is not None:
+        resolved.update(replay_manifest=str(manifest), replay_data=found)
+    return resolved
 
 
 @router.post(
@@ -161,7 +183,9 @@ async def create_training_job(
         training_options, model or (None if base else "se_resnet50"), model_kwargs, given
     )
     if base:
-        options = await run_in_threadpool(resolve_base, base, base_version or None, store, service, options)
+        options = await run_in_threadpool(
+            resolve_base, base, base_version or None, store, service, options, settings
+        )
     # A fine-tuned model becomes a new version of its base, unless it is given a name of its own.
     registered_name = name or checked_name(str(options.get("base", "")).split(":")[0] or options["model"])
     job_id = new_job_id()

@@ -67,11 +67,16 @@ def test_finetuning_freezes_the_backbone_first_and_records_its_lineage(
     for name, tensor in after_one.state_dict.items():
         if not name.startswith("fc3."):
             assert torch.equal(tensor, base.state_dict[name]), name
+    # Every class of the base stays, in its place; the data's new class comes after them.
     classes = after_one.spec.class_names
-    assert classes == ("battery", "glass", "metal")
+    assert classes == (*CLASS_NAMES, "battery")
     assert not torch.equal(after_one.state_dict["fc3.weight"][1], base.state_dict["fc3.weight"][1])
     recipe = after_one.spec.recipe
-    assert recipe["transfer"] == {"kept": ["glass", "metal"], "new": ["battery"]}
+    assert recipe["transfer"] == {
+        "kept": list(CLASS_NAMES),
+        "new": ["battery"],
+        "without_data": ["cardboard", "paper", "plastic", "trash"],
+    }
     assert recipe["base"] == "tiny:v1"
     assert recipe["init_sha256"] == base.sha256
     assert "init_from" not in recipe  # the server's path stays out of the record
