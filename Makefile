@@ -19,8 +19,10 @@ redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --port 6379 --save "" --appendonly no
 
 # The API on http://127.0.0.1:8000 with a training and a heatmap worker (and Redis if none answers).
+# Only this machine can reach it; `make serve HOST=0.0.0.0` opens it to the network.
+HOST ?= 127.0.0.1
 serve: install
-	$(BIN)/trashcam serve --host 0.0.0.0 --port 8000
+	$(BIN)/trashcam serve --host $(HOST) --port 8000
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,12 +3,14 @@
 trashcam serve                 # Redis (if none answers), both workers and the API
 trashcam api [--host H --port P]
 trashcam worker --queue training|heatmaps
+trashcam ping --queue training|heatmaps   # exit 0 when this host's worker of that queue is alive
 """
 
 import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from urllib.parse import urlsplit
 
 import redis
 import uvicorn
+from pydantic import ValidationError
 
+from core.heartbeat import heartbeat_path, is_alive
 from core.settings import get_settings
 
 
@@ -45,6 +49,13 @@ def piece_commands(host: str = "0.0.0.0", port: int = 8000) -> dict[str, list[st
     }
 
 
+def worker_name(kind: str, host: str = "%h") -> str:
+    """The Celery node name of this host's worker of one kind of job (``%h``: Celery's host name)."""
+    settings = get_settings()
+    queue = settings.training_queue if kind == "training" else settings.heatmaps_queue
+    return f"{queue}@{host}"
+
+
 def worker_command(kind: str) -> list[str]:
     """The Celery worker of one kind of job: one process, one task at a time (training uses every core
     itself), on that kind's queue."""
@@ -52,8 +63,14 @@ def worker_command(kind: str) -> list[str]:
     queue = settings.training_queue if kind == "training" else settings.heatmaps_queue
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", queue, *WORKER_POOLS[kind], "-n", f"{queue}@%h", "--loglevel", "INFO",
+        "-Q", queue, *WORKER_POOLS[kind], "-n", worker_name(kind), "--loglevel", "INFO",
     ]  # fmt: skip
+
+
+def worker_alive(kind: str) -> bool:
+    """Whether this host's worker of ``kind`` is alive: its heartbeat is fresh (a container's health
+    check; a Celery ping would go unanswered while a training worker runs its task)."""
+    return is_alive(heartbeat_path(get_settings(), worker_name(kind, socket.gethostname())))
 
 
 def trashcam_command(args: list[str]) -> list[str]:
@@ -123,11 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--port", type=int, default=8000)
     worker = commands.add_parser("worker", help="a Celery worker for one queue")
     worker.add_argument("--queue", choices=("training", "heatmaps"), required=True)
+    ping = commands.add_parser("ping", help="exit 0 when this host's worker of a queue is alive, else 1")
+    ping.add_argument("--queue", choices=("training", "heatmaps"), required=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        get_settings()
+    except ValidationError as error:
+        # One line that says which setting is wrong, and an exit status a supervisor can tell apart.
+        problems = "; ".join(
+            f"TRASHCAM_{'_'.join(str(part) for part in item['loc'][:1]).upper()}: "
+            f"{item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise SystemExit(f"trashcam: invalid settings: {problems}") from None
+    if args.command == "ping":
+        sys.exit(0 if worker_alive(args.queue) else 1)
     if args.command == "serve":
         serve(args.host, args.port)
     elif args.command == "api":

@@ -14,6 +14,10 @@ for each k, with photos drawn per class with ``--seed`` (the rest of the site's 
   finetune recipe's) on the same photos (``--no-scratch``: not).
 
 ``--split`` sets how every job splits its photos (e.g. ``0.85 0.15 0``: no test split).
+``--data-root`` is the service's data root, where it finds the base model's data sets to replay.
+``--retained-manifest`` (with ``--retained-data``) scores the serving model and every fine-tuned one on
+the test split of the base's data sets too, on all its photos and on those of the classes the site sent
+none of (``bench.retained``).
 
 Each trained model is then made the default (``PUT /models/default``) and classifies the same test
 photos through ``POST /classify``. ``results.json`` holds every figure, the job times and the commands.
@@ -40,7 +44,10 @@ from typing import Any
 
 import httpx2
 
-from models.store import ModelStore
+from bench.retained import retained_accuracy
+from core.settings import Settings
+from models.store import CHECKPOINT_FILE, ModelStore
+from training.split import AnyManifest, manifest_and_root
 
 API_KEY = "operator-story-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
@@ -102,7 +109,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(var_dir: Path, redis_url: str, log: Path) -> Iterator[httpx2.Client]:
+def service(var_dir: Path, redis_url: str, log: Path, data_root: Path | None) -> Iterator[httpx2.Client]:
     """``trashcam serve`` (API and both workers), as a user starts it, until the block ends."""
     port = free_port()
     env = {
@@ -111,6 +118,8 @@ def service(var_dir: Path, redis_url: str, log: Path) -> Iterator[httpx2.Client]
         "TRASHCAM_REDIS_URL": redis_url,
         "TRASHCAM_API_KEYS": json.dumps([API_KEY]),
     }
+    if data_root is not None:
+        env["TRASHCAM_DATA_ROOT"] = str(data_root.resolve())
     script = Path(sys.executable).with_name("trashcam")
     command = [str(script), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as output:
@@ -243,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("TRAIN", "VAL", "TEST"),
         help="how every job splits its k photos per class (default: the service's, 0.7 0.13 0.17)",
     )
+    parser.add_argument("--data-root", type=Path, help="the service's TRASHCAM_DATA_ROOT")
+    parser.add_argument("--retained-manifest", type=Path, help="the base model's split manifest")
+    parser.add_argument(
+        "--retained-data", action="append", default=[], metavar="NAME=PATH", help="its data sets"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -261,13 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         var = Path(scratch) / "var"
         store = ModelStore(var / "models")
         registered = {name: store.add(name, checkpoint) for name, checkpoint in bases.items()}
-        with service(var, args.redis_url, args.out / "service.log") as client:
+        retained = None
+        if args.retained_manifest is not None:
+            retained = manifest_and_root(
+                args.retained_manifest, args.retained_data, Path(scratch) / "retained", run_data=Path(scratch)
+            )
+        with service(var, args.redis_url, args.out / "service.log", args.data_root) as client:
             record["serving_model"] = client.get("/models").json()["serving"]
             record["bases"] = {
                 name: {"checkpoint": bases[name], "sha256": version.sha256}
                 for name, version in registered.items()
             }
-            story(client, args, photos, record)
+            story(client, args, photos, record, var, retained)
     (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     for run in record["runs"]:
         a = run["a_serving_model"]
@@ -286,6 +305,8 @@ def story(
     args: argparse.Namespace,
     photos: dict[str, list[tuple[str, bytes]]],
     record: dict[str, Any],
+    var: Path,
+    retained: tuple[AnyManifest, Path] | None,
 ) -> None:
     """Every job is started while the shipped model serves, so every ``base=default`` fine-tunes from it
     (a base is resolved when its job is started); models are made the default only afterwards, to be
@@ -295,6 +316,9 @@ def story(
     everything = [(label, name, data) for label, items in photos.items() for name, data in items]
     keys = [(label, name) for label, name, _ in everything]
     answers = dict(zip(keys, classify(client, everything), strict=True))
+    lacking = [] if retained is None else [name for name in retained[0].class_names if name not in photos]
+    if retained is not None:
+        record["a_retained"] = retained_accuracy(Settings().shipped_model_path, *retained, lacking)
     started = []
     tests = {}
     for k in args.k:
@@ -346,6 +370,11 @@ def story(
             "best_val_accuracy": job["result"]["best_val_accuracy"],
             "job_test_accuracy": job["result"]["test_accuracy"],
         }
+        if retained is not None:
+            model = job["result"]["model"]
+            checkpoint = var / "models" / model["name"] / model["version"] / CHECKPOINT_FILE
+            row["retained"] = retained_accuracy(checkpoint, *retained, lacking)
+        row["retention"] = job["result"].get("retention")
         if base is None:
             run[key] = row
         else:

@@ -6,8 +6,9 @@ Start one worker per queue, with the pool each needs (``app.cli.WORKER_POOLS``):
     trashcam worker --queue heatmaps
 """
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
+from core.heartbeat import Heartbeat, heartbeat_path
 from core.jobs import JobStore
 from core.queue import get_celery, submit
 from core.recovery import recover_orphans
@@ -15,6 +16,22 @@ from core.settings import get_settings
 
 celery_app = get_celery()
 celery_app.conf.include = ["worker.tasks.training", "worker.tasks.heatmaps"]
+
+_heartbeats: list[Heartbeat] = []
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: object, **_: object) -> None:
+    """The file that ``trashcam ping`` (a container's health check) reads."""
+    heartbeat = Heartbeat(heartbeat_path(get_settings(), str(getattr(sender, "hostname", "worker"))))
+    heartbeat.start()
+    _heartbeats.append(heartbeat)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    while _heartbeats:
+        _heartbeats.pop().stop()
 
 
 @worker_ready.connect

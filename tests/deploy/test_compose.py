@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser, piece_commands, worker_command
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,6 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     return data
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR}`` substitution, as ``docker compose`` does it."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        return environ.get(name) or (default or "")
+
+    return re.sub(r"\$\{([A-Z0-9_]+)(:-([^}]*))?\}", substitute, value)
+
+
+def service_environment(service: str, environ: dict[str, str]) -> dict[str, str]:
+    """A service's environment as compose would give it, under the shell environment ``environ``."""
+    return {
+        key: interpolate(str(value), environ)
+        for key, value in compose()["services"][service]["environment"].items()
+    }
 
 
 def scripts() -> dict[str, str]:
@@ -86,3 +105,29 @@ def test_a_training_worker_may_start_processes_of_its_own() -> None:
     # cannot start there ("daemonic processes are not allowed to have children").
     command = worker_command("training")
     assert command[command.index("--pool") + 1] in {"solo", "threads"}
+
+
+@pytest.mark.parametrize("service", ["api", "training-worker", "heatmap-worker"])
+def test_the_shipped_environment_is_valid_settings(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A key under 16 characters made every piece exit at start-up, and compose restart it in a loop.
+    for key, value in service_environment(service, {}).items():
+        monkeypatch.setenv(key, value)
+    assert Settings().api_keys == []
+    given = service_environment(service, {"TRASHCAM_API_KEYS": '["a-long-random-key-123"]'})
+    assert given["TRASHCAM_API_KEYS"] == '["a-long-random-key-123"]'
+
+
+def test_every_piece_has_a_health_check_of_its_own() -> None:
+    services = compose()["services"]
+    assert "/ready" in " ".join(services["api"]["healthcheck"]["test"])
+    for service, queue in (("training-worker", "training"), ("heatmap-worker", "heatmaps")):
+        test = services[service]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        check_trashcam_command(test[1:])
+        assert test[1:] == ["trashcam", "ping", "--queue", queue]
+
+
+def test_make_serve_listens_on_this_machine_only_unless_told() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^HOST \?= 127\.0\.0\.1$", makefile, re.MULTILINE)
+    assert "--host $(HOST)" in makefile
