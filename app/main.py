@@ -24,14 +24,13 @@ from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
 from app.serving import InferenceService
 from core.jobs import JobStore
-from core.model_manager import ModelManager, NoModelError
+from core.model_manager import ModelManager, NoModelError, model_store
 from core.queue import create_celery, submit
 from core.recovery import recover_orphans
 from core.redaction import path_labels
 from core.retention import prune_finished_jobs
 from core.settings import Settings, get_settings
 from models.files import redact_paths
-from models.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
-    app.state.store = ModelStore(app.state.settings.models_dir)
+    app.state.store = model_store(app.state.settings)
     app.state.metrics = Metrics()
     app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
     app.state.submitter = submitter or celery_submitter(app.state.settings)

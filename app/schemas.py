@@ -80,11 +80,28 @@ class ModelPublic(BaseModel):
     )
     created_at: str
     sha256: str
+    builtin: bool = Field(
+        False, description="the model that ships with the service: read-only, it cannot be deleted"
+    )
 
 
 class ModelsPublic(BaseModel):
     serving: ModelRef | None
     models: list[ModelPublic]
+
+
+class PromotionPublic(BaseModel):
+    """One change of the model that serves."""
+
+    at: float = Field(description="Unix time")
+    by: str | None = Field(
+        description="the name of the API key that made it; null: a training job or unknown"
+    )
+    from_: str | None = Field(alias="from", description="what served before (name:version)")
+    to: str = Field(description="what serves since (name:version)", examples=["se_resnet50:v2"])
+    reason: str = Field(examples=["promote", "rollback of site-a:v3", "training job 3a7182..."])
+
+    model_config = {"populate_by_name": True}
 
 
 class DefaultModelUpdate(BaseModel):

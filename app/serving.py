@@ -161,12 +161,13 @@ class InferenceService:
         chosen = predictor or self.manager.predictor
         return Prepared(await run_in_threadpool(chosen.prepare, image), chosen)
 
-    async def fingerprint(self, image: Image.Image) -> Fingerprinted:
-        prepared = await self._prepare(image, None)
+    async def fingerprint(self, image: Image.Image, *, predictor: Predictor | None = None) -> Fingerprinted:
+        prepared = await self._prepare(image, predictor)
         return await self._fingerprinter.submit(("fingerprint", id(prepared.predictor), "", ""), prepared)
 
-    async def classify(self, image: Image.Image) -> Classified:
-        prepared = await self._prepare(image, None)
+    async def classify(self, image: Image.Image, *, predictor: Predictor | None = None) -> Classified:
+        """Classify with the serving model, or with ``predictor`` (another loaded version)."""
+        prepared = await self._prepare(image, predictor)
         return await self._classifier.submit(("classify", id(prepared.predictor), "", ""), prepared)
 
     async def explain(

@@ -26,6 +26,15 @@ class NoModelError(RuntimeError):
     """No model is configured, stored or shipped."""
 
 
+class NothingToRollBackError(LookupError):
+    """No promotion is on record to undo."""
+
+
+def model_store(settings: Settings) -> ModelStore:
+    """The store of the service's models, with the shipped model as its built-in version."""
+    return ModelStore(settings.models_dir, builtin=settings.shipped_model_path)
+
+
 class ModelManager:
     def __init__(
         self,
@@ -62,7 +71,7 @@ class ModelManager:
         """The manager of the model the service serves by default, as its settings say (not loaded yet:
         call :meth:`load_initial`)."""
         return cls(
-            store=store or ModelStore(settings.models_dir),
+            store=store or model_store(settings),
             explicit_path=settings.model_path,
             shipped_path=settings.shipped_model_path,
             device_name=settings.device,
@@ -115,7 +124,10 @@ class ModelManager:
             earlier = [v for v in self.store.versions(default.name) if v.version != default.version]
             for version in [default, *reversed(earlier)]:
                 candidates.append((f"model {version.ref}", functools.partial(self._from_version, version)))
-        if self.shipped_path.is_file():
+        builtin = self.store.builtin()
+        if builtin is not None and builtin.path == self.shipped_path:
+            candidates.append(("the shipped model", functools.partial(self._from_version, builtin)))
+        elif self.shipped_path.is_file():
             candidates.append(("the shipped model", lambda: self._from_file(self.shipped_path)))
         return candidates
 
@@ -135,14 +147,30 @@ class ModelManager:
         logger.info("serving model %s (new default)", ref)
         return True
 
-    def switch(self, name: str, version: str | None) -> ModelVersion:
-        """Make a stored version the default and serve it; it is loaded before the swap."""
+    def switch(
+        self, name: str, version: str | None, *, by: str | None = None, reason: str = "promote"
+    ) -> ModelVersion:
+        """Make a stored version the default and serve it; it is loaded before the swap. The promotion
+        is recorded with what served before it, ``by`` whom and why."""
         with self._swap:
             chosen = self.store.get(name, version)
             predictor = self._from_version(chosen)
-            self.store.set_default(chosen.name, chosen.version)
+            serving = self._predictor
+            previous = f"{serving.name}:{serving.version}" if serving is not None else None
+            self.store.set_default(chosen.name, chosen.version, by=by, reason=reason, previous=previous)
             self._predictor, self._seen_default = predictor, chosen.ref
         return chosen
+
+    def rollback(self, *, by: str | None = None) -> ModelVersion:
+        """Serve what served before the last promotion (a second rollback undoes the first, as
+        ``kubectl rollout undo`` does). :class:`NothingToRollBackError` when there is nothing to go back
+        to; ``ModelNotFoundError`` when that version has been deleted since."""
+        promotions = self.store.promotions()
+        if not promotions or promotions[-1]["from"] is None:
+            raise NothingToRollBackError("no promotion is on record to roll back")
+        last = promotions[-1]
+        name, _, version = str(last["from"]).partition(":")
+        return self.switch(name, version or None, by=by, reason=f"rollback of {last['to']}")
 
     def stored_predictor(self, ref: str) -> Predictor:
         """A stored version (``name:version``, or ``name`` for its newest now), for comparisons: the

@@ -4,12 +4,20 @@ Every version folder holds the checkpoint, its spec as ``spec.json`` (readable w
 weights) and optionally ``report.json``. Versions are claimed with an atomic ``mkdir``, so two
 writers never receive the same number, and files are written to a temporary name and renamed, so a
 reader never sees half a model.
+
+The model that ships with the service is a read-only version of the store too, ``NAME:builtin``, so
+that it can be listed, compared, served again after another was promoted, and never deleted. Every
+change of the default is recorded in ``promotions.jsonl`` (when, by whom, from what, to what), which is
+what a rollback reads.
 """
 
+import functools
 import json
 import os
 import re
 import shutil
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,15 @@ CHECKPOINT_FILE = "model.pt"
 
 class ModelNotFoundError(LookupError):
     """No model (or no such version of it) in the store."""
+
+
+class ModelInUseError(Exception):
+    """The version cannot be removed: it is built in, or it is the default."""
+
+
+#: The version name of the model that ships with the service.
+BUILTIN_VERSION = "builtin"
+PROMOTIONS_FILE = "promotions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -57,28 +74,51 @@ def validate_name(name: str) -> str:
     return name
 
 
-class ModelStore:
-    """Versioned checkpoints under ``root``."""
+def builtin_name(path: Path) -> str:
+    """A shipped checkpoint's model name: its folder's (``weights/se_resnet50/model.pt``) or its own."""
+    return path.parent.name if path.name == CHECKPOINT_FILE else path.stem
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+
+class ModelStore:
+    """Versioned checkpoints under ``root``, and the read-only ``builtin`` checkpoint when given."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, builtin: str | os.PathLike[str] | None = None
+    ) -> None:
         self.root = Path(root)
+        self.builtin_path = None if builtin is None else Path(builtin)
 
     # Reading ---------------------------------------------------------------------------------
+    def builtin(self) -> ModelVersion | None:
+        """The shipped model as a version (``NAME:builtin``), or None when there is none."""
+        path = self.builtin_path
+        if path is None or not path.is_file() or not _NAME.match(builtin_name(path)):
+            return None
+        stat = path.stat()
+        return _read_builtin(str(path), stat.st_size, stat.st_mtime_ns)
+
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        stored = (
+            {p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)}
+            if self.root.is_dir()
+            else set()
+        )
+        builtin = self.builtin()
+        return sorted(stored | ({builtin.name} if builtin is not None else set()))
 
     def versions(self, name: str) -> list[ModelVersion]:
+        """The versions of ``name``, oldest first (the built-in one before any stored one)."""
+        builtin = self.builtin()
+        shipped = [builtin] if builtin is not None and builtin.name == name else []
         folder = self.root / name
         if not _NAME.match(name) or not folder.is_dir():
-            return []
+            return shipped
         found = []
         for entry in folder.iterdir():
             match = _VERSION.match(entry.name)
             if match and (entry / "spec.json").is_file() and (entry / CHECKPOINT_FILE).is_file():
                 found.append((int(match.group(1)), entry))
-        return [self._read(name, entry) for _, entry in sorted(found)]
+        return [*shipped, *(self._read(name, entry) for _, entry in sorted(found))]
 
     def all_versions(self) -> list[ModelVersion]:
         return [version for name in self.names() for version in self.versions(name)]
@@ -145,9 +185,51 @@ class ModelStore:
         write_json(folder / "spec.json", meta)
         return self._read(name, folder)
 
-    def set_default(self, name: str, version: str | None = None) -> ModelVersion:
+    def set_default(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        by: str | None = None,
+        reason: str = "promote",
+        previous: str | None = None,
+    ) -> ModelVersion:
+        """Make a version the default and record the promotion: ``by`` whom (an API key's name),
+        ``reason``, and what it replaces (``previous``; default: the store's default before, else the
+        built-in model)."""
         chosen = self.get(name, version)
+        if previous is None:
+            before = self.default() or self.builtin()
+            previous = before.ref if before is not None else None
+        self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.root / "default.json", {"name": chosen.name, "version": chosen.version})
+        entry = {"at": time.time(), "by": by, "from": previous, "to": chosen.ref, "reason": reason}
+        # One short line appended in one write: concurrent writers never interleave within it.
+        with open(self.root / PROMOTIONS_FILE, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+        return chosen
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """Every change of the default, oldest first."""
+        path = self.root / PROMOTIONS_FILE
+        if not path.is_file():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def delete(self, name: str, version: str) -> ModelVersion:
+        """Remove a stored version. The built-in model and the default cannot be removed
+        (:class:`ModelInUseError`); an unknown one is :class:`ModelNotFoundError`."""
+        chosen = self.get(name, version)
+        if chosen.version == BUILTIN_VERSION:
+            raise ModelInUseError(f"{chosen.ref} ships with the service and cannot be deleted")
+        default = self.default()
+        if default is not None and default.ref == chosen.ref:
+            raise ModelInUseError(f"{chosen.ref} is the default model: promote another one first")
+        # Renamed out of the readers' sight in one step, then removed.
+        hidden = chosen.path.parent.with_name(f".deleted-{chosen.version}-{uuid.uuid4().hex[:8]}")
+        chosen.path.parent.rename(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
         return chosen
 
     def _claim_version(self, name: str) -> Path:
@@ -162,3 +244,18 @@ class ModelStore:
                 return folder
             except FileExistsError:
                 number += 1
+
+
+@functools.lru_cache(maxsize=4)
+def _read_builtin(path: str, size: int, mtime_ns: int) -> ModelVersion:
+    """The shipped checkpoint's record: ``spec.json`` beside a ``model.pt`` when there is one (as
+    ``training.export`` writes it), else read from the checkpoint itself. Cached per file state."""
+    checkpoint = Path(path)
+    meta_path = checkpoint.with_name("spec.json")
+    if checkpoint.name == CHECKPOINT_FILE and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        spec, sha256 = ModelSpec.from_dict(meta["spec"]), str(meta["sha256"])
+    else:
+        loaded = load_checkpoint(checkpoint)
+        spec, sha256 = loaded.spec, loaded.sha256
+    return ModelVersion(builtin_name(checkpoint), BUILTIN_VERSION, checkpoint, spec, sha256)

@@ -22,14 +22,13 @@ from core.jobs import (
     JobStore,
     TrainingParams,
 )
-from core.model_manager import ModelManager
+from core.model_manager import ModelManager, model_store
 from core.redaction import path_labels
 from core.retention import prune_job
 from core.settings import Settings
 from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
-from models.store import ModelStore
 from training.engine import CONFIG_FILE, DATA_DIR, REPLAY_DIR, resume, train
 from worker.progress import JobProgress, LeaseLost
 
@@ -111,13 +110,13 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         if result.status == "cancelled":
             job.state = "cancelled"
             return job
-        store = ModelStore(settings.models_dir)
+        store = model_store(settings)
         report_path = run_dir / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
         index = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
         version = store.add(params.name, run_dir / "best.pt", report=report, extra=index)
         if params.make_default:
-            store.set_default(version.name, version.version)
+            store.set_default(version.name, version.version, reason=f"training job {job_id}")
         job.state, job.progress, job.eta_seconds = "succeeded", 1.0, 0.0
         job.result = {
             "model": {"name": version.name, "version": version.version},

@@ -5,25 +5,29 @@ from fastapi import APIRouter, File, UploadFile
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
-from app.routes.inference_views import classification
+from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ClassifyPublic
 from app.uploads import gather_uploads, read_images
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
-@router.post("/classify", response_model=ClassifyPublic, responses=error_responses(401, 413, 415, 422, 503))
+@router.post(
+    "/classify", response_model=ClassifyPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
+)
 async def classify_images(
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile | None, File(description="one photo")] = None,
     files: Annotated[list[UploadFile] | None, File(description="several photos")] = None,
+    model: ModelField = None,
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class."""
     uploads = gather_uploads(file, files, settings)
+    predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs.
-    images = await read_images(uploads, settings, min_side=service.input_size())
-    outcomes = await asyncio.gather(*(service.classify(image) for image in images))
+    images = await read_images(uploads, settings, min_side=predictor.spec.input_size)
+    outcomes = await asyncio.gather(*(service.classify(image, predictor=predictor) for image in images))
     return ClassifyPublic(
         results=[
             classification(upload.filename, outcome)

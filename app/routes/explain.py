@@ -1,19 +1,17 @@
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import check_cam_options, error_responses, unprocessable
-from app.routes.inference_views import classification
+from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ExplanationPublic, TargetPublic
 from app.uploads import read_image
 from core.explain import explanation
 from models.cam import list_cam_methods, resolve_layer
 from models.cam.overlay import list_colormaps
-from models.checkpoint import CheckpointError
-from models.store import ModelNotFoundError
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
@@ -53,24 +51,11 @@ async def explain_image(
     layer: Annotated[
         str | None, Form(description="submodule to explain; the last convolutional stage if omitted")
     ] = None,
-    model: Annotated[
-        str | None,
-        Form(
-            description="a stored version (name:version, or name for its newest) to explain with instead "
-            "of the serving model, to compare their heatmaps"
-        ),
-    ] = None,
+    model: ModelField = None,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
     check_cam_options(method, colormap)
-    model = model or None
-    try:
-        other = None if model is None else await run_in_threadpool(service.manager.stored_predictor, model)
-    except ModelNotFoundError as error:
-        raise unprocessable(f"model: {error}") from None
-    except CheckpointError as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"model {model} cannot be served: {error}") from None
-    predictor = other or service.manager.predictor
+    predictor = await chosen_predictor(service, model)
     target_index = parse_target(target, predictor.class_names)
     layer = layer or None
     if layer is not None:

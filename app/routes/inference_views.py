@@ -1,9 +1,41 @@
-"""Turning inference outcomes into response bodies."""
+"""Turning inference outcomes into response bodies, and the ``model`` field that picks the version."""
 
+from typing import Annotated
+
+from fastapi import Form, HTTPException, status
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import unprocessable
 from app.schemas import Classification, ClassProbability, ModelRef
-from app.serving import Classified
+from app.serving import Classified, InferenceService
 from core.explain import ranked
+from models.checkpoint import CheckpointError
 from models.predictor import Predictor
+from models.store import ModelNotFoundError
+
+#: The form field of the inference routes that picks another stored version than the serving one.
+ModelField = Annotated[
+    str | None,
+    Form(
+        description="a stored version (name:version, or name for its newest; the shipped model is "
+        "NAME:builtin) to answer with instead of the serving model: one service can serve several "
+        "sites' models, or compare two",
+        examples=["se_resnet50:builtin"],
+    ),
+]
+
+
+async def chosen_predictor(service: InferenceService, model: str | None) -> Predictor:
+    """The predictor a request asked for: a stored version (422 when there is none such, 409 when its
+    checkpoint cannot be served), else the serving model."""
+    if not model:
+        return service.manager.predictor
+    try:
+        return await run_in_threadpool(service.manager.stored_predictor, model)
+    except ModelNotFoundError as error:
+        raise unprocessable(f"model: {error}") from None
+    except CheckpointError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"model {model} cannot be served: {error}") from None
 
 
 def model_ref(predictor: Predictor) -> ModelRef:

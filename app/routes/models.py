@@ -1,15 +1,16 @@
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep, StoreDep, WriteAccess
 from app.errors import error_responses
 from app.routes.inference_views import model_ref
-from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic
+from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic, PromotionPublic
+from core.model_manager import NothingToRollBackError
 from core.redaction import path_labels
 from core.settings import Settings
 from models.checkpoint import CheckpointError
 from models.files import redact
-from models.store import ModelNotFoundError, ModelVersion
+from models.store import BUILTIN_VERSION, ModelInUseError, ModelNotFoundError, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(422))
 
@@ -29,6 +30,7 @@ def model_public(version: ModelVersion, serving: ModelRef | None, settings: Sett
         calibration=spec.calibration,
         created_at=spec.created_at,
         sha256=version.sha256,
+        builtin=version.version == BUILTIN_VERSION,
     )
 
 
@@ -52,8 +54,8 @@ def read_models(service: ServiceDep, store: StoreDep, settings: SettingsDep) -> 
     dependencies=[ReadAccess],
 )
 def read_default_model(service: ServiceDep, store: StoreDep, settings: SettingsDep) -> ModelPublic:
-    """The version that is serving; 404 when what serves is not a stored version (the shipped or a
-    configured checkpoint: see GET /models for its name and version)."""
+    """The version that is serving; 404 when what serves is not a stored version (a checkpoint configured
+    by TRASHCAM_MODEL_PATH: see GET /models for its name and version)."""
     serving = model_ref(service.manager.predictor)
     for version in store.versions(serving.name):
         if version.version == serving.version:
@@ -61,8 +63,14 @@ def read_default_model(service: ServiceDep, store: StoreDep, settings: SettingsD
     raise HTTPException(
         status.HTTP_404_NOT_FOUND,
         f"the serving model {serving.name}:{serving.version} is not a stored version "
-        "(it is the shipped or the configured checkpoint)",
+        "(it is the configured checkpoint, TRASHCAM_MODEL_PATH)",
     )
+
+
+@router.get("/default/history", response_model=list[PromotionPublic], dependencies=[ReadAccess])
+def read_promotions(store: StoreDep) -> list[PromotionPublic]:
+    """Every change of the model that serves, oldest first: when, by whom, from what, to what."""
+    return [PromotionPublic.model_validate(entry) for entry in store.promotions()]
 
 
 @router.get(
@@ -92,7 +100,8 @@ def read_model(name: str, service: ServiceDep, store: StoreDep, settings: Settin
 async def update_default_model(
     update: DefaultModelUpdate, service: ServiceDep, settings: SettingsDep
 ) -> ModelPublic:
-    """Serve another stored version. It is loaded first; requests in flight finish on the old one."""
+    """Serve another stored version (the shipped one is ``NAME:builtin``). It is loaded first; requests
+    in flight finish on the old one. The promotion is recorded (GET /models/default/history)."""
     try:
         chosen = await run_in_threadpool(service.manager.switch, update.name, update.version)
     except ModelNotFoundError as error:
@@ -102,3 +111,42 @@ async def update_default_model(
             status.HTTP_409_CONFLICT, f"{update.name}: the stored checkpoint cannot be served: {error}"
         ) from None
     return model_public(chosen, serving_ref(service), settings)
+
+
+@router.post(
+    "/default/rollback",
+    response_model=ModelPublic,
+    responses=error_responses(401, 403, 409),
+    dependencies=[WriteAccess],
+)
+async def rollback_default_model(service: ServiceDep, settings: SettingsDep) -> ModelPublic:
+    """Serve what served before the last promotion; a second rollback undoes the first. 409 when no
+    promotion is on record or what served before has been deleted since."""
+    try:
+        chosen = await run_in_threadpool(service.manager.rollback)
+    except (NothingToRollBackError, ModelNotFoundError, CheckpointError) as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot roll back: {error}") from None
+    return model_public(chosen, serving_ref(service), settings)
+
+
+@router.delete(
+    "/{name}/{version}",
+    status_code=204,
+    responses=error_responses(401, 403, 404, 409),
+    dependencies=[WriteAccess],
+)
+def delete_model_version(name: str, version: str, service: ServiceDep, store: StoreDep) -> Response:
+    """Delete a stored version, its weights and report. 409 for the built-in model, the default, and the
+    version serving now."""
+    serving = serving_ref(service)
+    if serving is not None and (serving.name, serving.version) == (name, version):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"{name}:{version} is serving: promote another one first"
+        )
+    try:
+        store.delete(name, version)
+    except ModelNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except ModelInUseError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    return Response(status_code=204)

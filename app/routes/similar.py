@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
-from app.routes.inference_views import model_ref
+from app.routes.inference_views import ModelField, chosen_predictor, model_ref
 from app.schemas import FingerprintPublic, NeighbourPublic, SimilarPublic
 from app.uploads import read_image
 from models.fingerprint import hash_hex
@@ -18,20 +18,28 @@ from models.similarity import NoIndexError
 router = APIRouter(tags=["similarity"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
-@router.post("/fingerprint", response_model=FingerprintPublic, responses=error_responses(401, 413, 415, 503))
+@router.post(
+    "/fingerprint", response_model=FingerprintPublic, responses=error_responses(401, 409, 413, 415, 503)
+)
 async def fingerprint_image(
-    service: ServiceDep, settings: SettingsDep, file: Annotated[UploadFile, File(description="one photo")]
+    service: ServiceDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="one photo")],
+    model: ModelField = None,
 ) -> FingerprintPublic:
     """The photo's 64-bit deep-feature perceptual hash under the serving model (the paper's section
     4.2): near-identical photos differ in a few bits."""
-    image = await read_image(file, settings, min_side=service.input_size())
-    outcome = await service.fingerprint(image)
+    predictor = await chosen_predictor(service, model)
+    image = await read_image(file, settings, min_side=predictor.spec.input_size)
+    outcome = await service.fingerprint(image, predictor=predictor)
     return FingerprintPublic(
         filename=file.filename, model=model_ref(outcome.predictor), hash=hash_hex(outcome.hash)
     )
 
 
-@router.post("/similar", response_model=SimilarPublic, responses=error_responses(401, 404, 413, 415, 503))
+@router.post(
+    "/similar", response_model=SimilarPublic, responses=error_responses(401, 404, 409, 413, 415, 503)
+)
 async def similar_images(
     service: ServiceDep,
     settings: SettingsDep,
@@ -41,11 +49,13 @@ async def similar_images(
         Literal["hash", "embedding"],
         Form(description="hash: Hamming distance of the 64-bit hashes; embedding: cosine of the features"),
     ] = "hash",
+    model: ModelField = None,
 ) -> SimilarPublic:
     """The k training photos the serving model sees as most alike, with their labels, distances and
     thumbnails: "the model thinks this is glass; these are the training photos it resembles"."""
-    image = await read_image(file, settings, min_side=service.input_size())
-    outcome = await service.fingerprint(image)
+    chosen = await chosen_predictor(service, model)
+    image = await read_image(file, settings, min_side=chosen.spec.input_size)
+    outcome = await service.fingerprint(image, predictor=chosen)
     predictor = outcome.predictor
     try:
         # Read from disk the first time (megabytes): off the event loop.

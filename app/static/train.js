@@ -66,7 +66,11 @@ async function follow(url, key) {
         `${(100 * r.best_val_accuracy).toFixed(1)}% (epoch ${r.best_epoch}), test accuracy ${test}` +
         (r.calibrated ? ", probabilities calibrated." : ".");
       $("done").hidden = false;
-      $("promote").onclick = () => promote(r.model, key);
+      const serving = await servingNow();
+      $("serving-now").textContent = serving
+        ? `Serving now: ${serving.name} ${serving.version}.`
+        : "No model is serving now.";
+      $("promote").onclick = () => promote(r.model, serving, key);
       return;
     }
     if (job.state === "failed" || job.state === "cancelled") {
@@ -77,7 +81,22 @@ async function follow(url, key) {
   }
 }
 
-async function promote(model, key) {
+// What serves every request now (GET /models), or null.
+async function servingNow() {
+  const response = await fetch("/models");
+  return response.ok ? (await response.json()).serving : null;
+}
+
+// Every request is answered by the promoted model at once: ask first, and say how to undo it.
+async function promote(model, serving, key) {
+  const replaced = serving ? ` in place of ${serving.name} ${serving.version}` : "";
+  const question =
+    `Serve ${model.name} ${model.version}${replaced}? Every request will use it from now on; ` +
+    "POST /models/default/rollback undoes it.";
+  if (!window.confirm(question)) {
+    $("status").textContent = "Nothing changed.";
+    return;
+  }
   const response = await fetch("/models/default", {
     method: "PUT",
     headers: { "X-API-Key": key, "Content-Type": "application/json" },
@@ -86,6 +105,9 @@ async function promote(model, key) {
   $("status").textContent = response.ok
     ? `${model.name} ${model.version} is now serving.`
     : `Could not serve it: ${await errorText(response)}`;
+  if (response.ok) {
+    $("serving-now").textContent = `Serving now: ${model.name} ${model.version}.`;
+  }
 }
 
 $("train").addEventListener("submit", async (event) => {

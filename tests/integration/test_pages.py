@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from tests.app.conftest import API_KEY
 from tests.integration.conftest import REPO_ROOT, System, zip_folder
@@ -84,8 +84,24 @@ def test_a_model_is_trained_followed_and_served_from_the_training_page(
         "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data.some(v => v)"
     )
     assert drawn
+    before = api.get("/models").json()["serving"]
+    expect(page.locator("#serving-now")).to_contain_text(f"Serving now: {before['name']} {before['version']}")
+    # Switching production is confirmed first: declined, nothing changes.
+    questions: list[str] = []
+
+    def decline(dialog: Dialog) -> None:
+        questions.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", decline)
+    page.get_by_role("button", name="Serve this model").click()
+    expect(page.locator("#status")).to_contain_text("Nothing changed")
+    assert f"in place of {before['name']} {before['version']}" in questions[0]
+    assert api.get("/models").json()["serving"] == before
+    page.once("dialog", Dialog.accept)
     page.get_by_role("button", name="Serve this model").click()
     expect(page.locator("#status")).to_contain_text("is now serving")
+    expect(page.locator("#serving-now")).to_contain_text("Serving now: from-the-page")
     assert api.get("/models").json()["serving"]["name"] == "from-the-page"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "ui-train.png", full_page=True)
