@@ -2,7 +2,8 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
 from app.jobs import JobSubmitter
 from app.metrics import Metrics
@@ -49,7 +50,15 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 SubmitterDep = Annotated[JobSubmitter, Depends(get_submitter)]
-ApiKeyHeader = Annotated[str | None, Header(alias=API_KEY_HEADER, description="an API key")]
+#: The key as an OpenAPI security scheme: Swagger UI's "Authorize" button sends it with every request.
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="ApiKey",
+    description="one of the keys in TRASHCAM_API_KEYS; needed to change state, and to read with "
+    "TRASHCAM_PROTECT_READS",
+    auto_error=False,  # the check says why (401: missing or wrong; 403: none configured)
+)
+ApiKeyHeader = Annotated[str | None, Security(api_key_scheme)]
 
 
 def require_api_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:

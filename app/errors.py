@@ -25,7 +25,31 @@ def check_cam_options(method: str, colormap: str) -> None:
         raise unprocessable(f"unknown colormap {colormap!r}; valid colormaps: {', '.join(list_colormaps())}")
 
 
+#: One realistic answer per error status, for the OpenAPI document (Swagger UI shows them).
+ERROR_EXAMPLES: dict[int, str] = {
+    400: "There was an error parsing the body",
+    401: "missing X-API-Key header",
+    403: "this endpoint needs an API key, and none is configured (TRASHCAM_API_KEYS)",
+    404: "no model named 'site-b'; known: se_resnet50, site-a",
+    409: "se_resnet50:builtin ships with the service and cannot be deleted",
+    410: "job 3a718235cf5a4febae8b1c07e6d444e0's result was removed after the retention time",
+    413: "request body of 12582912 bytes is over the limit of 11534336 bytes",
+    415: "bottle.heic: not an image in a supported format (JPEG, PNG, WEBP, BMP, GIF, TIFF)",
+    422: "unknown method 'gradcam3'; valid methods: eigencam, gradcam, gradcampp, hirescam, layercam, "
+    "scorecam, xgradcam",
+    503: "no model is loaded: configure TRASHCAM_MODEL_PATH, ship weights with the service, or train one "
+    "with POST /train and make it the default",
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer with (``{"detail": "..."}``). Routes
-    that read a form list 400: a multipart body that cannot be parsed is answered before validation."""
-    return {code: {"model": ErrorPublic} for code in codes}
+    """OpenAPI entries for the error statuses a route can answer with (``{"detail": "..."}``), each with
+    an example. Routes that read a form list 400: a multipart body that cannot be parsed is answered
+    before validation."""
+    return {
+        code: {
+            "model": ErrorPublic,
+            "content": {"application/json": {"example": {"detail": ERROR_EXAMPLES[code]}}},
+        }
+        for code in codes
+    }

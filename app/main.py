@@ -19,9 +19,10 @@ from app.jobs import JobSubmitter
 from app.lanes import plan_lanes
 from app.limits import RequestGate
 from app.metrics import Metrics, MetricsMiddleware
-from app.openapi import DocumentedAPI
+from app.openapi import DocumentedAPI, operation_id
 from app.routes import batches, classify, explain, health, similar, training, ui
 from app.routes import models as models_routes
+from app.routes.docs import add_docs
 from app.serving import InferenceService
 from core.jobs import JobStore
 from core.model_manager import ModelManager, NoModelError, model_store
@@ -115,6 +116,10 @@ def validation_message(error: RequestValidationError) -> str:
 def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | None = None) -> FastAPI:
     """The application; ``submitter`` queues jobs (Celery by default, a fake in unit tests)."""
     app = DocumentedAPI(
+        # The documentation pages are the service's own, with their assets served locally (add_docs).
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
         title="trashcam",
         summary="Explainable waste-image recognition: material classes with Grad-CAM heatmaps.",
         version="0.1.0",
@@ -169,4 +174,5 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     ):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    add_docs(app)
     return app

@@ -3,9 +3,10 @@
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
+from app.errors import ERROR_EXAMPLES
 from app.schemas import ErrorPublic
-from app.security import API_KEY_HEADER
 
 ERROR_REF = {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}
 #: What a key check answers: 401 for a missing or wrong key, 403 when none is configured.
@@ -15,17 +16,21 @@ ACCESS_ERRORS = {"401": "Unauthorized", "403": "Forbidden"}
 def document_access_errors(document: dict[str, Any]) -> None:
     """Add 401 and 403 to every operation behind a key check. The check is one dependency shared by
     many routes (:func:`app.deps.require_api_key`, :func:`app.deps.require_read_access`), and each
-    operation that has it takes the key's header, so it is found by that, and no route can forget to
-    say what the check answers. Reads need a key only with ``protect_reads`` set, but the document is
-    the same for every configuration."""
+    operation that has it names the key's security scheme, so it is found by that, and no route can
+    forget to say what the check answers. Reads need a key only with ``protect_reads`` set, but the
+    document is the same for every configuration."""
     for path in document["paths"].values():
         for operation in path.values():
-            headers = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "header"}
-            if API_KEY_HEADER not in headers:
+            if not operation.get("security"):
                 continue
             for code, description in ACCESS_ERRORS.items():
+                example = {"detail": ERROR_EXAMPLES[int(code)]}
                 operation["responses"].setdefault(
-                    code, {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+                    code,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": ERROR_REF, "example": example}},
+                    },
                 )
 
 
@@ -65,6 +70,37 @@ def without_null(field: dict[str, Any]) -> dict[str, Any]:
     if len(alternatives) == 1:
         return {**alternatives[0], **rest}
     return {**rest, "anyOf": alternatives}
+
+
+#: Short operation ids, as clients generated from the document name their methods (``client.classify``).
+OPERATION_IDS = {
+    "classify_images": "classify",
+    "explain_image": "explain",
+    "fingerprint_image": "fingerprint",
+    "similar_images": "similar",
+    "create_heatmap_batch": "start_heatmap_batch",
+    "read_heatmap_batch": "read_heatmap_batch",
+    "read_heatmap_batch_result": "download_heatmap_batch",
+    "create_training_job": "start_training",
+    "read_training_jobs": "list_training_jobs",
+    "read_training_job": "read_training_job",
+    "cancel_training_job": "cancel_training_job",
+    "read_models": "list_models",
+    "read_default_model": "read_serving_model",
+    "update_default_model": "promote_model",
+    "read_promotions": "list_promotions",
+    "rollback_default_model": "rollback_model",
+    "read_model": "read_model",
+    "delete_model_version": "delete_model_version",
+    "read_health": "health",
+    "read_ready": "ready",
+    "read_metrics": "metrics",
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """The short id of a route's operation (its function's name when none is declared)."""
+    return OPERATION_IDS.get(route.name, route.name)
 
 
 class DocumentedAPI(FastAPI):

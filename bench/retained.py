@@ -37,8 +37,9 @@ def retained_accuracy(
     loaded = load_for_evaluation(
         checkpoint,
         root=root,
-        samples=[sample for sample, _ in kept],
-        data_classes=manifest.class_names,
+        # Relabelled to the checkpoint's own classes: a model without some classes still runs on the rest.
+        samples=[(path, known.index(name)) for (path, _), name in kept],
+        data_classes=known,
         device=device,
         batch_size=64,
         workers=1,

@@ -31,9 +31,20 @@ async def create_heatmap_batch(
     jobs: JobsDep,
     submit: SubmitterDep,
     files: Annotated[list[UploadFile], File(description="photos, or one archive (.zip, .tar.gz) of photos")],
-    method: Annotated[str, Form(description=f"one of: {', '.join(list_cam_methods())}")] = "gradcam",
+    method: Annotated[
+        str,
+        Form(
+            description=f"one of: {', '.join(list_cam_methods())}",
+            json_schema_extra={"enum": list_cam_methods()},
+        ),
+    ] = "gradcam",
     alpha: Annotated[float, Form(ge=0.0, le=1.0)] = 0.5,
-    colormap: Annotated[str, Form(description=f"one of: {', '.join(list_colormaps())}")] = "jet",
+    colormap: Annotated[
+        str,
+        Form(
+            description=f"one of: {', '.join(list_colormaps())}", json_schema_extra={"enum": list_colormaps()}
+        ),
+    ] = "jet",
 ) -> JobPublic:
     """Explain many photos in the background; 202 with the job. Its result is a zip of overlays,
     heatmaps and a JSON manifest of predictions. Needs an API key: it takes worker time and disk."""

@@ -40,14 +40,20 @@ async def explain_image(
         Form(
             description=f"one of: {', '.join(list_cam_methods())}. scorecam runs a forward pass per channel "
             "of the layer (2048 for ResNet-50's last stage), seconds per image on a CPU that other requests "
-            "wait behind; prefer it in /explain/batch"
+            "wait behind; prefer it in /explain/batch",
+            json_schema_extra={"enum": list_cam_methods()},
         ),
     ] = "gradcam",
     target: Annotated[
         str | None, Form(description="class name or index to explain; the predicted class if omitted")
     ] = None,
     alpha: Annotated[float, Form(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5,
-    colormap: Annotated[str, Form(description=f"one of: {', '.join(list_colormaps())}")] = "jet",
+    colormap: Annotated[
+        str,
+        Form(
+            description=f"one of: {', '.join(list_colormaps())}", json_schema_extra={"enum": list_colormaps()}
+        ),
+    ] = "jet",
     layer: Annotated[
         str | None, Form(description="submodule to explain; the last convolutional stage if omitted")
     ] = None,

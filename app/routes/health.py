@@ -29,7 +29,23 @@ def read_health() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-@router.get("/ready", response_model=ReadyPublic, responses={503: {"model": ReadyPublic}})
+#: What /ready answers while Redis is down.
+NOT_READY_EXAMPLE = {
+    "ready": False,
+    "model": {"name": "se_resnet50", "version": "builtin"},
+    "redis": False,
+    "device": "cpu",
+    "precision": "bf16+channels_last",
+    "lanes": "2 lanes x 1 thread",
+    "detail": "redis unreachable",
+}
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyPublic,
+    responses={503: {"model": ReadyPublic, "content": {"application/json": {"example": NOT_READY_EXAMPLE}}}},
+)
 async def read_ready(service: ServiceDep, settings: SettingsDep, response: Response) -> ReadyPublic:
     """Readiness: a model is loaded and Redis (the job queue) answers. 503 otherwise."""
     redis_ok = await run_in_threadpool(redis_reachable, settings.redis_url)

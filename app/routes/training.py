@@ -133,7 +133,8 @@ async def create_training_job(
     submit: SubmitterDep,
     store: StoreDep,
     service: ServiceDep,
-    given: Annotated[TrainingOptions, Form()],
+    # In the order people fill them in: the data, what to start from, what to call it; knobs after.
+    *,
     file: Annotated[
         UploadFile | None, File(description="a data set archive (.zip, .tar.gz): a folder per class")
     ] = None,
@@ -144,17 +145,6 @@ async def create_training_job(
             "not) to train on several at once, each split on its own, as NAME=PATH to name its source"
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        Form(description=f"one of: {', '.join(list_models())}; default se_resnet50, or the base's"),
-    ] = None,
-    name: Annotated[
-        str | None, Form(description="model name to register the result under; default: model")
-    ] = None,
-    recipe: Annotated[
-        str | None,
-        Form(description=f"one of: {', '.join(RECIPES)}; default paper, or finetune with a base"),
-    ] = None,
     base: Annotated[
         str | None,
         Form(
@@ -163,10 +153,29 @@ async def create_training_job(
         ),
     ] = None,
     base_version: Annotated[str | None, Form(description="a version of base; the newest if omitted")] = None,
+    name: Annotated[
+        str | None, Form(description="model name to register the result under; default: model")
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        Form(
+            description=f"one of: {', '.join(RECIPES)}; default paper, or finetune with a base",
+            json_schema_extra={"enum": list(RECIPES)},
+        ),
+    ] = None,
+    make_default: Annotated[bool, Form(description="serve the trained model once it is registered")] = False,
+    model: Annotated[
+        str | None,
+        Form(
+            description=f"one of: {', '.join(list_models())}; default se_resnet50, or the base's",
+            json_schema_extra={"enum": list_models()},
+        ),
+    ] = None,
     model_kwargs: Annotated[
         str | None, Form(description='architecture options as JSON, e.g. {"width": 8}')
     ] = None,
-    make_default: Annotated[bool, Form(description="serve the trained model once it is registered")] = False,
+    # Every option of the training config, after the fields people set first.
+    given: Annotated[TrainingOptions, Form()],
 ) -> JobPublic:
     """Train a model on a data set; 202 with the job to follow. The result becomes a new model version."""
     if model is not None and model not in list_models():

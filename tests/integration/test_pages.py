@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, Route, expect, sync_playwright
 
 from tests.app.conftest import API_KEY
 from tests.integration.conftest import REPO_ROOT, System, zip_folder
@@ -125,3 +125,32 @@ def test_two_stored_models_explain_the_same_photo_side_by_side(
     assert theirs.evaluate("image => image.complete && image.naturalWidth > 0")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "ui-compare.png", full_page=True)
+
+
+#: ReDoc's footer shows Redocly's logo from their CDN; offline the image hides itself when it fails.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.mark.parametrize(("path", "shown"), [("/docs", "start_training"), ("/redoc", "Classify Images")])
+def test_the_api_documentation_renders_with_no_internet(
+    page: Page, system: System, path: str, shown: str
+) -> None:
+    # Every request that leaves the service is refused, as on a machine with no internet.
+    outside: list[str] = []
+
+    def offline(route: Route) -> None:
+        if route.request.url.startswith(system.api_url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", offline)
+    page.goto(path)
+    found = page.get_by_text(shown).first if path == "/docs" else page.get_by_role("heading", name=shown)
+    expect(found).to_be_visible(timeout=30_000)
+    if path == "/docs":
+        expect(page.get_by_role("button", name=re.compile("Authorize"))).to_be_visible()
+    assert set(outside) <= {REDOC_LOGO}
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"ui{path.replace('/', '-')}.png")
