@@ -249,10 +249,11 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     workers: int | None = None,
     sources: Sequence[str] | None = None,
+    on_step: StepCallback | None = None,
     **context: Any,
 ) -> dict[str, Any]:
     """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order), per
-    source too when ``sources`` tags each sample."""
+    source too when ``sources`` tags each sample; ``on_step`` hears of every batch."""
     loaded = load_for_evaluation(
         checkpoint_path,
         root=root,
@@ -263,7 +264,7 @@ def evaluate_checkpoint(
         workers=workers,
     )
     checkpoint = loaded.checkpoint
-    predictions = predict(loaded.model, loaded.loader, device=device)
+    predictions = predict(loaded.model, loaded.loader, device=device, on_step=on_step)
     logger.info("%s: accuracy %.4f on %d images", checkpoint_path, predictions.accuracy, len(samples))
     return build_report(
         predictions,

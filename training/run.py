@@ -1,4 +1,5 @@
-"""Command line: ``python -m training.run {train,resume,evaluate,speed} ...``.
+"""Command line: ``trashcam-train {train,resume,evaluate,calibrate,index,speed} ...`` (also
+``python -m training.run``).
 
 python -m training.run train --data ../shared/data/trashnet-112.tar.gz --model se_resnet50 --out runs/se
 python -m training.run resume --out runs/se
@@ -15,7 +16,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="trashcam-train", description="Train, resume, evaluate, calibrate and index trashcam models."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_args(commands.add_parser("train", help="start a new run"))
     resume_parser = commands.add_parser("resume", help="continue a run after its last checkpointed epoch")
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device")
     evaluate.add_argument("--workers", type=int)
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate = commands.add_parser(
         "calibrate",
         help="fit a checkpoint's temperature and 'unsure' thresholds on held-out photos (weights unchanged)",
@@ -310,6 +314,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
     with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
         manifest, root = _split_of(args, Path(scratch))
+        bar = tqdm(desc=f"evaluate {args.split}", unit="batch", disable=args.no_progress, leave=False)
+
+        def on_step(step: int, steps: int, metrics: Mapping[str, float]) -> None:
+            bar.total = steps
+            bar.update(step - bar.n)
+            bar.set_postfix(accuracy=f"{metrics.get('accuracy', 0.0):.4f}", refresh=False)
+
         report = evaluate_checkpoint(
             args.checkpoint,
             root=root,
@@ -323,7 +334,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             data_source=manifest.source,
             manifest_digest=manifest.digest,
             skipped_images=[{"path": path, "error": error} for path, error in manifest.skipped],
+            on_step=on_step,
         )
+        bar.close()
     write_report(report, out)
     sys.stdout.write(
         f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images: {out}\n"

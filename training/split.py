@@ -470,20 +470,20 @@ def manifest_data_root(
         if unknown:
             raise DataError(f"no data sets named {unknown} in the manifest")
         for part in manifest.parts:
-            base = _data_set_folder(
-                part.name,
-                moved.get(part.name, part.manifest.source),
-                cache_dir,
-                part.manifest.source_sha256,
-            )
+            where = moved.get(part.name, part.manifest.source)
+            if not Path(where).exists():
+                hint = f"say where it is with --data {part.name}=PATH"
+                raise DataError(f"data set {part.name!r}: {where} is not here; {hint}")
+            base = _data_set_folder(part.name, where, cache_dir, part.manifest.source_sha256)
             if verify:
                 _verify(base / part.manifest.root, part.manifest)
         return cache_dir
     if isinstance(source, Mapping):
         raise DataError("a single data set's manifest takes one data path, not named ones")
-    base = resolve_source(
-        manifest.source if source is None else source, cache_dir, sha256=manifest.source_sha256
-    )
+    located = Path(manifest.source if source is None else source)
+    if not located.exists():
+        raise DataError(f"the data set {located} is not here; say where it is with --data PATH")
+    base = resolve_source(located, cache_dir, sha256=manifest.source_sha256)
     root = base / manifest.root
     if verify:
         _verify(root, manifest)
@@ -505,7 +505,9 @@ def manifest_and_root(
     by ``data`` (``PATH``, or ``NAME=PATH`` for the data sets of a mixed run), extracted to ``scratch``."""
     manifest = load_manifest(path)
     if not data:
-        return manifest, manifest_data_root(manifest, run_data)
+        # A run's own extraction when it still has one; else a scratch folder, never beside a manifest
+        # that was copied away from its run (as the shipped model's is).
+        return manifest, manifest_data_root(manifest, run_data if run_data.is_dir() else scratch)
     if isinstance(manifest, MixedManifest):
         moved = dict(parse_data_sets(data))
         return manifest, manifest_data_root(manifest, scratch, source=moved)
