@@ -1,8 +1,11 @@
 """Reading uploaded files within the configured limits."""
 
-from fastapi import HTTPException, UploadFile, status
+from fastapi import HTTPException, Request, status
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+
+# Starlette's: what a parsed form holds (FastAPI's UploadFile, which routes declare, derives from it).
+from starlette.datastructures import UploadFile
 
 from core.imaging import BadImageError, decode_image, image_pixels, release_freed_memory
 from core.settings import Settings
@@ -72,11 +75,27 @@ async def read_image(
     return (await read_images([upload], settings, min_side=min_side, max_side=max_side))[0]
 
 
-def gather_uploads(
-    file: UploadFile | None, files: list[UploadFile] | None, settings: Settings
-) -> list[UploadFile]:
-    """The images of a request that may use ``file``, ``files`` or both."""
-    uploads = ([file] if file is not None else []) + list(files or [])
+async def refuse_repeated(request: Request, *names: str) -> None:
+    """422 when a field that takes one value was sent several times: a form keeps only the last one,
+    and the others would be dropped without a word."""
+    form = await request.form()  # parsed once already, for the route's parameters: this reads its cache
+    for name in names:
+        count = len(form.getlist(name))
+        if count > 1:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"'{name}' was sent {count} times; it takes one value"
+                + (" (send several photos as 'files')" if name == "file" else ""),
+            )
+
+
+async def gather_uploads(request: Request, settings: Settings) -> list[UploadFile]:
+    """The images of a request that may use ``file``, ``files`` or both, each as often as it likes
+    (``file`` repeated is not cut down to its last part)."""
+    form = await request.form()
+    uploads = [
+        part for name in ("file", "files") for part in form.getlist(name) if isinstance(part, UploadFile)
+    ]
     if not uploads:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "send at least one image as 'file' or 'files'"

@@ -217,6 +217,17 @@ class TrainConfig(BaseModel):
         description="with a base model and its training photos at hand (replay_manifest), the share of each "
         "epoch's draws that are those photos, so what the new data lacks is not forgotten",
     )
+    replay_class_balance: Probability = Field(
+        0.5, description="sampling of the replayed photos by n_class**-x (the general recipe's 0.5)"
+    )
+    replay_source_balance: Probability = Field(
+        0.5, description="sampling of the replayed photos by n_source**-x (the general recipe's 0.5)"
+    )
+    replay_distill: NonNegative = Field(
+        0.0,
+        description="the weight of distilling the base's outputs on the replayed photos, so that they keep "
+        "the base's answers and not only their labels (dark experience replay); 0: off",
+    )
     replay_manifest: str | None = Field(
         None, description="the split manifest of the base model's training data; its train split is replayed"
     )

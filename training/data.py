@@ -168,6 +168,20 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
             return self._load(index, rgb), label
 
 
+class TaggedDataset(ImageDataset):
+    """An :class:`ImageDataset` whose items say whether they come from ``first_tagged`` on: a run's own
+    photos, then photos it replays, with one sampler over both. Items are ``(image, label, tagged)``."""
+
+    def __init__(self, dataset: ImageDataset, *, first_tagged: int) -> None:
+        super().__init__(dataset.root, dataset.samples, dataset.transform, prepare=dataset.prepare)
+        self.first_tagged = first_tagged
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, bool]:  # type: ignore[override]
+        image, label = super().__getitem__(key)
+        index = key[0] if isinstance(key, tuple) else key
+        return image, label, index >= self.first_tagged
+
+
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
     """A shuffled order and per-sample augmentation seeds that depend only on ``(seed, epoch)``."""
 

@@ -36,6 +36,7 @@ from training.data import (
     EpochShuffleSampler,
     ImageDataset,
     Prepare,
+    TaggedDataset,
     WeightedEpochSampler,
     balance_weights,
     make_loader,
@@ -210,7 +211,8 @@ class _Run:
                 config.replay_manifest, config.replay_data, self.out / REPLAY_DIR, self.class_names
             )
         )
-        # The base model, when its outputs are distilled (no photos of its own to replay).
+        # The base model, when its outputs are distilled: on the new photos when it has no photos of its
+        # own to replay, or on the replayed photos.
         self.teacher: tuple[nn.Module, tuple[list[int], list[int]]] | None = None
         base = None
         if config.init_from is not None and (not resuming or self._distilling()):
@@ -239,7 +241,11 @@ class _Run:
             )
         self.model.to(self.device)
         self.spec = model_spec(
-            config, manifest, retention=replay_record_for(config.replay, self.replay, self._distill_weight())
+            config,
+            manifest,
+            retention=replay_record_for(
+                config.replay, self.replay, self._distill_weight(), config.replay_distill
+            ),
         )
         self._build_loaders(root)
         self.optimizer = build_optimizer(self.model, config)
@@ -247,20 +253,25 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
         self.batch_mix = build_batch_mix(config, len(self.class_names))
+        self._replayed: torch.Tensor | None = None
         self.epoch = 0
         self.environment_recorded = False
         self.history: list[dict[str, float]] = []
         self.best_val_accuracy, self.best_epoch = -1.0, 0
         self.clock = EtaClock(self._units(config.epochs))
 
+    def _replaying(self) -> bool:
+        return self.config.replay_manifest is not None and self.config.replay > 0
+
     def _distill_weight(self) -> float:
-        """The distillation weight in force: only with a base model and nothing of its own to replay."""
+        """The weight of distilling the base on the new photos: only with a base model and nothing of its
+        own to replay."""
         config = self.config
-        replaying = config.replay_manifest is not None and config.replay > 0
-        return config.distill if config.init_from is not None and not replaying else 0.0
+        return config.distill if config.init_from is not None and not self._replaying() else 0.0
 
     def _distilling(self) -> bool:
-        return self._distill_weight() > 0
+        """Whether the base's outputs are distilled at all: on the new photos, or on the replayed ones."""
+        return self._distill_weight() > 0 or (self._replaying() and self.config.replay_distill > 0)
 
     def _build_loaders(self, root: Path) -> None:
         config, manifest = self.config, self.manifest
@@ -270,11 +281,16 @@ class _Run:
         prepare = background_paste(config, root, [path for path, _ in train_samples], sources)
         balance = {"class_balance": config.class_balance, "source_balance": config.source_balance}
         self.sampler: EpochShuffleSampler
+        own_count = len(train_samples)
         if self.replay is not None:
             # The replayed photos' paths are absolute, so one dataset (and one root) serves both.
             own = balance_weights([label for _, label in train_samples], sources, **balance)
+            # Drawn as the base drew its training photos, not as the site's few are balanced.
             replayed = balance_weights(
-                [label for _, label in self.replay.samples], self.replay.sources, **balance
+                [label for _, label in self.replay.samples],
+                self.replay.sources,
+                class_balance=config.replay_class_balance,
+                source_balance=config.replay_source_balance,
             )
             weights = replay_weights(own, replayed, config.replay)
             # An epoch draws about every photo of the run's own once, and the replayed share beside them.
@@ -286,7 +302,11 @@ class _Run:
             self.sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
-        train_set = ImageDataset(root, train_samples, build_train_transform(config), prepare=prepare)
+        train_set: ImageDataset = ImageDataset(
+            root, train_samples, build_train_transform(config), prepare=prepare
+        )
+        if self.replay is not None:
+            train_set = TaggedDataset(train_set, first_tagged=own_count)
         self.train_loader = make_loader(
             train_set,
             batch_size=config.batch_size,
@@ -357,10 +377,14 @@ class _Run:
             for name in head:
                 self.model.get_submodule(name).train()
 
-    def train_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step and one scheduler step on a batch from the loader; the loss and logits."""
+    def train_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, replayed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step and one scheduler step on a batch from the loader; the loss and logits.
+        ``replayed`` marks the base's own photos in the batch, when some are replayed."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        self._replayed = None if replayed is None else replayed.to(self.device, non_blocking=True)
         # Mixed batches train on class probabilities; accuracy still counts each image's own label.
         images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
         loss, logits = train_step(
@@ -377,11 +401,22 @@ class _Run:
         return loss, logits
 
     def _distillation(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The base's outputs distilled: on every photo of the batch when nothing is replayed, else on
+        the replayed photos alone (where the base's answers are the ones to keep)."""
         assert self.teacher is not None
         teacher, columns = self.teacher
+        if self._replayed is None:
+            with torch.no_grad():
+                base_logits = teacher(images)
+            return self._distill_weight() * distillation_loss(logits, base_logits, columns)
+        if not bool(self._replayed.any()):
+            return logits.new_zeros(())
         with torch.no_grad():
-            base_logits = teacher(images)
-        return self._distill_weight() * distillation_loss(logits, base_logits, columns)
+            base_logits = teacher(images[self._replayed])
+        kept = distillation_loss(logits[self._replayed], base_logits, columns)
+        # Averaged over the whole batch, as the cross-entropy is.
+        share = self._replayed.float().mean()
+        return self.config.replay_distill * share * kept
 
     def plateaued(self) -> bool:
         return plateaued([record["val_loss"] for record in self.history], self.config.early_stop)
@@ -393,9 +428,10 @@ class _Run:
         done = self._units(self.epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         loader: DataLoader[tuple[torch.Tensor, int]] = self.train_loader
-        for step, (images, labels) in enumerate(loader, start=1):
-            labels = labels.to(self.device, non_blocking=True)
-            loss, logits = self.train_batch(images, labels)
+        for step, batch in enumerate(loader, start=1):
+            images, labels = batch[0], batch[1].to(self.device, non_blocking=True)
+            replayed = batch[2] if len(batch) > 2 else None
+            loss, logits = self.train_batch(images, labels, replayed)
             loss_sum += float(loss) * len(labels)
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)

@@ -36,14 +36,16 @@ class Replay:
     manifest_digest: str
     data_sets: tuple[str, ...]
 
-    def record(self, share: float) -> dict[str, Any]:
-        """What the run's spec says was replayed."""
+    def record(self, share: float, distill: float = 0.0) -> dict[str, Any]:
+        """What the run's spec says was replayed (and how much the base's outputs on those photos were
+        distilled)."""
         per_source: dict[str, int] = {}
         for source in self.sources:
             per_source[source] = per_source.get(source, 0) + 1
         return {
             "method": "replay",
             "share": share,
+            "distill": distill,
             "photos": len(self.samples),
             "per_source": dict(sorted(per_source.items())),
             "data_sets": list(self.data_sets),
@@ -146,10 +148,12 @@ def distillation_loss(
     return F.kl_div(log_probs, target, reduction="batchmean") * t * t
 
 
-def replay_record_for(config_replay: float, replay: Replay | None, distill: float) -> dict[str, Any] | None:
+def replay_record_for(
+    config_replay: float, replay: Replay | None, distill: float, replay_distill: float = 0.0
+) -> dict[str, Any] | None:
     """What protected the base's classes in a fine-tuning run, for its spec."""
     if replay is not None and config_replay > 0:
-        return replay.record(config_replay)
+        return replay.record(config_replay, replay_distill)
     if distill > 0:
         return {"method": "distill", "weight": distill, "temperature": DISTILL_TEMPERATURE}
     return None

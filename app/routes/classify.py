@@ -1,7 +1,7 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
@@ -16,14 +16,17 @@ router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=erro
     "/classify", response_model=ClassifyPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
 )
 async def classify_images(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile | None, File(description="one photo")] = None,
+    file: Annotated[
+        UploadFile | None, File(description="one photo (given several times: each is classified)")
+    ] = None,
     files: Annotated[list[UploadFile] | None, File(description="several photos")] = None,
     model: ModelField = None,
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class."""
-    uploads = gather_uploads(file, files, settings)
+    uploads = await gather_uploads(request, settings)
     predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs.
     images = await read_images(uploads, settings, min_side=predictor.spec.input_size)

@@ -1,14 +1,14 @@
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import check_cam_options, error_responses, unprocessable
 from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ExplanationPublic, TargetPublic
-from app.uploads import read_image
+from app.uploads import read_image, refuse_repeated
 from core.explain import explanation
 from models.cam import list_cam_methods, resolve_layer
 from models.cam.overlay import list_colormaps
@@ -32,6 +32,7 @@ def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None
     "/explain", response_model=ExplanationPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
 )
 async def explain_image(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="one photo")],
@@ -60,6 +61,7 @@ async def explain_image(
     model: ModelField = None,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
+    await refuse_repeated(request, "file")
     check_cam_options(method, colormap)
     predictor = await chosen_predictor(service, model)
     target_index = parse_target(target, predictor.class_names)

@@ -4,14 +4,14 @@ import base64
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
 from app.routes.inference_views import ModelField, chosen_predictor, model_ref
 from app.schemas import FingerprintPublic, NeighbourPublic, SimilarPublic
-from app.uploads import read_image
+from app.uploads import read_image, refuse_repeated
 from models.fingerprint import hash_hex
 from models.similarity import NoIndexError
 
@@ -22,6 +22,7 @@ router = APIRouter(tags=["similarity"], dependencies=[ReadAccess], responses=err
     "/fingerprint", response_model=FingerprintPublic, responses=error_responses(401, 409, 413, 415, 503)
 )
 async def fingerprint_image(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="one photo")],
@@ -29,6 +30,7 @@ async def fingerprint_image(
 ) -> FingerprintPublic:
     """The photo's 64-bit deep-feature perceptual hash under the serving model (the paper's section
     4.2): near-identical photos differ in a few bits."""
+    await refuse_repeated(request, "file")
     predictor = await chosen_predictor(service, model)
     image = await read_image(file, settings, min_side=predictor.spec.input_size)
     outcome = await service.fingerprint(image, predictor=predictor)
@@ -41,6 +43,7 @@ async def fingerprint_image(
     "/similar", response_model=SimilarPublic, responses=error_responses(401, 404, 409, 413, 415, 503)
 )
 async def similar_images(
+    request: Request,
     service: ServiceDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="one photo")],
@@ -53,6 +56,7 @@ async def similar_images(
 ) -> SimilarPublic:
     """The k training photos the serving model sees as most alike, with their labels, distances and
     thumbnails: "the model thinks this is glass; these are the training photos it resembles"."""
+    await refuse_repeated(request, "file")
     chosen = await chosen_predictor(service, model)
     image = await read_image(file, settings, min_side=chosen.spec.input_size)
     outcome = await service.fingerprint(image, predictor=chosen)

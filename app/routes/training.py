@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, ReadAccess, ServiceDep, SettingsDep, StoreDep, SubmitterDep, WriteAccess
@@ -12,6 +12,7 @@ from app.errors import error_responses, unprocessable
 from app.jobs import discard, enqueue, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
+from app.uploads import refuse_repeated
 from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
 from core.settings import PROJECT_ROOT, Settings
 from models import list_models
@@ -127,6 +128,7 @@ def resolve_base(
     dependencies=[WriteAccess],
 )
 async def create_training_job(
+    request: Request,
     response: Response,
     settings: SettingsDep,
     jobs: JobsDep,
@@ -178,6 +180,7 @@ async def create_training_job(
     given: Annotated[TrainingOptions, Form()],
 ) -> JobPublic:
     """Train a model on a data set; 202 with the job to follow. The result becomes a new model version."""
+    await refuse_repeated(request, "file", "name", "base", "base_version", "recipe", "model")
     if model is not None and model not in list_models():
         raise unprocessable(f"unknown model {model!r}; valid models: {', '.join(list_models())}")
     recipe = recipe or ("finetune" if base else TrainConfig.model_fields["recipe"].default)
