@@ -74,6 +74,22 @@ def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
 NAME_MAX = 255
 
 
+#: How many of the data root's entries an error names.
+LISTED_ENTRIES = 10
+
+
+def data_root_help(root: Path) -> str:
+    """Where the data root is set, and what it holds at its top (the names a data_path may start with)."""
+    entries = (
+        sorted(entry.name for entry in root.iterdir() if not entry.name.startswith("."))
+        if root.is_dir()
+        else []
+    )
+    shown = ", ".join(entries[:LISTED_ENTRIES]) + (", ..." if len(entries) > LISTED_ENTRIES else "")
+    holds = f"it holds: {shown}" if entries else "it is empty or missing"
+    return f"the data root is the folder TRASHCAM_DATA_ROOT names (default: <var>/data), and {holds}"
+
+
 def confined_data_path(relative: str, settings: Settings) -> Path:
     """``relative`` resolved inside the data root (symlinks followed); 422 if it leaves it or is missing."""
     root = settings.resolved_data_root.resolve()
@@ -89,7 +105,9 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
     if not resolved.is_relative_to(root):
         raise unprocessable(f"data_path {relative!r} leads outside the data root")
     if not resolved.exists():
-        raise unprocessable(f"data_path {relative!r} does not exist under the data root")
+        raise unprocessable(
+            f"data_path {relative!r} does not exist under the data root; {data_root_help(root)}"
+        )
     if resolved.is_file() and not is_archive(resolved):
         raise unprocessable(f"data_path {relative!r} is neither a folder nor an archive")
     if resolved.is_file():

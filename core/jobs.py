@@ -132,7 +132,7 @@ class Job(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    #: Training: epochs started, and in the run.
+    #: Training: epochs begun (0 until the first starts), and planned (an early stop may end it sooner).
     epoch: int = 0
     epochs: int = 0
     #: Heatmaps: photos explained, and in the batch.
@@ -208,6 +208,8 @@ class JobStore:
     # Records -------------------------------------------------------------------------------------
     def create(self, params: TrainingParams | HeatmapParams, *, job_id: str | None = None) -> Job:
         job = Job(id=job_id or new_job_id(), params=params)
+        if isinstance(params, TrainingParams):
+            job.epochs = params.config.epochs  # planned from the start; ``epoch`` counts those begun
         self.folder(job.id).mkdir(parents=True, exist_ok=True)
         self.save(job)
         return job

@@ -215,10 +215,14 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
         predictor = predictor_for()
         job.images = len(paths)
 
+        started = time.monotonic()
+
         def on_batch(done: int) -> None:
             if lease.lost.is_set():
                 raise LeaseLost(job_id)
             job.images_done, job.progress = done, done / max(1, len(paths))
+            # The photos left at the pace of those done so far.
+            job.eta_seconds = (time.monotonic() - started) / done * (len(paths) - done) if done else None
             jobs.save(job)
 
         entries = []

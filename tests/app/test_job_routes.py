@@ -52,6 +52,8 @@ def test_training_job_from_an_uploaded_archive(
     job = response.json()
     assert response.headers["location"] == f"/train/{job['id']}"
     assert (job["kind"], job["state"], job["progress"]) == ("training", "queued", 0.0)
+    # The planned epochs show from the start; none has begun.
+    assert (job["epoch"], job["epochs"]) == (0, 1)
     assert job["params"]["name"] == "tiny-waste"
     config = job["params"]["config"]
     assert (config["model"], config["epochs"], config["batch_size"], config["input_size"]) == (
@@ -161,6 +163,18 @@ def test_bad_training_requests(
     assert response.status_code == status, response.text
     assert message in str(response.json()["detail"])
     assert not settings.jobs_dir.exists() or not any(settings.jobs_dir.iterdir())
+
+
+def test_a_missing_data_path_says_where_the_data_root_is_and_what_it_holds(
+    client: TestClient, settings: Settings
+) -> None:
+    (settings.resolved_data_root / "site-a").mkdir(parents=True)
+    response = client.post("/train", data={"data_path": "site-b"}, headers=KEY)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "TRASHCAM_DATA_ROOT" in detail
+    assert "it holds: site-a" in detail
+    assert str(settings.resolved_data_root) not in detail  # the server's folders stay private
 
 
 def test_epochs_out_of_range_is_422(client: TestClient, dataset_zip: bytes) -> None:

@@ -116,6 +116,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
     assert done.state == "succeeded", done.error
     assert done.result["images"] == 3
     assert done.result["failed"] == 1
+    assert done.eta_seconds == 0.0  # counted down as the photos were done, none left
     with zipfile.ZipFile(jobs.folder(job.id) / RESULT_ZIP) as archive:
         manifest = json.loads(archive.read("manifest.json"))
         assert manifest["model"]["name"] == "tiny"
