@@ -2,7 +2,7 @@
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -38,10 +38,37 @@ class Metrics:
         self.jobs = Gauge(
             "trashcam_jobs", "jobs by kind and state", ["kind", "state"], registry=self.registry
         )
+        # What the service answers: an operator alerts on a camera whose photos drift from what the
+        # model knows (a rising share of "unlike the training photos").
+        self.answers = Counter(
+            "trashcam_answers", "photos answered, by predicted class", ["label"], registry=self.registry
+        )
+        self.unsure_answers = Counter(
+            "trashcam_unsure_answers",
+            "photos answered as unsure, by reason (a photo may have both)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.energy = Histogram(
+            "trashcam_answer_energy",
+            "energy score of each photo answered (-logsumexp of the logits; higher: less like the "
+            "training photos)",
+            buckets=(-30, -20, -15, -12, -10, -8, -6, -4, -2, 0, 2),
+            registry=self.registry,
+        )
+        self.serving_model = Info(
+            "trashcam_serving_model", "the model that answers by default", registry=self.registry
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+
+    def observe_answer(self, label: str, unsure_reasons: list[str], energy: float) -> None:
+        self.answers.labels(label).inc()
+        for reason in unsure_reasons:
+            self.unsure_answers.labels(reason).inc()
+        self.energy.observe(energy)
 
 
 class MetricsMiddleware:
@@ -71,7 +98,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
-            # The router records the matched route in the scope; its template keeps the labels few.
-            path = getattr(scope.get("route"), "path", "unmatched")
+            # The router records the matched route in the scope; its template keeps the labels few. A
+            # mounted app (the pages' and the docs' static files) is labelled by where it is mounted.
+            route = scope.get("route")
+            path = route.path if route is not None else scope.get("root_path") or "unmatched"
             self.metrics.requests.labels(scope["method"], path, str(status)).inc()
             self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - started)

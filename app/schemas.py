@@ -40,6 +40,11 @@ class Classification(BaseModel):
         description="the top probability is under the model's threshold, or the energy over its "
         "threshold: a person should look"
     )
+    unsure_reasons: list[str] = Field(
+        default_factory=list,
+        description="why it is unsure: 'low confidence' and/or 'unlike the training photos'; empty: sure",
+        examples=[["unlike the training photos"]],
+    )
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
 

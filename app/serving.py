@@ -36,6 +36,10 @@ class Classified:
     def unsure(self) -> bool:
         return self.predictor.is_unsure(self.probabilities, self.energy)
 
+    @property
+    def unsure_reasons(self) -> list[str]:
+        return self.predictor.unsure_reasons(self.probabilities, self.energy)
+
 
 @dataclass(frozen=True)
 class Explained(Classified):

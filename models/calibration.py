@@ -27,6 +27,11 @@ DEFAULT_MIN_PROBABILITY = 0.5
 #: Share of validation photos whose energy is within ``max_energy``.
 DEFAULT_ENERGY_QUANTILE = 0.95
 
+#: The reasons a prediction is unsure, as the API and the metrics name them.
+LOW_CONFIDENCE = "low confidence"
+OUT_OF_DISTRIBUTION = "unlike the training photos"
+UNSURE_REASONS = (LOW_CONFIDENCE, OUT_OF_DISTRIBUTION)
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -87,10 +92,19 @@ class Calibration:
         """Calibrated class probabilities (B, classes) in fp32."""
         return (logits.float() / self.temperature).softmax(dim=1)
 
+    def unsure_reasons(self, probability: float, energy: float) -> list[str]:
+        """Why a prediction should go to a person: ``low confidence`` (calibrated top-1 ``probability``
+        under the threshold) and/or ``unlike the training photos`` (``energy`` over its threshold)."""
+        reasons = []
+        if probability < self.min_probability:
+            reasons.append(LOW_CONFIDENCE)
+        if self.max_energy is not None and energy > self.max_energy:
+            reasons.append(OUT_OF_DISTRIBUTION)
+        return reasons
+
     def is_unsure(self, probability: float, energy: float) -> bool:
         """The rule: calibrated top-1 ``probability`` under the threshold, or ``energy`` over its own."""
-        out_of_distribution = self.max_energy is not None and energy > self.max_energy
-        return probability < self.min_probability or out_of_distribution
+        return bool(self.unsure_reasons(probability, energy))
 
 
 def energy_score(logits: Tensor) -> Tensor:

@@ -158,6 +158,10 @@ class Predictor:
         """Whether a prediction (its calibrated probabilities and energy) should go to a person."""
         return self.calibration.is_unsure(max(probabilities), energy)
 
+    def unsure_reasons(self, probabilities: Sequence[float], energy: float) -> list[str]:
+        """Why a prediction should go to a person (none: it is sure)."""
+        return self.calibration.unsure_reasons(max(probabilities), energy)
+
     def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
         """Calibrated class probabilities and energy scores of ``images``."""
         batch = self.inputs(images)

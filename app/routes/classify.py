@@ -3,7 +3,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
 
-from app.deps import ReadAccess, ServiceDep, SettingsDep
+from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
 from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ClassifyPublic
@@ -19,6 +19,7 @@ async def classify_images(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     file: Annotated[
         UploadFile | None, File(description="one photo (given several times: each is classified)")
     ] = None,
@@ -33,7 +34,7 @@ async def classify_images(
     outcomes = await asyncio.gather(*(service.classify(image, predictor=predictor) for image in images))
     return ClassifyPublic(
         results=[
-            classification(upload.filename, outcome)
+            classification(upload.filename, outcome, metrics)
             for upload, outcome in zip(uploads, outcomes, strict=True)
         ]
     )

@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadAccess, ServiceDep, SettingsDep
+from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import check_cam_options, error_responses, unprocessable
 from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ExplanationPublic, TargetPublic
@@ -35,6 +35,7 @@ async def explain_image(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     file: Annotated[UploadFile, File(description="one photo")],
     method: Annotated[
         str,
@@ -95,7 +96,7 @@ async def explain_image(
         alpha=alpha,
     )
     return ExplanationPublic(
-        **classification(file.filename, outcome).model_dump(),
+        **classification(file.filename, outcome, metrics).model_dump(),
         method=method,
         layer=layer or str(getattr(outcome.predictor.model, "cam_layer", "")),
         target=TargetPublic(index=shown.target, label=shown.target_label),

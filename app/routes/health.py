@@ -83,6 +83,11 @@ def queue_depths(url: str, queues: tuple[str, ...]) -> dict[str, int]:
 def read_metrics(metrics: MetricsDep, service: ServiceDep, settings: SettingsDep, jobs: JobsDep) -> Response:
     """Prometheus metrics: requests and latencies per route, batches, model loads, queues and jobs."""
     metrics.model_loaded.set(1 if service.manager.loaded else 0)
+    if service.manager.loaded:
+        serving = service.manager.predictor
+        metrics.serving_model.info(
+            {"name": serving.name, "version": serving.version, "sha256": serving.sha256}
+        )
     for queue, depth in queue_depths(
         settings.redis_url, (settings.training_queue, settings.heatmaps_queue)
     ).items():

@@ -6,6 +6,7 @@ from fastapi import Form, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import unprocessable
+from app.metrics import Metrics
 from app.schemas import Classification, ClassProbability, ModelRef
 from app.serving import Classified, InferenceService
 from core.explain import ranked
@@ -42,8 +43,13 @@ def model_ref(predictor: Predictor) -> ModelRef:
     return ModelRef(name=predictor.name, version=predictor.version)
 
 
-def classification(filename: str | None, outcome: Classified) -> Classification:
+def classification(
+    filename: str | None, outcome: Classified, metrics: Metrics | None = None
+) -> Classification:
+    """The answer for one photo, counted in ``metrics`` (by class, unsure reason and energy) when given."""
     predictions = ranked(outcome.predictor.class_names, outcome.probabilities)
+    if metrics is not None:
+        metrics.observe_answer(predictions[0][0], outcome.unsure_reasons, outcome.energy)
     return Classification(
         filename=filename,
         model=model_ref(outcome.predictor),
@@ -52,6 +58,7 @@ def classification(filename: str | None, outcome: Classified) -> Classification:
         calibrated=outcome.predictor.calibration.fitted,
         energy=round(outcome.energy, 4),
         unsure=outcome.unsure,
+        unsure_reasons=outcome.unsure_reasons,
         inference_ms=round(outcome.batch_ms, 3),
         batch_size=outcome.batch_size,
     )
