@@ -29,7 +29,16 @@ from core.settings import Settings
 from models.files import atomic_open, redact_paths
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
-from training.engine import CONFIG_FILE, DATA_DIR, REPLAY_DIR, resume, train
+from training.engine import (
+    BEST_FILE,
+    CONFIG_FILE,
+    DATA_DIR,
+    FINAL_FILE,
+    REPLAY_DIR,
+    RESUME_FILE,
+    resume,
+    train,
+)
 from worker.progress import JobProgress, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -135,8 +144,19 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
     finished = jobs.get(job_id)
     if finished.state == "succeeded":
         # Only once success is on record: the extracted copies of the data set and of the replayed photos
-        # are not needed again (the upload stays until the retention time).
-        prune_job(jobs, finished, only=(f"{RUN_DIR}/{DATA_DIR}", f"{RUN_DIR}/{REPLAY_DIR}"))
+        # are not needed again, nor are the checkpoints (the model is in the store, and a finished run
+        # is not resumed). The upload, the record and the report stay until the retention time.
+        prune_job(
+            jobs,
+            finished,
+            only=(
+                f"{RUN_DIR}/{DATA_DIR}",
+                f"{RUN_DIR}/{REPLAY_DIR}",
+                f"{RUN_DIR}/{RESUME_FILE}",
+                f"{RUN_DIR}/{BEST_FILE}",
+                f"{RUN_DIR}/{FINAL_FILE}",
+            ),
+        )
     return finished
 
 

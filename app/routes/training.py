@@ -1,10 +1,11 @@
 """Training jobs: POST /train starts one, GET /train/{id} follows it, DELETE /train/{id} cancels it."""
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, ReadAccess, ServiceDep, SettingsDep, StoreDep, SubmitterDep, WriteAccess
@@ -14,6 +15,7 @@ from app.schemas import JobPublic
 from app.serving import InferenceService
 from app.uploads import refuse_repeated
 from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
+from core.retention import prune_job
 from core.settings import PROJECT_ROOT, Settings
 from models import list_models
 from models.registry import validate_model_options
@@ -241,10 +243,34 @@ def read_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
     responses=error_responses(401, 403, 404, 409),
     dependencies=[WriteAccess],
 )
-def cancel_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
+def cancel_training_job(
+    job_id: str,
+    jobs: JobsDep,
+    purge: Annotated[
+        bool,
+        Query(
+            description="remove a finished job's upload, extracted data and checkpoints now instead of "
+            "after the retention time (its record, history and report stay; a registered model lives "
+            "in the model store, not here)"
+        ),
+    ] = False,
+) -> JobPublic:
     """Cancel a training job: a queued one never starts, a running one stops after its current step
-    (its last epoch checkpoint stays on disk). 409 if the job has already finished."""
+    (its last epoch checkpoint stays on disk). With ``purge=true``, free a finished job's files. 409 if
+    the job has already finished (without purge), or has not (with it: cancel it first)."""
     job = find_job(jobs, job_id, "training")
+    if purge:
+        if not job.finished:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"job {job_id} is {job.state}: cancel it first, then purge it"
+            )
+        prune_job(jobs, job)
+        job.pruned_at = job.pruned_at or time.time()
+        jobs.save(job)
+        return job_public(job)
     if job.finished:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has already {job.state}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} has already {job.state} (purge=true removes its files)",
+        )
     return job_public(jobs.request_cancel(job_id))

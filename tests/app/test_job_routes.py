@@ -342,6 +342,28 @@ def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes
     assert "has already succeeded" in response.json()["detail"]
 
 
+def test_a_finished_job_is_purged_on_request_and_a_running_one_is_not(
+    client: TestClient, dataset_zip: bytes, settings: Settings
+) -> None:
+    from core.jobs import JobStore
+
+    job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
+    upload = settings.jobs_dir / job["id"] / "upload.zip"
+    assert upload.is_file()
+    refused = client.delete(f"/train/{job['id']}", params={"purge": "true"}, headers=KEY)
+    assert refused.status_code == 409
+    assert "cancel it first" in refused.json()["detail"]
+    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    record = jobs.get(job["id"])
+    record.state = "succeeded"
+    jobs.save(record)
+    purged = client.delete(f"/train/{job['id']}", params={"purge": "true"}, headers=KEY)
+    assert purged.status_code == 200, purged.text
+    assert purged.json()["pruned_at"] is not None
+    assert not upload.exists()
+    assert client.get(f"/train/{job['id']}").json()["state"] == "succeeded"  # the record stays
+
+
 def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, dataset_zip: bytes) -> None:
     def broken(job: object) -> None:
         raise redis.ConnectionError("connection refused")

@@ -48,6 +48,11 @@ def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Sett
     assert store.default() is not None
     assert store.get("tiny").spec.metrics["test_accuracy"] == job.result["test_accuracy"]
     assert not jobs.locked(job_id)
+    # The run keeps its record and report, not the checkpoints: the model lives in the store.
+    run = jobs.folder(job_id) / "run"
+    assert {"history.json", "report.json", "manifest.json"} <= {p.name for p in run.iterdir()}
+    assert not any(run.glob("*.pt"))
+    assert store.get("tiny").path.is_file()
     # Running a finished job again (a redelivered message) changes nothing.
     assert run_training_job(job_id, settings).state == "succeeded"
     assert [v.version for v in store.versions("tiny")] == ["v1"]
