@@ -10,7 +10,7 @@ from app.metrics import Metrics
 from app.security import API_KEY_HEADER, check_api_key
 from app.serving import InferenceService
 from core.jobs import JobStore
-from core.settings import Settings
+from core.settings import ApiKey, Settings
 from models.store import ModelStore
 
 
@@ -61,16 +61,25 @@ api_key_scheme = APIKeyHeader(
 ApiKeyHeader = Annotated[str | None, Security(api_key_scheme)]
 
 
-def require_api_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
-    """For endpoints that change state."""
-    check_api_key(settings, api_key)
+def require_train_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+    """For endpoints that start or stop jobs: a key of the train or admin role."""
+    return check_api_key(settings, api_key, "train")
+
+
+def require_admin_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+    """For endpoints that change which model serves, or delete one: an admin key."""
+    return check_api_key(settings, api_key, "admin")
 
 
 def require_read_access(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
-    """Open unless ``protect_reads`` is set."""
+    """Open unless ``protect_reads`` is set; then any key."""
     if settings.protect_reads:
-        check_api_key(settings, api_key)
+        check_api_key(settings, api_key, "read")
 
 
-WriteAccess = Depends(require_api_key)
+TrainAccess = Depends(require_train_key)
+AdminAccess = Depends(require_admin_key)
 ReadAccess = Depends(require_read_access)
+#: The key a request came with, for the records that say who did what (jobs, promotions).
+TrainerDep = Annotated[ApiKey, Depends(require_train_key)]
+AdminDep = Annotated[ApiKey, Depends(require_admin_key)]

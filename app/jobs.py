@@ -217,10 +217,13 @@ def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings
     return count
 
 
-def enqueue(jobs: JobStore, submit: JobSubmitter, params: JobParams, job_id: str) -> Job:
-    """Record the job and queue its task; 503 (and nothing kept) if the queue is unreachable."""
+def enqueue(
+    jobs: JobStore, submit: JobSubmitter, params: JobParams, job_id: str, submitted_by: str | None = None
+) -> Job:
+    """Record the job (and the name of the key that started it) and queue its task; 503 (and nothing
+    kept) if the queue is unreachable."""
     try:
-        job = jobs.create(params, job_id=job_id)
+        job = jobs.create(params, job_id=job_id, submitted_by=submitted_by)
         jobs.mark_queued(job)
         submit(job)
     except (redis.RedisError, kombu.exceptions.KombuError, OSError) as error:

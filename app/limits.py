@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.security import API_KEY_HEADER, check_api_key
-from core.settings import Settings
+from core.settings import Role, Settings
 
-#: Methods that change state; under these paths they need an API key (as the routes' WriteAccess does).
+#: Methods that change state; under these paths they need a key of the role given (as the routes'
+#: TrainAccess and AdminAccess do).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-WRITE_PATHS = ("/train", "/explain/batch", "/models")
+WRITE_PATHS: dict[str, Role] = {"/train": "train", "/explain/batch": "train", "/models": "admin"}
 #: With ``protect_reads`` every method under these paths needs one too (as the routes' ReadAccess does).
 READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models")
 
@@ -40,11 +41,14 @@ def under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-def needs_key(method: str, path: str, *, protect_reads: bool) -> bool:
-    """Whether the route's own key check would refuse a request without a key. Checked here as well, so
-    that it is refused before its body is read: the routes check it only after parsing their form."""
-    writes = method in WRITE_METHODS and under(path, WRITE_PATHS)
-    return writes or (protect_reads and under(path, READ_PATHS))
+def needed_role(method: str, path: str, *, protect_reads: bool) -> Role | None:
+    """The role the route's own key check asks for (None: no key needed). Checked here as well, so that
+    a request is refused before its body is read: the routes check it only after parsing their form."""
+    if method in WRITE_METHODS:
+        for prefix, role in WRITE_PATHS.items():
+            if under(path, (prefix,)):
+                return role
+    return "read" if protect_reads and under(path, READ_PATHS) else None
 
 
 class RequestGate:
@@ -60,8 +64,9 @@ class RequestGate:
         path, method = scope["path"], scope["method"]
         limit = body_limit(path, self.settings)
         try:
-            if needs_key(method, path, protect_reads=self.settings.protect_reads):
-                check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()))
+            role = needed_role(method, path, protect_reads=self.settings.protect_reads)
+            if role is not None:
+                check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()), role)
             declared = headers.get("content-length", "")
             if declared.isdecimal() and int(declared) > limit:
                 raise HTTPException(

@@ -139,6 +139,7 @@ class ReadyPublic(BaseModel):
 class JobPublic(BaseModel):
     id: str = Field(examples=["3f1c0e6a9b8d4c2e8f7a6b5c4d3e2f10"])
     kind: str = Field(examples=["training"])
+    submitted_by: str | None = Field(None, description="the name of the API key that started it")
     state: str = Field(description="queued, running, succeeded, failed or cancelled", examples=["running"])
     created_at: float
     updated_at: float

@@ -127,6 +127,8 @@ class Job(BaseModel):
 
     id: str
     params: JobParams
+    #: The name of the API key that started it.
+    submitted_by: str | None = None
     state: JobState = "queued"
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -206,8 +208,14 @@ class JobStore:
         return self.jobs_dir / job_id
 
     # Records -------------------------------------------------------------------------------------
-    def create(self, params: TrainingParams | HeatmapParams, *, job_id: str | None = None) -> Job:
-        job = Job(id=job_id or new_job_id(), params=params)
+    def create(
+        self,
+        params: TrainingParams | HeatmapParams,
+        *,
+        job_id: str | None = None,
+        submitted_by: str | None = None,
+    ) -> Job:
+        job = Job(id=job_id or new_job_id(), params=params, submitted_by=submitted_by)
         if isinstance(params, TrainingParams):
             job.epochs = params.config.epochs  # planned from the start; ``epoch`` counts those begun
         self.folder(job.id).mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import Thresholds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: What a key may do, each role including the ones before it: ``read`` classifies, explains and lists;
+#: ``train`` also starts and cancels jobs; ``admin`` also promotes, rolls back and deletes models.
+Role = Literal["read", "train", "admin"]
+ROLES: tuple[Role, ...] = ("read", "train", "admin")
+
+
+class ApiKey(BaseModel):
+    """One accepted key, its name (which job records and promotions carry) and its role."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    key: SecretStr
+    role: Role = "admin"
+
+    def allows(self, role: Role) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 class Settings(BaseSettings):
@@ -74,16 +90,32 @@ class Settings(BaseSettings):
     )
     max_archive_files: int = Field(100_000, ge=1)
 
-    # Security: keys accepted in the X-API-Key header. With none configured, state-changing
-    # endpoints are refused (403) rather than left open.
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Security: keys accepted in the X-API-Key header, as {"name", "key", "role"} objects, or as plain
+    # strings (admin keys named key-1, key-2, ...). With none configured, state-changing endpoints are
+    # refused (403) rather than left open.
+    api_keys: list[ApiKey] = Field(default_factory=list)
     protect_reads: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _named(cls, keys: object) -> object:
+        if not isinstance(keys, list):
+            return keys
+        return [
+            {"name": f"key-{number}", "key": key, "role": "admin"}
+            if isinstance(key, str | SecretStr)
+            else key
+            for number, key in enumerate(keys, start=1)
+        ]
 
     @field_validator("api_keys")
     @classmethod
-    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        if any(len(key.get_secret_value()) < 16 for key in keys):
+    def _long_enough(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        if any(len(key.key.get_secret_value()) < 16 for key in keys):
             raise ValueError("every API key must be at least 16 characters long")
+        names = [key.name for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"API key names must differ: {sorted(names)}")
         return keys
 
     # Jobs.

@@ -125,7 +125,9 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         index = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
         version = store.add(params.name, run_dir / "best.pt", report=report, extra=index)
         if params.make_default:
-            store.set_default(version.name, version.version, reason=f"training job {job_id}")
+            store.set_default(
+                version.name, version.version, by=job.submitted_by, reason=f"training job {job_id}"
+            )
         job.state, job.progress, job.eta_seconds = "succeeded", 1.0, 0.0
         job.result = {
             "model": {"name": version.name, "version": version.version},

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, 
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, ReadAccess, SettingsDep, SubmitterDep, WriteAccess
+from app.deps import JobsDep, ReadAccess, SettingsDep, SubmitterDep, TrainerDep
 from app.errors import check_cam_options, error_responses, too_large
 from app.jobs import discard, enqueue, store_photos
 from app.routes.training import find_job, job_public
@@ -23,13 +23,13 @@ router = APIRouter(prefix="/explain/batch", tags=["inference"], responses=error_
     status_code=202,
     response_model=JobPublic,
     responses=error_responses(401, 403, 413, 415, 422, 503),
-    dependencies=[WriteAccess],
 )
 async def create_heatmap_batch(
     response: Response,
     settings: SettingsDep,
     jobs: JobsDep,
     submit: SubmitterDep,
+    caller: TrainerDep,
     files: Annotated[list[UploadFile], File(description="photos, or one archive (.zip, .tar.gz) of photos")],
     method: Annotated[
         str,
@@ -60,7 +60,7 @@ async def create_heatmap_batch(
         discard(folder)
         raise
     params = HeatmapParams(method=method, alpha=alpha, colormap=colormap)
-    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, caller.name)
     response.headers["Location"] = f"/explain/batch/{job.id}"
     return job_public(job)
 

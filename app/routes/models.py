@@ -1,7 +1,9 @@
+import functools
+
 from fastapi import APIRouter, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadAccess, ServiceDep, SettingsDep, StoreDep, WriteAccess
+from app.deps import AdminAccess, AdminDep, ReadAccess, ServiceDep, SettingsDep, StoreDep
 from app.errors import error_responses
 from app.routes.inference_views import model_ref
 from app.schemas import DefaultModelUpdate, ModelPublic, ModelRef, ModelsPublic, PromotionPublic
@@ -95,15 +97,16 @@ def read_model(name: str, service: ServiceDep, store: StoreDep, settings: Settin
     response_model=ModelPublic,
     # 400: a body that is not JSON at all is answered before validation.
     responses=error_responses(400, 401, 403, 404, 409),
-    dependencies=[WriteAccess],
 )
 async def update_default_model(
-    update: DefaultModelUpdate, service: ServiceDep, settings: SettingsDep
+    update: DefaultModelUpdate, service: ServiceDep, settings: SettingsDep, caller: AdminDep
 ) -> ModelPublic:
     """Serve another stored version (the shipped one is ``NAME:builtin``). It is loaded first; requests
     in flight finish on the old one. The promotion is recorded (GET /models/default/history)."""
     try:
-        chosen = await run_in_threadpool(service.manager.switch, update.name, update.version)
+        chosen = await run_in_threadpool(
+            functools.partial(service.manager.switch, update.name, update.version, by=caller.name)
+        )
     except ModelNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except CheckpointError as error:
@@ -117,13 +120,12 @@ async def update_default_model(
     "/default/rollback",
     response_model=ModelPublic,
     responses=error_responses(401, 403, 409),
-    dependencies=[WriteAccess],
 )
-async def rollback_default_model(service: ServiceDep, settings: SettingsDep) -> ModelPublic:
+async def rollback_default_model(service: ServiceDep, settings: SettingsDep, caller: AdminDep) -> ModelPublic:
     """Serve what served before the last promotion; a second rollback undoes the first. 409 when no
     promotion is on record or what served before has been deleted since."""
     try:
-        chosen = await run_in_threadpool(service.manager.rollback)
+        chosen = await run_in_threadpool(functools.partial(service.manager.rollback, by=caller.name))
     except (NothingToRollBackError, ModelNotFoundError, CheckpointError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot roll back: {error}") from None
     return model_public(chosen, serving_ref(service), settings)
@@ -133,7 +135,7 @@ async def rollback_default_model(service: ServiceDep, settings: SettingsDep) -> 
     "/{name}/{version}",
     status_code=204,
     responses=error_responses(401, 403, 404, 409),
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
 )
 def delete_model_version(name: str, version: str, service: ServiceDep, store: StoreDep) -> Response:
     """Delete a stored version, its weights and report. 409 for the built-in model, the default, and the

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, ReadAccess, ServiceDep, SettingsDep, StoreDep, SubmitterDep, WriteAccess
+from app.deps import (
+    JobsDep,
+    ReadAccess,
+    ServiceDep,
+    SettingsDep,
+    StoreDep,
+    SubmitterDep,
+    TrainAccess,
+    TrainerDep,
+)
 from app.errors import error_responses, unprocessable
 from app.jobs import discard, enqueue, store_training_data
 from app.schemas import JobPublic
@@ -127,7 +136,6 @@ def resolve_base(
     status_code=202,
     response_model=JobPublic,
     responses=error_responses(401, 403, 413, 415, 422, 503),
-    dependencies=[WriteAccess],
 )
 async def create_training_job(
     request: Request,
@@ -137,6 +145,7 @@ async def create_training_job(
     submit: SubmitterDep,
     store: StoreDep,
     service: ServiceDep,
+    caller: TrainerDep,
     # In the order people fill them in: the data, what to start from, what to call it; knobs after.
     *,
     file: Annotated[
@@ -216,7 +225,7 @@ async def create_training_job(
         discard(folder)
         raise
     params = TrainingParams(name=registered_name, config=config, source=source, make_default=make_default)
-    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, caller.name)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)
 
@@ -241,7 +250,7 @@ def read_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
     "/{job_id}",
     response_model=JobPublic,
     responses=error_responses(401, 403, 404, 409),
-    dependencies=[WriteAccess],
+    dependencies=[TrainAccess],
 )
 def cancel_training_job(
     job_id: str,
