@@ -56,6 +56,7 @@ from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
 from training.replay import column_map, distillation_loss, load_replay, replay_record_for, replay_weights
 from training.report import plot_curves
+from training.retain import check_samples, keep_within
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from training.split import (
     AnyManifest,
@@ -499,10 +500,63 @@ class _Run:
         write_json(self.out / HISTORY_FILE, self.history)
         plot_curves(self.history, self.out)
 
+    def _hold_to_base(self, root: Path) -> None:
+        """best.pt moved towards the base until it scores within ``forgetting_limit`` of it on the base's
+        validation photos of the classes the data lacks (``training.retain``); recorded in its spec as
+        ``forgetting_check``, and done once (a restarted finish finds the record)."""
+        config = self.config
+        if self.replay is None or config.forgetting_limit >= 1 or config.init_from is None:
+            return
+        best = load_checkpoint(self.out / BEST_FILE)
+        if "forgetting_check" in best.spec.recipe:
+            return
+        lacking = [name for name in self.class_names if name not in self.manifest.class_names]
+        samples = check_samples(self.replay.val_samples, self.class_names, lacking, config.seed)
+        record: dict[str, Any]
+        state = best.state_dict
+        if not samples:
+            record = {"skipped": "no validation photos of a class the data lacks", "classes": lacking}
+        else:
+            model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
+            model.load_state_dict(best.state_dict)
+            # The base's weights; a class the base lacks keeps the fine-tuned row at every point.
+            transfer_weights(model, load_checkpoint(config.init_from), self.class_names)
+            base_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            model.to(self.device)
+            loader = eval_loader(
+                self.spec,
+                root,
+                samples,
+                batch_size=config.batch_size,
+                device=self.device,
+                workers=config.workers,
+            )
+
+            def accuracy(weights: dict[str, torch.Tensor]) -> float:
+                model.load_state_dict(weights)
+                return predict(model, loader, device=self.device, amp_dtype=self.amp).accuracy
+
+            kept = keep_within(base_state, best.state_dict, accuracy, limit=config.forgetting_limit)
+            record = {**kept.record, "classes": lacking, "photos": len(samples)}
+            state = kept.state
+            logger.info(
+                "kept within %.2f of the base on %d photos of %s: alpha %.1f (%.4f against the base's %.4f)",
+                config.forgetting_limit,
+                len(samples),
+                lacking,
+                record["alpha"],
+                record["accuracy"],
+                record["base_accuracy"],
+            )
+        recipe = {**best.spec.recipe, "forgetting_check": record}
+        spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe})
+        save_checkpoint(self.out / BEST_FILE, state, spec)
+
     def finish(self, root: Path) -> float | None:
-        """final.pt, then the test report of best.pt; returns best.pt's test accuracy (``None`` when the
-        split has no test photos)."""
+        """best.pt held to its base (when it replays the base's photos), final.pt, then the test report of
+        best.pt; returns best.pt's test accuracy (``None`` when the split has no test photos)."""
         self._write_history()
+        self._hold_to_base(root)
         test = self.manifest.select("test")
         if not test:
             self._save_model(FINAL_FILE, dict(self.history[-1]))

@@ -19,15 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from models.checkpoint import Checkpoint, ModelSpec, StateDict, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.predictor import select_device
 from training.engine import DATA_DIR, DEFAULT_SOURCE, amp_dtype
 from training.evaluation import build_report, eval_loader, predict, remap_labels
 from training.split import ALL_SPLITS, manifest_and_root
+from training.weights import interpolate
 
 
 def check_compatible(start: Checkpoint, end: Checkpoint) -> None:
@@ -45,21 +44,6 @@ def check_compatible(start: Checkpoint, end: Checkpoint) -> None:
     if shapes != other:
         differing = sorted(set(shapes.items()) ^ set(other.items()))[:3]
         raise ValueError(f"the two checkpoints' tensors differ, e.g. {differing}")
-
-
-def interpolate(
-    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], alpha: float
-) -> StateDict:
-    """``(1 - alpha) * start + alpha * end`` for every floating tensor (computed in fp32, stored in the
-    end's dtype); other tensors (batch-norm step counters) are the end's."""
-    mixed: StateDict = {}
-    for name, target in end.items():
-        if target.is_floating_point():
-            value = torch.lerp(start[name].float(), target.float(), alpha)
-            mixed[name] = value.to(target.dtype)
-        else:
-            mixed[name] = target.clone()
-    return mixed
 
 
 def best_alpha(scores: Mapping[float, float]) -> float:

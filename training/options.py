@@ -60,6 +60,7 @@ USER_OPTIONS = (
     "replay_manifest",
     "replay_data",
     "distill",
+    "forgetting_limit",
     "early_stop",
     "device",
     "workers",

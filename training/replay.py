@@ -35,6 +35,8 @@ class Replay:
     sources: tuple[str, ...]
     manifest_digest: str
     data_sets: tuple[str, ...]
+    #: The base's validation photos, as ``samples`` are: never trained on, they check what was kept.
+    val_samples: tuple[Sample, ...] = ()
 
     def record(self, share: float, distill: float = 0.0) -> dict[str, Any]:
         """What the run's spec says was replayed (and how much the base's outputs on those photos were
@@ -66,25 +68,31 @@ def _moved(manifest: AnyManifest, data: Sequence[str]) -> str | dict[str, str] |
 def load_replay(
     manifest_path: str | os.PathLike[str], data: Sequence[str], cache_dir: Path, class_names: Sequence[str]
 ) -> Replay:
-    """The train split of the base's manifest, its data sets found (``data``: where they are now, as
+    """The train (and val) split of the base's manifest, its data sets found (``data``: where they are now, as
     ``NAME=PATH``) and checked against their digests, relabelled to ``class_names`` by name. Photos of
     classes the run does not have are left out."""
     manifest = load_manifest(Path(manifest_path))
     root = manifest_data_root(manifest, cache_dir, source=_moved(manifest, data))
-    samples, sources = [], []
-    for (path, label), source in zip(
-        manifest.select("train"), manifest.select_sources("train", "replay"), strict=True
-    ):
-        name = manifest.class_names[label]
-        if name in class_names:
-            samples.append((str(root / path), class_names.index(name)))
-            sources.append(source)
+
+    def relabelled(split: str) -> tuple[list[Sample], list[str]]:
+        samples, sources = [], []
+        for (path, label), source in zip(
+            manifest.select(split), manifest.select_sources(split, "replay"), strict=True
+        ):
+            name = manifest.class_names[label]
+            if name in class_names:
+                samples.append((str(root / path), class_names.index(name)))
+                sources.append(source)
+        return samples, sources
+
+    samples, sources = relabelled("train")
     if not samples:
         raise DataError(f"{manifest_path}: no training photos of the classes {list(class_names)} to replay")
     names = (
         [part.name for part in manifest.parts] if isinstance(manifest, MixedManifest) else [manifest.source]
     )
-    return Replay(tuple(samples), tuple(sources), manifest.digest, tuple(names))
+    val, _ = relabelled("val")
+    return Replay(tuple(samples), tuple(sources), manifest.digest, tuple(names), tuple(val))
 
 
 def find_replay_data(manifest_path: Path, folders: Sequence[Path]) -> tuple[str, ...] | None:

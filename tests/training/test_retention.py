@@ -17,6 +17,7 @@ from training.data import Sample
 from training.engine import amp_dtype, plateaued, train
 from training.evaluation import evaluate_checkpoint, load_for_evaluation, predict
 from training.replay import distillation_loss, find_replay_data, load_replay, replay_weights
+from training.retain import keep_within
 from training.split import create_manifest, save_manifest
 from training.transfer import base_options
 
@@ -248,3 +249,39 @@ def test_mixed_precision_is_on_where_the_device_has_it() -> None:
     assert amp_dtype(cpu, None) == (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert amp_dtype(cpu, False) is None
     assert make_config("paper", data="x", out="y").amp is None
+
+
+def test_the_point_kept_is_the_nearest_to_the_end_that_holds() -> None:
+    base = {"w": torch.zeros(3)}
+    end = {"w": torch.ones(3)}
+
+    def accuracy(state: dict[str, torch.Tensor]) -> float:
+        # Falls from 0.9 at the base to 0.5 at the end, linearly in alpha.
+        return 0.9 - 0.4 * float(state["w"][0])
+
+    kept = keep_within(base, end, accuracy, limit=0.1)
+    assert kept.record["alpha"] == pytest.approx(0.2)
+    assert torch.allclose(kept.state["w"], torch.full((3,), 0.2))
+    assert keep_within(base, end, accuracy, limit=0.5).record["alpha"] == 1.0
+    assert keep_within(base, end, lambda state: 0.0 if float(state["w"][0]) else 1.0, limit=0.0).record[
+        "alpha"
+    ] == pytest.approx(0.0)
+
+
+def test_a_replayed_run_is_held_within_the_limit_of_its_base(
+    base_run: Path, site_photos: Path, tmp_path: Path
+) -> None:
+    best = finetune(
+        base_run,
+        site_photos,
+        tmp_path / "held",
+        replay_manifest=str(base_run / "manifest.json"),
+        forgetting_limit=0.05,
+        early_stop=0,
+        lr=1e-2,
+    ).with_name("best.pt")
+    check = load_checkpoint(best).spec.recipe["forgetting_check"]
+    assert check["classes"] == [name for name in CLASS_NAMES if name not in SITE_CLASSES]
+    assert check["photos"] > 0
+    assert check["accuracy"] >= check["base_accuracy"] - 0.05
+    assert set(check["tried"]) >= {"1.0"}
