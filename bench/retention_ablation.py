@@ -1,0 +1,139 @@
+"""What keeps a site's fine-tuning from forgetting what the site did not upload: fine-tuning variants on k
+photos per class of site sd, in-process (no service), each scored on sd's other photos and on the test
+split of the base model's data sets (all photos, and those of the classes sd has none of), with weight
+interpolation towards the base (WiSE-FT) at fixed points for one variant.
+
+    python -m bench.retention_ablation --extra ../shared/data/waste-extra-144.tar.gz --seed 1 \\
+        --variants sd-only replay-balanced-es5 replay-balanced replay75-balanced replay replay-distill \\
+        --interpolate replay-balanced=0.3,0.5,0.7 --out runs/retention-seed1
+
+Every variant uses the split 0.85/0.15/0 and the finetune recipe with the options below on top, so the
+figures do not move when the recipe's defaults do. One JSON line per model on stdout and in
+``results.jsonl``.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.operator_story import draw, read_source
+from bench.retained import retained_accuracy
+from models.checkpoint import load_checkpoint, save_checkpoint
+from training.config import make_config
+from training.engine import train
+from training.evaluation import evaluate_checkpoint
+from training.split import manifest_and_root
+from training.transfer import base_options
+from training.weights import interpolate
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / "weights" / "se_resnet50" / "model.pt"
+BASE_MANIFEST = REPO / "weights" / "se_resnet50" / "manifest.json"
+#: Nothing protects the classes the site lacks, unless a variant says so.
+PLAIN: dict[str, Any] = {"replay_distill": 0.0, "forgetting_limit": 1.0, "early_stop": 0}
+VARIANTS: dict[str, dict[str, Any]] = {
+    # The site's classes only, as fine-tuning was before it kept its base's classes.
+    "sd-only": {**PLAIN, "classes": "data", "replay": 0.0, "distill": 0.0},
+    # Half of each epoch replayed, the replayed photos sampled with the site's class balance (1.0).
+    "replay-balanced-es5": {**PLAIN, "replay_class_balance": 1.0, "early_stop": 5},
+    "replay-balanced": {**PLAIN, "replay_class_balance": 1.0},
+    "replay75-balanced": {**PLAIN, "replay_class_balance": 1.0, "replay": 0.75},
+    # The replayed photos sampled as the base sampled them (0.5, 0.5).
+    "replay": {**PLAIN, "replay_class_balance": 0.5},
+    # ... with the base's answers on them distilled.
+    "replay-distill": {**PLAIN, "replay_class_balance": 0.5, "replay_distill": 1.0},
+    # The finetune recipe as it is.
+    "recipe": {},
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--extra", type=Path, required=True, help="waste-extra-144.tar.gz")
+    parser.add_argument("--trashnet", type=Path, default=REPO / "data" / "trashnet-112.tar.gz")
+    parser.add_argument("--source", default="sd")
+    parser.add_argument("--k", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--interpolate", action="append", default=[], metavar="VARIANT=A,B")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    photos = read_source(args.extra, args.source)
+    site, test = draw(photos, args.k, args.seed)
+    classes = sorted(photos)
+    lacking = [name for name in load_checkpoint(BASE).spec.class_names if name not in photos]
+    for label, items in site.items():
+        for name, photo in items:
+            (args.out / "site" / label).mkdir(parents=True, exist_ok=True)
+            (args.out / "site" / label / name).write_bytes(photo)
+    for label, name, photo in test:
+        (args.out / "test" / label).mkdir(parents=True, exist_ok=True)
+        (args.out / "test" / label / name).write_bytes(photo)
+    samples = [(f"{label}/{name}", classes.index(label)) for label, name, _ in test]
+    data = [f"trashnet={args.trashnet}", f"extra={args.extra}"]
+    replay = {"replay_manifest": str(BASE_MANIFEST), "replay_data": tuple(data)}
+    results = args.out / "results.jsonl"
+
+    with tempfile.TemporaryDirectory(prefix="retention-") as scratch:
+        manifest, root = manifest_and_root(BASE_MANIFEST, data, Path(scratch), run_data=Path(scratch))
+
+        def score(checkpoint: Path, name: str, seconds: float) -> None:
+            site_report = evaluate_checkpoint(
+                checkpoint,
+                root=args.out / "test",
+                samples=samples,
+                data_classes=classes,
+                device=torch.device("cpu"),
+                batch_size=64,
+                workers=1,
+                split="test",
+            )
+            kept = retained_accuracy(checkpoint, manifest, root, lacking)
+            row = {
+                "variant": name,
+                "seed": args.seed,
+                "site_accuracy": site_report["accuracy"],
+                "base_test_accuracy": kept["accuracy"],
+                "base_test_accuracy_lacking": kept["accuracy_lacking"],
+                "per_class": kept["per_class"],
+                "train_seconds": round(seconds, 1),
+            }
+            print(json.dumps(row), flush=True)
+            with open(results, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+        score(BASE, "base", 0.0)
+        for name in args.variants:
+            out = args.out / name
+            options = {
+                **base_options(load_checkpoint(BASE).spec),
+                "init_from": str(BASE),
+                "split": (0.85, 0.15, 0.0),
+                **replay,
+                **VARIANTS[name],
+            }
+            started = time.perf_counter()
+            train(make_config("finetune", data=str(args.out / "site"), out=str(out), **options))
+            score(out / "best.pt", name, time.perf_counter() - started)
+        for item in args.interpolate:
+            name, _, alphas = item.partition("=")
+            base, end = load_checkpoint(BASE), load_checkpoint(args.out / name / "best.pt")
+            for alpha in (float(a) for a in alphas.split(",")):
+                path = args.out / f"{name}-wise{alpha}.pt"
+                save_checkpoint(path, interpolate(base.state_dict, end.state_dict, alpha), end.spec)
+                score(path, f"{name} interpolated at {alpha}", 0.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
