@@ -375,6 +375,7 @@ def story(
             checkpoint = var / "models" / model["name"] / model["version"] / CHECKPOINT_FILE
             row["retained"] = retained_accuracy(checkpoint, *retained, lacking)
         row["retention"] = job["result"].get("retention")
+        row["forgetting_check"] = job["result"].get("forgetting_check")
         if base is None:
             run[key] = row
         else:

@@ -142,6 +142,8 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             job.result["base"] = {"ref": recipe.get("base"), "sha256": recipe.get("init_sha256")}
             job.result["transfer"] = recipe.get("transfer")
             job.result["retention"] = recipe.get("retention")
+            # How near the base the model was moved to keep what the site did not upload.
+            job.result["forgetting_check"] = recipe.get("forgetting_check")
         job.result["calibrated"] = bool(version.spec.calibration)
     finished = jobs.get(job_id)
     if finished.state == "succeeded":
