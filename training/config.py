@@ -53,8 +53,8 @@ STRONG: dict[str, Any] = {
 #: with the base's answers on them distilled (replay, where they are at hand; else the base's outputs on
 #: the new photos are distilled), and the result is moved towards the base until it scores within 5
 #: points of it on the base's validation photos of the classes the site sent none of. The run stops once
-#: the validation loss has not improved for 10 epochs (with 5, three runs on site sd stopped before
-#: their best epoch, as the cosine schedule's late epochs still improve).
+#: the validation loss has not improved for 10 epochs (with 5, two of three runs on site sd would have
+#: stopped before their best epoch, as the cosine schedule's late epochs still improve).
 FINETUNE: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 16,
