@@ -7,7 +7,8 @@ import torch
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from tests.training.helpers import make_image_folder, tiny_config
 from training.engine import train
-from training.interpolate import best_alpha, check_compatible, interpolate, main
+from training.interpolate import best_alpha, check_compatible, main
+from training.weights import interpolate
 
 
 @pytest.fixture(scope="module")
