@@ -109,6 +109,9 @@ async function compare(file, serving, mine) {
 async function explain(file) {
   const mine = ++generation;
   setStatus(`Looking at ${file.name}…`);
+  // The last photo's neighbours must not pass for this one's while it loads.
+  $("similar").replaceChildren();
+  $("similar-status").textContent = "Looking for similar training photos…";
   const form = new FormData();
   form.append("file", file);
   form.append("method", $("method").value);
@@ -126,7 +129,9 @@ async function explain(file) {
   $("original").src = photoUrl;
   $("heatmap").src = `data:image/png;base64,${body.overlay}`;
   $("label").textContent = body.label;
+  // Why a person should look: not sure enough, or unlike the photos the model was trained on.
   $("unsure").hidden = !body.unsure;
+  $("unsure").textContent = `unsure (${(body.unsure_reasons || []).join(", ")}): a person should look`;
   $("model").textContent =
     `${body.model.name} ${body.model.version}; ${body.method} on ${body.layer}, explaining "${body.target.label}"` +
     (body.calibrated ? "; calibrated probabilities" : "");

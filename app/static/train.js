@@ -21,6 +21,14 @@ function drawCurves(canvas, history, metric) {
   context.strokeStyle = "#d0d7de";
   context.strokeRect(30, 10, width - 40, height - 30);
   context.font = "12px system-ui";
+  // Axis values: the metric at the bottom and top of the frame, and the first and last epoch.
+  context.fillStyle = "#57606a";
+  const digits = metric === "accuracy" ? 1 : 2;
+  context.fillText(high.toFixed(digits), 0, 20);
+  context.fillText(low.toFixed(digits), 0, height - 20);
+  const last = history[history.length - 1].epoch;
+  context.fillText(`epoch ${first}`, 30, height - 4);
+  if (last !== first) context.fillText(`epoch ${last}`, width - 60, height - 4);
   for (const split of ["train", "val"]) {
     context.strokeStyle = COLOURS[split];
     context.fillStyle = COLOURS[split];
@@ -123,6 +131,8 @@ $("train").addEventListener("submit", async (event) => {
   for (const field of ["base", "name", "epochs"]) {
     if ($(field).value) form.append(field, $(field).value);
   }
+  // The split is three fields: train, validation, test.
+  if ($("split").value) for (const fraction of $("split").value.split(" ")) form.append("split", fraction);
   $("start").disabled = true;
   $("status").textContent = "Uploading…";
   try {
@@ -136,4 +146,13 @@ $("train").addEventListener("submit", async (event) => {
   } finally {
     $("start").disabled = false;
   }
+});
+
+// Reopen a job started earlier (here or elsewhere): follow it again by its id.
+$("reopen").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = $("job-to-open").value.trim();
+  if (!id) return;
+  $("status").textContent = `Following job ${id}.`;
+  await follow(`/train/${encodeURIComponent(id)}`, $("key").value);
 });

@@ -58,6 +58,11 @@ def test_a_photo_is_classified_explained_and_its_heatmap_blended(
         slider.press("ArrowRight")  # the keyboard moves it, as a mouse would
     assert heatmap.evaluate("image => getComputedStyle(image).opacity") == "0.8"
     expect(page.locator("#opacity-value")).to_have_text("80%")
+    answer = api.post("/classify", files={"file": (photo.name, photo.read_bytes())}).json()["results"][0]
+    if answer["unsure"]:  # the badge says why, as the API does
+        expect(page.locator("#unsure")).to_contain_text(", ".join(answer["unsure_reasons"]))
+    else:
+        expect(page.locator("#unsure")).to_be_hidden()
     similar = api.post("/similar", files={"file": (photo.name, photo.read_bytes())})
     if similar.status_code == 200:
         expect(page.locator("#similar li")).to_have_count(len(similar.json()["neighbours"]))
@@ -77,6 +82,7 @@ def test_a_model_is_trained_followed_and_served_from_the_training_page(
     page.get_by_label("Photos (archive)").set_input_files(archive)
     page.get_by_label("Model name").fill("from-the-page")
     page.get_by_label("Epochs").fill("2")
+    page.get_by_label("Split").select_option("0.85 0.15 0")
     page.get_by_role("button", name="Start training").click()
     expect(page.locator("#state")).to_have_text("succeeded", timeout=240_000)
     expect(page.locator("#report")).to_contain_text("Registered from-the-page")
@@ -105,6 +111,14 @@ def test_a_model_is_trained_followed_and_served_from_the_training_page(
     assert api.get("/models").json()["serving"]["name"] == "from-the-page"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "ui-train.png", full_page=True)
+    (job,) = [j for j in api.get("/train").json() if j["params"]["name"] == "from-the-page"]
+    assert job["params"]["config"]["split"] == [0.85, 0.15, 0.0]
+    # A job is followed again by its id, on a fresh page.
+    page.goto("/ui/train")
+    page.get_by_label("Or follow a job by its id").fill(job["id"])
+    page.get_by_role("button", name="Follow").click()
+    expect(page.locator("#state")).to_have_text("succeeded", timeout=30_000)
+    expect(page.locator("#report")).to_contain_text("Registered from-the-page")
 
 
 def test_two_stored_models_explain_the_same_photo_side_by_side(
