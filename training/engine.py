@@ -552,15 +552,23 @@ class _Run:
         spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe})
         save_checkpoint(self.out / BEST_FILE, state, spec)
 
+    def between(self, phase: Phase) -> None:
+        """Tell the callback where the run is between its long steps (where a cancellation is heard)."""
+        if self.callback is not None:
+            units = self._units(self.epoch)
+            self.callback(Progress(phase, self.epoch, self.config.epochs, 0, 0, {}, self.clock.eta(units)))
+
     def finish(self, root: Path) -> float | None:
         """best.pt held to its base (when it replays the base's photos), final.pt, then the test report of
         best.pt; returns best.pt's test accuracy (``None`` when the split has no test photos)."""
         self._write_history()
         self._hold_to_base(root)
+        self.between("finish")
         test = self.manifest.select("test")
         if not test:
             self._save_model(FINAL_FILE, dict(self.history[-1]))
             self._calibrate(root)
+            self.between("finish")
             self._index(root)
             return None
         loader = eval_loader(
@@ -577,7 +585,9 @@ class _Run:
             FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
         )
         self._calibrate(root)
+        self.between("finish")
         self._index(root)
+        self.between("finish")
         report = evaluate_checkpoint(
             self.out / BEST_FILE,
             root=root,
@@ -676,6 +686,7 @@ def _rewrite_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 def _fit(run: _Run, root: Path) -> TrainResult:
     try:
+        run.between("prepare")
         while run.epoch < run.config.epochs and not run.plateaued():
             run.run_epoch()
         if run.epoch < run.config.epochs:
@@ -684,10 +695,10 @@ def _fit(run: _Run, root: Path) -> TrainResult:
                 run.epoch,
                 run.config.early_stop,
             )
+        test_accuracy = run.finish(root)
     except TrainingCancelled:
         logger.info("training cancelled; resumable from epoch %d", run.epoch)
         return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)
-    test_accuracy = run.finish(root)
     logger.info(
         "finished: best val acc %.4f (epoch %d), test acc %s",
         run.best_val_accuracy,
@@ -740,6 +751,12 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     if (out / RESUME_FILE).exists() or (out / MANIFEST_FILE).exists():
         raise RunExistsError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        if callback is not None:  # a job cancelled while it waited stops before its data is extracted
+            callback(Progress("prepare", 0, config.epochs, 0, 0))
+    except TrainingCancelled:
+        logger.info("training cancelled before it started")
+        return TrainResult("cancelled", out, 0, -1.0, 0)
     manifest, root = split_data(config, out / DATA_DIR)
     wanted = ("train", "val", "test") if config.split[2] > 0 else ("train", "val")
     for split, count in ((s, len(manifest.select(s))) for s in wanted):

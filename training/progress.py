@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Phase = Literal["train", "val", "epoch"]
+Phase = Literal["prepare", "train", "val", "epoch", "finish"]
 
 
 class TrainingCancelled(Exception):  # noqa: N818 -- a request, not an error condition
@@ -23,8 +23,10 @@ class Progress:
 
     ``phase`` is ``"train"`` or ``"val"`` after a step (``step`` of ``steps`` in that phase), or
     ``"epoch"`` once the epoch is finished and checkpointed (then ``metrics`` holds the epoch's
-    history record). ``epoch`` counts from 1. ``eta_seconds`` is the estimated time to the end of the
-    run, ``None`` until there is a step to measure.
+    history record); ``"prepare"`` and ``"finish"`` between the long steps before the first epoch and
+    after the last (extracting data, the final checks, calibration, the index), where no batch runs but
+    a cancellation must still be heard. ``epoch`` counts from 1. ``eta_seconds`` is the estimated time
+    to the end of the run, ``None`` until there is a step to measure.
     """
 
     phase: Phase

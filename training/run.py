@@ -69,7 +69,7 @@ class TqdmProgress:
         self.key: tuple[int, str] | None = None
 
     def __call__(self, progress: Progress) -> None:
-        if progress.phase == "epoch":
+        if progress.phase in ("epoch", "prepare", "finish"):
             self.close()
             return
         key = (progress.epoch, progress.phase)

@@ -24,6 +24,12 @@ class JobProgress:
     def __call__(self, progress: Progress) -> None:
         if self.lease.lost.is_set():
             raise LeaseLost(f"job {self.job.id} is now held by another worker")
+        if progress.phase in ("prepare", "finish"):
+            # Between long steps: no step to record, but a cancellation to hear at once.
+            if self.jobs.cancel_requested(self.job.id):
+                self.job.cancel_requested = True
+                raise TrainingCancelled(f"job {self.job.id} was cancelled")
+            return
         now = time.monotonic()
         if progress.phase != "epoch" and now - self._last < self.interval:
             return

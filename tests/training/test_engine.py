@@ -43,11 +43,16 @@ def test_callback_reports_every_step_and_each_checkpointed_epoch(image_folder: P
     # The epoch event carries the epoch's history record.
     history = json.loads((out / "history.json").read_text())
     assert [dict(e.metrics) for e in events if e.phase == "epoch"] == history
-    etas = [e.eta_seconds for e in events if e.eta_seconds is not None]
-    assert len(etas) == len(events)
+    # Steps and epochs carry an ETA; the reports between the long steps before and after them come first
+    # (no step measured yet) and last.
+    stepped = [e for e in events if e.phase in ("train", "val", "epoch")]
+    etas = [e.eta_seconds for e in stepped if e.eta_seconds is not None]
+    assert len(etas) == len(stepped)
     assert all(eta >= 0 for eta in etas)
-    assert events[-1].eta_seconds == 0.0
+    assert stepped[-1].eta_seconds == 0.0
     assert etas[0] > 0
+    assert [e.phase for e in events[:2]] == ["prepare", "prepare"]
+    assert events[-1].phase == "finish"
 
 
 def test_cancelling_stops_cleanly_and_the_run_resumes_exactly(
@@ -217,3 +222,32 @@ def test_a_split_without_test_photos_trains_on_more_and_reports_no_test(
     assert (out / "best.pt").is_file()
     assert (out / "final.pt").is_file()
     assert not (out / "report.json").exists()
+
+
+def test_a_cancel_is_heard_before_the_data_is_extracted(image_folder: Path, tmp_path: Path) -> None:
+    def cancel_at_once(progress: Progress) -> None:
+        raise TrainingCancelled
+
+    result = train(tiny_config(image_folder, tmp_path / "run", workers=0), callback=cancel_at_once)
+    assert (result.status, result.epochs_completed) == ("cancelled", 0)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_a_cancel_is_heard_between_the_final_steps_and_the_run_resumes(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    phases: list[str] = []
+
+    def cancel_when_finishing(progress: Progress) -> None:
+        phases.append(progress.phase)
+        if progress.phase == "finish":
+            raise TrainingCancelled
+
+    out = tmp_path / "run"
+    result = train(tiny_config(image_folder, out, epochs=2, workers=0), callback=cancel_when_finishing)
+    assert (result.status, result.epochs_completed) == ("cancelled", 2)
+    assert phases[0] == "prepare"
+    assert not (out / "report.json").exists()
+    finished = resume(out)
+    assert finished.status == "completed"
+    assert (out / "report.json").is_file()

@@ -82,6 +82,20 @@ def test_a_failing_job_records_why(jobs: JobStore, settings: Settings, tmp_path:
     assert jobs.get(job_id).state == "failed"
 
 
+def test_a_cancel_is_heard_between_long_steps_at_once(jobs: JobStore) -> None:
+    job = jobs.create(training_params())
+    lease = jobs.lease(job.id, 30)
+    assert lease.acquire()
+    # A long throttle: a step report just made would hold back the next one, a long step's must not.
+    progress = JobProgress(jobs, job, lease, interval=3600.0)
+    progress(Progress(phase="train", epoch=1, epochs=4, step=1, steps=10, metrics={"loss": 1.0}))
+    progress(Progress(phase="prepare", epoch=0, epochs=4, step=0, steps=0))
+    assert jobs.get(job.id).history == []  # nothing recorded for it
+    jobs.request_cancel(job.id)
+    with pytest.raises(TrainingCancelled, match="was cancelled"):
+        progress(Progress(phase="finish", epoch=4, epochs=4, step=0, steps=0))
+
+
 def test_progress_renews_the_lock_and_raises_on_cancel(jobs: JobStore) -> None:
     job = jobs.create(training_params())
     lease = jobs.lease(job.id, 30)
