@@ -14,7 +14,7 @@ from models.calibration import Thresholds
 from models.checkpoint import CheckpointError
 from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
-from models.store import ModelStore, ModelVersion
+from models.store import ModelInUseError, ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ class ModelManager:
         self._others: dict[str, Predictor] = {}
         #: The checkpoints that could not be loaded at start-up, for /ready.
         self.load_errors: list[str] = []
-        # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch.
-        self._swap = threading.Lock()
+        # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch; a
+        # rollback reads the promotions and switches under it too (re-entered, hence an RLock).
+        self._swap = threading.RLock()
 
     @classmethod
     def from_settings(cls, settings: Settings, store: ModelStore | None = None) -> "ModelManager":
@@ -127,8 +128,9 @@ class ModelManager:
         builtin = self.store.builtin()
         if builtin is not None and builtin.path == self.shipped_path:
             candidates.append(("the shipped model", functools.partial(self._from_version, builtin)))
-        elif self.shipped_path.is_file():
-            candidates.append(("the shipped model", lambda: self._from_file(self.shipped_path)))
+        if self.shipped_path.is_file():
+            # The file itself, should the record beside it (spec.json) not match it.
+            candidates.append(("the shipped model's file", lambda: self._from_file(self.shipped_path)))
         return candidates
 
     def refresh(self) -> bool:
@@ -155,9 +157,9 @@ class ModelManager:
         with self._swap:
             chosen = self.store.get(name, version)
             predictor = self._from_version(chosen)
-            serving = self._predictor
-            previous = f"{serving.name}:{serving.version}" if serving is not None else None
-            self.store.set_default(chosen.name, chosen.version, by=by, reason=reason, previous=previous)
+            # What it replaces is the store's default (or the built-in model): what every process that
+            # follows the store serves, and what a rollback can go back to.
+            self.store.set_default(chosen.name, chosen.version, by=by, reason=reason)
             self._predictor, self._seen_default = predictor, chosen.ref
         return chosen
 
@@ -165,12 +167,22 @@ class ModelManager:
         """Serve what served before the last promotion (a second rollback undoes the first, as
         ``kubectl rollout undo`` does). :class:`NothingToRollBackError` when there is nothing to go back
         to; ``ModelNotFoundError`` when that version has been deleted since."""
-        promotions = self.store.promotions()
-        if not promotions or promotions[-1]["from"] is None:
-            raise NothingToRollBackError("no promotion is on record to roll back")
-        last = promotions[-1]
-        name, _, version = str(last["from"]).partition(":")
-        return self.switch(name, version or None, by=by, reason=f"rollback of {last['to']}")
+        with self._swap:  # two rollbacks at once must not both undo the same promotion
+            promotions = self.store.promotions()
+            if not promotions or promotions[-1].get("from") is None:
+                raise NothingToRollBackError("no promotion is on record to roll back")
+            last = promotions[-1]
+            name, _, version = str(last["from"]).partition(":")
+            return self.switch(name, version or None, by=by, reason=f"rollback of {last['to']}")
+
+    def delete(self, name: str, version: str) -> ModelVersion:
+        """Delete a stored version, under the swap lock, so no promotion of it lands meanwhile
+        (``ModelInUseError`` for the built-in model, the default and the version serving here)."""
+        with self._swap:
+            serving = self._predictor
+            if serving is not None and (serving.name, serving.version) == (name, version):
+                raise ModelInUseError(f"{name}:{version} is serving: promote another one first")
+            return self.store.delete(name, version)
 
     def stored_predictor(self, ref: str) -> Predictor:
         """A stored version (``name:version``, or ``name`` for its newest now), for comparisons: the

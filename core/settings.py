@@ -25,7 +25,8 @@ class ApiKey(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
     key: SecretStr
-    role: Role = "admin"
+    # A named key says what it may do; one that does not may only read.
+    role: Role = "read"
 
     def allows(self, role: Role) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
@@ -116,6 +117,9 @@ class Settings(BaseSettings):
         names = [key.name for key in keys]
         if len(set(names)) != len(names):
             raise ValueError(f"API key names must differ: {sorted(names)}")
+        secrets = [key.key.get_secret_value() for key in keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two API keys have the same secret: each key must be its own")
         return keys
 
     # Jobs.

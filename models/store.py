@@ -214,8 +214,13 @@ class ModelStore:
         path = self.root / PROMOTIONS_FILE
         if not path.is_file():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        entries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short (a crash mid-write): the others still hold
+        return [entry for entry in entries if isinstance(entry, dict)]
 
     def delete(self, name: str, version: str) -> ModelVersion:
         """Remove a stored version. The built-in model and the default cannot be removed

@@ -537,7 +537,10 @@ class _Run:
                 return predict(model, loader, device=self.device, amp_dtype=self.amp).accuracy
 
             kept = keep_within(base_state, best.state_dict, accuracy, limit=config.forgetting_limit)
-            record = {**kept.record, "classes": lacking, "photos": len(samples)}
+            # The run's own validation accuracy of the weights kept (the epoch's metrics are the end's).
+            model.load_state_dict(kept.state)
+            held = predict(model, self.val_loader, device=self.device, amp_dtype=self.amp).accuracy
+            record = {**kept.record, "classes": lacking, "photos": len(samples), "val_accuracy": held}
             state = kept.state
             logger.info(
                 "kept within %.2f of the base on %d photos of %s: alpha %.1f (%.4f against the base's %.4f)",
@@ -549,7 +552,10 @@ class _Run:
                 record["base_accuracy"],
             )
         recipe = {**best.spec.recipe, "forgetting_check": record}
-        spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe})
+        metrics = {**best.spec.metrics}
+        if "val_accuracy" in record:
+            metrics["held_val_accuracy"] = record["val_accuracy"]
+        spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe, "metrics": metrics})
         save_checkpoint(self.out / BEST_FILE, state, spec)
 
     def between(self, phase: Phase) -> None:

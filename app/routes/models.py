@@ -137,16 +137,11 @@ async def rollback_default_model(service: ServiceDep, settings: SettingsDep, cal
     responses=error_responses(401, 403, 404, 409),
     dependencies=[AdminAccess],
 )
-def delete_model_version(name: str, version: str, service: ServiceDep, store: StoreDep) -> Response:
+def delete_model_version(name: str, version: str, service: ServiceDep) -> Response:
     """Delete a stored version, its weights and report. 409 for the built-in model, the default, and the
     version serving now."""
-    serving = serving_ref(service)
-    if serving is not None and (serving.name, serving.version) == (name, version):
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{name}:{version} is serving: promote another one first"
-        )
     try:
-        store.delete(name, version)
+        service.manager.delete(name, version)
     except ModelNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except ModelInUseError as error:

@@ -2,6 +2,7 @@
 (also promote, roll back and delete models). Job records and promotions carry the key's name; a plain
 list of keys keeps working, as admin keys."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,4 +77,16 @@ def test_keys_are_read_from_the_environment_named_or_plain(monkeypatch: pytest.M
     assert (plain.name, plain.role, plain.key.get_secret_value()) == ("key-2", "admin", ADMIN)
     monkeypatch.setenv("TRASHCAM_API_KEYS", f'["{ADMIN}", {{"name": "key-1", "key": "{TRAINER}"}}]')
     with pytest.raises(ValueError, match="names must differ"):
+        Settings()
+
+
+def test_a_named_key_without_a_role_only_reads_and_secrets_are_not_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRASHCAM_API_KEYS", f'[{{"name": "kiosk", "key": "{READER}"}}]')
+    (kiosk,) = Settings().api_keys
+    assert kiosk.role == "read"
+    twice = [{"name": "a", "key": READER, "role": "read"}, {"name": "b", "key": READER, "role": "admin"}]
+    monkeypatch.setenv("TRASHCAM_API_KEYS", json.dumps(twice))
+    with pytest.raises(ValueError, match="same secret"):
         Settings()
