@@ -519,8 +519,11 @@ class _Run:
         else:
             model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
             model.load_state_dict(best.state_dict)
+            base = load_checkpoint(config.init_from)
+            if base.sha256 != config.init_sha256:
+                raise ResumeError(f"{config.init_from}: its weights are not the ones this run started from")
             # The base's weights; a class the base lacks keeps the fine-tuned row at every point.
-            transfer_weights(model, load_checkpoint(config.init_from), self.class_names)
+            transfer_weights(model, base, self.class_names)
             base_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             model.to(self.device)
             loader = eval_loader(
