@@ -72,7 +72,8 @@ def load_replay(
     ``NAME=PATH``) and checked against their digests, relabelled to ``class_names`` by name. Photos of
     classes the run does not have are left out."""
     manifest = load_manifest(Path(manifest_path))
-    root = manifest_data_root(manifest, cache_dir, source=_moved(manifest, data))
+    # Absolute: the photos are joined to the run's own data root, which a relative path would lead into.
+    root = manifest_data_root(manifest, cache_dir, source=_moved(manifest, data)).resolve()
 
     def relabelled(split: str) -> tuple[list[Sample], list[str]]:
         samples, sources = [], []

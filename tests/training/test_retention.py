@@ -285,3 +285,11 @@ def test_a_replayed_run_is_held_within_the_limit_of_its_base(
     assert check["photos"] > 0
     assert check["accuracy"] >= check["base_accuracy"] - 0.05
     assert set(check["tried"]) >= {"1.0"}
+
+
+def test_replayed_photos_are_found_from_a_run_folder_given_relatively(
+    base_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    replay = load_replay(base_run / "manifest.json", (), Path("runs/x/replay"), CLASS_NAMES)
+    assert all(Path(path).is_absolute() and Path(path).is_file() for path, _ in replay.samples)
