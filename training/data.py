@@ -172,8 +172,16 @@ class TaggedDataset(ImageDataset):
     """An :class:`ImageDataset` whose items say whether they come from ``first_tagged`` on: a run's own
     photos, then photos it replays, with one sampler over both. Items are ``(image, label, tagged)``."""
 
-    def __init__(self, dataset: ImageDataset, *, first_tagged: int) -> None:
-        super().__init__(dataset.root, dataset.samples, dataset.transform, prepare=dataset.prepare)
+    def __init__(
+        self,
+        root: Path,
+        samples: Sequence[Sample],
+        transform: Transform,
+        *,
+        first_tagged: int,
+        prepare: Prepare | None = None,
+    ) -> None:
+        super().__init__(root, samples, transform, prepare=prepare)
         self.first_tagged = first_tagged
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, bool]:  # type: ignore[override]

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models import create_model
-from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
 from models.precision import cpu_has_native_bf16
 from models.predictor import select_device
@@ -217,12 +217,7 @@ class _Run:
         self.teacher: tuple[nn.Module, tuple[list[int], list[int]]] | None = None
         base = None
         if config.init_from is not None and (not resuming or self._distilling()):
-            base = load_checkpoint(config.init_from)
-            if base.sha256 != config.init_sha256:
-                raise ResumeError(
-                    f"{config.init_from}: its weights ({base.sha256[:12]}) are not the ones this run "
-                    f"started from ({str(config.init_sha256)[:12]})"
-                )
+            base = self._base()
         if base is not None and self._distilling():
             teacher = create_model(config.model, num_classes=base.spec.num_classes, **config.model_kwargs)
             teacher.load_state_dict(base.state_dict)
@@ -260,6 +255,18 @@ class _Run:
         self.history: list[dict[str, float]] = []
         self.best_val_accuracy, self.best_epoch = -1.0, 0
         self.clock = EtaClock(self._units(config.epochs))
+
+    def _base(self) -> Checkpoint:
+        """The base checkpoint, refused if its weights are not the ones the run started from."""
+        config = self.config
+        assert config.init_from is not None
+        base = load_checkpoint(config.init_from)
+        if base.sha256 != config.init_sha256:
+            raise ResumeError(
+                f"{config.init_from}: its weights ({base.sha256[:12]}) are not the ones this run "
+                f"started from ({str(config.init_sha256)[:12]})"
+            )
+        return base
 
     def _replaying(self) -> bool:
         return self.config.replay_manifest is not None and self.config.replay > 0
@@ -303,11 +310,12 @@ class _Run:
             self.sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
-        train_set: ImageDataset = ImageDataset(
-            root, train_samples, build_train_transform(config), prepare=prepare
+        transform = build_train_transform(config)
+        train_set = (
+            ImageDataset(root, train_samples, transform, prepare=prepare)
+            if self.replay is None
+            else TaggedDataset(root, train_samples, transform, first_tagged=own_count, prepare=prepare)
         )
-        if self.replay is not None:
-            train_set = TaggedDataset(train_set, first_tagged=own_count)
         self.train_loader = make_loader(
             train_set,
             batch_size=config.batch_size,
@@ -519,11 +527,8 @@ class _Run:
         else:
             model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
             model.load_state_dict(best.state_dict)
-            base = load_checkpoint(config.init_from)
-            if base.sha256 != config.init_sha256:
-                raise ResumeError(f"{config.init_from}: its weights are not the ones this run started from")
             # The base's weights; a class the base lacks keeps the fine-tuned row at every point.
-            transfer_weights(model, base, self.class_names)
+            transfer_weights(model, self._base(), self.class_names)
             base_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             model.to(self.device)
             loader = eval_loader(

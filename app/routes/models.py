@@ -1,5 +1,3 @@
-import functools
-
 from fastapi import APIRouter, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
 
@@ -104,9 +102,7 @@ async def update_default_model(
     """Serve another stored version (the shipped one is ``NAME:builtin``). It is loaded first; requests
     in flight finish on the old one. The promotion is recorded (GET /models/default/history)."""
     try:
-        chosen = await run_in_threadpool(
-            functools.partial(service.manager.switch, update.name, update.version, by=caller.name)
-        )
+        chosen = await run_in_threadpool(service.manager.switch, update.name, update.version, by=caller.name)
     except ModelNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except CheckpointError as error:
@@ -125,7 +121,7 @@ async def rollback_default_model(service: ServiceDep, settings: SettingsDep, cal
     """Serve what served before the last promotion; a second rollback undoes the first. 409 when no
     promotion is on record or what served before has been deleted since."""
     try:
-        chosen = await run_in_threadpool(functools.partial(service.manager.rollback, by=caller.name))
+        chosen = await run_in_threadpool(service.manager.rollback, by=caller.name)
     except (NothingToRollBackError, ModelNotFoundError, CheckpointError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot roll back: {error}") from None
     return model_public(chosen, serving_ref(service), settings)
