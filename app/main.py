@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     )
     app.state.settings = settings or get_settings()
     app.state.store = model_store(app.state.settings)
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(app.state.settings.drift_window_seconds)
     app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 

@@ -5,9 +5,15 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.drift import RecentAnswers, RecentAnswersCollector
+from models.calibration import UNSURE_REASONS
+
+#: The window of the recent unsure shares, by default an hour.
+DEFAULT_DRIFT_WINDOW_SECONDS = 3600.0
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, drift_window_seconds: float = DEFAULT_DRIFT_WINDOW_SECONDS) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "trashcam_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
@@ -56,6 +62,15 @@ class Metrics:
             buckets=(-30, -20, -15, -12, -10, -8, -6, -4, -2, 0, 2),
             registry=self.registry,
         )
+        self.distance = Histogram(
+            "trashcam_answer_distance",
+            "feature distance of each photo answered to the training photos (cosine distance to the "
+            "k-th nearest; higher: less like them), where the model has a feature bank",
+            buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+            registry=self.registry,
+        )
+        self.recent = RecentAnswers(drift_window_seconds, UNSURE_REASONS)
+        self.registry.register(RecentAnswersCollector(self.recent))
         self.serving_model = Info(
             "trashcam_serving_model", "the model that answers by default", registry=self.registry
         )
@@ -64,11 +79,16 @@ class Metrics:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
 
-    def observe_answer(self, label: str, unsure_reasons: list[str], energy: float) -> None:
+    def observe_answer(
+        self, label: str, unsure_reasons: list[str], energy: float, distance: float | None = None
+    ) -> None:
         self.answers.labels(label).inc()
         for reason in unsure_reasons:
             self.unsure_answers.labels(reason).inc()
         self.energy.observe(energy)
+        if distance is not None:
+            self.distance.observe(distance)
+        self.recent.add(unsure_reasons)
 
 
 class MetricsMiddleware:

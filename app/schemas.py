@@ -21,6 +21,24 @@ class ClassProbability(BaseModel):
     probability: float = Field(ge=0.0, le=1.0, examples=[0.91])
 
 
+class UnsureRule(BaseModel):
+    """The thresholds an answer was judged sure or unsure by."""
+
+    min_probability: float = Field(
+        description="a calibrated top probability under this is unsure", examples=[0.83]
+    )
+    max_energy: float | None = Field(None, description="an energy over this is unlike the training photos")
+    max_distance: float | None = Field(
+        None, description="a feature distance over this is unlike the training photos (None: not measured)"
+    )
+    target_accuracy: float | None = Field(
+        None,
+        description="the share of sure answers on the validation photos that min_probability was chosen "
+        "to get right (None: set by hand)",
+        examples=[0.95],
+    )
+
+
 class Classification(BaseModel):
     filename: str | None = Field(None, examples=["bottle.jpg"])
     model: ModelRef
@@ -36,15 +54,22 @@ class Classification(BaseModel):
         "training photos",
         examples=[-7.4],
     )
+    distance: float | None = Field(
+        None,
+        description="out-of-distribution score: cosine distance of the photo's pooled features to the k-th "
+        "nearest training photo's, in [0, 2], higher is less like them (None: the model has no feature bank)",
+        examples=[0.21],
+    )
     unsure: bool = Field(
-        description="the top probability is under the model's threshold, or the energy over its "
-        "threshold: a person should look"
+        description="the top probability is under the model's threshold, or the energy or the distance "
+        "over its threshold: a person should look"
     )
     unsure_reasons: list[str] = Field(
         default_factory=list,
         description="why it is unsure: 'low confidence' and/or 'unlike the training photos'; empty: sure",
         examples=[["unlike the training photos"]],
     )
+    rule: UnsureRule = Field(description="the thresholds that decided unsure")
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
 

@@ -29,16 +29,17 @@ class Classified:
     predictor: Predictor
     probabilities: list[float]
     energy: float
+    distance: float | None
     batch_ms: float
     batch_size: int
 
     @property
     def unsure(self) -> bool:
-        return self.predictor.is_unsure(self.probabilities, self.energy)
+        return self.predictor.is_unsure(self.probabilities, self.energy, self.distance)
 
     @property
     def unsure_reasons(self) -> list[str]:
-        return self.predictor.unsure_reasons(self.probabilities, self.energy)
+        return self.predictor.unsure_reasons(self.probabilities, self.energy, self.distance)
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,10 @@ class InferenceService:
         scores = predictor.replica(lane).classify(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
         return [
-            Classified(predictor, row.tolist(), float(energy), elapsed, len(items))
-            for row, energy in zip(scores.probabilities, scores.energies, strict=True)
+            Classified(predictor, row.tolist(), float(energy), distance, elapsed, len(items))
+            for row, energy, distance in zip(
+                scores.probabilities, scores.energies, scores.distance_list(), strict=True
+            )
         ]
 
     def _explain_batch(self, lane: int, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
@@ -134,10 +137,22 @@ class InferenceService:
         elapsed = (time.perf_counter() - started) * 1000
         return [
             Explained(
-                predictor, row.tolist(), float(energy), elapsed, len(items), heatmap.numpy(), int(target)
+                predictor,
+                row.tolist(),
+                float(energy),
+                distance,
+                elapsed,
+                len(items),
+                heatmap.numpy(),
+                int(target),
             )
-            for row, energy, heatmap, target in zip(
-                result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
+            for row, energy, distance, heatmap, target in zip(
+                result.probabilities,
+                result.energies,
+                result.distance_list(),
+                result.heatmaps,
+                result.targets,
+                strict=True,
             )
         ]
 
@@ -148,10 +163,22 @@ class InferenceService:
         elapsed = (time.perf_counter() - started) * 1000
         return [
             Fingerprinted(
-                predictor, row.tolist(), float(energy), elapsed, len(items), embedding.numpy(), value
+                predictor,
+                row.tolist(),
+                float(energy),
+                distance,
+                elapsed,
+                len(items),
+                embedding.numpy(),
+                value,
             )
-            for row, energy, embedding, value in zip(
-                result.probabilities, result.energies, result.embeddings, result.hashes, strict=True
+            for row, energy, distance, embedding, value in zip(
+                result.probabilities,
+                result.energies,
+                result.distance_list(),
+                result.embeddings,
+                result.hashes,
+                strict=True,
             )
         ]
 

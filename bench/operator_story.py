@@ -24,6 +24,7 @@ photos through ``POST /classify``. ``results.json`` holds every figure, the job 
 """
 
 import argparse
+import csv
 import io
 import json
 import os
@@ -56,18 +57,21 @@ CLASSIFY_BATCH = 16
 
 
 def read_source(archive: Path, source: str) -> dict[str, list[tuple[str, bytes]]]:
-    """The photos of ``source`` in a waste-extra style archive (``manifest.csv`` tags each), by class."""
+    """The photos of ``source`` in a waste-extra style archive (``manifest.csv`` tags each), by class.
+    The manifest names a photo by ``path`` (within the archive's folder) or ``file`` (with it)."""
     photos: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
     with tarfile.open(archive) as tar:
-        rows = []
+        rows: list[dict[str, str]] = []
         for member in tar.getmembers():
             if member.name.endswith("manifest.csv"):
                 handle = tar.extractfile(member)
                 assert handle is not None
-                lines = handle.read().decode().splitlines()
-                header = lines[0].split(",")
-                rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
-        wanted = {row["path"]: row["class"] for row in rows if row["source"] == source}
+                rows = list(csv.DictReader(io.StringIO(handle.read().decode())))
+        wanted = {
+            row["path"] if "path" in row else row["file"].split("/", 1)[-1]: row["class"]
+            for row in rows
+            if row["source"] == source
+        }
         for member in tar.getmembers():
             relative = member.name.split("/", 1)[-1]
             if member.isfile() and relative in wanted:

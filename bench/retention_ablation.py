@@ -51,6 +51,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "replay-distill": {**PLAIN, "replay_class_balance": 0.5, "replay_distill": 1.0},
     # The finetune recipe as it is.
     "recipe": {},
+    # ... with the base's batch-norm statistics kept, with the backbone at a tenth of the rate, both.
+    "recipe-frozen-norm": {"freeze_norm": True},
+    "recipe-backbone-lr0.1": {"backbone_lr": 0.1},
+    "recipe-frozen-norm-backbone-lr0.1": {"freeze_norm": True, "backbone_lr": 0.1},
+    # The same two without the hold to the base, to see the ends the hold starts from.
+    "frozen-norm-nohold": {"freeze_norm": True, "forgetting_limit": 1.0},
+    "frozen-norm-backbone-lr0.1-nohold": {"freeze_norm": True, "backbone_lr": 0.1, "forgetting_limit": 1.0},
 }
 
 

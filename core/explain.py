@@ -24,7 +24,9 @@ class Explanation:
     target_label: str
     calibrated: bool
     energy: float
+    distance: float | None
     unsure: bool
+    unsure_reasons: list[str]
     overlay_png: bytes
     heatmap_png: bytes
 
@@ -39,6 +41,7 @@ def explanation(
     *,
     probabilities: Sequence[float],
     energy: float,
+    distance: float | None,
     heatmap: npt.NDArray[np.float32],
     target: int,
     colormap: str,
@@ -53,7 +56,9 @@ def explanation(
         target_label=predictor.class_names[target],
         calibrated=predictor.calibration.fitted,
         energy=energy,
-        unsure=predictor.is_unsure(probabilities, energy),
+        distance=distance,
+        unsure=predictor.is_unsure(probabilities, energy, distance),
+        unsure_reasons=predictor.unsure_reasons(probabilities, energy, distance),
         overlay_png=encode_png(overlay_heatmap(pixels, sized, colormap=colormap, alpha=alpha)),
         heatmap_png=encode_png(heatmap_to_uint8(sized)),
     )

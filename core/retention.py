@@ -16,7 +16,16 @@ from core.jobs import Job, JobStore
 logger = logging.getLogger(__name__)
 
 #: What a job folder may hold that is large and not needed once the job has finished.
-BULKY = ("upload*", "inputs", "result.zip", "run/data", "run/replay", "run/*.pt", "run/index.npz")
+BULKY = (
+    "upload*",
+    "inputs",
+    "result.zip",
+    "run/data",
+    "run/replay",
+    "run/*.pt",
+    "run/index.npz",
+    "run/ood.npz",
+)
 
 
 def bulky_files(folder: Path) -> list[Path]:

@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     unsure_max_energy: float | None = Field(
         None, description="energy score (-logsumexp of the logits) over which a photo is out of distribution"
     )
+    unsure_max_distance: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="feature distance to the training photos over which a photo is out of distribution",
+    )
+    sure_target_accuracy: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="how often sure answers must be right on the model's validation photos: the "
+        "probability threshold is chosen for it where the model stores its validation scores (None: "
+        "the model's own choice)",
+    )
+    drift_window_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="the window of /metrics' recent unsure shares (trashcam_recent_unsure_share)",
+    )
 
     # Micro-batching of concurrent /classify and /explain requests. A batch starts as soon as the model
     # is free, with every request waiting then; requests that arrive while it runs form the next one.
@@ -141,7 +160,12 @@ class Settings(BaseSettings):
 
     @property
     def unsure_thresholds(self) -> Thresholds:
-        return Thresholds(min_probability=self.unsure_min_probability, max_energy=self.unsure_max_energy)
+        return Thresholds(
+            min_probability=self.unsure_min_probability,
+            max_energy=self.unsure_max_energy,
+            max_distance=self.unsure_max_distance,
+            target_accuracy=self.sure_target_accuracy,
+        )
 
     @property
     def models_dir(self) -> Path:

@@ -88,13 +88,17 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 class EmbeddingHook:
-    """Captures the input of a network's classifier on every forward pass: its pooled features."""
+    """Captures the input of a network's classifier on every forward pass (``first_only``: on the first
+    only): its pooled features."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, first_only: bool = False) -> None:
         self.features: Tensor | None = None
+        self.first_only = first_only
         self._handle = classifier_of(model).register_forward_pre_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if self.first_only and self.features is not None:
+            return
         self.features = inputs[0].detach().float().flatten(1)
 
     def remove(self) -> None:

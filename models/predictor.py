@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from models.calibration import Calibration, Thresholds, energy_score
 from models.cam import compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
-from models.fingerprint import embed, hash_bits
+from models.fingerprint import EmbeddingHook, embed, hash_bits
 from models.fusion import fold_batch_norms
+from models.ood import OOD_FILE, FeatureBank, NoFeatureBankError
 from models.precision import InferencePrecision
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
@@ -35,10 +36,18 @@ def select_device(name: str | None = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Scores:
-    """Calibrated probabilities (B, classes) and energy scores (B,) of a batch, on the CPU."""
+    """Calibrated probabilities (B, classes), energy scores (B,) and feature distances to the training
+    photos (B,; None when the model has no feature bank) of a batch, on the CPU."""
 
     probabilities: Tensor
     energies: Tensor
+    distances: Tensor | None
+
+    def distance_list(self) -> list[float | None]:
+        """Each photo's feature distance, or None for each where there is none."""
+        if self.distances is None:
+            return [None] * len(self.energies)
+        return [float(value) for value in self.distances]
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,11 @@ class Predictor:
         self.sha256 = sha256
         #: The checkpoint file it was loaded from, for jobs that start from the serving model.
         self.path = path
-        self.calibration = Calibration.from_dict(spec.calibration).with_thresholds(thresholds or Thresholds())
+        #: The training photos' features, for the feature distance (None: not stored with the model).
+        self.feature_bank = _feature_bank(path, sha256)
+        self.calibration = Calibration.from_dict(spec.calibration).with_thresholds(
+            thresholds or Thresholds(), None if self.feature_bank is None else self.feature_bank.validation
+        )
         self._transform = build_eval_transform(spec)
         self._replicas: dict[int, Predictor] = {}
         self._replicas_lock = threading.Lock()
@@ -149,33 +162,51 @@ class Predictor:
         batch = images if isinstance(images, Tensor) else torch.stack([self.prepare(i) for i in images])
         return self.precision.inputs(batch.to(self.device))
 
-    def scores(self, logits: Tensor) -> Scores:
-        """Calibrated probabilities and energy scores of a batch of logits."""
+    def scores(self, logits: Tensor, embeddings: Tensor | None = None) -> Scores:
+        """Calibrated probabilities, energy scores and (given the pooled ``embeddings`` and a feature
+        bank) feature distances of a batch."""
         logits = logits.detach().float().cpu()
-        return Scores(probabilities=self.calibration.probabilities(logits), energies=energy_score(logits))
+        distances = None
+        if self.feature_bank is not None and embeddings is not None:
+            distances = torch.from_numpy(self.feature_bank.scores(embeddings.detach().float().cpu()))
+        return Scores(
+            probabilities=self.calibration.probabilities(logits),
+            energies=energy_score(logits),
+            distances=distances,
+        )
 
-    def is_unsure(self, probabilities: Sequence[float], energy: float) -> bool:
-        """Whether a prediction (its calibrated probabilities and energy) should go to a person."""
-        return self.calibration.is_unsure(max(probabilities), energy)
+    def is_unsure(self, probabilities: Sequence[float], energy: float, distance: float | None = None) -> bool:
+        """Whether a prediction (its calibrated probabilities, energy and feature distance) should go to
+        a person."""
+        return self.calibration.is_unsure(max(probabilities), energy, distance)
 
-    def unsure_reasons(self, probabilities: Sequence[float], energy: float) -> list[str]:
+    def unsure_reasons(
+        self, probabilities: Sequence[float], energy: float, distance: float | None = None
+    ) -> list[str]:
         """Why a prediction should go to a person (none: it is sure)."""
-        return self.calibration.unsure_reasons(max(probabilities), energy)
+        return self.calibration.unsure_reasons(max(probabilities), energy, distance)
 
     def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
-        """Calibrated class probabilities and energy scores of ``images``."""
+        """Calibrated class probabilities, energy scores and feature distances of ``images``."""
         batch = self.inputs(images)
-        with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
-            return self.scores(self.model(batch))
+        hook = EmbeddingHook(self.model) if self.feature_bank is not None else None
+        try:
+            with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
+                logits = self.model(batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return self.scores(logits, None if hook is None else hook.features)
 
     def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
         """Scores, embeddings and hashes of ``images``, from one forward pass, in fp32 whatever the
         precision: the index of training photos was built in fp32, and bf16 would flip hash bits."""
         logits, embeddings = embed(self.model, self.inputs(images))
-        scores = self.scores(logits)
+        scores = self.scores(logits, embeddings)
         return Fingerprints(
             probabilities=scores.probabilities,
             energies=scores.energies,
+            distances=scores.distances,
             embeddings=embeddings.cpu(),
             hashes=[int(value) for value in hash_bits(embeddings.cpu())],
         )
@@ -198,12 +229,29 @@ class Predictor:
     ) -> Explanation:
         """Probabilities and CAM heatmaps from one forward pass."""
         batch = self.inputs(images)
-        with self.precision.autocast(self.device, batch.shape[0]):
-            out = compute_cam(self.model, batch, method=method, targets=targets, layer=layer)
-        scores = self.scores(out.logits)
+        # The first forward pass's pooled features (Score-CAM runs more, on masked copies).
+        hook = EmbeddingHook(self.model, first_only=True) if self.feature_bank is not None else None
+        try:
+            with self.precision.autocast(self.device, batch.shape[0]):
+                out = compute_cam(self.model, batch, method=method, targets=targets, layer=layer)
+        finally:
+            if hook is not None:
+                hook.remove()
+        scores = self.scores(out.logits, None if hook is None else hook.features)
         return Explanation(
             probabilities=scores.probabilities,
             energies=scores.energies,
+            distances=scores.distances,
             heatmaps=out.heatmaps.float().cpu(),
             targets=out.targets.cpu(),
         )
+
+
+def _feature_bank(path: str | None, sha256: str) -> FeatureBank | None:
+    """The feature bank stored beside the checkpoint at ``path``, if there is one for these weights."""
+    if path is None:
+        return None
+    try:
+        return FeatureBank.load(Path(path).parent / OOD_FILE, model_sha256=sha256)
+    except NoFeatureBankError:
+        return None

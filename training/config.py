@@ -210,6 +210,21 @@ class TrainConfig(BaseModel):
     freeze_epochs: int = Field(
         0, ge=0, description="epochs at the start that train only the classifier (needs a base model)"
     )
+    sure_target_accuracy: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="how often the model's sure answers must be right on the validation photos: its "
+        "probability threshold is chosen for it (photos unlike the training photos are never sure)",
+    )
+    freeze_norm: bool = Field(
+        False,
+        description="with a base model, batch norms keep the base's statistics while the weights train, "
+        "so a few photos of one camera do not shift how the model sees every other photo",
+    )
+    backbone_lr: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        1.0, description="the learning rate of everything but the classifier, as a share of lr"
+    )
     classes: ClassChoice = Field(
         "base",
         description="with a base model, the classes the new model knows: 'base' keeps every class of the "
@@ -278,6 +293,10 @@ class TrainConfig(BaseModel):
             (
                 self.init_from is not None or self.freeze_epochs == 0,
                 "freeze_epochs needs a base model (init_from) whose backbone it keeps",
+            ),
+            (
+                self.init_from is not None or not self.freeze_norm,
+                "freeze_norm needs a base model (init_from) whose statistics it keeps",
             ),
             (
                 self.init_from is not None or self.replay_manifest is None,

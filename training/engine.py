@@ -8,6 +8,7 @@ Run folder layout (``config.out``)::
     environment.json   the hardware and precision of each process that trained it, from its first epoch
     best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
     index.npz          best.pt's hashes and embeddings of the training photos (models.similarity)
+    ood.npz            best.pt's features of the training photos and its validation scores (models.ood)
     report.json, confusion_matrix.png                 test report of best.pt
     data/              the extracted archive, when the data set is one
 """
@@ -51,6 +52,7 @@ from training.evaluation import (
 )
 from training.hardware import cpu_name, environment
 from training.index import build_index
+from training.ood import build_feature_bank
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
@@ -113,6 +115,9 @@ def amp_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
 
 #: A photo's source when its data set does not tag photos and is the run's only one.
 DEFAULT_SOURCE = "data"
+#: At most this many of the base's replayed photos join a fine-tune's feature bank, and its validation
+#: photos, drawn once with the run's seed: enough to know the base's sources, at a few seconds' cost.
+BANK_REPLAYED_PHOTOS = 2048
 
 
 def run_classes(config: TrainConfig, manifest: AnyManifest) -> tuple[str, ...]:
@@ -244,7 +249,7 @@ class _Run:
             ),
         )
         self._build_loaders(root)
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.model, config, self._head_modules())
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
@@ -374,17 +379,25 @@ class _Run:
             )
             self.callback(progress)
 
+    def _head_modules(self) -> set[str]:
+        """The names of the classifier's modules."""
+        return {key.rsplit(".", 1)[0] for key in head_keys(self.model.state_dict(), self.spec.num_classes)}
+
     def _freeze_backbone(self, frozen: bool) -> None:
         """Train only the classifier (``frozen``), or everything. Frozen parameters get no gradient, so
         the optimiser leaves them (and their weight decay) alone, and frozen batch norms keep their
-        statistics."""
-        head = {key.rsplit(".", 1)[0] for key in head_keys(self.model.state_dict(), self.spec.num_classes)}
+        statistics; with ``freeze_norm`` they keep them throughout."""
+        head = self._head_modules()
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(not frozen or name.rsplit(".", 1)[0] in head)
         if frozen:
             self.model.eval()
             for name in head:
                 self.model.get_submodule(name).train()
+        elif self.config.freeze_norm:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def train_batch(
         self, images: torch.Tensor, labels: torch.Tensor, replayed: torch.Tensor | None = None
@@ -584,6 +597,8 @@ class _Run:
             self._calibrate(root)
             self.between("finish")
             self._index(root)
+            self.between("finish")
+            self._feature_bank(root)
             return None
         loader = eval_loader(
             self.spec,
@@ -601,6 +616,8 @@ class _Run:
         self._calibrate(root)
         self.between("finish")
         self._index(root)
+        self.between("finish")
+        self._feature_bank(root)
         self.between("finish")
         report = evaluate_checkpoint(
             self.out / BEST_FILE,
@@ -637,6 +654,37 @@ class _Run:
             )
         except CalibrationError as error:
             logger.warning("best.pt stays uncalibrated: %s", error)
+
+    def _feature_bank(self, root: Path) -> None:
+        """The features of the training photos as best.pt sees them, and its "sure" rule chosen on the
+        validation photos (``ood.npz``, and best.pt's calibration). A fine-tune's bank and validation
+        photos hold a sample of its base's too, so that what the base knew still counts as familiar."""
+        manifest = self.manifest
+        train = remap_labels(manifest.select("train"), manifest.class_names, self.class_names)
+        sources = manifest.select_sources("train", DEFAULT_SOURCE)
+        val = remap_labels(manifest.select("val"), manifest.class_names, self.class_names)
+        if self.replay is not None:
+            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "feature-bank"))
+            chosen = torch.randperm(len(self.replay.samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
+            train += [self.replay.samples[i] for i in chosen.tolist()]
+            sources += [self.replay.sources[i] for i in chosen.tolist()]
+            chosen = torch.randperm(len(self.replay.val_samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
+            val += [self.replay.val_samples[i] for i in chosen.tolist()]
+        try:
+            build_feature_bank(
+                self.out / BEST_FILE,
+                root=root,
+                train=train,
+                val=val,
+                sources=sources,
+                data_classes=self.class_names,
+                device=self.device,
+                target_accuracy=self.config.sure_target_accuracy,
+                batch_size=self.config.batch_size,
+                workers=self.config.workers,
+            )
+        except ValueError as error:
+            logger.warning("best.pt has no feature bank: %s", error)
 
     def _index(self, root: Path) -> None:
         """The hashes and embeddings of the training photos as best.pt sees them (``index.npz``)."""

@@ -1,6 +1,7 @@
 """Optimiser, learning-rate schedule and loss built from a :class:`TrainConfig`."""
 
 import math
+from collections.abc import Collection
 from functools import partial
 
 import torch
@@ -10,17 +11,34 @@ from torch.optim.lr_scheduler import LambdaLR
 from training.config import TrainConfig
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+def _param_groups(model: nn.Module, config: TrainConfig, head: Collection[str]) -> list[dict[str, object]]:
     """Decay the weights of convolutions and linear layers but not biases or normalisation scales,
-    which weight decay only pulls toward a degenerate zero."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    which weight decay only pulls toward a degenerate zero. Parameters outside ``head`` (module names)
+    learn at ``config.backbone_lr`` times the rate; empty groups are left out."""
+    if config.backbone_lr == 1.0:
+        head = ()  # one rate: the two groups that checkpoints saved before this option hold
+    groups: list[dict[str, object]] = []
+    for in_head, lr in ((True, config.lr), (False, config.lr * config.backbone_lr)):
+        chosen = [
+            p
+            for name, p in model.named_parameters()
+            if p.requires_grad and (name.rsplit(".", 1)[0] in head) == in_head
+        ]
+        for decay in (True, False):
+            params = [p for p in chosen if (p.ndim > 1) == decay]
+            if params:
+                groups.append(
+                    {"params": params, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0}
+                )
+    return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the paper's), AdamW or SGD with momentum, at ``config.lr``."""
-    groups = _param_groups(model, config.weight_decay)
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, head: Collection[str] = ()
+) -> torch.optim.Optimizer:
+    """Adam (the paper's), AdamW or SGD with momentum, at ``config.lr`` (``config.backbone_lr`` times
+    that outside the ``head`` modules)."""
+    groups = _param_groups(model, config, head)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "adamw":

@@ -52,6 +52,8 @@ USER_OPTIONS = (
     "plain_sources",
     "init_from",
     "freeze_epochs",
+    "freeze_norm",
+    "backbone_lr",
     "classes",
     "replay",
     "replay_class_balance",
@@ -62,6 +64,7 @@ USER_OPTIONS = (
     "distill",
     "forgetting_limit",
     "early_stop",
+    "sure_target_accuracy",
     "device",
     "workers",
 )

@@ -1,4 +1,4 @@
-"""Command line: ``trashcam-train {train,resume,evaluate,calibrate,index,speed} ...`` (also
+"""Command line: ``trashcam-train {train,resume,evaluate,calibrate,index,ood,speed} ...`` (also
 ``python -m training.run``).
 
 python -m training.run train --data ../shared/data/trashnet-112.tar.gz --model se_resnet50 --out runs/se
@@ -6,6 +6,8 @@ python -m training.run resume --out runs/se
 python -m training.run evaluate --checkpoint runs/se/best.pt --manifest runs/se/manifest.json
 python -m training.run calibrate --checkpoint weights/se_resnet50/model.pt --manifest \
     weights/se_resnet50/manifest.json --data data/trashnet-112.tar.gz
+python -m training.run ood --checkpoint weights/se_resnet50/model.pt --manifest \
+    weights/se_resnet50/manifest.json --data trashnet=data/trashnet-112.tar.gz --data extra=EXTRA
 python -m training.run speed --model resnet50 --batch-size 32 --input-size 128
 """
 
@@ -25,9 +27,16 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
 from models import list_models
-from models.calibration import DEFAULT_ENERGY_QUANTILE, DEFAULT_MIN_PROBABILITY
+from models.calibration import (
+    DEFAULT_DISTANCE_QUANTILE,
+    DEFAULT_ENERGY_QUANTILE,
+    DEFAULT_MIN_PROBABILITY,
+    DEFAULT_TARGET_ACCURACY,
+    Calibration,
+)
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.files import DiskFullError
+from models.ood import DEFAULT_K, OOD_FILE
 from models.precision import DTYPES
 from models.predictor import select_device
 from models.similarity import INDEX_FILE
@@ -39,6 +48,7 @@ from training.engine import DATA_DIR, DEFAULT_SOURCE, RunExistsError, TrainResul
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import CHECKPOINT, SPEC_FILE, SUMS_FILE, refresh_exported
 from training.index import build_index
+from training.ood import build_feature_bank
 from training.options import RUNTIME_OPTIONS, USER_OPTIONS, add_options, given_options
 from training.progress import Progress, ProgressCallback
 from training.speed import time_train_steps
@@ -160,7 +170,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trashcam-train", description="Train, resume, evaluate, calibrate and index trashcam models."
+        prog="trashcam-train",
+        description="Train, resume, evaluate, calibrate and index trashcam models, and store what tells "
+        "photos unlike their training photos.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_args(commands.add_parser("train", help="start a new run"))
@@ -227,6 +239,30 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=int, default=64)
     index.add_argument("--device")
     index.add_argument("--workers", type=int)
+    ood = commands.add_parser(
+        "ood",
+        help="store the training photos' features beside a checkpoint (ood.npz) and choose its 'sure' rule "
+        "on the validation photos (weights unchanged)",
+    )
+    ood.add_argument("--checkpoint", required=True, type=Path)
+    ood.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
+    ood.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
+    ood.add_argument("--k", type=int, default=DEFAULT_K, help="the neighbour whose distance is the score")
+    ood.add_argument(
+        "--distance-quantile",
+        type=float,
+        default=DEFAULT_DISTANCE_QUANTILE,
+        help="share of the validation photos within the out-of-distribution threshold",
+    )
+    ood.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET_ACCURACY,
+        help="share of sure validation answers that must be right",
+    )
+    ood.add_argument("--batch-size", type=int, default=64)
+    ood.add_argument("--device")
+    ood.add_argument("--workers", type=int)
     speed = commands.add_parser("speed", help="time training steps per precision")
     speed.add_argument("--model", default="resnet50", choices=list_models())
     speed.add_argument("--batch-size", type=int, default=32)
@@ -406,6 +442,35 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ood(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="trashcam-ood-") as scratch:
+        manifest, root = _split_of(args, Path(scratch))
+        bank = build_feature_bank(
+            args.checkpoint,
+            root=root,
+            train=manifest.select("train"),
+            val=manifest.select("val"),
+            sources=manifest.select_sources("train", "data"),
+            data_classes=manifest.class_names,
+            device=select_device(args.device),
+            k=args.k,
+            distance_quantile=args.distance_quantile,
+            target_accuracy=args.target,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+    if args.checkpoint.name == CHECKPOINT and refresh_exported(args.checkpoint.parent):
+        logger.info("updated %s (and any %s) in %s", SPEC_FILE, SUMS_FILE, args.checkpoint.parent)
+    calibration = Calibration.from_dict(load_checkpoint(args.checkpoint).spec.calibration)
+    out = args.checkpoint.parent / OOD_FILE
+    sys.stdout.write(
+        f"{len(bank)} training photos' features (k={bank.k}): {out} ({out.stat().st_size / 1e6:.1f} MB); "
+        f"unsure under p={calibration.min_probability:.4f} (sure answers {args.target:.0%} right on the "
+        f"validation photos) or over distance {calibration.max_distance:.4f}\n"
+    )
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     timings = [
@@ -436,6 +501,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
     "index": cmd_index,
+    "ood": cmd_ood,
     "speed": cmd_speed,
 }
 

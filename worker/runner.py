@@ -27,6 +27,7 @@ from core.redaction import path_labels
 from core.retention import prune_job
 from core.settings import Settings
 from models.files import atomic_open, redact_paths
+from models.ood import OOD_FILE
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
 from training.engine import (
@@ -122,8 +123,9 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         store = model_store(settings)
         report_path = run_dir / "report.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        index = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
-        version = store.add(params.name, run_dir / "best.pt", report=report, extra=index)
+        # The similar-photos index and the feature bank go with the weights they were computed with.
+        extra = [run_dir / name for name in (INDEX_FILE, OOD_FILE) if (run_dir / name).is_file()]
+        version = store.add(params.name, run_dir / "best.pt", report=report, extra=extra)
         if params.make_default:
             store.set_default(
                 version.name, version.version, by=job.submitted_by, reason=f"training job {job_id}"
@@ -195,14 +197,21 @@ def explain_images(
                 yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
         if decoded:
             result = predictor.explain([image for _, _, image in decoded], method=method)
-            for (index, path, image), probs, energy, heatmap, target in zip(
-                decoded, result.probabilities, result.energies, result.heatmaps, result.targets, strict=True
+            for (index, path, image), probs, energy, distance, heatmap, target in zip(
+                decoded,
+                result.probabilities,
+                result.energies,
+                result.distance_list(),
+                result.heatmaps,
+                result.targets,
+                strict=True,
             ):
                 shown = explanation(
                     predictor,
                     image,
                     probabilities=probs.tolist(),
                     energy=float(energy),
+                    distance=distance,
                     heatmap=heatmap.numpy(),
                     target=int(target),
                     colormap=colormap,
@@ -217,7 +226,9 @@ def explain_images(
                     "predictions": [{"label": label, "probability": p} for label, p in shown.predictions],
                     "calibrated": shown.calibrated,
                     "energy": shown.energy,
+                    "distance": shown.distance,
                     "unsure": shown.unsure,
+                    "unsure_reasons": shown.unsure_reasons,
                 }
                 yield ExplainedImage(entry, shown.overlay_png, shown.heatmap_png)
         on_batch(start + len(chunk))

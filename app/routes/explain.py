@@ -90,6 +90,7 @@ async def explain_image(
         image,
         probabilities=outcome.probabilities,
         energy=outcome.energy,
+        distance=outcome.distance,
         heatmap=outcome.heatmap,
         target=outcome.target,
         colormap=colormap,

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import unprocessable
 from app.metrics import Metrics
-from app.schemas import Classification, ClassProbability, ModelRef
+from app.schemas import Classification, ClassProbability, ModelRef, UnsureRule
 from app.serving import Classified, InferenceService
 from core.explain import ranked
 from models.checkpoint import CheckpointError
@@ -43,13 +43,24 @@ def model_ref(predictor: Predictor) -> ModelRef:
     return ModelRef(name=predictor.name, version=predictor.version)
 
 
+def unsure_rule(predictor: Predictor) -> UnsureRule:
+    calibration = predictor.calibration
+    return UnsureRule(
+        min_probability=calibration.min_probability,
+        max_energy=calibration.max_energy,
+        # A threshold without a bank to measure against decides nothing.
+        max_distance=calibration.max_distance if predictor.feature_bank is not None else None,
+        target_accuracy=calibration.target_accuracy,
+    )
+
+
 def classification(
     filename: str | None, outcome: Classified, metrics: Metrics | None = None
 ) -> Classification:
     """The answer for one photo, counted in ``metrics`` (by class, unsure reason and energy) when given."""
     predictions = ranked(outcome.predictor.class_names, outcome.probabilities)
     if metrics is not None:
-        metrics.observe_answer(predictions[0][0], outcome.unsure_reasons, outcome.energy)
+        metrics.observe_answer(predictions[0][0], outcome.unsure_reasons, outcome.energy, outcome.distance)
     return Classification(
         filename=filename,
         model=model_ref(outcome.predictor),
@@ -57,8 +68,10 @@ def classification(
         predictions=[ClassProbability(label=label, probability=p) for label, p in predictions],
         calibrated=outcome.predictor.calibration.fitted,
         energy=round(outcome.energy, 4),
+        distance=None if outcome.distance is None else round(outcome.distance, 4),
         unsure=outcome.unsure,
         unsure_reasons=outcome.unsure_reasons,
+        rule=unsure_rule(outcome.predictor),
         inference_ms=round(outcome.batch_ms, 3),
         batch_size=outcome.batch_size,
     )

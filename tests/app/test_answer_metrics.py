@@ -28,6 +28,9 @@ def test_answers_are_counted_by_class_reason_and_energy(settings: Settings) -> N
     assert metric(text, "trashcam_answers_total", f'{{label="{labels[0]}"}}') >= labels.count(labels[0])
     assert metric(text, "trashcam_unsure_answers_total", '{reason="low confidence"}') == 4
     assert metric(text, "trashcam_answer_energy_count") == 4
+    assert metric(text, "trashcam_recent_answers") == 4
+    assert metric(text, "trashcam_recent_unsure_share", '{reason="low confidence"}') == 1.0
+    assert metric(text, "trashcam_recent_unsure_share", '{reason="any"}') == 1.0
     assert 'trashcam_serving_model_info{name="tiny",sha256="' in text
 
 

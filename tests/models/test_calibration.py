@@ -1,10 +1,20 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from models.calibration import Calibration, Thresholds, energy_score, energy_threshold, fit_temperature
+from models.calibration import (
+    LOW_CONFIDENCE,
+    OUT_OF_DISTRIBUTION,
+    Calibration,
+    Thresholds,
+    ValidationScores,
+    energy_score,
+    energy_threshold,
+    fit_temperature,
+)
 
 
 def sampled_labels(logits: torch.Tensor, temperature: float, seed: int = 0) -> torch.Tensor:
@@ -80,3 +90,37 @@ def test_calibration_round_trips_and_refuses_nonsense() -> None:
     for bad in ({"temperature": 0.0}, {"temperature": float("nan")}, {"min_probability": 1.5}):
         with pytest.raises(ValueError, match="must be"):
             Calibration.from_dict(bad)
+
+
+def test_a_photo_far_from_the_training_photos_is_unsure_for_that_reason() -> None:
+    calibration = Calibration(min_probability=0.5, max_energy=-2.0, max_distance=0.3)
+    assert calibration.unsure_reasons(0.9, -5.0, 0.1) == []
+    assert calibration.unsure_reasons(0.9, -5.0, 0.4) == [OUT_OF_DISTRIBUTION]
+    assert calibration.unsure_reasons(0.4, -5.0, 0.4) == [LOW_CONFIDENCE, OUT_OF_DISTRIBUTION]
+    # Without a distance (no feature bank) only the energy decides.
+    assert calibration.unsure_reasons(0.9, -5.0, None) == []
+    assert calibration.unsure_reasons(0.9, -1.0, None) == [OUT_OF_DISTRIBUTION]
+
+
+def test_a_target_chooses_the_threshold_on_the_validation_photos_that_look_familiar() -> None:
+    # 100 familiar photos, the 80 most confident right; 50 unfamiliar ones, confident and wrong.
+    validation = ValidationScores(
+        confidences=np.concatenate([np.linspace(0.99, 0.4, 100), np.full(50, 0.995)]).astype(np.float32),
+        correct=np.array([True] * 80 + [False] * 20 + [False] * 50),
+        energies=np.full(150, -5.0, np.float32),
+        distances=np.concatenate([np.full(100, 0.1), np.full(50, 0.9)]).astype(np.float32),
+    )
+    calibration = Calibration(max_energy=0.0, max_distance=0.5).for_target(0.95, validation)
+    assert calibration.target_accuracy == 0.95
+    familiar = validation.confidences[:100]
+    # 84 answered are 80/84 = 95.2% right; 85 would be 94.1%.
+    assert calibration.min_probability == pytest.approx(float(familiar[83]))
+    # Settings that give a target choose again; settings that give the threshold itself win.
+    retargeted = Calibration(max_energy=0.0, max_distance=0.5).with_thresholds(
+        Thresholds(target_accuracy=0.8), validation
+    )
+    assert retargeted.min_probability < calibration.min_probability
+    fixed = Calibration(max_energy=0.0, max_distance=0.5).with_thresholds(
+        Thresholds(min_probability=0.7, target_accuracy=0.8), validation
+    )
+    assert (fixed.min_probability, fixed.target_accuracy) == (0.7, None)

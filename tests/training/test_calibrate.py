@@ -1,11 +1,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from models.calibration import Calibration
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from models.ood import OOD_FILE, FeatureBank
 from models.similarity import FingerprintIndex
 from tests.training.helpers import make_image_folder, tiny_config
 from training.calibrate import MIN_PHOTOS, CalibrationError, fit_calibration
@@ -145,3 +147,38 @@ def test_calibrating_a_stored_version_updates_what_the_store_shows(
     again = store.get("site", version.version)
     assert again.spec.calibration["temperature"] > 0
     assert again.sha256 == version.sha256  # the same weights, the same registered version
+
+
+def test_training_ends_with_a_feature_bank_and_a_rule_chosen_for_the_target(
+    calibrated_run: TrainResult,
+) -> None:
+    run = calibrated_run.out_dir
+    best = load_checkpoint(run / "best.pt")
+    calibration = Calibration.from_dict(best.spec.calibration)
+    bank = FeatureBank.load(run / OOD_FILE, model_sha256=best.sha256)
+    assert len(bank) == len(load_manifest(run / "manifest.json").select("train"))
+    assert bank.validation is not None
+    assert len(bank.validation.confidences) == 12
+    assert calibration.max_distance == pytest.approx(float(np.quantile(bank.validation.distances, 0.95)))
+    assert calibration.target_accuracy == 0.95
+    # The threshold is the one chosen again from the stored validation scores.
+    assert calibration.for_target(0.95, bank.validation).min_probability == calibration.min_probability
+
+
+def test_the_ood_command_stores_a_bank_beside_a_shipped_folder_and_keeps_its_checksums_true(
+    calibrated_run: TrainResult, tmp_path: Path
+) -> None:
+    folder = export_run(calibrated_run.out_dir, tmp_path / "shipped").parent
+    # An export's fp16 weights are other weights than the run's: its bank is built for them.
+    assert not (folder / OOD_FILE).exists()
+    sha = load_checkpoint(folder / "model.pt").sha256
+    run_manifest = calibrated_run.out_dir / "manifest.json"
+    args = ["ood", f"--checkpoint={folder / 'model.pt'}", f"--manifest={run_manifest}"]
+    assert main([*args, "--device=cpu", "--k=3", "--target=0.5"]) == 0
+    shipped = load_checkpoint(folder / "model.pt")
+    assert shipped.sha256 == sha
+    assert Calibration.from_dict(shipped.spec.calibration).target_accuracy == 0.5
+    assert FeatureBank.load(folder / OOD_FILE, model_sha256=sha).k == 3
+    sums = read_checksums(folder)
+    assert sums["model.pt"] == file_sha256(folder / "model.pt")
+    assert json.loads((folder / "spec.json").read_text())["spec"]["calibration"]["target_accuracy"] == 0.5

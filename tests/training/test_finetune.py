@@ -9,6 +9,7 @@ from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config
 from training.config import make_config
 from training.engine import train
+from training.optim import build_optimizer
 from training.progress import Progress, TrainingCancelled
 from training.run import main
 from training.transfer import base_options, transfer_weights
@@ -132,3 +133,55 @@ def test_every_architecture_takes_its_base_weights(arch: str, tmp_path: Path) ->
     state = model.state_dict()
     assert torch.equal(state[weight_key][1], checkpoint.state_dict[weight_key][base_classes.index("metal")])
     assert torch.equal(state[weight_key][2], checkpoint.state_dict[weight_key][base_classes.index("glass")])
+
+
+def test_frozen_norms_keep_the_base_statistics_while_the_weights_learn(
+    site_photos: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet50", CLASS_NAMES, 32, (0.5,) * 3, (0.5,) * 3)
+    save_checkpoint(tmp_path / "base.pt", create_model("resnet50", num_classes=len(CLASS_NAMES)), spec)
+    base = load_checkpoint(tmp_path / "base.pt")
+    config = make_config(
+        "finetune",
+        data=str(site_photos),
+        out=str(tmp_path / "run"),
+        init_from=str(tmp_path / "base.pt"),
+        epochs=2,
+        freeze_epochs=0,
+        freeze_norm=True,
+        backbone_lr=0.1,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        amp=False,
+        forgetting_limit=1.0,
+        early_stop=0,
+        **base_options(base.spec),
+    )
+    assert train(config).status == "completed"
+    tuned = load_checkpoint(tmp_path / "run" / "final.pt").state_dict
+    statistics = [name for name in tuned if name.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for name in statistics:
+        assert torch.equal(tuned[name], base.state_dict[name]), name
+    assert not torch.equal(tuned["conv1.weight"], base.state_dict["conv1.weight"])
+
+
+def test_frozen_norms_need_a_base(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="freeze_norm needs a base"):
+        make_config("improved", data=str(tmp_path), out=str(tmp_path / "run"), freeze_norm=True)
+
+
+def test_the_backbone_learns_at_its_share_of_the_rate() -> None:
+    model = create_model("simple_cnn", num_classes=6, width=4)
+    config = make_config("improved", data="x", out="y", lr=0.01, backbone_lr=0.1)
+    rates = {
+        id(p): group["lr"]
+        for group in build_optimizer(model, config, {"fc3"}).param_groups
+        for p in group["params"]
+    }
+    for name, parameter in model.named_parameters():
+        assert rates[id(parameter)] == pytest.approx(0.01 if name.startswith("fc3.") else 0.001), name
+    # One rate for all: the two groups that resumable checkpoints hold.
+    assert len(build_optimizer(model, make_config("improved", data="x", out="y"), {"fc3"}).param_groups) == 2

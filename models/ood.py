@@ -1,0 +1,142 @@
+"""How unlike a model's training photos a photo is, in the model's own feature space, and the confidence
+threshold that makes its sure answers right as often as asked.
+
+The *feature distance* of a photo is one minus the cosine similarity of its pooled features (the
+classifier's input) to those of its ``k``-th nearest training photo (Sun et al., "Out-of-distribution
+Detection with Deep Nearest Neighbors", 2022). Unlike the energy score, which reads the logits and so only
+what the classifier has learned to separate, it sees a photo whose features sit where no training photo's
+do: a new camera, a new background. The training photos' features are stored with the model as
+``ood.npz`` (unit-length fp16 vectors, no photos), its weights' digest checked at load.
+"""
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from models.calibration import ValidationScores
+from models.files import atomic_open
+
+OOD_FILE = "ood.npz"
+FORMAT = "trashcam.feature-bank"
+#: The neighbour whose distance is the score: the 10th, robust to a few stray near-duplicates.
+DEFAULT_K = 10
+
+
+class NoFeatureBankError(LookupError):
+    """No feature bank, or one that belongs to other weights."""
+
+
+def unit_rows(embeddings: npt.ArrayLike | Tensor) -> Tensor:
+    """The rows of ``embeddings`` scaled to unit length, fp32."""
+    rows = embeddings if isinstance(embeddings, Tensor) else torch.from_numpy(np.asarray(embeddings))
+    return F.normalize(rows.float(), dim=1)
+
+
+@dataclass(frozen=True)
+class FeatureBank:
+    """The training photos' pooled features, as one model sees them, and the ``k`` of the score."""
+
+    model_sha256: str
+    embeddings: npt.NDArray[np.float16]
+    k: int = DEFAULT_K
+    #: Photos per training source, for the record.
+    sources: Mapping[str, int] = field(default_factory=dict)
+    #: The validation photos' scores the thresholds were chosen on (None: not stored).
+    validation: ValidationScores | None = None
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or len(self.embeddings) == 0:
+            raise ValueError("a feature bank needs at least one photo's features")
+        if not 1 <= self.k <= len(self.embeddings):
+            raise ValueError(f"k must be in [1, {len(self.embeddings)}], got {self.k}")
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: npt.ArrayLike,
+        *,
+        model_sha256: str,
+        k: int = DEFAULT_K,
+        sources: Mapping[str, int] | None = None,
+        validation: ValidationScores | None = None,
+    ) -> "FeatureBank":
+        """A bank of ``embeddings`` (N, D), normalised and stored in fp16."""
+        unit = unit_rows(embeddings).numpy().astype(np.float16)
+        return cls(model_sha256, unit, k, dict(sources or {}), validation)
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def _matrix(self) -> Tensor:
+        # Searched in fp32, converted once rather than per query (the dataclass is frozen).
+        matrix: Tensor | None = self.__dict__.get("_fp32")
+        if matrix is None:
+            matrix = torch.from_numpy(self.embeddings.astype(np.float32))
+            object.__setattr__(self, "_fp32", matrix)
+        return matrix
+
+    def scores(self, embeddings: npt.ArrayLike | Tensor) -> npt.NDArray[np.float32]:
+        """The feature distance (B,) of each row of ``embeddings`` (B, D): in [0, 2], higher is
+        less like the training photos."""
+        queries = unit_rows(embeddings)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"embeddings have {queries.shape[1]} features, the bank {self.dim}")
+        similarity = queries @ self._matrix().T
+        kth = similarity.topk(self.k, dim=1).values[:, -1]
+        return (1.0 - kth).clamp(min=0.0).numpy()
+
+    def save(self, path: Path) -> None:
+        """Write the bank atomically (numpy's zip, no pickle)."""
+        meta = {
+            "format": FORMAT,
+            "model_sha256": self.model_sha256,
+            "k": self.k,
+            "sources": dict(self.sources),
+        }
+        # No validation scores are stored as empty arrays.
+        validation = self.validation or ValidationScores(
+            np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        )
+        with atomic_open(path) as handle:
+            np.savez(
+                handle,
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                embeddings=self.embeddings,
+                val_confidences=validation.confidences.astype(np.float32),
+                val_correct=validation.correct.astype(bool),
+                val_energies=validation.energies.astype(np.float32),
+                val_distances=validation.distances.astype(np.float32),
+            )
+
+    @classmethod
+    def load(cls, path: Path, *, model_sha256: str | None = None) -> "FeatureBank":
+        """Read a bank; with ``model_sha256``, refuse one computed with other weights."""
+        if not os.path.exists(path):
+            raise NoFeatureBankError(f"no feature bank at {path}")
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            embeddings = data["embeddings"].astype(np.float16)
+            validation = None
+            if "val_confidences" in data.files and len(data["val_confidences"]):
+                validation = ValidationScores(
+                    data["val_confidences"], data["val_correct"], data["val_energies"], data["val_distances"]
+                )
+        if meta.get("format") != FORMAT:
+            raise NoFeatureBankError(f"{path} is not a feature bank")
+        if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+            raise NoFeatureBankError(f"{path} was computed with other weights than this model's")
+        return cls(
+            meta["model_sha256"], embeddings, int(meta["k"]), dict(meta.get("sources", {})), validation
+        )

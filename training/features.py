@@ -1,0 +1,77 @@
+"""A checkpoint's logits and pooled features (the classifier's input) for every photo of a sample list,
+in one forward pass per batch: what the out-of-distribution bank and its thresholds are built from."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from models.fingerprint import EmbeddingHook
+from models.precision import cpu_has_native_bf16
+from training.data import Sample
+from training.evaluation import autocast, load_for_evaluation
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per photo: raw logits (N, classes), pooled features (N, D) and labels (N,), in sample order."""
+
+    logits: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+
+
+def default_amp(device: torch.device) -> torch.dtype | None:
+    """bf16 where the device computes it natively (as serving does), else full precision."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+@torch.inference_mode()
+def extract_features(
+    checkpoint_path: Path,
+    *,
+    root: Path,
+    samples: Sequence[Sample],
+    data_classes: Sequence[str],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> Features:
+    """Logits and pooled features of every photo of ``samples`` (labels in ``data_classes`` order)."""
+    loaded = load_for_evaluation(
+        checkpoint_path,
+        root=root,
+        samples=samples,
+        data_classes=data_classes,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    model = loaded.model.eval()
+    hook = EmbeddingHook(model)
+    logits, embeddings, labels = [], [], []
+    try:
+        for images, targets in loaded.loader:
+            with autocast(device, amp_dtype):
+                output = model(images.to(device, non_blocking=True))
+            assert hook.features is not None
+            logits.append(output.float().cpu())
+            embeddings.append(hook.features.float().cpu())
+            labels.append(targets)
+    finally:
+        hook.remove()
+    if not logits:
+        return Features(
+            np.zeros((0, len(loaded.checkpoint.spec.class_names)), np.float32),
+            np.zeros((0, 0), np.float32),
+            np.zeros(0, np.int64),
+        )
+    return Features(
+        torch.cat(logits).numpy(), torch.cat(embeddings).numpy(), torch.cat(labels).long().numpy()
+    )
