@@ -61,6 +61,11 @@ api_key_scheme = APIKeyHeader(
 ApiKeyHeader = Annotated[str | None, Security(api_key_scheme)]
 
 
+def require_review_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+    """For labelling the review queue: a key of the review role or above."""
+    return check_api_key(settings, api_key, "review")
+
+
 def require_train_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
     """For endpoints that start or stop jobs: a key of the train or admin role."""
     return check_api_key(settings, api_key, "train")
@@ -82,4 +87,5 @@ AdminAccess = Depends(require_admin_key)
 ReadAccess = Depends(require_read_access)
 #: The key a request came with, for the records that say who did what (jobs, promotions).
 TrainerDep = Annotated[ApiKey, Depends(require_train_key)]
+ReviewerDep = Annotated[ApiKey, Depends(require_review_key)]
 AdminDep = Annotated[ApiKey, Depends(require_admin_key)]

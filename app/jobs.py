@@ -6,6 +6,7 @@ Everything here touches the disk or Redis, so routes call it through a thread po
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -15,6 +16,7 @@ from fastapi import HTTPException, status
 
 from app.errors import too_large, unprocessable
 from core.jobs import PHOTO_SUFFIXES, Job, JobParams, JobStore
+from core.review import ReviewError, ReviewStore
 from core.settings import Settings
 from training.archive import (
     ARCHIVE_SUFFIXES,
@@ -138,17 +140,37 @@ def refuse_links_out(folder: Path, root: Path, label: str) -> None:
         )
 
 
+#: ``data_path`` that names a site's review set: ``review:SITE`` (or ``NAME=review:SITE``).
+REVIEW_PREFIX = "review:"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A training job's data: TrainConfig ``data``, a description, and the lineage of each review set
+    it holds (by data set name)."""
+
+    data: str | tuple[str, ...]
+    description: str
+    review_sets: dict[str, dict[str, object]]
+
+
 def store_training_data(
     upload: tuple[str, BinaryIO] | None, data_paths: Sequence[str], folder: Path, settings: Settings
-) -> tuple[str | tuple[str, ...], str]:
-    """(TrainConfig ``data``, description) for a training job: the uploaded archive, saved and vetted in
-    the job folder, and/or paths confined to the data root.
+) -> TrainingData:
+    """The data of a training job: the uploaded archive, saved and vetted in the job folder; paths
+    confined to the data root; and review sets (``review:SITE``), the photos people labelled written
+    out in the job folder.
 
     One data set alone is given as its path. Several (or a named one, ``name=path``) are a mixed run:
-    the upload is named ``upload`` and a path without a name is named after its file.
+    the upload is named ``upload``, a path without a name is named after its file, a review set
+    ``review-SITE``.
     """
+    renamed = [
+        f"review-{value.removeprefix(REVIEW_PREFIX)}={value}" if value.startswith(REVIEW_PREFIX) else value
+        for value in data_paths
+    ]
     try:
-        parsed = parse_data_sets(data_paths)
+        parsed = parse_data_sets(renamed)
     except ValueError as error:
         raise unprocessable(f"data_path: {error}") from None
     names = (["upload"] if upload is not None else []) + [name for name, _ in parsed]
@@ -158,7 +180,20 @@ def store_training_data(
         raise unprocessable(f"data set names must differ: {names}")
     named: list[tuple[str, Path]] = []
     described: list[str] = []
+    review_sets: dict[str, dict[str, object]] = {}
     for (name, relative), given in zip(parsed, data_paths, strict=True):
+        if relative.startswith(REVIEW_PREFIX):
+            site = relative.removeprefix(REVIEW_PREFIX)
+            if not site:
+                raise unprocessable("data_path review: names a site's review set: review:SITE")
+            try:
+                labelled = ReviewStore(settings.review_dir).export(site, folder / f"review-{site}")
+            except ReviewError as error:
+                raise unprocessable(f"data_path {given}: {error}") from None
+            named.append((name, labelled.folder))
+            review_sets[name] = labelled.lineage
+            described.append(given)
+            continue
         named.append((name, confined_data_path(relative, settings)))
         described.append(f"data_root:{given}")
     if upload is not None:
@@ -173,8 +208,8 @@ def store_training_data(
         named.insert(0, ("upload", archive))
         described.insert(0, f"upload:{filename}")
     if len(named) == 1 and "=" not in "".join(data_paths):
-        return str(named[0][1]), described[0]
-    return tuple(f"{name}={path}" for name, path in named), ", ".join(described)
+        return TrainingData(str(named[0][1]), described[0], review_sets)
+    return TrainingData(tuple(f"{name}={path}" for name, path in named), ", ".join(described), review_sets)
 
 
 def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings: Settings) -> int:

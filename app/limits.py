@@ -18,9 +18,14 @@ from core.settings import Role, Settings
 #: Methods that change state; under these paths they need a key of the role given (as the routes'
 #: TrainAccess and AdminAccess do).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-WRITE_PATHS: dict[str, Role] = {"/train": "train", "/explain/batch": "train", "/models": "admin"}
+WRITE_PATHS: dict[str, Role] = {
+    "/train": "train",
+    "/explain/batch": "train",
+    "/models": "admin",
+    "/review": "review",
+}
 #: With ``protect_reads`` every method under these paths needs one too (as the routes' ReadAccess does).
-READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models")
+READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models", "/review")
 
 
 class BodyTooLargeError(HTTPException):

@@ -20,7 +20,7 @@ from app.lanes import plan_lanes
 from app.limits import RequestGate
 from app.metrics import Metrics, MetricsMiddleware
 from app.openapi import DocumentedAPI, operation_id
-from app.routes import batches, classify, explain, health, similar, training, ui
+from app.routes import batches, classify, explain, health, review, similar, training, ui
 from app.routes import models as models_routes
 from app.routes.docs import add_docs
 from app.serving import InferenceService
@@ -53,13 +53,14 @@ async def follow_default_model(app: FastAPI) -> None:
 
 async def recover_lost_jobs(app: FastAPI) -> None:
     """Resubmit jobs whose worker died or whose queue message a Redis restart lost, and free the disk
-    of jobs that finished longer ago than the retention time."""
+    of jobs that finished, and of review items stored, longer ago than their retention times."""
     settings: Settings = app.state.settings
     while True:
         try:
             await run_in_threadpool(recover_orphans, app.state.jobs, app.state.submitter)
             retention = settings.job_retention_days * 86400
             await run_in_threadpool(prune_finished_jobs, app.state.jobs, retention_seconds=retention)
+            await run_in_threadpool(app.state.review.prune, settings.review_retention_days * 86400)
         except Exception:
             logger.exception("job recovery or cleanup failed; will retry")
         await asyncio.sleep(settings.job_recovery_interval_seconds)
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     app.state.settings = settings or get_settings()
     app.state.store = model_store(app.state.settings)
     app.state.metrics = Metrics(app.state.settings.drift_window_seconds)
+    app.state.review = review.review_store(app.state.settings)
     app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         similar.router,
         training.router,
         models_routes.router,
+        review.router,
         health.router,
         ui.router,
     ):

@@ -70,6 +70,9 @@ class Classification(BaseModel):
         examples=[["unlike the training photos"]],
     )
     rule: UnsureRule = Field(description="the thresholds that decided unsure")
+    review_id: str | None = Field(
+        None, description="the review queue item this photo was kept as (GET /review/{id}); null: not kept"
+    )
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
 
@@ -217,3 +220,40 @@ class SimilarPublic(FingerprintPublic):
     indexed: int = Field(description="training photos in the model's index")
     search_ms: float = Field(description="time to search the whole index")
     neighbours: list[NeighbourPublic]
+
+
+class ReviewLabelPublic(BaseModel):
+    label: str = Field(examples=["glass"])
+    by: str = Field(description="the name of the key that labelled it", examples=["reviewer-ana"])
+    at: float = Field(description="when (Unix time)")
+
+
+class ReviewItemPublic(BaseModel):
+    id: str = Field(examples=["9b2f0c4e5d6a47f8b1c3d2e4f5a6b7c8"])
+    created_at: float = Field(description="when the photo was answered (Unix time)")
+    site: str | None = Field(None, description="the site tag the photo was sent with", examples=["sd"])
+    model: str = Field(description="the model that answered (name:version)", examples=["se_resnet50:builtin"])
+    filename: str | None = None
+    predicted: str = Field(description="the model's guess", examples=["paper"])
+    confidence: float = Field(description="the guess's calibrated probability", examples=[0.46])
+    probabilities: dict[str, float]
+    energy: float
+    distance: float | None
+    unsure: bool
+    unsure_reasons: list[str]
+    classes: list[str] = Field(description="what a label may be, besides 'skip' and 'not waste'")
+    label: str | None = Field(None, description="the latest label (null: waiting for a person)")
+    labels: list[ReviewLabelPublic] = Field(description="every label given, oldest first")
+    thumbnail: str | None = Field(None, description="base64 JPEG, at most 256 px a side (one item only)")
+    heatmap: str | None = Field(
+        None,
+        description="base64 PNG: the Grad-CAM of the guess over the photo, from the model that answered "
+        "(one item only; null when that model was deleted since)",
+    )
+
+
+class ReviewPage(BaseModel):
+    items: list[ReviewItemPublic]
+    total: int = Field(description="items that match, on every page")
+    limit: int
+    offset: int

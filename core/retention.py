@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 #: What a job folder may hold that is large and not needed once the job has finished.
 BULKY = (
     "upload*",
+    "review-*",
     "inputs",
     "result.zip",
     "run/data",

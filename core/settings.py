@@ -16,8 +16,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: What a key may do, each role including the ones before it: ``read`` classifies, explains and lists;
 #: ``train`` also starts and cancels jobs; ``admin`` also promotes, rolls back and deletes models.
-Role = Literal["read", "train", "admin"]
-ROLES: tuple[Role, ...] = ("read", "train", "admin")
+Role = Literal["read", "review", "train", "admin"]
+#: Each role may do what the ones before it may: read (classify, explain, similar), review (label the
+#: review queue), train (start and cancel jobs), admin (promote, roll back, delete models).
+ROLES: tuple[Role, ...] = ("read", "review", "train", "admin")
 
 
 class ApiKey(BaseModel):
@@ -79,6 +81,13 @@ class Settings(BaseSettings):
         description="how often sure answers must be right on the model's validation photos: the "
         "probability threshold is chosen for it where the model stores its validation scores (None: "
         "the model's own choice)",
+    )
+    # The review queue: which answered photos are kept for a person to label.
+    review: Literal["off", "unsure", "all"] = Field(
+        "off", description="keep the photos answered as unsure ('unsure'), every one ('all') or none for review"
+    )
+    review_retention_days: float = Field(
+        30.0, gt=0, description="review items (photos, labels) are deleted this long after they were stored"
     )
     drift_window_seconds: float = Field(
         3600.0,
@@ -170,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.var_dir / "models"
+
+    @property
+    def review_dir(self) -> Path:
+        return self.var_dir / "review"
 
     @property
     def jobs_dir(self) -> Path:

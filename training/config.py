@@ -207,6 +207,9 @@ class TrainConfig(BaseModel):
     #: The registered model ``init_from`` is (``name:version``), for the lineage; the record then leaves
     #: the server's path out.
     base: str | None = None
+    #: The review sets among the data (by data set name): which site, how many labels, by whom, up to
+    #: when, and a digest of the items and labels; so a model says which people's answers it learned.
+    review_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     freeze_epochs: int = Field(
         0, ge=0, description="epochs at the start that train only the classifier (needs a base model)"
     )

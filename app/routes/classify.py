@@ -2,12 +2,15 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
+from app.reviewing import ReviewField, SiteField, checked_policy, checked_site, keep, wanted
 from app.routes.inference_views import ModelField, chosen_predictor, classification
+from app.routes.review import ReviewStoreDep
 from app.schemas import ClassifyPublic
-from app.uploads import gather_uploads, read_images
+from app.uploads import gather_uploads, read_images, refuse_repeated
 
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
@@ -20,21 +23,30 @@ async def classify_images(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    review_store: ReviewStoreDep,
     file: Annotated[
         UploadFile | None, File(description="one photo (given several times: each is classified)")
     ] = None,
     files: Annotated[list[UploadFile] | None, File(description="several photos")] = None,
     model: ModelField = None,
+    site: SiteField = None,
+    review: ReviewField = None,
 ) -> ClassifyPublic:
-    """Which material each photo shows, with the probability of every class."""
+    """Which material each photo shows, with the probability of every class. Photos the review policy
+    asks for (unsure ones, or all) are kept for a person to label (``review_id``)."""
+    await refuse_repeated(request, "site", "review")
+    site, policy = checked_site(site), checked_policy(review, settings.review)
     uploads = await gather_uploads(request, settings)
     predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs.
     images = await read_images(uploads, settings, min_side=predictor.spec.input_size)
     outcomes = await asyncio.gather(*(service.classify(image, predictor=predictor) for image in images))
-    return ClassifyPublic(
-        results=[
-            classification(upload.filename, outcome, metrics)
-            for upload, outcome in zip(uploads, outcomes, strict=True)
-        ]
-    )
+    results = []
+    for upload, image, outcome in zip(uploads, images, outcomes, strict=True):
+        result = classification(upload.filename, outcome, metrics)
+        if wanted(policy, outcome):
+            result.review_id = await run_in_threadpool(
+                keep, review_store, image, outcome, site, upload.filename
+            )
+        results.append(result)
+    return ClassifyPublic(results=results)

@@ -54,6 +54,9 @@ def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
 
 #: ``base`` naming the model that serves now, whether it is registered, configured or shipped.
 SERVING_BASE = "default"
+#: The split of a review set: what few-photo fine-tunes were found to do best with (no test photos;
+#: docs/RESULTS.md, "From the general default model, and a split that keeps more photos to train on").
+REVIEW_SPLIT = (0.85, 0.15, 0.0)
 
 
 def training_options(model: str | None, model_kwargs: str | None, given: TrainingOptions) -> dict[str, Any]:
@@ -216,7 +219,13 @@ async def create_training_job(
     folder.mkdir(parents=True)
     try:
         upload = None if file is None else (file.filename or "upload", file.file)
-        data, source = await run_in_threadpool(store_training_data, upload, data_paths, folder, settings)
+        stored = await run_in_threadpool(store_training_data, upload, data_paths, folder, settings)
+        data, source = stored.data, stored.description
+        if stored.review_sets:
+            # What people labelled is a few photos per class: split as few-photo runs are (no test photos)
+            # unless the request says otherwise, and the model records which labels it learned from.
+            options.setdefault("split", REVIEW_SPLIT)
+            options["review_sets"] = stored.review_sets
         try:
             config = make_config(recipe, data=data, out=str(folder / RUN_DIR), **options)
         except ValueError as error:
