@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The same two without the hold to the base, to see the ends the hold starts from.
     "frozen-norm-nohold": {"freeze_norm": True, "forgetting_limit": 1.0},
     "frozen-norm-backbone-lr0.1-nohold": {"freeze_norm": True, "backbone_lr": 0.1, "forgetting_limit": 1.0},
+    "backbone-lr0.1-nohold": {"backbone_lr": 0.1, "forgetting_limit": 1.0},
 }
 
 

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     )
     # The review queue: which answered photos are kept for a person to label.
     review: Literal["off", "unsure", "all"] = Field(
-        "off", description="keep the photos answered as unsure ('unsure'), every one ('all') or none for review"
+        "off",
+        description="keep the photos answered as unsure ('unsure'), every one ('all') or none for review",
     )
     review_retention_days: float = Field(
         30.0, gt=0, description="review items (photos, labels) are deleted this long after they were stored"
