@@ -13,6 +13,8 @@ from core.review import REVIEW_POLICIES, NewItem, ReviewPolicy, ReviewStore
 
 #: A site tag: what a backend names a camera or a place by.
 SITE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Shorter side (at least) a photo is decoded at when it may be kept: what a person needs to see it.
+REVIEW_SIDE = 256
 #: Quality of the kept photo: what a person labels from and a fine-tune trains on.
 PHOTO_QUALITY = 90
 

@@ -680,6 +680,7 @@ class _Run:
                 data_classes=self.class_names,
                 device=self.device,
                 target_accuracy=self.config.sure_target_accuracy,
+                seed=derive_seed(self.config.seed, "feature-bank"),
                 batch_size=self.config.batch_size,
                 workers=self.config.workers,
             )

@@ -22,7 +22,7 @@ from models.calibration import (
     energy_score,
 )
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from models.ood import DEFAULT_K, OOD_FILE, FeatureBank
+from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE, FeatureBank
 from training.data import Sample
 from training.features import default_amp, extract_features
 
@@ -40,14 +40,17 @@ def build_feature_bank(
     sources: Sequence[str] | None = None,
     train_root: Path | None = None,
     k: int = DEFAULT_K,
+    max_photos: int = DEFAULT_BANK_PHOTOS,
+    seed: int = 0,
     distance_quantile: float = DEFAULT_DISTANCE_QUANTILE,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     batch_size: int = 64,
     workers: int | None = None,
 ) -> FeatureBank:
     """Build the bank from the ``train`` photos (under ``train_root``, default ``root``; ``sources``
-    names each one's source, for the record), choose the rule on the ``val`` photos, write the bank
-    beside the checkpoint and the rule into its calibration."""
+    names each one's source, for the record; at most ``max_photos`` of them, drawn with ``seed``), choose
+    the rule on the ``val`` photos, write the bank beside the checkpoint and the rule into its
+    calibration."""
     amp = default_amp(device)
 
     def features(samples: Sequence[Sample], folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,9 +69,13 @@ def build_feature_bank(
     if not train or not val:
         raise ValueError("a feature bank needs training photos and validation photos")
     checkpoint = load_checkpoint(checkpoint_path)
+    named = list(sources) if sources is not None else ["train"] * len(train)
+    if len(train) > max_photos:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(train), max_photos, replace=False))
+        train, named = [train[i] for i in chosen], [named[i] for i in chosen]
     _, train_embeddings, _ = features(train, train_root or root)
     counts: dict[str, int] = {}
-    for source in sources or ["train"] * len(train):
+    for source in named:
         counts[source] = counts.get(source, 0) + 1
     bank = FeatureBank.from_embeddings(
         train_embeddings, model_sha256=checkpoint.sha256, k=min(k, len(train)), sources=counts

@@ -36,7 +36,7 @@ from models.calibration import (
 )
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.files import DiskFullError
-from models.ood import DEFAULT_K, OOD_FILE
+from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE
 from models.precision import DTYPES
 from models.predictor import select_device
 from models.similarity import INDEX_FILE
@@ -249,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     ood.add_argument("--manifest", type=Path, help="a run's manifest.json: exactly its split")
     ood.add_argument("--k", type=int, default=DEFAULT_K, help="the neighbour whose distance is the score")
     ood.add_argument(
+        "--max-photos",
+        type=int,
+        default=DEFAULT_BANK_PHOTOS,
+        help="training photos in the bank at most (drawn at random)",
+    )
+    ood.add_argument(
         "--distance-quantile",
         type=float,
         default=DEFAULT_DISTANCE_QUANTILE,
@@ -454,6 +460,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
             data_classes=manifest.class_names,
             device=select_device(args.device),
             k=args.k,
+            max_photos=args.max_photos,
             distance_quantile=args.distance_quantile,
             target_accuracy=args.target,
             batch_size=args.batch_size,

@@ -6,7 +6,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
-from app.reviewing import ReviewField, SiteField, checked_policy, checked_site, keep, wanted
+from app.reviewing import (
+    REVIEW_SIDE,
+    ReviewField,
+    SiteField,
+    checked_policy,
+    checked_site,
+    keep,
+    wanted,
+)
 from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.routes.review import ReviewStoreDep
 from app.schemas import ClassifyPublic
@@ -38,8 +46,9 @@ async def classify_images(
     site, policy = checked_site(site), checked_policy(review, settings.review)
     uploads = await gather_uploads(request, settings)
     predictor = await chosen_predictor(service, model)
-    # Decoded no larger than the model's input needs.
-    images = await read_images(uploads, settings, min_side=predictor.spec.input_size)
+    # Decoded no larger than the model's input needs, or a person labelling it.
+    min_side = predictor.spec.input_size if policy == "off" else max(predictor.spec.input_size, REVIEW_SIDE)
+    images = await read_images(uploads, settings, min_side=min_side)
     outcomes = await asyncio.gather(*(service.classify(image, predictor=predictor) for image in images))
     results = []
     for upload, image, outcome in zip(uploads, images, outcomes, strict=True):

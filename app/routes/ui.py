@@ -1,4 +1,5 @@
-"""The web pages: classify a photo (with its heatmap and similar training photos) and train a model.
+"""The web pages: classify a photo (with its heatmap and similar training photos), train a model, and
+label the photos the model was unsure of.
 
 Plain HTML, CSS and JavaScript from ``app/static``, with nothing fetched from elsewhere, so they work
 where the service has no internet; they call the same HTTP API as every other client.
@@ -42,3 +43,8 @@ def classify_page() -> HTMLResponse:
 @router.get("/ui/train", response_class=HTMLResponse)
 def training_page() -> HTMLResponse:
     return HTMLResponse(page("train.html"))
+
+
+@router.get("/ui/review", response_class=HTMLResponse)
+def review_page() -> HTMLResponse:
+    return HTMLResponse(page("review.html"))

@@ -168,3 +168,35 @@ def test_the_api_documentation_renders_with_no_internet(
     assert set(outside) <= {REDOC_LOGO}
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"ui{path.replace('/', '-')}.png")
+
+
+def test_photos_are_labelled_from_the_review_page_with_one_key_press_each_and_undo(
+    page: Page, api: httpx2.Client, trashnet_photos: Path
+) -> None:
+    chosen = sorted((trashnet_photos / "metal").glob("*.jpg"))[:3]
+    files = [("files", (photo.name, photo.read_bytes())) for photo in chosen]
+    answered = api.post("/classify", files=files, data={"site": "page-test", "review": "all"}).json()
+    ids = [result["review_id"] for result in answered["results"]]
+    page.goto("/ui/review")
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_label("Site").fill("page-test")
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#left")).to_have_text("3", timeout=30_000)
+    photo = page.get_by_alt_text("the photo to label")
+    expect(photo).to_be_visible()
+    classes = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}).json()["classes"]
+    page.keyboard.press(str(classes.index("metal") + 1))
+    expect(page.locator("#left")).to_have_text("2")
+    page.keyboard.press(str(classes.index("glass") + 1))
+    expect(page.locator("#left")).to_have_text("1")
+    page.keyboard.press("u")  # the second photo comes back ...
+    expect(page.locator("#left")).to_have_text("2")
+    page.keyboard.press(str(classes.index("metal") + 1))  # ... and is labelled again
+    expect(page.locator("#left")).to_have_text("1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "ui-review.png", full_page=True)
+    first = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}).json()
+    second = api.get(f"/review/{ids[1]}", params={"heatmap": "false"}).json()
+    assert [lab["label"] for lab in first["labels"]] == ["metal"]
+    assert [lab["label"] for lab in second["labels"]] == ["glass", "metal"]
+    assert api.get(f"/review/{ids[2]}", params={"heatmap": "false"}).json()["label"] is None
