@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,8 +26,9 @@ import torch
 from bench.operator_story import read_source
 from models.calibration import Calibration, choose_min_probability
 from models.checkpoint import load_checkpoint
-from models.ood import FeatureBank
+from models.ood import OOD_FILE, FeatureBank
 from training.features import Features, default_amp, extract_features
+from training.report import risk_coverage
 from training.split import manifest_and_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trashnet", type=Path, default=REPO / "data" / "trashnet-112.tar.gz")
     parser.add_argument("--target", type=float, nargs="+", default=[0.95, 0.93, 0.90])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rule-out", type=Path, help="write the shipped rule's figures here (JSON)")
+    parser.add_argument("--rule-only", action="store_true", help="only the shipped rule, no comparison")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(BASE)
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def probabilities(f: Features) -> Array:
         return calibration.probabilities(torch.from_numpy(f.logits)).numpy()
 
-    for name, score in scorers.items():
+    for name, score in {} if args.rule_only else scorers.items():
         val_scores = score(sets["val"])
         val_p = probabilities(sets["val"])
         val_right = val_p.argmax(1) == sets["val"].labels
@@ -192,7 +196,64 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for source in sorted(set(test_sources))
                 }
                 print(json.dumps(row), flush=True)
+    rule_rows = shipped_rule(checkpoint, calibration, sets, test_sources)
+    for row in rule_rows:
+        print(json.dumps(row), flush=True)
+    if args.rule_out is not None:
+        args.rule_out.parent.mkdir(parents=True, exist_ok=True)
+        args.rule_out.write_text(json.dumps(rule_rows, indent=2) + "\n")
     return 0
+
+
+def aurc(keys: Array, right: npt.NDArray[np.bool_]) -> float:
+    """Area under the risk-coverage curve: the mean error of the k surest answers over every k."""
+    order = np.argsort(-keys, kind="stable")
+    errors = np.cumsum(~right[order]) / np.arange(1, len(right) + 1)
+    return float(errors.mean())
+
+
+def shipped_rule(
+    checkpoint: Any, calibration: Calibration, sets: dict[str, Features], test_sources: npt.NDArray[Any]
+) -> list[dict[str, Any]]:
+    """The shipped model's rule before (calibrated top-1 under 0.5 or energy over its threshold) and
+    after (the feature distance too, the probability threshold chosen for its target), on each set: the
+    share answered, right when sure, and the AURC of the ranking each implies (photos unlike the
+    training photos after every other)."""
+    bank = FeatureBank.load(BASE.parent / OOD_FILE, model_sha256=checkpoint.sha256)
+    before = Calibration(
+        temperature=calibration.temperature, min_probability=0.5, max_energy=calibration.max_energy
+    )
+    views = {
+        "test (all seven sources)": (sets["test"], np.ones(len(sets["test"].labels), bool)),
+        "test, TrashNet": (sets["test"], test_sources == "trashnet"),
+        "test, six other sources": (sets["test"], test_sources != "trashnet"),
+        "sd (held out)": (sets["sd"], np.ones(len(sets["sd"].labels), bool)),
+        "er (held out)": (sets["er"], np.ones(len(sets["er"].labels), bool)),
+    }
+    rows = []
+    for name, (features, mask) in views.items():
+        logits = torch.from_numpy(features.logits[mask])
+        probabilities = calibration.probabilities(logits).numpy()
+        confidence = probabilities.max(1)
+        right = probabilities.argmax(1) == features.labels[mask]
+        energy = -torch.logsumexp(logits, dim=1).numpy()
+        distance = bank.scores(features.embeddings[mask])
+        row: dict[str, Any] = {"set": name, "photos": int(mask.sum()), "accuracy": float(right.mean())}
+        for label, rule, distances in (("before", before, None), ("after", calibration, distance)):
+            unlike = rule.unlike_training_all(energy, distances)
+            sure = (confidence >= rule.min_probability) & ~unlike
+            row[label] = {
+                "answered": float(sure.mean()),
+                "right_when_sure": float(right[sure].mean()) if sure.any() else None,
+                "aurc": aurc(confidence - unlike.astype(np.float32), right),
+                "curve": [
+                    {"answered": float(point["coverage"]), "right": float(point["accuracy"])}
+                    for point in risk_coverage(confidence - unlike.astype(np.float32), right)
+                ],
+            }
+        row["aurc_confidence_only"] = aurc(confidence, right)
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":
