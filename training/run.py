@@ -414,6 +414,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             energy_quantile=args.energy_quantile,
         )
     written = args.out or args.checkpoint
+    if (written.parent / OOD_FILE).is_file():
+        logger.warning(
+            "the 'sure' rule is back to a probability of %s and no feature distance: run "
+            "`trashcam-train ood --checkpoint %s ...` to choose it again with the new temperature",
+            args.min_probability,
+            written,
+        )
     if written.name == CHECKPOINT and refresh_exported(written.parent):
         logger.info("updated %s (and any %s) in %s", SPEC_FILE, SUMS_FILE, written.parent)
     fitted = calibration.fitted_on or {}
