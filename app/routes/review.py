@@ -24,6 +24,7 @@ from core.review import (
 )
 from core.settings import Settings
 from models.calibration import UNSURE_REASONS
+from models.checkpoint import CheckpointError
 from models.predictor import Predictor
 from models.store import ModelNotFoundError
 
@@ -113,7 +114,7 @@ def model_of(item: ReviewItem, service: ServiceDep) -> Predictor | None:
         return serving
     try:
         return service.manager.stored_predictor(item.model)
-    except (ModelNotFoundError, ValueError):
+    except (ModelNotFoundError, CheckpointError, ValueError):
         return None
 
 

@@ -23,7 +23,17 @@ def parse(command: str) -> argparse.Namespace:
 
 
 #: Fields given another way (data sets, run folder, architecture, recipe) or recorded by the run.
-NOT_OPTIONS = {"data", "out", "model", "model_kwargs", "recipe", "init_sha256", "init_classes", "base"}
+NOT_OPTIONS = {
+    "data",
+    "out",
+    "model",
+    "model_kwargs",
+    "recipe",
+    "init_sha256",
+    "init_classes",
+    "base",
+    "review_sets",
+}
 
 
 def test_every_config_field_is_an_option_or_given_another_way() -> None:
