@@ -155,6 +155,48 @@ def test_a_model_finetuned_from_the_serving_one_serves_calibrated(
     assert similar["indexed"] > 0
 
 
+def test_what_reviewers_label_fine_tunes_the_site_model_that_then_serves(
+    api: httpx2.Client, site_photos: Path
+) -> None:
+    photos = sorted(site_photos.rglob("*.jpg"))[::2]  # 45 photos, 15 of each class
+    truth = {path.name: path.parent.name for path in photos}
+    ids = []
+    for start in range(0, len(photos), 16):
+        files = [
+            ("files", (path.name, path.read_bytes(), "image/jpeg")) for path in photos[start : start + 16]
+        ]
+        answered = api.post("/classify", files=files, data={"site": "loop", "review": "all"})
+        assert answered.status_code == 200, answered.text
+        ids += [(result["review_id"], result["filename"]) for result in answered.json()["results"]]
+    queue = api.get("/review", params={"site": "loop", "order": "least_sure", "limit": "100"}).json()
+    assert queue["total"] == len(photos)
+    for item_id, filename in ids:
+        labelled = api.post(f"/review/{item_id}", data={"label": truth[filename]}, headers=KEY)
+        assert labelled.status_code == 200, labelled.text
+    form = {"data_path": "review:loop", "base": "default", "name": "loop", "epochs": "3", "batch_size": "16"}
+    created = api.post("/train", data={**form, "make_default": "true"}, headers=KEY)
+    assert created.status_code == 202, created.text
+    job = wait_for_job(api, created.headers["location"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "succeeded", job["error"]
+    config = job["params"]["config"]
+    assert config["split"] == [0.85, 0.15, 0.0]
+    lineage = config["review_sets"]["review-loop"]
+    assert (lineage["site"], lineage["labels"]) == ("loop", len(photos))
+    assert lineage["per_class"] == {"glass": 15, "metal": 15, "paper": 15}
+    (model,) = api.get("/models/loop").json()
+    assert model["recipe"]["review_sets"]["review-loop"]["by"] == lineage["by"]
+    version = job["result"]["model"]
+    deadline = time.monotonic() + 20
+    while api.get("/models").json()["serving"] != version and time.monotonic() < deadline:
+        time.sleep(0.3)
+    path = photos[0]
+    result = api.post("/classify", files={"file": (path.name, path.read_bytes())}).json()["results"][0]
+    assert result["model"] == version
+    # The new model came with its training photos' features: it measures the distance to them.
+    assert result["distance"] is not None
+    assert result["rule"]["max_distance"] is not None
+
+
 def test_a_heatmap_batch_returns_its_zip(api: httpx2.Client, trashnet_photos: Path) -> None:
     files = [("files", photo(trashnet_photos, label)) for label in ("glass", "metal", "paper")]
     created = api.post("/explain/batch", files=files, data={"method": "layercam"}, headers=KEY)
