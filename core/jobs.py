@@ -34,7 +34,7 @@ from training.data import IMAGE_SUFFIXES
 JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "trashcam:job:"
 LOCK_PREFIX = "trashcam:lock:"
@@ -203,7 +203,7 @@ class JobStore:
         return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), jobs_dir)
 
     def folder(self, job_id: str) -> Path:
-        if not _ID.match(job_id):
+        if not _ID.fullmatch(job_id):
             raise JobNotFoundError(f"no job {job_id!r}")
         return self.jobs_dir / job_id
 
@@ -246,7 +246,7 @@ class JobStore:
         if not self.jobs_dir.is_dir():
             return
         for folder in sorted(self.jobs_dir.iterdir()):
-            if _ID.match(folder.name) and (folder / "job.json").is_file():
+            if _ID.fullmatch(folder.name) and (folder / "job.json").is_file():
                 try:
                     yield self.get(folder.name)
                 except JobNotFoundError as error:

@@ -26,8 +26,8 @@ from typing import Any
 from models.checkpoint import ModelSpec, load_checkpoint
 from models.files import atomic_open, write_json
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_VERSION = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_VERSION = re.compile(r"v(\d+)")
 CHECKPOINT_FILE = "model.pt"
 
 
@@ -65,7 +65,7 @@ RESERVED_NAMES = frozenset({"default"})
 
 
 def validate_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ . - starting with a letter or digit"
         )
@@ -92,14 +92,14 @@ class ModelStore:
     def builtin(self) -> ModelVersion | None:
         """The shipped model as a version (``NAME:builtin``), or None when there is none."""
         path = self.builtin_path
-        if path is None or not path.is_file() or not _NAME.match(builtin_name(path)):
+        if path is None or not path.is_file() or not _NAME.fullmatch(builtin_name(path)):
             return None
         stat = path.stat()
         return _read_builtin(str(path), stat.st_size, stat.st_mtime_ns)
 
     def names(self) -> list[str]:
         stored = (
-            {p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)}
+            {p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)}
             if self.root.is_dir()
             else set()
         )
@@ -111,11 +111,11 @@ class ModelStore:
         builtin = self.builtin()
         shipped = [builtin] if builtin is not None and builtin.name == name else []
         folder = self.root / name
-        if not _NAME.match(name) or not folder.is_dir():
+        if not _NAME.fullmatch(name) or not folder.is_dir():
             return shipped
         found = []
         for entry in folder.iterdir():
-            match = _VERSION.match(entry.name)
+            match = _VERSION.fullmatch(entry.name)
             if match and (entry / "spec.json").is_file() and (entry / CHECKPOINT_FILE).is_file():
                 found.append((int(match.group(1)), entry))
         return [*shipped, *(self._read(name, entry) for _, entry in sorted(found))]
@@ -240,7 +240,7 @@ class ModelStore:
     def _claim_version(self, name: str) -> Path:
         parent = self.root / name
         parent.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for p in parent.iterdir() if (m := _VERSION.match(p.name))]
+        numbers = [int(m.group(1)) for p in parent.iterdir() if (m := _VERSION.fullmatch(p.name))]
         number = max(numbers, default=0) + 1
         while True:
             folder = parent / f"v{number}"
