@@ -6,6 +6,7 @@ import base64
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from core.jobs import TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 
@@ -99,6 +100,7 @@ def test_a_site_review_set_trains_with_its_lineage(settings: Settings, submitted
         assert accepted.status_code == 202, accepted.text
         assert client.post("/train", data={"data_path": "review:"}, headers=KEY).status_code == 422
     (job,) = submitted.jobs
+    assert isinstance(job.params, TrainingParams)
     config = job.params.config
     assert config.split == (0.85, 0.15, 0.0)
     lineage = config.review_sets["review-sd"]
