@@ -640,14 +640,26 @@ class _Run:
         write_report(report, self.out)
         return float(report["accuracy"])
 
+    def _validation_photos(self) -> list[tuple[str, int]]:
+        """The photos that calibrate best.pt and choose its "sure" rule: the validation split, and for a
+        fine-tune that replays its base's photos a sample of the base's validation photos too (drawn
+        with the run's seed), so that a site's few photos are not all the rule is chosen on."""
+        manifest = self.manifest
+        val = remap_labels(manifest.select("val"), manifest.class_names, self.class_names)
+        if self.replay is not None:
+            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "validation"))
+            chosen = torch.randperm(len(self.replay.val_samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
+            val += [self.replay.val_samples[i] for i in sorted(chosen.tolist())]
+        return val
+
     def _calibrate(self, root: Path) -> None:
-        """Fit best.pt's temperature and "unsure" thresholds on the validation split, when it can be."""
+        """Fit best.pt's temperature and "unsure" thresholds on the validation photos, when it can be."""
         try:
             calibrate_checkpoint(
                 self.out / BEST_FILE,
                 root=root,
-                samples=self.manifest.select("val"),
-                data_classes=self.manifest.class_names,
+                samples=self._validation_photos(),
+                data_classes=self.class_names,
                 device=self.device,
                 batch_size=self.config.batch_size,
                 workers=self.config.workers,
@@ -662,14 +674,12 @@ class _Run:
         manifest = self.manifest
         train = remap_labels(manifest.select("train"), manifest.class_names, self.class_names)
         sources = manifest.select_sources("train", DEFAULT_SOURCE)
-        val = remap_labels(manifest.select("val"), manifest.class_names, self.class_names)
+        val = self._validation_photos()
         if self.replay is not None:
             generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "feature-bank"))
             chosen = torch.randperm(len(self.replay.samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
             train += [self.replay.samples[i] for i in chosen.tolist()]
             sources += [self.replay.sources[i] for i in chosen.tolist()]
-            chosen = torch.randperm(len(self.replay.val_samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
-            val += [self.replay.val_samples[i] for i in chosen.tolist()]
         try:
             build_feature_bank(
                 self.out / BEST_FILE,
