@@ -22,7 +22,8 @@ def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None
         return None
     if target in class_names:
         return class_names.index(target)
-    if target.isdecimal() and target.isascii() and int(target) < len(class_names):
+    # A class index has a few digits: a longer one is no index (and int() refuses over 4,300 digits).
+    if target.isdecimal() and target.isascii() and len(target) <= 6 and int(target) < len(class_names):
         return int(target)
     valid = ", ".join(f"{index} ({name})" for index, name in enumerate(class_names))
     raise unprocessable(f"unknown target {target!r}; valid classes: {valid}")

@@ -163,6 +163,8 @@ def test_explain_a_chosen_class(client: TestClient, target: str, index: int) -> 
         ({"target": "banana"}, "unknown target 'banana'; valid classes: 0 (cardboard), 1 (glass)"),
         ({"target": "6"}, "unknown target '6'"),
         ({"target": "²"}, "unknown target '²'"),
+        # Past Python's 4,300 digits int() raises: a 500 before.
+        ({"target": "9" * 4301}, "unknown target '9999"),
         ({"layer": "fc3"}, "must output a (B, C, H, W) tensor"),
         ({"colormap": "rainbow"}, "unknown colormap 'rainbow'; valid colormaps: jet"),
         (
