@@ -72,8 +72,10 @@ def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
         raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
 
 
-#: The longest file or folder name that Linux file systems take, in bytes.
+#: The longest file or folder name that Linux file systems take, and the longest path they open
+#: (PATH_MAX), in bytes.
 NAME_MAX = 255
+PATH_MAX = 4096
 
 
 #: How many of the data root's entries an error names.
@@ -101,6 +103,9 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
     # File systems refuse longer names (ENAMETOOLONG), which would otherwise surface as a 500.
     if any(len(part.encode()) > NAME_MAX for part in candidate.parts):
         raise unprocessable(f"data_path has a component over {NAME_MAX} bytes")
+    # ... and longer paths (PATH_MAX), however short each component.
+    if len(str(root / candidate).encode()) >= PATH_MAX:
+        raise unprocessable(f"data_path is over {PATH_MAX} bytes under the data root")
     if candidate.is_absolute() or ".." in candidate.parts:
         raise unprocessable(f"data_path must be relative to the data root, without '..': {relative!r}")
     resolved = (root / candidate).resolve()
