@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng.shuffle(random_order)
     rounds: list[dict[str, Any]] = []
     started = time.time()
-    with service(args.out / "var", args.redis_url, args.out / "service.log", args.data_root) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="review-loop-") as scratch,
+        service(Path(scratch) / "var", args.redis_url, args.out / "service.log", args.data_root) as client,
+    ):
         shipped = serving(client)
         zero = score(classify(client, test), test, classes)
         rounds.append({"round": 0, "labels": 0, "review": zero, "random": zero})
