@@ -29,6 +29,12 @@ def cells(scores: dict[str, Any]) -> str:
     )
 
 
+def average(rows: Sequence[dict[str, Any]], arm: str, key: str) -> float | None:
+    """The mean of ``key`` over the rows' ``arm`` where it is measured (None: nowhere)."""
+    values = [row[arm][key] for row in rows if row[arm][key] is not None]
+    return mean(values) if values else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
     runs = [json.loads(path.read_text()) for path in paths]
@@ -46,16 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = min(len(run["rounds"]) for run in runs)
     for number in range(rounds):
         rows = [run["rounds"][number] for run in runs]
-
-        def average(arm: str, key: str) -> float | None:
-            values = [row[arm][key] for row in rows if row[arm][key] is not None]
-            return mean(values) if values else None
-
+        means = [
+            percent(average(rows, arm, key))
+            for arm in ("review", "random")
+            for key in ("accuracy", "unsure_share", "accuracy_when_sure")
+        ]
         lines.append(
-            f"| mean | {number} | {rows[0]['labels']} | {percent(average('review', 'accuracy'))} "
-            f"| {percent(average('review', 'unsure_share'))} | {percent(average('review', 'accuracy_when_sure'))} "
-            f"| | {percent(average('random', 'accuracy'))} | {percent(average('random', 'unsure_share'))} "
-            f"| {percent(average('random', 'accuracy_when_sure'))} | |"
+            f"| mean | {number} | {rows[0]['labels']} | {' | '.join(means[:3])} | | {' | '.join(means[3:])} | |"
         )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
