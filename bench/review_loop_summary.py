@@ -57,9 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for arm in ("review", "random")
             for key in ("accuracy", "unsure_share", "accuracy_when_sure")
         ]
-        lines.append(
-            f"| mean | {number} | {rows[0]['labels']} | {' | '.join(means[:3])} | | {' | '.join(means[3:])} | |"
-        )
+        queue, drawn = " | ".join(means[:3]), " | ".join(means[3:])
+        lines.append(f"| mean | {number} | {rows[0]['labels']} | {queue} | | {drawn} | |")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
