@@ -82,6 +82,7 @@ def require_read_access(settings: SettingsDep, api_key: ApiKeyHeader = None) -> 
         check_api_key(settings, api_key, "read")
 
 
+ReviewAccess = Depends(require_review_key)
 TrainAccess = Depends(require_train_key)
 AdminAccess = Depends(require_admin_key)
 ReadAccess = Depends(require_read_access)

@@ -16,7 +16,7 @@ from fastapi import HTTPException, status
 
 from app.errors import too_large, unprocessable
 from core.jobs import PHOTO_SUFFIXES, Job, JobParams, JobStore
-from core.review import ReviewError, ReviewStore
+from core.review import SITE_PATTERN, ReviewError, ReviewStore
 from core.settings import Settings
 from training.archive import (
     ARCHIVE_SUFFIXES,
@@ -189,8 +189,11 @@ def store_training_data(
     for (name, relative), given in zip(parsed, data_paths, strict=True):
         if relative.startswith(REVIEW_PREFIX):
             site = relative.removeprefix(REVIEW_PREFIX)
-            if not site:
-                raise unprocessable("data_path review: names a site's review set: review:SITE")
+            if not SITE_PATTERN.fullmatch(site):
+                raise unprocessable(
+                    f"data_path {given}: review:SITE names a site's review set; a site is 1-64 letters, "
+                    "digits, '.', '_', '-', first a letter or digit"
+                )
             try:
                 labelled = ReviewStore(settings.review_dir).export(site, folder / f"review-{site}")
             except ReviewError as error:

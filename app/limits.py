@@ -18,14 +18,12 @@ from core.settings import Role, Settings
 #: Methods that change state; under these paths they need a key of the role given (as the routes'
 #: TrainAccess and AdminAccess do).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-WRITE_PATHS: dict[str, Role] = {
-    "/train": "train",
-    "/explain/batch": "train",
-    "/models": "admin",
-    "/review": "review",
-}
+WRITE_PATHS: dict[str, Role] = {"/train": "train", "/explain/batch": "train", "/models": "admin"}
 #: With ``protect_reads`` every method under these paths needs one too (as the routes' ReadAccess does).
-READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models", "/review")
+READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models")
+#: Every method under these paths needs a key of the role given, always: the review queue holds photos
+#: of the public and the names of the people who labelled them.
+KEYED_PATHS: dict[str, Role] = {"/review": "review"}
 
 
 class BodyTooLargeError(HTTPException):
@@ -49,6 +47,9 @@ def under(path: str, prefixes: tuple[str, ...]) -> bool:
 def needed_role(method: str, path: str, *, protect_reads: bool) -> Role | None:
     """The role the route's own key check asks for (None: no key needed). Checked here as well, so that
     a request is refused before its body is read: the routes check it only after parsing their form."""
+    for prefix, role in KEYED_PATHS.items():
+        if under(path, (prefix,)):
+            return role
     if method in WRITE_METHODS:
         for prefix, role in WRITE_PATHS.items():
             if under(path, (prefix,)):

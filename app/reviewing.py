@@ -1,18 +1,17 @@
 """Keeping answered photos for the review queue, as the settings (or the request) ask."""
 
 import io
-import re
 from typing import Annotated
 
 from fastapi import Form
 from PIL import Image
 
 from app.errors import unprocessable
+from app.security import check_api_key
 from app.serving import Classified
-from core.review import REVIEW_POLICIES, NewItem, ReviewPolicy, ReviewStore
+from core.review import REVIEW_POLICIES, SITE_PATTERN, NewItem, ReviewPolicy, ReviewStore
+from core.settings import Settings
 
-#: A site tag: what a backend names a camera or a place by.
-SITE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Shorter side (at least) a photo is decoded at when it may be kept: what a person needs to see it.
 REVIEW_SIDE = 256
 #: Quality of the kept photo: what a person labels from and a fine-tune trains on.
@@ -29,7 +28,7 @@ ReviewField = Annotated[
     str | None,
     Form(
         description="keep this request's photos for review: 'unsure' ones, 'all' or 'off' (default: "
-        "TRASHCAM_REVIEW)",
+        "TRASHCAM_REVIEW); keeping more than that needs a key of the review role",
         json_schema_extra={"enum": list(REVIEW_POLICIES)},
     ),
 ]
@@ -43,11 +42,15 @@ def checked_site(site: str | None) -> str | None:
     return site
 
 
-def checked_policy(review: str | None, default: ReviewPolicy) -> ReviewPolicy:
+def checked_policy(review: str | None, settings: Settings, api_key: str | None) -> ReviewPolicy:
+    """The request's review policy (the settings' by default). Keeping more than the settings do stores
+    photos on the server for weeks: that needs a key of the review role."""
     if review is None or review == "":
-        return default
+        return settings.review
     for policy in REVIEW_POLICIES:
         if review == policy:
+            if REVIEW_POLICIES.index(policy) > REVIEW_POLICIES.index(settings.review):
+                check_api_key(settings, api_key, "review")
             return policy
     raise unprocessable(f"review must be one of: {', '.join(REVIEW_POLICIES)}")
 

@@ -51,7 +51,7 @@ def split_pool(
 def keep_for_review(client: httpx2.Client, photos: Sequence[tuple[str, str, bytes]], site: str) -> None:
     for start in range(0, len(photos), 16):
         files = [("files", (name, data, "image/jpeg")) for _, name, data in photos[start : start + 16]]
-        response = client.post("/classify", files=files, data={"site": site, "review": "all"})
+        response = client.post("/classify", files=files, data={"site": site, "review": "all"}, headers=KEY)
         response.raise_for_status()
 
 
@@ -59,7 +59,7 @@ def pending(client: httpx2.Client, site: str, model: str, order: str) -> list[di
     params = {"site": site, "model": model, "order": order, "limit": "500"}
     items: list[dict[str, Any]] = []
     while True:
-        page = client.get("/review", params={**params, "offset": str(len(items))}).json()
+        page = client.get("/review", params={**params, "offset": str(len(items))}, headers=KEY).json()
         items += page["items"]
         if len(items) >= page["total"] or not page["items"]:
             return items

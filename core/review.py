@@ -8,6 +8,7 @@ a second one is recorded beside the first, and the latest counts.
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -20,6 +21,8 @@ from typing import Literal
 from models.files import atomic_open
 
 DATABASE = "review.sqlite3"
+#: A site tag: what a backend names a camera or a place by.
+SITE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PHOTOS_DIR = "photos"
 #: What a person may answer besides a class: look at it later, or it is not waste at all. Neither
 #: becomes a training photo.
@@ -29,6 +32,16 @@ NON_CLASS_LABELS = (SKIP, NOT_WASTE)
 ReviewPolicy = Literal["off", "unsure", "all"]
 REVIEW_POLICIES: tuple[ReviewPolicy, ...] = ("off", "unsure", "all")
 ReviewOrder = Literal["oldest", "least_sure"]
+#: Items nobody labelled; those whose latest label is ``skip`` (to look at later); those labelled
+#: otherwise; or all.
+ReviewState = Literal["pending", "skipped", "labelled", "all"]
+_LATEST = "(SELECT label FROM labels WHERE item_id = id ORDER BY at DESC, rowid DESC LIMIT 1)"
+_STATE_CLAUSES: dict[str, str] = {
+    "pending": "NOT EXISTS (SELECT 1 FROM labels WHERE item_id = id)",
+    "skipped": f"{_LATEST} = '{SKIP}'",
+    "labelled": f"{_LATEST} != '{SKIP}'",
+    "all": "1 = 1",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -202,7 +215,7 @@ class ReviewStore:
     def find(
         self,
         *,
-        pending: bool | None = True,
+        state: ReviewState = "pending",
         site: str | None = None,
         reason: str | None = None,
         model: str | None = None,
@@ -210,11 +223,9 @@ class ReviewStore:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[ReviewItem], int]:
-        """Items (``pending``: not labelled yet; False: labelled; None: both) that match the filters,
-        oldest or least sure first, one page of them; and how many match in all."""
-        where, params = ["1 = 1"], []
-        if pending is not None:
-            where.append(("NOT " if pending else "") + "EXISTS (SELECT 1 FROM labels WHERE item_id = id)")
+        """Items in ``state`` that match the filters, oldest or least sure first, one page of them; and
+        how many match in all."""
+        where, params = [_STATE_CLAUSES[state]], list[object]()
         for column, value in (("site", site), ("model", model)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -254,7 +265,8 @@ class ReviewStore:
                 "SELECT label, by FROM labels WHERE item_id = ? ORDER BY at DESC, rowid DESC LIMIT 1",
                 (item_id,),
             ).fetchone()
-            if latest is not None and not relabel:
+            # Skipped means "later": the next label needs no relabel.
+            if latest is not None and latest[0] != SKIP and not relabel:
                 db.execute("ROLLBACK")
                 raise AlreadyLabelledError(
                     f"item {item_id} is already labelled {latest[0]!r} by {latest[1]}; "
@@ -289,7 +301,7 @@ class ReviewStore:
     def export(self, site: str | None, out: Path) -> LabelledSet:
         """Write every item of ``site`` (None: those without a site) whose latest label is a class into
         ``out/<class>/<id>.jpg``. Raises :class:`ReviewError` when that leaves no photo or one class."""
-        items, _ = self.find(pending=False, site=site, limit=1_000_000)
+        items, _ = self.find(state="labelled", site=site, limit=1_000_000)
         if site is None:
             items = [item for item in items if item.site is None]
         chosen = [item for item in items if item.label not in NON_CLASS_LABELS]

@@ -140,8 +140,11 @@ class Calibration:
             if value is not None and key != "target_accuracy"
         }
         changed = replace(self, **changes)
+        if thresholds.min_probability is not None:
+            # Set by hand: no longer the threshold chosen for the model's target.
+            return replace(changed, target_accuracy=None)
         target = thresholds.target_accuracy
-        if target is None or thresholds.min_probability is not None or validation is None:
+        if target is None or validation is None:
             return changed
         return changed.for_target(target, validation)
 

@@ -4,7 +4,9 @@ its device in its precision, explanations from the same forward pass."""
 import copy
 import functools
 import itertools
+import logging
 import threading
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from models.ood import OOD_FILE, FeatureBank, NoFeatureBankError
 from models.precision import InferencePrecision
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
+
+logger = logging.getLogger(__name__)
 
 
 def select_device(name: str | None = "auto") -> torch.device:
@@ -254,4 +258,8 @@ def _feature_bank(path: str | None, sha256: str) -> FeatureBank | None:
     try:
         return FeatureBank.load(Path(path).parent / OOD_FILE, model_sha256=sha256)
     except NoFeatureBankError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        # The model still answers; only its feature distance is not measured.
+        logger.warning("%s: unreadable feature bank, serving without one: %s", path, error)
         return None

@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
+from app.deps import ApiKeyHeader, MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import error_responses
 from app.reviewing import (
     REVIEW_SIDE,
@@ -24,7 +24,7 @@ router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=erro
 
 
 @router.post(
-    "/classify", response_model=ClassifyPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
+    "/classify", response_model=ClassifyPublic, responses=error_responses(401, 403, 409, 413, 415, 422, 503)
 )
 async def classify_images(
     request: Request,
@@ -39,11 +39,12 @@ async def classify_images(
     model: ModelField = None,
     site: SiteField = None,
     review: ReviewField = None,
+    api_key: ApiKeyHeader = None,
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class. Photos the review policy
     asks for (unsure ones, or all) are kept for a person to label (``review_id``)."""
     await refuse_repeated(request, "site", "review")
-    site, policy = checked_site(site), checked_policy(review, settings.review)
+    site, policy = checked_site(site), checked_policy(review, settings, api_key)
     uploads = await gather_uploads(request, settings)
     predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs, or a person labelling it.

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadAccess, ReviewerDep, ServiceDep
+from app.deps import ReviewAccess, ReviewerDep, ServiceDep
 from app.errors import error_responses, unprocessable
 from app.schemas import ReviewItemPublic, ReviewLabelPublic, ReviewPage
 from core.explain import explanation
@@ -20,6 +20,7 @@ from core.review import (
     ReviewError,
     ReviewItem,
     ReviewItemNotFoundError,
+    ReviewState,
     ReviewStore,
 )
 from core.settings import Settings
@@ -28,7 +29,13 @@ from models.checkpoint import CheckpointError
 from models.predictor import Predictor
 from models.store import ModelNotFoundError
 
-router = APIRouter(prefix="/review", tags=["review"], responses=error_responses(422))
+# Every route needs a key of the review role: the queue holds photos of the public, and who labelled them.
+router = APIRouter(
+    prefix="/review",
+    tags=["review"],
+    dependencies=[ReviewAccess],
+    responses=error_responses(401, 403, 422),
+)
 #: Longest side of the thumbnail in an item's answer.
 THUMBNAIL_SIDE = 256
 
@@ -68,11 +75,12 @@ def find_item(store: ReviewStore, item_id: str) -> ReviewItem:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
 
 
-@router.get("", response_model=ReviewPage, dependencies=[ReadAccess], responses=error_responses(401))
+@router.get("", response_model=ReviewPage)
 def read_review_items(
     store: ReviewStoreDep,
     state: Annotated[
-        Literal["pending", "labelled", "all"], Query(description="items without a label, with one, or all")
+        ReviewState,
+        Query(description="items nobody labelled, those skipped for later, those labelled, or all"),
     ] = "pending",
     site: Annotated[str | None, Query(description="only this site's photos")] = None,
     reason: Annotated[
@@ -86,14 +94,13 @@ def read_review_items(
         Literal["oldest", "least_sure"], Query(description="oldest first, or the least sure first")
     ] = "oldest",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> ReviewPage:
     """The photos waiting for a person (or those labelled), one page at a time."""
     if reason is not None and reason not in UNSURE_REASONS:
         raise unprocessable(f"reason must be one of: {', '.join(UNSURE_REASONS)}")
-    pending = {"pending": True, "labelled": False, "all": None}[state]
     items, total = store.find(
-        pending=pending, site=site, reason=reason, model=model, order=order, limit=limit, offset=offset
+        state=state, site=site, reason=reason, model=model, order=order, limit=limit, offset=offset
     )
     return ReviewPage(items=[item_public(i) for i in items], total=total, limit=limit, offset=offset)
 
@@ -111,18 +118,20 @@ def model_of(item: ReviewItem, service: ServiceDep) -> Predictor | None:
     """The model that answered, if it can still be loaded (None: deleted since)."""
     serving = service.manager.predictor
     if f"{serving.name}:{serving.version}" == item.model:
-        return serving
-    try:
-        return service.manager.stored_predictor(item.model)
-    except (ModelNotFoundError, CheckpointError, ValueError):
-        return None
+        predictor = serving
+    else:
+        try:
+            predictor = service.manager.stored_predictor(item.model)
+        except (ModelNotFoundError, CheckpointError, ValueError):
+            return None
+    # A version deleted and its name given again holds other weights: they did not answer.
+    return predictor if predictor.sha256 == item.model_sha256 else None
 
 
 @router.get(
     "/{item_id}",
     response_model=ReviewItemPublic,
-    dependencies=[ReadAccess],
-    responses=error_responses(401, 404),
+    responses=error_responses(404),
 )
 async def read_review_item(
     item_id: str,
@@ -158,8 +167,7 @@ async def read_review_item(
 
 @router.get(
     "/{item_id}/photo",
-    dependencies=[ReadAccess],
-    responses={**error_responses(401, 404), 200: {"content": {"image/jpeg": {}}}},
+    responses={**error_responses(404), 200: {"content": {"image/jpeg": {}}}},
     response_class=Response,
 )
 def read_review_photo(item_id: str, store: ReviewStoreDep) -> Response:
@@ -171,7 +179,7 @@ def read_review_photo(item_id: str, store: ReviewStoreDep) -> Response:
 @router.post(
     "/{item_id}",
     response_model=ReviewItemPublic,
-    responses=error_responses(401, 403, 404, 409),
+    responses=error_responses(404, 409),
 )
 def label_review_item(
     item_id: str,

@@ -222,10 +222,13 @@ async def create_training_job(
         stored = await run_in_threadpool(store_training_data, upload, data_paths, folder, settings)
         data, source = stored.data, stored.description
         if stored.review_sets:
-            # What people labelled is a few photos per class: split as few-photo runs are (no test photos)
-            # unless the request says otherwise, and the model records which labels it learned from.
-            options.setdefault("split", REVIEW_SPLIT)
+            # The model records which labels it learned from. What people labelled is a few photos per
+            # class: trained on alone, it is split as few-photo runs are (no test photos) unless the
+            # request says otherwise.
             options["review_sets"] = stored.review_sets
+            data_sets = 1 if isinstance(stored.data, str) else len(stored.data)
+            if len(stored.review_sets) == data_sets:
+                options.setdefault("split", REVIEW_SPLIT)
         try:
             config = make_config(recipe, data=data, out=str(folder / RUN_DIR), **options)
         except ValueError as error:

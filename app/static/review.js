@@ -1,7 +1,9 @@
 // The review page: one photo at a time from GET /review, a key press per class, undo.
 "use strict";
 
-const state = { items: [], current: null, done: [], classes: [] };
+// busy: a request is under way, and key presses wait for it (a held key labels one photo, not many).
+const state = { items: [], current: null, done: [], classes: [], busy: false };
+const PAGE = 100;
 
 function keyHeader() {
   return { "X-API-Key": $("key").value };
@@ -11,18 +13,18 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
-async function loadQueue() {
-  const params = new URLSearchParams({ state: "pending", order: $("order").value, limit: "100" });
+async function fetchQueue() {
+  const params = new URLSearchParams({ state: "pending", order: $("order").value, limit: String(PAGE) });
   if ($("site").value) params.set("site", $("site").value);
   const response = await fetch(`/review?${params}`, { headers: keyHeader() });
   if (!response.ok) {
     setStatus(await errorText(response));
-    return;
+    return false;
   }
   const page = await response.json();
   state.items = page.items;
   $("left").textContent = String(page.total);
-  await showNext();
+  return true;
 }
 
 function choiceButton(label, key) {
@@ -30,11 +32,16 @@ function choiceButton(label, key) {
   button.type = "button";
   button.textContent = key ? `${key}: ${label}` : label;
   button.dataset.label = label;
-  button.addEventListener("click", () => choose(label));
+  button.addEventListener("click", () => run(() => choose(label)));
   return button;
 }
 
-async function showNext() {
+async function showNext(left) {
+  // The page holds at most PAGE items; once they are labelled the next ones are fetched.
+  if (state.items.length === 0 && left > 0 && !(await fetchQueue())) {
+    $("item").hidden = true;
+    return;
+  }
   state.current = state.items.shift() || null;
   if (!state.current) {
     $("item").hidden = true;
@@ -43,6 +50,8 @@ async function showNext() {
   }
   const response = await fetch(`/review/${state.current.id}`, { headers: keyHeader() });
   if (!response.ok) {
+    // Nothing stays on screen that a key press could label by mistake.
+    $("item").hidden = true;
     setStatus(await errorText(response));
     return;
   }
@@ -54,8 +63,7 @@ async function showNext() {
   $("photo").src = `data:image/jpeg;base64,${item.thumbnail}`;
   $("heatmap").hidden = !item.heatmap;
   if (item.heatmap) $("heatmap").src = `data:image/png;base64,${item.heatmap}`;
-  const choices = $("choices");
-  choices.replaceChildren(
+  $("choices").replaceChildren(
     ...item.classes.map((name, index) => choiceButton(name, String(index + 1))),
     choiceButton("skip", "s"),
     choiceButton("not waste", "n"),
@@ -67,7 +75,7 @@ async function showNext() {
 
 async function choose(label) {
   const item = state.current;
-  if (!item) return;
+  if (!item || $("item").hidden) return;
   const form = new FormData();
   form.set("label", label);
   // An undone item keeps its first label on record; the new one is recorded beside it.
@@ -79,8 +87,10 @@ async function choose(label) {
   }
   state.done.push(item);
   $("undo").disabled = false;
-  $("left").textContent = String(Math.max(0, Number($("left").textContent) - 1));
-  await showNext();
+  const left = Math.max(0, Number($("left").textContent) - 1);
+  await showNext(left);
+  // Said last, once the next photo is on screen and ready for a key press.
+  $("left").textContent = String(left);
   setStatus(`${item.filename || item.id}: ${label}`);
 }
 
@@ -91,26 +101,42 @@ async function undo() {
   item.relabel = true;
   state.items.unshift(item);
   $("undo").disabled = state.done.length === 0;
-  $("left").textContent = String(Number($("left").textContent) + 1);
-  await showNext();
+  const left = Number($("left").textContent) + 1;
+  await showNext(left);
+  $("left").textContent = String(left);
+}
+
+// One request at a time: what is on screen is what the next key press labels.
+async function run(action) {
+  if (state.busy) return;
+  state.busy = true;
+  try {
+    await action();
+  } finally {
+    state.busy = false;
+  }
 }
 
 document.addEventListener("keydown", (event) => {
-  if ($("item").hidden || event.target instanceof HTMLInputElement) return;
+  if ($("item").hidden || event.repeat || event.target instanceof HTMLInputElement) return;
   const index = Number(event.key) - 1;
   if (Number.isInteger(index) && index >= 0 && index < state.classes.length) {
-    choose(state.classes[index]);
+    run(() => choose(state.classes[index]));
   } else if (event.key === "s") {
-    choose("skip");
+    run(() => choose("skip"));
   } else if (event.key === "n") {
-    choose("not waste");
+    run(() => choose("not waste"));
   } else if (event.key === "u") {
-    undo();
+    run(undo);
   }
 });
 
 $("filters").addEventListener("submit", (event) => {
   event.preventDefault();
-  loadQueue();
+  run(async () => {
+    state.done = [];
+    $("undo").disabled = true;
+    if (await fetchQueue()) await showNext(Number($("left").textContent));
+  });
 });
-$("undo").addEventListener("click", undo);
+$("undo").addEventListener("click", () => run(undo));

@@ -54,7 +54,7 @@ def test_items_are_listed_pending_oldest_or_least_sure_first_and_filtered(store:
     assert ([i.id for i in page], total) == ([second.id], 3)
     store.label(second.id, "glass", by="ana")
     assert [i.id for i in store.find()[0]] == [first.id, third.id]
-    assert [i.id for i in store.find(pending=False)[0]] == [second.id]
+    assert [i.id for i in store.find(state="labelled")[0]] == [second.id]
 
 
 def test_a_label_is_never_overwritten_silently(store: ReviewStore) -> None:
@@ -124,3 +124,14 @@ def test_records_survive_a_new_store_on_the_same_folder(tmp_path: Path) -> None:
     item = ReviewStore(tmp_path / "review").add(b"jpeg", new_item(0.5))
     ReviewStore(tmp_path / "review").label(item.id, "paper", by="ana")
     assert ReviewStore(tmp_path / "review").get(item.id).label == "paper"
+
+
+def test_a_skipped_item_waits_apart_and_takes_its_next_label_without_relabel(store: ReviewStore) -> None:
+    item = store.add(b"jpeg", new_item(0.5))
+    store.label(item.id, "skip", by="ana")
+    assert store.find() == ([], 0)
+    assert [i.id for i in store.find(state="skipped")[0]] == [item.id]
+    labelled = store.label(item.id, "glass", by="ben")
+    assert [lab.label for lab in labelled.labels] == ["skip", "glass"]
+    assert store.find(state="skipped") == ([], 0)
+    assert [i.id for i in store.find(state="labelled")[0]] == [item.id]

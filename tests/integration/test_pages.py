@@ -15,6 +15,7 @@ from tests.integration.conftest import REPO_ROOT, System, zip_folder
 pytestmark = pytest.mark.integration
 #: Screenshots the tests take, for a person to look at.
 ARTIFACTS = REPO_ROOT / "test-output"
+KEY = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,9 @@ def test_photos_are_labelled_from_the_review_page_with_one_key_press_each_and_un
 ) -> None:
     chosen = sorted((trashnet_photos / "metal").glob("*.jpg"))[:3]
     files = [("files", (photo.name, photo.read_bytes())) for photo in chosen]
-    answered = api.post("/classify", files=files, data={"site": "page-test", "review": "all"}).json()
+    answered = api.post(
+        "/classify", files=files, data={"site": "page-test", "review": "all"}, headers=KEY
+    ).json()
     ids = [result["review_id"] for result in answered["results"]]
     page.goto("/ui/review")
     page.get_by_label("API key").fill(API_KEY)
@@ -184,7 +187,7 @@ def test_photos_are_labelled_from_the_review_page_with_one_key_press_each_and_un
     expect(page.locator("#left")).to_have_text("3", timeout=30_000)
     photo = page.get_by_alt_text("the photo to label")
     expect(photo).to_be_visible()
-    classes = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}).json()["classes"]
+    classes = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}, headers=KEY).json()["classes"]
     page.keyboard.press(str(classes.index("metal") + 1))
     expect(page.locator("#left")).to_have_text("2")
     page.keyboard.press(str(classes.index("glass") + 1))
@@ -195,8 +198,8 @@ def test_photos_are_labelled_from_the_review_page_with_one_key_press_each_and_un
     expect(page.locator("#left")).to_have_text("1")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "ui-review.png", full_page=True)
-    first = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}).json()
-    second = api.get(f"/review/{ids[1]}", params={"heatmap": "false"}).json()
+    first = api.get(f"/review/{ids[0]}", params={"heatmap": "false"}, headers=KEY).json()
+    second = api.get(f"/review/{ids[1]}", params={"heatmap": "false"}, headers=KEY).json()
     assert [lab["label"] for lab in first["labels"]] == ["metal"]
     assert [lab["label"] for lab in second["labels"]] == ["glass", "metal"]
-    assert api.get(f"/review/{ids[2]}", params={"heatmap": "false"}).json()["label"] is None
+    assert api.get(f"/review/{ids[2]}", params={"heatmap": "false"}, headers=KEY).json()["label"] is None

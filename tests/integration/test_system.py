@@ -165,10 +165,12 @@ def test_what_reviewers_label_fine_tunes_the_site_model_that_then_serves(
         files = [
             ("files", (path.name, path.read_bytes(), "image/jpeg")) for path in photos[start : start + 16]
         ]
-        answered = api.post("/classify", files=files, data={"site": "loop", "review": "all"})
+        answered = api.post("/classify", files=files, data={"site": "loop", "review": "all"}, headers=KEY)
         assert answered.status_code == 200, answered.text
         ids += [(result["review_id"], result["filename"]) for result in answered.json()["results"]]
-    queue = api.get("/review", params={"site": "loop", "order": "least_sure", "limit": "100"}).json()
+    queue = api.get(
+        "/review", params={"site": "loop", "order": "least_sure", "limit": "100"}, headers=KEY
+    ).json()
     assert queue["total"] == len(photos)
     for item_id, filename in ids:
         labelled = api.post(f"/review/{item_id}", data={"label": truth[filename]}, headers=KEY)

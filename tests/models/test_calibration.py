@@ -124,3 +124,6 @@ def test_a_target_chooses_the_threshold_on_the_validation_photos_that_look_famil
         Thresholds(min_probability=0.7, target_accuracy=0.8), validation
     )
     assert (fixed.min_probability, fixed.target_accuracy) == (0.7, None)
+    # A model whose threshold was chosen for a target says so no more once the threshold is set by hand.
+    overridden = calibration.with_thresholds(Thresholds(min_probability=0.6))
+    assert (overridden.min_probability, overridden.target_accuracy) == (0.6, None)
