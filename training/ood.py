@@ -17,6 +17,7 @@ import torch
 from models.calibration import (
     DEFAULT_DISTANCE_QUANTILE,
     DEFAULT_TARGET_ACCURACY,
+    MIN_SURE_PHOTOS,
     Calibration,
     ValidationScores,
     energy_score,
@@ -102,6 +103,14 @@ def build_feature_bank(
     bank.save(checkpoint_path.parent / OOD_FILE)
     spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "calibration": calibration.to_dict()})
     save_checkpoint(checkpoint_path, checkpoint.state_dict, spec)
+    if calibration.min_probability >= 1.0:
+        logger.warning(
+            "%s: no probability threshold makes %d%% of the validation photos' sure answers right (at "
+            "least %d photos): nothing will be sure",
+            checkpoint_path,
+            round(100 * target_accuracy),
+            MIN_SURE_PHOTOS,
+        )
     sure = (validation.confidences >= calibration.min_probability) & ~calibration.unlike_training_all(
         validation.energies, validation.distances
     )
