@@ -28,7 +28,7 @@ from models.calibration import Calibration, choose_min_probability
 from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from training.features import Features, default_amp, extract_features
-from training.report import risk_coverage
+from training.report import plot_risk_coverage, risk_coverage
 from training.split import manifest_and_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rule-out", type=Path, help="write the shipped rule's figures here (JSON)")
     parser.add_argument("--rule-only", action="store_true", help="only the shipped rule, no comparison")
+    parser.add_argument("--rule-figure", type=Path, help="plot the rule's risk-coverage curves here (PNG)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(BASE)
@@ -197,8 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 print(json.dumps(row), flush=True)
     rule_rows = shipped_rule(checkpoint, calibration, sets, test_sources)
-    for row in rule_rows:
-        print(json.dumps(row), flush=True)
+    if args.rule_figure is not None:
+        # Each set's photos like the training photos, by calibrated probability threshold.
+        curves = {rule_row["set"]: rule_row["after"]["rows"] for rule_row in rule_rows}
+        plot_risk_coverage(
+            curves, args.rule_figure, title="the shipped model: photos unlike its training photos never sure"
+        )
+    for rule_row in rule_rows:
+        for side in ("before", "after"):
+            del rule_row[side]["rows"]
+        print(json.dumps(rule_row), flush=True)
     if args.rule_out is not None:
         args.rule_out.parent.mkdir(parents=True, exist_ok=True)
         args.rule_out.write_text(json.dumps(rule_rows, indent=2) + "\n")
@@ -242,13 +251,15 @@ def shipped_rule(
         for label, rule, distances in (("before", before, None), ("after", calibration, distance)):
             unlike = rule.unlike_training_all(energy, distances)
             sure = (confidence >= rule.min_probability) & ~unlike
+            curve = risk_coverage(confidence - unlike.astype(np.float32), right)
             row[label] = {
+                "rows": curve,
                 "answered": float(sure.mean()),
                 "right_when_sure": float(right[sure].mean()) if sure.any() else None,
                 "aurc": aurc(confidence - unlike.astype(np.float32), right),
                 "curve": [
                     {"answered": float(point["coverage"]), "right": float(point["accuracy"])}
-                    for point in risk_coverage(confidence - unlike.astype(np.float32), right)
+                    for point in curve
                 ],
             }
         row["aurc_confidence_only"] = aurc(confidence, right)
