@@ -10,6 +10,7 @@ from app.metrics import Metrics
 from app.security import API_KEY_HEADER, check_api_key
 from app.serving import InferenceService
 from core.jobs import JobStore
+from core.review import ReviewStore
 from core.settings import ApiKey, Settings
 from models.store import ModelStore
 
@@ -39,6 +40,11 @@ def get_submitter(request: Request) -> JobSubmitter:
     return submitter
 
 
+def get_review_store(request: Request) -> ReviewStore:
+    store: ReviewStore = request.app.state.review
+    return store
+
+
 def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -49,6 +55,7 @@ ServiceDep = Annotated[InferenceService, Depends(get_service)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
+ReviewStoreDep = Annotated[ReviewStore, Depends(get_review_store)]
 SubmitterDep = Annotated[JobSubmitter, Depends(get_submitter)]
 #: The key as an OpenAPI security scheme: Swagger UI's "Authorize" button sends it with every request.
 api_key_scheme = APIKeyHeader(

@@ -30,6 +30,7 @@ from core.queue import create_celery, submit
 from core.recovery import recover_orphans
 from core.redaction import path_labels
 from core.retention import prune_finished_jobs
+from core.review import ReviewStore
 from core.settings import Settings, get_settings
 from models.files import redact_paths
 
@@ -129,7 +130,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     app.state.settings = settings or get_settings()
     app.state.store = model_store(app.state.settings)
     app.state.metrics = Metrics(app.state.settings.drift_window_seconds)
-    app.state.review = review.review_store(app.state.settings)
+    app.state.review = ReviewStore(app.state.settings.review_dir)
     app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 

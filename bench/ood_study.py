@@ -27,7 +27,8 @@ from bench.operator_story import read_source
 from models.calibration import Calibration, choose_min_probability
 from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
-from training.features import Features, default_amp, extract_features
+from models.precision import choose_precision
+from training.features import Features, extract_features
 from training.report import plot_risk_coverage, risk_coverage
 from training.split import manifest_and_root
 
@@ -60,7 +61,7 @@ def site_features(archive: Path, source: str, classes: Sequence[str], scratch: P
         samples=samples,
         data_classes=classes,
         device=torch.device("cpu"),
-        amp_dtype=default_amp(torch.device("cpu")),
+        amp_dtype=choose_precision(torch.device("cpu")).dtype,
         workers=1,
     )
 
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 samples=manifest.select(name),
                 data_classes=classes,
                 device=cpu,
-                amp_dtype=default_amp(cpu),
+                amp_dtype=choose_precision(cpu).dtype,
                 workers=1,
             )
 

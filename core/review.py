@@ -238,14 +238,19 @@ class ReviewStore:
         clause = " AND ".join(where)
         with self._connect() as db:
             total = db.execute(f"SELECT count(*) FROM items WHERE {clause}", params).fetchone()[0]
-            ids = [
-                row[0]
-                for row in db.execute(
-                    f"SELECT id FROM items WHERE {clause} ORDER BY {sort} LIMIT ? OFFSET ?",
-                    [*params, limit, offset],
-                )
-            ]
-        return [self.get(item_id) for item_id in ids], int(total)
+            rows = db.execute(
+                f"SELECT * FROM items WHERE {clause} ORDER BY {sort} LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            # The page's labels in one query, not one per item.
+            labels: dict[str, list[tuple[str, str, float]]] = {row[0]: [] for row in rows}
+            marks = ", ".join("?" * len(rows))
+            for item_id, label, by, at in db.execute(
+                f"SELECT item_id, label, by, at FROM labels WHERE item_id IN ({marks}) ORDER BY at, rowid",
+                list(labels),
+            ):
+                labels[item_id].append((label, by, at))
+        return [_item(row, labels[row[0]]) for row in rows], int(total)
 
     def label(
         self, item_id: str, label: str, *, by: str, relabel: bool = False, now: float | None = None

@@ -9,6 +9,7 @@ do: a new camera, a new background. The training photos' features are stored wit
 ``ood.npz`` (unit-length fp16 vectors, no photos), its weights' digest checked at load.
 """
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -82,13 +83,10 @@ class FeatureBank:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    @functools.cached_property
     def _matrix(self) -> Tensor:
-        # Searched in fp32, converted once rather than per query (the dataclass is frozen).
-        matrix: Tensor | None = self.__dict__.get("_fp32")
-        if matrix is None:
-            matrix = torch.from_numpy(self.embeddings.astype(np.float32))
-            object.__setattr__(self, "_fp32", matrix)
-        return matrix
+        # Stored in fp16 to stay small; searched in fp32, converted once rather than per query.
+        return torch.from_numpy(self.embeddings.astype(np.float32))
 
     def scores(self, embeddings: npt.ArrayLike | Tensor) -> npt.NDArray[np.float32]:
         """The feature distance (B,) of each row of ``embeddings`` (B, D): in [0, 2], higher is
@@ -96,7 +94,7 @@ class FeatureBank:
         queries = unit_rows(embeddings)
         if queries.shape[1] != self.dim:
             raise ValueError(f"embeddings have {queries.shape[1]} features, the bank {self.dim}")
-        similarity = queries @ self._matrix().T
+        similarity = queries @ self._matrix.T
         kth = similarity.topk(self.k, dim=1).values[:, -1]
         return (1.0 - kth).clamp(min=0.0).numpy()
 

@@ -594,11 +594,7 @@ class _Run:
         test = self.manifest.select("test")
         if not test:
             self._save_model(FINAL_FILE, dict(self.history[-1]))
-            self._calibrate(root)
-            self.between("finish")
-            self._index(root)
-            self.between("finish")
-            self._feature_bank(root)
+            self._describe(root)
             return None
         loader = eval_loader(
             self.spec,
@@ -613,11 +609,7 @@ class _Run:
         self._save_model(
             FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
         )
-        self._calibrate(root)
-        self.between("finish")
-        self._index(root)
-        self.between("finish")
-        self._feature_bank(root)
+        self._describe(root)
         self.between("finish")
         report = evaluate_checkpoint(
             self.out / BEST_FILE,
@@ -640,6 +632,21 @@ class _Run:
         write_report(report, self.out)
         return float(report["accuracy"])
 
+    def _describe(self, root: Path) -> None:
+        """What serving best.pt needs beside its weights: its calibration, the index of its training
+        photos and its feature bank, with a cancellation heard between them."""
+        self._calibrate(root)
+        self.between("finish")
+        self._index(root)
+        self.between("finish")
+        self._feature_bank(root)
+
+    def _replayed_draw(self, count: int, purpose: str) -> list[int]:
+        """At most :data:`BANK_REPLAYED_PHOTOS` of ``count`` replayed photos, drawn with the run's seed
+        for ``purpose``, in their order."""
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, purpose))
+        return sorted(torch.randperm(count, generator=generator)[:BANK_REPLAYED_PHOTOS].tolist())
+
     def _validation_photos(self) -> list[tuple[str, int]]:
         """The photos that calibrate best.pt and choose its "sure" rule: the validation split, and for a
         fine-tune that replays its base's photos a sample of the base's validation photos too (drawn
@@ -647,9 +654,8 @@ class _Run:
         manifest = self.manifest
         val = remap_labels(manifest.select("val"), manifest.class_names, self.class_names)
         if self.replay is not None:
-            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "validation"))
-            chosen = torch.randperm(len(self.replay.val_samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
-            val += [self.replay.val_samples[i] for i in sorted(chosen.tolist())]
+            chosen = self._replayed_draw(len(self.replay.val_samples), "validation")
+            val += [self.replay.val_samples[i] for i in chosen]
         return val
 
     def _calibrate(self, root: Path) -> None:
@@ -676,10 +682,9 @@ class _Run:
         sources = manifest.select_sources("train", DEFAULT_SOURCE)
         val = self._validation_photos()
         if self.replay is not None:
-            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "feature-bank"))
-            chosen = torch.randperm(len(self.replay.samples), generator=generator)[:BANK_REPLAYED_PHOTOS]
-            train += [self.replay.samples[i] for i in chosen.tolist()]
-            sources += [self.replay.sources[i] for i in chosen.tolist()]
+            chosen = self._replayed_draw(len(self.replay.samples), "feature-bank")
+            train += [self.replay.samples[i] for i in chosen]
+            sources += [self.replay.sources[i] for i in chosen]
         try:
             build_feature_bank(
                 self.out / BEST_FILE,

@@ -10,7 +10,6 @@ import numpy.typing as npt
 import torch
 
 from models.fingerprint import EmbeddingHook
-from models.precision import cpu_has_native_bf16
 from training.data import Sample
 from training.evaluation import autocast, load_for_evaluation
 
@@ -22,13 +21,6 @@ class Features:
     logits: npt.NDArray[np.float32]
     embeddings: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
-
-
-def default_amp(device: torch.device) -> torch.dtype | None:
-    """bf16 where the device computes it natively (as serving does), else full precision."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ Both go into the checkpoint's calibration (its weights, and so its digest, do no
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ from models.calibration import (
 )
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE, FeatureBank
+from models.precision import choose_precision
 from training.data import Sample
-from training.features import default_amp, extract_features
+from training.features import extract_features
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ def build_feature_bank(
     names each one's source, for the record; at most ``max_photos`` of them, drawn with ``seed``), choose
     the rule on the ``val`` photos, write the bank beside the checkpoint and the rule into its
     calibration."""
-    amp = default_amp(device)
+    # The precision the service infers in, so that the distances it measures are the bank's own.
+    amp = choose_precision(device).dtype
 
     def features(samples: Sequence[Sample], folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         extracted = extract_features(
@@ -92,12 +95,10 @@ def build_feature_bank(
         energies=energy_score(logits_t).numpy(),
         distances=distances,
     )
-    calibration = Calibration(
-        **{
-            **calibration.to_dict(),
-            "max_distance": float(np.quantile(distances, distance_quantile)),
-            "distance_quantile": distance_quantile,
-        }
+    calibration = replace(
+        calibration,
+        max_distance=float(np.quantile(distances, distance_quantile)),
+        distance_quantile=distance_quantile,
     ).for_target(target_accuracy, validation)
     bank = FeatureBank(bank.model_sha256, bank.embeddings, bank.k, bank.sources, validation)
     bank.save(checkpoint_path.parent / OOD_FILE)

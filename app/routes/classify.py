@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ApiKeyHeader, MetricsDep, ReadAccess, ServiceDep, SettingsDep
+from app.deps import ApiKeyHeader, MetricsDep, ReadAccess, ReviewStoreDep, ServiceDep, SettingsDep
 from app.errors import error_responses
 from app.reviewing import (
     REVIEW_SIDE,
@@ -16,7 +16,6 @@ from app.reviewing import (
     wanted,
 )
 from app.routes.inference_views import ModelField, chosen_predictor, classification
-from app.routes.review import ReviewStoreDep
 from app.schemas import ClassifyPublic
 from app.uploads import gather_uploads, read_images, refuse_repeated
 

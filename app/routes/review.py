@@ -6,12 +6,12 @@ import base64
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Form, HTTPException, Query, status
 from fastapi.responses import Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReviewAccess, ReviewerDep, ServiceDep
+from app.deps import ReviewAccess, ReviewerDep, ReviewStoreDep, ServiceDep
 from app.errors import error_responses, unprocessable
 from app.schemas import ReviewItemPublic, ReviewLabelPublic, ReviewPage
 from core.explain import explanation
@@ -23,7 +23,6 @@ from core.review import (
     ReviewState,
     ReviewStore,
 )
-from core.settings import Settings
 from models.calibration import UNSURE_REASONS
 from models.checkpoint import CheckpointError
 from models.predictor import Predictor
@@ -38,14 +37,6 @@ router = APIRouter(
 )
 #: Longest side of the thumbnail in an item's answer.
 THUMBNAIL_SIDE = 256
-
-
-def get_review_store(request: Request) -> ReviewStore:
-    store: ReviewStore = request.app.state.review
-    return store
-
-
-ReviewStoreDep = Annotated[ReviewStore, Depends(get_review_store)]
 
 
 def item_public(item: ReviewItem) -> ReviewItemPublic:
@@ -203,7 +194,3 @@ def label_review_item(
     except ReviewError as error:
         raise unprocessable(str(error)) from None
     return item_public(item)
-
-
-def review_store(settings: Settings) -> ReviewStore:
-    return ReviewStore(settings.review_dir)
