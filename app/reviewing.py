@@ -65,7 +65,8 @@ def keep(
     """Store the photo and what the model said of it; the item's id."""
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=PHOTO_QUALITY)
-    predictor = outcome.predictor
+    # The model asked (a site's, also where its base answered): what its queue and its labels are for.
+    predictor = outcome.routed_from or outcome.predictor
     item = store.add(
         buffer.getvalue(),
         NewItem(

@@ -41,7 +41,12 @@ class UnsureRule(BaseModel):
 
 class Classification(BaseModel):
     filename: str | None = Field(None, examples=["bottle.jpg"])
-    model: ModelRef
+    model: ModelRef = Field(description="the model that answered")
+    routed_from: ModelRef | None = Field(
+        None,
+        description="the model asked, when it is a site's fine-tune that passed the photo to its base: the "
+        "photo looks more like the base's training photos than the site's",
+    )
     label: str = Field(description="the most probable class", examples=["glass"])
     predictions: list[ClassProbability] = Field(
         description="every class, most probable first; sums to 1; calibrated when the model is"

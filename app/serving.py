@@ -8,7 +8,7 @@ batch's requests prepared and runs the model, on a replica of its own.
 import functools
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -26,12 +26,15 @@ from models.predictor import Predictor
 
 @dataclass(frozen=True)
 class Classified:
+    #: The model that answered: the one asked, or the base it routed the photo to.
     predictor: Predictor
     probabilities: list[float]
     energy: float
     distance: float | None
     batch_ms: float
     batch_size: int
+    #: The model asked, when it routed the photo to its base (which answered).
+    routed_from: Predictor | None = field(default=None, kw_only=True)
 
     @property
     def unsure(self) -> bool:
@@ -52,6 +55,16 @@ class Explained(Classified):
 class Fingerprinted(Classified):
     embedding: npt.NDArray[np.float32]
     hash: int
+
+
+def _who(
+    predictor: Predictor, replica: Predictor, answered_by: Predictor
+) -> tuple[Predictor, Predictor | None]:
+    """Which model answered a photo that ``predictor`` was asked about and its lane's ``replica`` ran, and
+    the one asked where they differ (a lane's replicas stand for the predictors they copy)."""
+    if answered_by is replica:
+        return predictor, None
+    return predictor.base or answered_by, predictor
 
 
 @dataclass(frozen=True)
@@ -114,73 +127,91 @@ class InferenceService:
 
     def _classify_batch(self, lane: int, key: Hashable, items: list[Prepared]) -> list[Classified]:
         predictor = items[0].predictor
+        replica = predictor.replica(lane)
         started = time.perf_counter()
-        scores = predictor.replica(lane).classify(torch.stack([item.inputs for item in items]))
+        scores = replica.classify(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
-        return [
-            Classified(predictor, row.tolist(), float(energy), distance, elapsed, len(items))
-            for row, energy, distance in zip(
-                scores.probabilities, scores.energies, scores.distance_list(), strict=True
+        answers = []
+        for row, energy, distance, answered_by in zip(
+            scores.probabilities, scores.energies, scores.distance_list(), scores.answered_by, strict=True
+        ):
+            answerer, asked = _who(predictor, replica, answered_by)
+            answers.append(
+                Classified(
+                    answerer, row.tolist(), float(energy), distance, elapsed, len(items), routed_from=asked
+                )
             )
-        ]
+        return answers
 
     def _explain_batch(self, lane: int, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
         _, _, method, layer = cast(BatchKey, key)
         predictor = items[0].predictor
+        replica = predictor.replica(lane)
         started = time.perf_counter()
-        result = predictor.replica(lane).explain(
+        result = replica.explain(
             torch.stack([item.inputs for item in items]),
             method=method,
             targets=[item.target for item in items],
             layer=layer or None,
         )
         elapsed = (time.perf_counter() - started) * 1000
-        return [
-            Explained(
-                predictor,
-                row.tolist(),
-                float(energy),
-                distance,
-                elapsed,
-                len(items),
-                heatmap.numpy(),
-                int(target),
+        answers = []
+        for row, energy, distance, heatmap, target, answered_by in zip(
+            result.probabilities,
+            result.energies,
+            result.distance_list(),
+            result.heatmaps,
+            result.targets,
+            result.answered_by,
+            strict=True,
+        ):
+            answerer, asked = _who(predictor, replica, answered_by)
+            answers.append(
+                Explained(
+                    answerer,
+                    row.tolist(),
+                    float(energy),
+                    distance,
+                    elapsed,
+                    len(items),
+                    heatmap.numpy(),
+                    int(target),
+                    routed_from=asked,
+                )
             )
-            for row, energy, distance, heatmap, target in zip(
-                result.probabilities,
-                result.energies,
-                result.distance_list(),
-                result.heatmaps,
-                result.targets,
-                strict=True,
-            )
-        ]
+        return answers
 
     def _fingerprint_batch(self, lane: int, key: Hashable, items: list[Prepared]) -> list[Fingerprinted]:
         predictor = items[0].predictor
+        replica = predictor.replica(lane)
         started = time.perf_counter()
-        result = predictor.replica(lane).fingerprint(torch.stack([item.inputs for item in items]))
+        result = replica.fingerprint(torch.stack([item.inputs for item in items]))
         elapsed = (time.perf_counter() - started) * 1000
-        return [
-            Fingerprinted(
-                predictor,
-                row.tolist(),
-                float(energy),
-                distance,
-                elapsed,
-                len(items),
-                embedding.numpy(),
-                value,
+        answers = []
+        for row, energy, distance, embedding, value, answered_by in zip(
+            result.probabilities,
+            result.energies,
+            result.distance_list(),
+            result.embeddings,
+            result.hashes,
+            result.answered_by,
+            strict=True,
+        ):
+            answerer, asked = _who(predictor, replica, answered_by)
+            answers.append(
+                Fingerprinted(
+                    answerer,
+                    row.tolist(),
+                    float(energy),
+                    distance,
+                    elapsed,
+                    len(items),
+                    embedding.numpy(),
+                    value,
+                    routed_from=asked,
+                )
             )
-            for row, energy, distance, embedding, value in zip(
-                result.probabilities,
-                result.energies,
-                result.distance_list(),
-                result.embeddings,
-                result.hashes,
-                strict=True,
-            )
-        ]
+        return answers
 
     def input_size(self) -> int:
         """The side of the serving model's input: what a photo to classify needs at least."""

@@ -51,14 +51,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "replay-distill": {**PLAIN, "replay_class_balance": 0.5, "replay_distill": 1.0},
     # The finetune recipe as it is.
     "recipe": {},
-    # ... with the base's batch-norm statistics kept, with the backbone at a tenth of the rate, both.
-    "recipe-frozen-norm": {"freeze_norm": True},
-    "recipe-backbone-lr0.1": {"backbone_lr": 0.1},
-    "recipe-frozen-norm-backbone-lr0.1": {"freeze_norm": True, "backbone_lr": 0.1},
+    # ... held to the base, with the base's batch-norm statistics kept, with the backbone at a tenth of the
+    # rate, both.
+    "recipe-frozen-norm": {"freeze_norm": True, "forgetting_limit": 0.05},
+    "recipe-backbone-lr0.1": {"backbone_lr": 0.1, "forgetting_limit": 0.05},
+    "recipe-frozen-norm-backbone-lr0.1": {"freeze_norm": True, "backbone_lr": 0.1, "forgetting_limit": 0.05},
     # The same two without the hold to the base, to see the ends the hold starts from.
     "frozen-norm-nohold": {"freeze_norm": True, "forgetting_limit": 1.0},
     "frozen-norm-backbone-lr0.1-nohold": {"freeze_norm": True, "backbone_lr": 0.1, "forgetting_limit": 1.0},
     "backbone-lr0.1-nohold": {"backbone_lr": 0.1, "forgetting_limit": 1.0},
+    # The finetune recipe without the hold to the base (the recipe's default since it serves beside its base).
+    "recipe-nohold": {"forgetting_limit": 1.0},
+    "recipe-nohold-replay25": {"forgetting_limit": 1.0, "replay": 0.25},
+    # Every class of the base kept as rows, nothing replayed or distilled: the site's photos only.
+    "sd-only-base-classes": {**PLAIN, "replay": 0.0, "distill": 0.0},
 }
 
 

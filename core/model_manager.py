@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: How many stored versions besides the serving one stay loaded for comparisons.
 OTHER_MODELS_KEPT = 2
+#: How many bases deep a chain of site models fine-tuned from site models is loaded.
+MAX_BASE_DEPTH = 3
 
 
 class NoModelError(RuntimeError):
@@ -182,6 +184,14 @@ class ModelManager:
             serving = self._predictor
             if serving is not None and (serving.name, serving.version) == (name, version):
                 raise ModelInUseError(f"{name}:{version} is serving: promote another one first")
+            base = serving.base if serving is not None else None
+            while base is not None:
+                if (base.name, base.version) == (name, version):
+                    raise ModelInUseError(
+                        f"{name}:{version} answers the photos that the serving {serving.name}:"  # type: ignore[union-attr]
+                        f"{serving.version} passes to its base: promote another one first"  # type: ignore[union-attr]
+                    )
+                base = base.base
             return self.store.delete(name, version)
 
     def stored_predictor(self, ref: str) -> Predictor:
@@ -204,7 +214,7 @@ class ModelManager:
     def _from_file(self, path: Path) -> Predictor:
         # A file outside the store is versioned by its weights' digest.
         name = path.parent.name if path.name == "model.pt" else path.stem
-        return Predictor.from_checkpoint(
+        predictor = Predictor.from_checkpoint(
             str(path),
             name=name,
             version=None,
@@ -212,8 +222,37 @@ class ModelManager:
             thresholds=self.thresholds,
             precision=self.precision,
         )
+        return self._with_base(predictor)
 
-    def _from_version(self, version: ModelVersion) -> Predictor:
+    def _with_base(self, predictor: Predictor, depth: int = 0) -> Predictor:
+        """``predictor`` with its base loaded beside it, when it is a fine-tune that serves so (its
+        feature bank routes) and the store still holds the base's weights; else as it is, logged."""
+        bank = predictor.feature_bank
+        base_sha256 = predictor.spec.recipe.get("init_sha256")
+        if bank is None or bank.route_margin is None or not base_sha256:
+            return predictor
+        found = next((v for v in self.store.all_versions() if v.sha256 == base_sha256), None)
+        if found is None or depth >= MAX_BASE_DEPTH:
+            logger.warning(
+                "%s:%s answers every photo itself: its base (weights %s) is not in the store",
+                predictor.name,
+                predictor.version,
+                str(base_sha256)[:12],
+            )
+            return predictor
+        base = self._from_version(found, depth + 1)
+        if not predictor.can_route_to(base):
+            logger.warning(
+                "%s:%s answers every photo itself: %s reads photos or names classes differently",
+                predictor.name,
+                predictor.version,
+                found.ref,
+            )
+            return predictor
+        predictor.base = base
+        return predictor
+
+    def _from_version(self, version: ModelVersion, depth: int = 0) -> Predictor:
         predictor = Predictor.from_checkpoint(
             str(version.path),
             name=version.name,
@@ -228,4 +267,4 @@ class ModelManager:
             raise CheckpointError(
                 f"{version.ref}: weights {predictor.sha256[:12]} are not the registered {version.sha256[:12]}"
             )
-        return predictor
+        return self._with_base(predictor, depth)

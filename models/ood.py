@@ -7,6 +7,10 @@ Detection with Deep Nearest Neighbors", 2022). Unlike the energy score, which re
 what the classifier has learned to separate, it sees a photo whose features sit where no training photo's
 do: a new camera, a new background. The training photos' features are stored with the model as
 ``ood.npz`` (unit-length fp16 vectors, no photos), its weights' digest checked at load.
+
+A fine-tune's bank also holds a sample of its base's training photos, after its own. Those tell which
+model should answer a photo (:meth:`FeatureBank.routes_to_base`): one nearer the base's photos than the
+site's, by more than a margin chosen on the base's validation photos, is one the base knows better.
 """
 
 import functools
@@ -32,6 +36,10 @@ FORMAT = "trashcam.feature-bank"
 DEFAULT_K = 1
 #: Training photos a bank keeps at most, drawn at random: 16 MB in fp16 at 2048 features.
 DEFAULT_BANK_PHOTOS = 4096
+#: The share of the base's validation photos that a fine-tune routed beside its base answers itself: the
+#: quantile of their routing margins that sets the margin (docs/RESULTS.md, "Serving a site's model
+#: beside its base").
+ROUTE_BASE_SHARE = 0.05
 
 
 class NoFeatureBankError(LookupError):
@@ -55,12 +63,21 @@ class FeatureBank:
     sources: Mapping[str, int] = field(default_factory=dict)
     #: The validation photos' scores the thresholds were chosen on (None: not stored).
     validation: ValidationScores | None = None
+    #: How many rows, from the first, are the model's own training photos; the rest are its base's
+    #: (None: all are its own).
+    own_photos: int | None = None
+    #: The routing margin (:meth:`routes_to_base`); None: the model answers every photo itself.
+    route_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.embeddings.ndim != 2 or len(self.embeddings) == 0:
             raise ValueError("a feature bank needs at least one photo's features")
         if not 1 <= self.k <= len(self.embeddings):
             raise ValueError(f"k must be in [1, {len(self.embeddings)}], got {self.k}")
+        if self.own_photos is not None and not 0 < self.own_photos <= len(self.embeddings):
+            raise ValueError(f"own_photos must be in [1, {len(self.embeddings)}], got {self.own_photos}")
+        if self.route_margin is not None and not self.routes:
+            raise ValueError("a routing margin needs rows of the model's own photos and of its base's")
 
     @classmethod
     def from_embeddings(
@@ -71,10 +88,12 @@ class FeatureBank:
         k: int = DEFAULT_K,
         sources: Mapping[str, int] | None = None,
         validation: ValidationScores | None = None,
+        own_photos: int | None = None,
     ) -> "FeatureBank":
-        """A bank of ``embeddings`` (N, D), normalised and stored in fp16."""
+        """A bank of ``embeddings`` (N, D), normalised and stored in fp16; the first ``own_photos`` rows
+        are the model's own training photos, the rest its base's."""
         unit = unit_rows(embeddings).numpy().astype(np.float16)
-        return cls(model_sha256, unit, k, dict(sources or {}), validation)
+        return cls(model_sha256, unit, k, dict(sources or {}), validation, own_photos)
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -98,6 +117,30 @@ class FeatureBank:
         kth = similarity.topk(self.k, dim=1).values[:, -1]
         return (1.0 - kth).clamp(min=0.0).numpy()
 
+    @property
+    def routes(self) -> bool:
+        """Whether the bank holds rows of both the model's own photos and its base's."""
+        return self.own_photos is not None and self.own_photos < len(self.embeddings)
+
+    def routing_margins(self, embeddings: npt.ArrayLike | Tensor) -> npt.NDArray[np.float32]:
+        """The cosine distance (B,) of each row of ``embeddings`` to the nearest of the model's own
+        photos minus that to the nearest of its base's: positive, nearer the base's."""
+        if not self.routes:
+            raise ValueError("the bank holds no photos of a base")
+        assert self.own_photos is not None
+        queries = unit_rows(embeddings)
+        similarity = queries @ self._matrix.T
+        own = similarity[:, : self.own_photos].max(dim=1).values
+        base = similarity[:, self.own_photos :].max(dim=1).values
+        return (base - own).numpy()
+
+    def routes_to_base(self, embeddings: npt.ArrayLike | Tensor) -> npt.NDArray[np.bool_] | None:
+        """Which photos (rows of ``embeddings``) the base should answer: those nearer its photos than
+        the model's own by more than the margin; None when the bank routes nothing."""
+        if self.route_margin is None:
+            return None
+        return self.routing_margins(embeddings) > self.route_margin
+
     def save(self, path: Path) -> None:
         """Write the bank atomically (numpy's zip, no pickle)."""
         meta = {
@@ -105,6 +148,8 @@ class FeatureBank:
             "model_sha256": self.model_sha256,
             "k": self.k,
             "sources": dict(self.sources),
+            "own_photos": self.own_photos,
+            "route_margin": self.route_margin,
         }
         # No validation scores are stored as empty arrays.
         validation = self.validation or ValidationScores(
@@ -139,5 +184,11 @@ class FeatureBank:
         if model_sha256 is not None and meta["model_sha256"] != model_sha256:
             raise NoFeatureBankError(f"{path} was computed with other weights than this model's")
         return cls(
-            meta["model_sha256"], embeddings, int(meta["k"]), dict(meta.get("sources", {})), validation
+            meta["model_sha256"],
+            embeddings,
+            int(meta["k"]),
+            dict(meta.get("sources", {})),
+            validation,
+            meta.get("own_photos"),
+            meta.get("route_margin"),
         )

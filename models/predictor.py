@@ -2,14 +2,17 @@
 its device in its precision, explanations from the same forward pass."""
 
 import copy
+import dataclasses
 import functools
 import itertools
 import logging
+import math
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -41,17 +44,19 @@ def select_device(name: str | None = "auto") -> torch.device:
 @dataclass(frozen=True)
 class Scores:
     """Calibrated probabilities (B, classes), energy scores (B,) and feature distances to the training
-    photos (B,; None when the model has no feature bank) of a batch, on the CPU."""
+    photos (B,; None, or NaN for a photo, where a model has no feature bank) of a batch, on the CPU, and
+    which model answered each photo (the predictor asked, or the base it routed the photo to)."""
 
     probabilities: Tensor
     energies: Tensor
     distances: Tensor | None
+    answered_by: tuple["Predictor", ...] = dataclasses.field(default=(), kw_only=True)
 
     def distance_list(self) -> list[float | None]:
         """Each photo's feature distance, or None for each where there is none."""
         if self.distances is None:
             return [None] * len(self.energies)
-        return [float(value) for value in self.distances]
+        return [None if math.isnan(value) else value for value in self.distances.tolist()]
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,16 @@ class Fingerprints(Scores):
     hashes: list[int]
 
 
+ScoresT = TypeVar("ScoresT", bound=Scores)
+
+
 class Predictor:
-    """A model with its spec on a device; swap whole predictors to change models."""
+    """A model with its spec on a device; swap whole predictors to change models.
+
+    A fine-tune that serves beside its base (its feature bank routes, and :attr:`base` is set) answers
+    the photos its bank finds nearer the base's training photos with the base: its own answer for those
+    is the one that forgets what the site did not upload.
+    """
 
     def __init__(
         self,
@@ -103,6 +116,8 @@ class Predictor:
             thresholds or Thresholds(), None if self.feature_bank is None else self.feature_bank.validation
         )
         self._transform = build_eval_transform(spec)
+        #: The model that answers the photos routed to it (set by whoever loads both; None: none).
+        self.base: Predictor | None = None
         self._replicas: dict[int, Predictor] = {}
         self._replicas_lock = threading.Lock()
 
@@ -148,12 +163,41 @@ class Predictor:
                 tensors = itertools.chain(self.model.parameters(), self.model.buffers())
                 replica.model = copy.deepcopy(self.model, memo={id(tensor): tensor for tensor in tensors})
                 replica._replicas, replica._replicas_lock = {}, threading.Lock()
+                replica.base = None if self.base is None else self.base.replica(lane)
                 self._replicas[lane] = replica
             return replica
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.spec.class_names
+
+    def can_route_to(self, base: "Predictor") -> bool:
+        """Whether ``base`` can answer for this model: its feature bank routes, and both read a photo
+        the same way (input size, normalisation) and answer in the same classes."""
+        keys = ("input_size", "mean", "std", "class_names")
+        return (
+            self.feature_bank is not None
+            and self.feature_bank.route_margin is not None
+            and all(getattr(self.spec, key) == getattr(base.spec, key) for key in keys)
+        )
+
+    def _routed(
+        self,
+        result: ScoresT,
+        batch: Tensor,
+        embeddings: Tensor | None,
+        answer: Callable[["Predictor", Tensor, Tensor], ScoresT],
+    ) -> ScoresT:
+        """``result``, with the photos the bank routes to the base answered by it: ``answer(base, inputs,
+        rows)`` gives the base's result for the ``inputs`` of ``rows``."""
+        if self.base is None or self.feature_bank is None or embeddings is None:
+            return result
+        to_base = self.feature_bank.routes_to_base(embeddings.detach().float().cpu())
+        if to_base is None or not to_base.any():
+            return result
+        rows = torch.from_numpy(to_base.nonzero()[0])
+        routed = answer(self.base, batch[rows.to(batch.device)], rows)
+        return _merge(result, rows, routed)
 
     def prepare(self, image: Image.Image) -> Tensor:
         """One photo as the model's input (3, S, S) on the CPU; callers run it off the inference
@@ -177,6 +221,7 @@ class Predictor:
             probabilities=self.calibration.probabilities(logits),
             energies=energy_score(logits),
             distances=distances,
+            answered_by=(self,) * len(logits),
         )
 
     def is_unsure(self, probabilities: Sequence[float], energy: float, distance: float | None = None) -> bool:
@@ -200,20 +245,26 @@ class Predictor:
         finally:
             if hook is not None:
                 hook.remove()
-        return self.scores(logits, None if hook is None else hook.features)
+        features = None if hook is None else hook.features
+        return self._routed(
+            self.scores(logits, features), batch, features, lambda base, inputs, _: base.classify(inputs)
+        )
 
     def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
         """Scores, embeddings and hashes of ``images``, from one forward pass, in fp32 whatever the
         precision: the index of training photos was built in fp32, and bf16 would flip hash bits."""
-        logits, embeddings = embed(self.model, self.inputs(images))
+        batch = self.inputs(images)
+        logits, embeddings = embed(self.model, batch)
         scores = self.scores(logits, embeddings)
-        return Fingerprints(
+        own = Fingerprints(
             probabilities=scores.probabilities,
             energies=scores.energies,
             distances=scores.distances,
             embeddings=embeddings.cpu(),
             hashes=[int(value) for value in hash_bits(embeddings.cpu())],
+            answered_by=scores.answered_by,
         )
+        return self._routed(own, batch, embeddings, lambda base, inputs, _: base.fingerprint(inputs))
 
     @functools.cached_property
     def index(self) -> FingerprintIndex:
@@ -241,14 +292,43 @@ class Predictor:
         finally:
             if hook is not None:
                 hook.remove()
-        scores = self.scores(out.logits, None if hook is None else hook.features)
-        return Explanation(
+        features = None if hook is None else hook.features
+        scores = self.scores(out.logits, features)
+        own = Explanation(
             probabilities=scores.probabilities,
             energies=scores.energies,
             distances=scores.distances,
             heatmaps=out.heatmaps.float().cpu(),
             targets=out.targets.cpu(),
+            answered_by=scores.answered_by,
         )
+
+        def explained_by_base(base: Predictor, inputs: Tensor, rows: Tensor) -> Explanation:
+            chosen = None if targets is None else [targets[i] for i in rows.tolist()]
+            return base.explain(inputs, method=method, targets=chosen, layer=layer)
+
+        return self._routed(own, batch, features, explained_by_base)
+
+
+def _merge(result: ScoresT, rows: Tensor, routed: ScoresT) -> ScoresT:
+    """``result`` with its ``rows`` replaced by those of ``routed`` (a result of the same kind for those
+    photos only); a distance one of them lacks is NaN."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(result):
+        mine, theirs = getattr(result, field.name), getattr(routed, field.name)
+        if field.name == "distances":
+            mine = torch.full((len(result.energies),), math.nan) if mine is None else mine
+            theirs = torch.full((len(rows),), math.nan) if theirs is None else theirs
+        if isinstance(mine, Tensor):
+            merged = mine.clone()
+            merged[rows] = theirs.to(merged.dtype)
+            changes[field.name] = merged
+        else:
+            items = list(mine)
+            for position, row in enumerate(rows.tolist()):
+                items[row] = theirs[position]
+            changes[field.name] = type(mine)(items)
+    return dataclasses.replace(result, **changes)
 
 
 def _feature_bank(path: str | None, sha256: str) -> FeatureBank | None:

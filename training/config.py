@@ -51,8 +51,10 @@ STRONG: dict[str, Any] = {
 #: equally often), and augmentation that keeps the photos recognisable. What the site did not upload is
 #: kept: every class of the base stays, half of each epoch's draws are the base's own training photos
 #: with the base's answers on them distilled (replay, where they are at hand; else the base's outputs on
-#: the new photos are distilled), and the result is moved towards the base until it scores within 5
-#: points of it on the base's validation photos of the classes the site sent none of. The run stops once
+#: the new photos are distilled), and the result serves beside its base, which answers the photos nearer
+#: its own training photos than the site's (``route``). Holding the weights near the base's instead
+#: (``forgetting_limit`` 0.05) kept less of the lacking classes and cost the site more (docs/RESULTS.md,
+#: "Serving a site's model beside its base"). The run stops once
 #: the validation loss has not improved for 10 epochs (with 5, two of three runs on site sd would have
 #: stopped before their best epoch, as the cosine schedule's late epochs still improve).
 FINETUNE: dict[str, Any] = {
@@ -76,7 +78,8 @@ FINETUNE: dict[str, Any] = {
     "replay": 0.5,
     "replay_distill": 1.0,
     "distill": 1.0,
-    "forgetting_limit": 0.05,
+    "forgetting_limit": 1.0,
+    "route": True,
     "early_stop": 10,
 }
 
@@ -272,6 +275,11 @@ class TrainConfig(BaseModel):
     )
     early_stop: int = Field(
         0, ge=0, description="stop after this many epochs without a lower validation loss; 0: never"
+    )
+    route: bool = Field(
+        False,
+        description="with a replay manifest and the base's classes: serve the model beside its base, "
+        "each photo nearer the base's training photos than the data's answered by the base",
     )
     device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
     workers: int | None = Field(None, ge=0, description="data-loader processes (default: sized to the CPUs)")

@@ -673,14 +673,22 @@ class _Run:
         except CalibrationError as error:
             logger.warning("best.pt stays uncalibrated: %s", error)
 
+    @property
+    def _routing(self) -> bool:
+        """Whether best.pt is to serve beside its base (``route``): it needs the base's photos to route
+        by, and the base's classes, so that either model's answer reads the same."""
+        return self.config.route and self.replay is not None and self.class_names == self.config.init_classes
+
     def _feature_bank(self, root: Path) -> None:
         """The features of the training photos as best.pt sees them, and its "sure" rule chosen on the
         validation photos (``ood.npz``, and best.pt's calibration). A fine-tune's bank and validation
-        photos hold a sample of its base's too, so that what the base knew still counts as familiar."""
+        photos hold a sample of its base's too, so that what the base knew still counts as familiar, and,
+        with ``route``, so that the service can tell which photos its base should answer."""
         manifest = self.manifest
         train = remap_labels(manifest.select("train"), manifest.class_names, self.class_names)
         sources = manifest.select_sources("train", DEFAULT_SOURCE)
         val = self._validation_photos()
+        own_photos, base_val_photos = len(train), len(val) - len(manifest.select("val"))
         if self.replay is not None:
             chosen = self._replayed_draw(len(self.replay.samples), "feature-bank")
             train += [self.replay.samples[i] for i in chosen]
@@ -692,6 +700,9 @@ class _Run:
                 train=train,
                 val=val,
                 sources=sources,
+                own_photos=own_photos if self.replay is not None else None,
+                base_val_photos=base_val_photos,
+                route=self._routing,
                 data_classes=self.class_names,
                 device=self.device,
                 target_accuracy=self.config.sure_target_accuracy,

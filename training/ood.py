@@ -24,12 +24,18 @@ from models.calibration import (
     energy_score,
 )
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE, FeatureBank
+from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE, ROUTE_BASE_SHARE, FeatureBank
 from models.precision import choose_precision
 from training.data import Sample
 from training.features import extract_features
 
 logger = logging.getLogger(__name__)
+
+
+def choose_route_margin(bank: FeatureBank, base_val_embeddings: np.ndarray) -> float:
+    """The routing margin at which the model answers :data:`ROUTE_BASE_SHARE` of its base's validation
+    photos (their pooled features ``base_val_embeddings``, as the model sees them) itself."""
+    return float(np.quantile(bank.routing_margins(base_val_embeddings), ROUTE_BASE_SHARE))
 
 
 def build_feature_bank(
@@ -41,6 +47,9 @@ def build_feature_bank(
     data_classes: Sequence[str],
     device: torch.device,
     sources: Sequence[str] | None = None,
+    own_photos: int | None = None,
+    base_val_photos: int = 0,
+    route: bool = False,
     train_root: Path | None = None,
     k: int = DEFAULT_K,
     max_photos: int = DEFAULT_BANK_PHOTOS,
@@ -53,7 +62,11 @@ def build_feature_bank(
     """Build the bank from the ``train`` photos (under ``train_root``, default ``root``; ``sources``
     names each one's source, for the record; at most ``max_photos`` of them, drawn with ``seed``), choose
     the rule on the ``val`` photos, write the bank beside the checkpoint and the rule into its
-    calibration."""
+    calibration.
+
+    For a fine-tune, the first ``own_photos`` of ``train`` are its own data's and the rest its base's, and
+    the last ``base_val_photos`` of ``val`` are the base's validation photos; with ``route``, the routing
+    margin is chosen on those so that the model answers :data:`ROUTE_BASE_SHARE` of them itself."""
     # The precision the service infers in, so that the distances it measures are the bank's own.
     amp = choose_precision(device).dtype
 
@@ -74,24 +87,49 @@ def build_feature_bank(
         raise ValueError("a feature bank needs training photos and validation photos")
     checkpoint = load_checkpoint(checkpoint_path)
     named = list(sources) if sources is not None else ["train"] * len(train)
+    own = len(train) if own_photos is None else own_photos
     if len(train) > max_photos:
         chosen = np.sort(np.random.default_rng(seed).choice(len(train), max_photos, replace=False))
         train, named = [train[i] for i in chosen], [named[i] for i in chosen]
+        own = int((chosen < own).sum())
     _, train_embeddings, _ = features(train, train_root or root)
     counts: dict[str, int] = {}
     for source in named:
         counts[source] = counts.get(source, 0) + 1
     bank = FeatureBank.from_embeddings(
-        train_embeddings, model_sha256=checkpoint.sha256, k=min(k, len(train)), sources=counts
+        train_embeddings,
+        model_sha256=checkpoint.sha256,
+        k=min(k, len(train)),
+        sources=counts,
+        own_photos=None if own_photos is None else own,
     )
     logits, embeddings, labels = features(val, root)
+    route_margin = None
+    answered = np.ones(len(val), dtype=bool)
+    if route and bank.routes and base_val_photos > 0:
+        route_margin = choose_route_margin(bank, embeddings[len(val) - base_val_photos :])
+        to_base = replace(bank, route_margin=route_margin).routes_to_base(embeddings)
+        assert to_base is not None
+        answered = ~to_base
+        own_val = len(val) - base_val_photos
+        logger.info(
+            "%s: served beside its base, routing margin %.4f: it answers %d of the %d validation photos of "
+            "its data and %d of the base's %d itself",
+            checkpoint_path,
+            route_margin,
+            answered[:own_val].sum(),
+            own_val,
+            answered[own_val:].sum(),
+            base_val_photos,
+        )
+    # A model served beside its base says "sure" only of the photos it answers: its rule is chosen on those.
     calibration = Calibration.from_dict(checkpoint.spec.calibration)
-    logits_t = torch.from_numpy(logits)
+    logits_t = torch.from_numpy(logits[answered])
     probabilities = calibration.probabilities(logits_t).numpy()
-    distances = bank.scores(embeddings)
+    distances = bank.scores(embeddings[answered])
     validation = ValidationScores(
         confidences=probabilities.max(axis=1).astype(np.float32),
-        correct=probabilities.argmax(axis=1) == labels,
+        correct=probabilities.argmax(axis=1) == labels[answered],
         energies=energy_score(logits_t).numpy(),
         distances=distances,
     )
@@ -100,7 +138,7 @@ def build_feature_bank(
         max_distance=float(np.quantile(distances, distance_quantile)),
         distance_quantile=distance_quantile,
     ).for_target(target_accuracy, validation)
-    bank = FeatureBank(bank.model_sha256, bank.embeddings, bank.k, bank.sources, validation)
+    bank = replace(bank, validation=validation, route_margin=route_margin)
     bank.save(checkpoint_path.parent / OOD_FILE)
     spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "calibration": calibration.to_dict()})
     save_checkpoint(checkpoint_path, checkpoint.state_dict, spec)

@@ -63,6 +63,7 @@ USER_OPTIONS = (
     "replay_data",
     "distill",
     "forgetting_limit",
+    "route",
     "early_stop",
     "sure_target_accuracy",
     "device",

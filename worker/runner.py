@@ -197,17 +197,18 @@ def explain_images(
                 yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
         if decoded:
             result = predictor.explain([image for _, _, image in decoded], method=method)
-            for (index, path, image), probs, energy, distance, heatmap, target in zip(
+            for (index, path, image), probs, energy, distance, heatmap, target, answered_by in zip(
                 decoded,
                 result.probabilities,
                 result.energies,
                 result.distance_list(),
                 result.heatmaps,
                 result.targets,
+                result.answered_by,
                 strict=True,
             ):
                 shown = explanation(
-                    predictor,
+                    answered_by,
                     image,
                     probabilities=probs.tolist(),
                     energy=float(energy),
@@ -219,6 +220,7 @@ def explain_images(
                 )
                 entry: dict[str, object] = {
                     "file": path.name,
+                    "model": {"name": answered_by.name, "version": answered_by.version},
                     "overlay": f"overlays/{index:05d}.png",
                     "heatmap": f"heatmaps/{index:05d}.png",
                     "label": shown.label,

@@ -64,6 +64,7 @@ def classification(
     return Classification(
         filename=filename,
         model=model_ref(outcome.predictor),
+        routed_from=None if outcome.routed_from is None else model_ref(outcome.routed_from),
         label=predictions[0][0],
         predictions=[ClassProbability(label=label, probability=p) for label, p in predictions],
         calibrated=outcome.predictor.calibration.fitted,

@@ -67,7 +67,8 @@ async def similar_images(
     except NoIndexError as error:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            f"{error}; build one with: trashcam-train index --checkpoint CHECKPOINT --manifest MANIFEST",
+            f"{predictor.name}:{predictor.version}: {error}; build one with: trashcam-train index "
+            "--checkpoint CHECKPOINT --manifest MANIFEST",
         ) from None
     started = time.perf_counter()
     found = index.by_hash(outcome.hash, k) if by == "hash" else index.by_embedding(outcome.embedding, k)

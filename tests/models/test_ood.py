@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from models.calibration import choose_min_probability
-from models.ood import FeatureBank, NoFeatureBankError
+from models.ood import ROUTE_BASE_SHARE, FeatureBank, NoFeatureBankError
+from training.ood import choose_route_margin
 
 
 def clusters(rng: np.random.Generator, centres: np.ndarray, per_centre: int, spread: float) -> np.ndarray:
@@ -83,3 +84,52 @@ def test_no_cut_meets_the_target_and_nothing_is_sure() -> None:
     assert choose_min_probability(np.linspace(0.9, 0.1, 50), np.zeros(50, bool), 0.9) == 1.0
     # Too few photos above any cut that meets it count for nothing.
     assert choose_min_probability([0.9] * 5 + [0.1] * 50, [True] * 5 + [False] * 50, 0.9) == 1.0
+
+
+def routing_bank(margin: float | None = 0.0) -> FeatureBank:
+    """A bank whose own photos lie along axis 0 and whose base's photos along axis 1."""
+    rows = np.array([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.1, 1.0, 0.0]], dtype=np.float32)
+    bank = FeatureBank.from_embeddings(rows, model_sha256="a", own_photos=2)
+    return FeatureBank(bank.model_sha256, bank.embeddings, own_photos=2, route_margin=margin)
+
+
+def test_photos_nearer_the_bases_photos_are_routed_to_the_base() -> None:
+    bank = routing_bank()
+    queries = np.array([[1.0, 0.05, 0.0], [0.05, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    margins = bank.routing_margins(queries)
+    assert margins[0] < 0 < margins[1]
+    # Equally far from both (orthogonal to both): not nearer the base's by more than the margin.
+    assert margins[2] == pytest.approx(0.0, abs=1e-3)
+    to_base = bank.routes_to_base(queries)
+    assert to_base is not None
+    assert to_base.tolist() == [False, True, False]
+    # A larger margin leaves more to the model itself.
+    assert not np.any(routing_bank(margin=2.0).routes_to_base(queries))
+
+
+def test_a_bank_routes_only_with_photos_of_both_and_a_margin(tmp_path: Path) -> None:
+    assert routing_bank(margin=None).routes_to_base(np.eye(3, dtype=np.float32)) is None
+    own_only = FeatureBank.from_embeddings(np.eye(3, dtype=np.float32), model_sha256="a", own_photos=3)
+    assert not own_only.routes
+    with pytest.raises(ValueError, match="no photos of a base"):
+        own_only.routing_margins(np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="routing margin needs"):
+        FeatureBank(own_only.model_sha256, own_only.embeddings, own_photos=3, route_margin=0.0)
+    with pytest.raises(ValueError, match="own_photos must be"):
+        FeatureBank(own_only.model_sha256, own_only.embeddings, own_photos=0)
+    bank = routing_bank(margin=0.125)
+    bank.save(tmp_path / "ood.npz")
+    loaded = FeatureBank.load(tmp_path / "ood.npz")
+    assert (loaded.own_photos, loaded.route_margin) == (2, 0.125)
+
+
+def test_the_routing_margin_leaves_the_chosen_share_of_the_bases_photos_to_the_model() -> None:
+    rng = np.random.default_rng(0)
+    own, base = rng.standard_normal((50, 16)), rng.standard_normal((50, 16))
+    bank = FeatureBank.from_embeddings(np.concatenate([own, base]), model_sha256="a", own_photos=50)
+    base_val = base + 0.5 * rng.standard_normal((50, 16))
+    margin = choose_route_margin(bank, base_val)
+    routed = FeatureBank(bank.model_sha256, bank.embeddings, own_photos=50, route_margin=margin)
+    to_base = routed.routes_to_base(base_val)
+    assert to_base is not None
+    assert 1 - to_base.mean() == pytest.approx(ROUTE_BASE_SHARE, abs=0.021)

@@ -5,11 +5,15 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.checkpoint import load_checkpoint
+from models.ood import OOD_FILE, FeatureBank
 from models.precision import cpu_has_native_bf16
+from models.predictor import Predictor
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config
 from training import engine
 from training.config import make_config
@@ -18,7 +22,7 @@ from training.engine import amp_dtype, plateaued, train
 from training.evaluation import evaluate_checkpoint, load_for_evaluation, predict
 from training.replay import distillation_loss, find_replay_data, load_replay, replay_weights
 from training.retain import keep_within
-from training.split import create_manifest, save_manifest
+from training.split import create_manifest, load_manifest, save_manifest
 from training.transfer import base_options
 
 #: The classes a site uploads photos of; the base also knows the other four.
@@ -293,3 +297,71 @@ def test_replayed_photos_are_found_from_a_run_folder_given_relatively(
     monkeypatch.chdir(tmp_path)
     replay = load_replay(base_run / "manifest.json", (), Path("runs/x/replay"), CLASS_NAMES)
     assert all(Path(path).is_absolute() and Path(path).is_file() for path, _ in replay.samples)
+
+
+def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_lacks(
+    base_run: Path, site_photos: Path, unseen_photos: Path, tmp_path: Path
+) -> None:
+    others = tuple(name for name in CLASS_NAMES if name not in SITE_CLASSES)
+    # A high rate and no replay share to speak of: the site model alone forgets the other classes.
+    best = finetune(
+        base_run,
+        site_photos,
+        tmp_path / "routed",
+        replay_manifest=str(base_run / "manifest.json"),
+        replay=0.05,
+        replay_distill=0.0,
+        early_stop=0,
+        lr=1e-2,
+    ).with_name("best.pt")
+    assert load_checkpoint(best).spec.recipe["route"] is True
+    bank = FeatureBank.load(best.parent / OOD_FILE)
+    site_train = len(load_manifest(best.parent / "manifest.json").select("train"))
+    assert bank.own_photos == site_train
+    assert bank.route_margin is not None
+    # Its "sure" rule is chosen on the validation photos it answers itself, not on those of its base.
+    all_val = len(load_manifest(best.parent / "manifest.json").select("val")) + len(
+        load_manifest(base_run / "manifest.json").select("val")
+    )
+    assert bank.validation is not None
+    assert 0 < len(bank.validation.confidences) < all_val / 2
+    cpu = torch.device("cpu")
+    site = Predictor.from_checkpoint(str(best), name="site", version=None, device=cpu)
+    base = Predictor.from_checkpoint(str(base_run / "best.pt"), name="base", version=None, device=cpu)
+    assert site.can_route_to(base)
+    site.base = base
+
+    def accuracy(classes: tuple[str, ...]) -> tuple[float, float]:
+        """The pair's accuracy on the unseen photos of ``classes``, and the share the base answered."""
+        root, samples, data_classes = photos_of(unseen_photos, classes)
+        images = [Image.open(root / path).convert("RGB") for path, _ in samples]
+        scores = site.classify(images)
+        names = [data_classes[label] for _, label in samples]
+        predicted = [CLASS_NAMES[int(row.argmax())] for row in scores.probabilities]
+        right = [guess == name for guess, name in zip(predicted, names, strict=True)]
+        return float(np.mean(right)), float(np.mean([who is base for who in scores.answered_by]))
+
+    alone = accuracy_on(best, unseen_photos, others)
+    base_accuracy = accuracy_on(base_run / "best.pt", unseen_photos, others)
+    pair, to_base = accuracy(others)
+    assert alone <= base_accuracy - 0.2, "the site model alone must forget for the test to show anything"
+    assert to_base >= 0.8
+    assert pair >= base_accuracy - 0.1
+    # The site's own classes stay the site model's, mostly.
+    site_pair, _ = accuracy(SITE_CLASSES)
+    assert site_pair >= 0.9
+
+
+def test_without_routing_the_bank_marks_no_margin(base_run: Path, site_photos: Path, tmp_path: Path) -> None:
+    best = finetune(
+        base_run,
+        site_photos,
+        tmp_path / "alone",
+        replay_manifest=str(base_run / "manifest.json"),
+        route=False,
+        epochs=2,
+    ).with_name("best.pt")
+    bank = FeatureBank.load(best.parent / OOD_FILE)
+    assert bank.route_margin is None
+    assert bank.own_photos is not None
+    assert bank.routes
