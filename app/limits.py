@@ -12,6 +12,7 @@ from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.parts import FilePartSizes
 from app.security import API_KEY_HEADER, check_api_key
 from core.settings import Role, Settings
 
@@ -33,9 +34,23 @@ class BodyTooLargeError(HTTPException):
         )
 
 
+class FileTooLargeError(HTTPException):
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"{name}: larger than the limit of {limit} bytes")
+
+
+#: The routes whose files are archives of photos, with a limit of their own.
+ARCHIVE_PATHS = ("/train", "/explain/batch")
+
+
+def file_limit(path: str, settings: Settings) -> int:
+    """The largest file a route takes: an archive, or one photo."""
+    return settings.max_archive_upload_bytes if path in ARCHIVE_PATHS else settings.max_upload_bytes
+
+
 def body_limit(path: str, settings: Settings) -> int:
     """The largest request body a route may receive: its files' limits plus room for the form."""
-    if path in ("/train", "/explain/batch"):
+    if path in ARCHIVE_PATHS:
         return settings.max_archive_upload_bytes + (1 << 20)
     return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
 
@@ -84,18 +99,24 @@ class RequestGate:
             return
         received = 0
         over = False
+        refusal: HTTPException = BodyTooLargeError(limit)
         answered = False  # the app began its response, or the 413 was sent
+        parts = FilePartSizes.for_request(headers.get("content-type", ""), file_limit(path, self.settings))
 
         async def counted() -> Message:
-            nonlocal received, over
+            nonlocal received, over, refusal
             if over:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # The rest is never read: to the route the client has gone, and what it answers
-                    # is replaced by the 413 below.
+                body = message.get("body", b"")
+                received += len(body)
+                too_large = parts.feed(body) if parts is not None else None
+                if too_large is not None:
+                    refusal = FileTooLargeError(too_large, file_limit(path, self.settings))
+                if received > limit or too_large is not None:
+                    # The rest is never read (nor this chunk passed on): to the route the client has
+                    # gone, and what it answers is replaced by the 413 below.
                     over = True
                     return {"type": "http.disconnect"}
             return message
@@ -107,11 +128,11 @@ class RequestGate:
                 await send(message)
             elif not answered:
                 answered = True
-                await self._refuse(BodyTooLargeError(limit), scope, receive, send)
+                await self._refuse(refusal, scope, receive, send)
 
         await self.app(scope, counted, answer)
         if over and not answered:
-            await self._refuse(BodyTooLargeError(limit), scope, receive, send)
+            await self._refuse(refusal, scope, receive, send)
 
     @staticmethod
     async def _refuse(error: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:

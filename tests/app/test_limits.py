@@ -1,4 +1,5 @@
 import asyncio
+import json
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -6,23 +7,32 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.parts import FilePartSizes
 from core.settings import Settings
 from tests.app.conftest import API_KEY
 
 
-def chunks(total: int, size: int = 1 << 16) -> Iterator[bytes]:
-    yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
-    for _ in range(total // size):
-        yield b"\0" * size
+def chunks(total: int, size: int = 1 << 16, *, file_size: int | None = None) -> Iterator[bytes]:
+    """A multipart body of ``total`` bytes of files, each of ``file_size`` (default: one file)."""
+    file_size = file_size or total
+    for index in range(-(-total // file_size)):
+        boundary = b"\r\n--x\r\n" if index else b"--x\r\n"
+        yield (
+            boundary
+            + f'Content-Disposition: form-data; name="files"; filename="{index}.png"\r\n\r\n'.encode()
+        )
+        for _ in range(file_size // size):
+            yield b"\0" * size
 
 
 def test_a_chunked_upload_with_no_length_is_cut_off_at_the_limit(
     client: TestClient, settings: Settings
 ) -> None:
     limit = settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
+    # Files each under their own limit, together over the request's.
     response = client.post(
         "/classify",
-        content=chunks(limit + (4 << 20)),
+        content=chunks(limit + (4 << 20), file_size=settings.max_upload_bytes - (1 << 16)),
         headers={"Content-Type": "multipart/form-data; boundary=x"},
     )
     assert "content-length" not in {key.lower() for key in response.request.headers}
@@ -103,3 +113,61 @@ def test_a_declared_length_over_the_limit_is_413_before_the_body(settings: Setti
     headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"999999999999")]
     sent = run_gate(settings, "POST", "/train", [*headers, (b"x-api-key", API_KEY.encode())])
     assert sent[0]["status"] == 413
+
+
+def test_a_file_over_its_own_limit_is_refused_before_the_rest_of_it_is_read(settings: Settings) -> None:
+    """A 30 MB file under a request limit of 321 MB: refused once it passes 10 MB, the rest never read."""
+    app = create_app(settings, submitter=lambda job: None)
+    body = chunks(30 << 20)
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        chunk = next(body, b"")
+        read += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    detail = json.loads(sent[1]["body"])["detail"]
+    assert detail == f"0.png: larger than the limit of {settings.max_upload_bytes} bytes"
+    assert settings.max_upload_bytes < read <= settings.max_upload_bytes + (2 << 16)
+
+
+def test_each_file_counts_against_its_own_limit(client: TestClient, settings: Settings) -> None:
+    small = b"\0" * 1000
+    big = b"\0" * (settings.max_upload_bytes + 1)
+    files = [("files", ("small.png", small, "image/png")), ("files", ("big.png", big, "image/png"))]
+    response = client.post("/classify", files=files)
+    assert response.status_code == 413
+    assert response.json()["detail"] == f"big.png: larger than the limit of {settings.max_upload_bytes} bytes"
+
+
+def test_parts_that_are_not_files_or_not_multipart_are_left_to_the_form_parser() -> None:
+    assert FilePartSizes.for_request("application/json", 10) is None
+    assert FilePartSizes.for_request("multipart/form-data", 10) is None  # no boundary
+    sizes = FilePartSizes.for_request("multipart/form-data; boundary=x", 10)
+    assert sizes is not None
+    field = b'--x\r\nContent-Disposition: form-data; name="note"\r\n\r\n' + b"a" * 100
+    assert sizes.feed(field) is None
+    broken = FilePartSizes.for_request("multipart/form-data; boundary=x", 10)
+    assert broken is not None
+    assert broken.feed(b"not multipart at all" * 10) is None
