@@ -156,6 +156,11 @@ class HealthPublic(BaseModel):
 class ReadyPublic(BaseModel):
     ready: bool
     model: ModelRef | None
+    model_source: str = Field(
+        description="why this model serves: the store's default, else the configured model "
+        "(TRASHCAM_MODEL_PATH), else the shipped one; the API and every worker follow the same rule",
+        examples=["model site-a:v2: the store's default"],
+    )
     redis: bool
     device: str = Field(description="where models infer", examples=["cpu", "cuda"])
     precision: str = Field(

@@ -1,5 +1,5 @@
-"""Which model serves: :class:`ModelManager` picks the checkpoint (explicit path, else the store's default,
-else the shipped weights) and its precision, and swaps predictors atomically, so a request that took the
+"""Which model serves: :class:`ModelManager` picks the checkpoint (the store's default, else the configured
+path, else the shipped weights) and its precision, and swaps predictors atomically, so a request that took the
 current predictor finishes on it. The API and the heatmap workers both load their model through it.
 """
 
@@ -65,6 +65,8 @@ class ModelManager:
         self._others: dict[str, Predictor] = {}
         #: The checkpoints that could not be loaded at start-up, for /ready.
         self.load_errors: list[str] = []
+        #: What serves and why, for /ready.
+        self.source = "nothing"
         # Loading and swapping happen under one lock, so a slow refresh cannot land after a switch; a
         # rollback reads the promotions and switches under it too (re-entered, hence an RLock).
         self._swap = threading.RLock()
@@ -97,42 +99,55 @@ class ModelManager:
         return self._predictor is not None
 
     def load_initial(self) -> None:
-        """Serve the explicit checkpoint, else the store's default, else the shipped weights.
+        """Serve by the one rule that the API and every worker follow, at start-up as later: the store's
+        default (set by PUT /models/default, a rollback or a training job asked to make its model the
+        default), else the configured checkpoint (``TRASHCAM_MODEL_PATH``), else the shipped weights.
 
-        The explicit checkpoint is what serves at start-up; a default set later (by PUT /models/default
-        or a training job asked to make its model the default) takes over from it. A checkpoint that
-        cannot be loaded (corrupt, truncated, altered) is skipped for the next one, the default's
-        earlier versions first, so one bad file never keeps the service from starting; ``load_errors``
-        says what was skipped.
+        A checkpoint that cannot be loaded (corrupt, truncated, altered) is skipped for the next one, the
+        default's earlier versions first, so one bad file never keeps the service from starting;
+        ``load_errors`` says what was skipped and :attr:`source` what serves and why.
         """
         default = self.store.default()
         self._seen_default = default.ref if default is not None else None
         self.load_errors = []
-        for described, load in self._candidates(default):
+        for described, why, load in self._candidates(default):
             try:
                 self._predictor = load()
             except CheckpointError as error:
                 logger.error("cannot serve %s: %s", described, error)
                 self.load_errors.append(f"{described} cannot be loaded (corrupt, truncated or altered)")
                 continue
-            logger.info("serving model %s:%s", self._predictor.name, self._predictor.version)
+            self.source = f"{described}: {why}"
+            logger.info("serving %s", self.source)
             return
 
-    def _candidates(self, default: ModelVersion | None) -> list[tuple[str, Callable[[], Predictor]]]:
-        candidates: list[tuple[str, Callable[[], Predictor]]] = []
+    def _candidates(self, default: ModelVersion | None) -> list[tuple[str, str, Callable[[], Predictor]]]:
+        """What could serve, in the rule's order: (what it is, why it would serve, how to load it)."""
+        candidates: list[tuple[str, str, Callable[[], Predictor]]] = []
+        if default is not None:
+            load = functools.partial(self._from_version, default)
+            candidates.append((f"model {default.ref}", "the store's default", load))
+            earlier = [v for v in self.store.versions(default.name) if v.version != default.version]
+            for version in reversed(earlier):
+                why = f"the last version that loads of {default.name}, whose {default.ref} is the default"
+                candidates.append(
+                    (f"model {version.ref}", why, functools.partial(self._from_version, version))
+                )
+        no_default = "no default is set" if default is None else "no version of the default loads"
         if self.explicit_path is not None:
             path = self.explicit_path
-            candidates.append(("the configured model", lambda: self._from_file(path)))
-        if default is not None:
-            earlier = [v for v in self.store.versions(default.name) if v.version != default.version]
-            for version in [default, *reversed(earlier)]:
-                candidates.append((f"model {version.ref}", functools.partial(self._from_version, version)))
+            candidates.append(
+                ("the configured model", f"TRASHCAM_MODEL_PATH, {no_default}", lambda: self._from_file(path))
+            )
         builtin = self.store.builtin()
         if builtin is not None and builtin.path == self.shipped_path:
-            candidates.append(("the shipped model", functools.partial(self._from_version, builtin)))
+            load = functools.partial(self._from_version, builtin)
+            candidates.append((f"the shipped model {builtin.ref}", no_default, load))
         if self.shipped_path.is_file():
             # The file itself, should the record beside it (spec.json) not match it.
-            candidates.append(("the shipped model's file", lambda: self._from_file(self.shipped_path)))
+            candidates.append(
+                ("the shipped model's file", no_default, lambda: self._from_file(self.shipped_path))
+            )
         return candidates
 
     def refresh(self) -> bool:
@@ -148,6 +163,7 @@ class ModelManager:
                 return False
             predictor = self._from_version(default)
             self._predictor, self._seen_default = predictor, ref
+            self.source = f"model {ref}: the store's default"
         logger.info("serving model %s (new default)", ref)
         return True
 
@@ -163,6 +179,7 @@ class ModelManager:
             # follows the store serves, and what a rollback can go back to.
             self.store.set_default(chosen.name, chosen.version, by=by, reason=reason)
             self._predictor, self._seen_default = predictor, chosen.ref
+            self.source = f"model {chosen.ref}: the store's default"
         return chosen
 
     def rollback(self, *, by: str | None = None) -> ModelVersion:

@@ -33,6 +33,7 @@ def read_health() -> HealthPublic:
 NOT_READY_EXAMPLE = {
     "ready": False,
     "model": {"name": "se_resnet50", "version": "builtin"},
+    "model_source": "the shipped model se_resnet50:builtin: no default is set",
     "redis": False,
     "device": "cpu",
     "precision": "bf16+channels_last",
@@ -56,6 +57,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
     return ReadyPublic(
         ready=not problems,
         model=model_ref(service.manager.predictor) if loaded else None,
+        model_source=service.manager.source,
         redis=redis_ok,
         device=str(service.manager.device),
         precision=service.manager.precision.name,

@@ -17,6 +17,7 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
     assert response.json() == {
         "ready": True,
         "model": response.json()["model"],
+        "model_source": "the configured model: TRASHCAM_MODEL_PATH, no default is set",
         "redis": True,
         "device": "cpu",
         # The tests' CPU decides between fp32 and bf16; the layout is channels-last either way.

@@ -9,6 +9,7 @@ from app.main import create_app
 from core.settings import Settings
 from models.store import ModelStore
 from tests.app.conftest import API_KEY, png_bytes, tiny_checkpoint
+from worker.runner import serving_manager
 
 
 @pytest.fixture
@@ -240,3 +241,27 @@ def test_explain_with_another_stored_version_to_compare(client: TestClient, stor
     response = client.post("/explain", files=photo, data={"model": "nope:v1"})
     assert response.status_code == 422
     assert "no model named 'nope'" in response.json()["detail"]
+
+
+def test_one_rule_decides_what_serves_in_the_api_after_a_restart_and_in_the_workers(
+    settings: Settings, stored: ModelStore
+) -> None:
+    """With TRASHCAM_MODEL_PATH set, a promotion still decides what serves: in the API that made it, in an
+    API started again, and in a heatmap worker started after it."""
+    assert settings.model_path is not None
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/ready").json()
+        assert ready["model"]["name"] == "tiny"
+        assert ready["model_source"] == "the configured model: TRASHCAM_MODEL_PATH, no default is set"
+        promoted = client.put(
+            "/models/default", json={"name": "waste", "version": "v1"}, headers={"X-API-Key": API_KEY}
+        )
+        assert promoted.status_code == 200, promoted.text
+        assert client.get("/ready").json()["model_source"] == "model waste:v1: the store's default"
+    with TestClient(create_app(settings)) as restarted:
+        ready = restarted.get("/ready").json()
+        assert ready["model"] == {"name": "waste", "version": "v1"}
+        assert ready["model_source"] == "model waste:v1: the store's default"
+    worker = serving_manager(settings)
+    assert (worker.predictor.name, worker.predictor.version) == ("waste", "v1")
+    assert worker.source == "model waste:v1: the store's default"
