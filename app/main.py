@@ -23,7 +23,12 @@ from app.openapi import DocumentedAPI, operation_id
 from app.routes import batches, classify, explain, health, review, similar, training, ui
 from app.routes import models as models_routes
 from app.routes.docs import add_docs
-from app.serving import InferenceService
+from app.serving import (
+    EXPENSIVE_RETRY_AFTER_S,
+    ExpensiveBusyError,
+    ExpensiveRefusedError,
+    InferenceService,
+)
 from core.jobs import JobStore
 from core.model_manager import ModelManager, NoModelError, model_store
 from core.queue import create_celery, submit
@@ -86,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_pending=settings.batch_max_pending,
         lanes=lanes,
         on_batch=app.state.metrics.observe_batch,
+        max_expensive=settings.max_expensive_explanations,
     )
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
@@ -135,6 +141,18 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 
     @app.exception_handler(NoModelError)
+    @app.exception_handler(ExpensiveBusyError)
+    async def expensive_busy(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(error)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(EXPENSIVE_RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(ExpensiveRefusedError)
+    async def expensive_refused(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.exception_handler(QueueFullError)
     async def unavailable(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse(

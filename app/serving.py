@@ -23,6 +23,26 @@ from app.lanes import InferenceLanes, LanePlan
 from core.model_manager import ModelManager
 from models.predictor import Predictor
 
+#: Methods that run a forward pass per channel of the explained layer (2,048 for SE-ResNet-50's last
+#: stage): about a minute a photo on 2 CPU cores, which holds a lane that long.
+EXPENSIVE_METHODS = frozenset({"scorecam"})
+#: When a refused expensive explanation may be tried again (seconds): about what one takes on a CPU.
+EXPENSIVE_RETRY_AFTER_S = 60
+
+
+class ExpensiveBusyError(RuntimeError):
+    """Every slot for expensive explanations is taken (503, try again later)."""
+
+
+class ExpensiveRefusedError(RuntimeError):
+    """This service runs no expensive explanation in a request: one inference lane, which it would hold."""
+
+
+def expensive_slots(plan: LanePlan, device_type: str, limit: int) -> int:
+    """How many expensive explanations may run at once: ``limit``, and on a CPU at most the lanes less
+    one, so that classifying never waits a minute behind one."""
+    return limit if device_type == "cuda" else min(limit, plan.lanes - 1)
+
 
 @dataclass(frozen=True)
 class Classified:
@@ -98,9 +118,13 @@ class InferenceService:
         max_pending: int = 256,
         lanes: LanePlan | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        max_expensive: int = 1,
     ) -> None:
         self.manager = manager
         self.lanes = InferenceLanes(lanes or LanePlan(lanes=1, threads=torch.get_num_threads()))
+        #: How many expensive explanations (:data:`EXPENSIVE_METHODS`) may run at once, and how many do.
+        self.expensive_slots = expensive_slots(self.lanes.plan, manager.device.type, max_expensive)
+        self.expensive_running = 0
         # Every batcher takes its lanes from one set, so the lanes bound how many batches run at once.
         batching = functools.partial(
             MicroBatcher,
@@ -241,7 +265,34 @@ class InferenceService:
         layer: str | None,
         predictor: Predictor | None = None,
     ) -> Explained:
-        """Explain with the serving model, or with ``predictor`` (another loaded version)."""
+        """Explain with the serving model, or with ``predictor`` (another loaded version). An expensive
+        method takes one of its few slots for the whole explanation, or is refused at once."""
+        if method not in EXPENSIVE_METHODS:
+            return await self._explain(image, method, target, layer, predictor)
+        if self.expensive_slots == 0:
+            raise ExpensiveRefusedError(
+                f"{method} runs a forward pass per channel and would hold this service's only inference "
+                "lane for a minute a photo: use POST /explain/batch"
+            )
+        if self.expensive_running >= self.expensive_slots:
+            raise ExpensiveBusyError(
+                f"{method}: {self.expensive_running} explanation(s) of a forward pass per channel already "
+                f"running, the most at once; try again later, or use POST /explain/batch"
+            )
+        self.expensive_running += 1
+        try:
+            return await self._explain(image, method, target, layer, predictor)
+        finally:
+            self.expensive_running -= 1
+
+    async def _explain(
+        self,
+        image: Image.Image,
+        method: str,
+        target: int | None,
+        layer: str | None,
+        predictor: Predictor | None,
+    ) -> Explained:
         prepared = await self._prepare(image, predictor)
         key: BatchKey = ("explain", id(prepared.predictor), method, layer or "")
         return await self._explainer.submit(key, ExplainItem(prepared.inputs, prepared.predictor, target))

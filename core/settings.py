@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     )
     # Requests waiting for the model beyond this are answered 503 instead of queueing without bound.
     batch_max_pending: int = Field(256, ge=1)
+    max_expensive_explanations: int = Field(
+        1,
+        ge=0,
+        description="explanations by a method of a forward pass per channel (scorecam) that run at once; "
+        "on a CPU never more than the lanes less one, so that one lane is always left to the others",
+    )
 
     # Uploads.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
