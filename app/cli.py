@@ -1,18 +1,20 @@
 """``trashcam``: start the API, a worker, or everything at once.
 
-trashcam serve                 # Redis (if none answers), both workers and the API
+trashcam serve                 # Redis (if none answers), both workers (kept running) and the API
 trashcam api [--host H --port P]
 trashcam worker --queue training|heatmaps
 trashcam ping --queue training|heatmaps   # exit 0 when this host's worker of that queue is alive
 """
 
 import argparse
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,14 @@ from pydantic import ValidationError
 
 from core.heartbeat import heartbeat_path, is_alive
 from core.settings import get_settings
+
+logger = logging.getLogger("trashcam.serve")
+#: How long ``serve`` waits before it starts a worker that exited again: the first time, at most (the
+#: pause doubles with each exit in a row), and how long a worker must run for the next exit to count as
+#: a first one again.
+RESTART_FIRST_PAUSE_S = 1.0
+RESTART_MAX_PAUSE_S = 60.0
+RESTART_STABLE_S = 60.0
 
 
 def run_api(host: str, port: int) -> None:
@@ -108,25 +118,79 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class Supervisor:
+    """Keeps ``serve``'s workers running: one that exits is started again, after a pause that doubles
+    with each exit in a row (from :data:`RESTART_FIRST_PAUSE_S` to :data:`RESTART_MAX_PAUSE_S`) and starts
+    over once it has run :data:`RESTART_STABLE_S`; the log says each time."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.commands = {piece: trashcam_command(piece_commands()[piece]) for piece in pieces}
+        self.processes = {piece: subprocess.Popen(command) for piece, command in self.commands.items()}
+        self._started = dict.fromkeys(pieces, time.monotonic())
+        self._pause = dict.fromkeys(pieces, RESTART_FIRST_PAUSE_S)
+        self._due: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            for piece, process in self.processes.items():
+                code = process.poll()
+                if code is None:
+                    if now - self._started[piece] >= RESTART_STABLE_S:
+                        self._pause[piece] = RESTART_FIRST_PAUSE_S
+                    continue
+                due = self._due.get(piece)
+                if due is None:
+                    self._due[piece] = now + self._pause[piece]
+                    logger.error(
+                        "the %s exited (code %s): starting it again in %.0f s",
+                        piece,
+                        code,
+                        self._pause[piece],
+                    )
+                elif now >= due:
+                    del self._due[piece]
+                    self.processes[piece] = subprocess.Popen(self.commands[piece])
+                    self._started[piece] = now
+                    self._pause[piece] = min(2 * self._pause[piece], RESTART_MAX_PAUSE_S)
+                    logger.warning("the %s started again (pid %d)", piece, self.processes[piece].pid)
+
+    def stop(self) -> None:
+        """Stop watching, then every worker (SIGTERM, then SIGKILL after 30 s)."""
+        self._stopping.set()
+        self._thread.join()
+        stop_processes(list(self.processes.values()))
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def serve(host: str, port: int) -> None:
-    """Redis if none answers, both workers and the API; a SIGTERM or Ctrl-C stops every one of them."""
+    """Redis if none answers, both workers (started again when they exit) and the API; a SIGTERM or
+    Ctrl-C stops every one of them."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     settings = get_settings()
-    children = [p for p in [ensure_redis(settings.redis_url)] if p is not None]
-    commands = piece_commands()
-    children += [
-        subprocess.Popen(trashcam_command(commands[piece])) for piece in ("training-worker", "heatmap-worker")
-    ]
+    redis_server = ensure_redis(settings.redis_url)
+    workers = Supervisor(("training-worker", "heatmap-worker"))
+    workers.start()
     try:
         run_api(host, port)
     finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        workers.stop()
+        if redis_server is not None:
+            stop_processes([redis_server])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,6 +162,10 @@ class ReadyPublic(BaseModel):
         examples=["model site-a:v2: the store's default"],
     )
     redis: bool
+    workers: dict[str, int] = Field(
+        description="live workers per job queue (their heartbeat is fresh); none on a queue: not ready",
+        examples=[{"training": 1, "heatmaps": 1}],
+    )
     device: str = Field(description="where models infer", examples=["cpu", "cuda"])
     precision: str = Field(
         description="the number format and layout models infer in, chosen for the device",

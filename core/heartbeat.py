@@ -50,3 +50,9 @@ def is_alive(path: Path, max_age: float = ALIVE_SECONDS) -> bool:
         return time.time() - path.stat().st_mtime <= max_age
     except FileNotFoundError:
         return False
+
+
+def live_workers(settings: Settings, queue: str) -> list[str]:
+    """The Celery node names (``training@host``) of the workers on ``queue`` whose heartbeat is fresh."""
+    folder = settings.var_dir / "workers"
+    return sorted(path.stem for path in folder.glob(f"{queue}@*.alive") if is_alive(path))

@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import JobsDep, MetricsDep, ServiceDep, SettingsDep
 from app.routes.inference_views import model_ref
 from app.schemas import HealthPublic, ReadyPublic
+from core.heartbeat import live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -35,6 +36,7 @@ NOT_READY_EXAMPLE = {
     "model": {"name": "se_resnet50", "version": "builtin"},
     "model_source": "the shipped model se_resnet50:builtin: no default is set",
     "redis": False,
+    "workers": {"training": 1, "heatmaps": 1},
     "device": "cpu",
     "precision": "bf16+channels_last",
     "lanes": "2 lanes x 1 thread",
@@ -48,10 +50,14 @@ NOT_READY_EXAMPLE = {
     responses={503: {"model": ReadyPublic, "content": {"application/json": {"example": NOT_READY_EXAMPLE}}}},
 )
 async def read_ready(service: ServiceDep, settings: SettingsDep, response: Response) -> ReadyPublic:
-    """Readiness: a model is loaded and Redis (the job queue) answers. 503 otherwise."""
+    """Readiness: a model is loaded, Redis (the job queue) answers and each queue has a live worker (its
+    heartbeat is fresh). 503 otherwise."""
     redis_ok = await run_in_threadpool(redis_reachable, settings.redis_url)
     loaded = service.manager.loaded
+    queues = (settings.training_queue, settings.heatmaps_queue)
+    workers = {queue: len(await run_in_threadpool(live_workers, settings, queue)) for queue in queues}
     problems = [p for p, ok in (("no model loaded", loaded), ("redis unreachable", redis_ok)) if not ok]
+    problems += [f"no live worker on the {queue} queue" for queue, count in workers.items() if not count]
     if problems:
         response.status_code = 503
     return ReadyPublic(
@@ -59,6 +65,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         model=model_ref(service.manager.predictor) if loaded else None,
         model_source=service.manager.source,
         redis=redis_ok,
+        workers=workers,
         device=str(service.manager.device),
         precision=service.manager.precision.name,
         lanes=service.lanes.plan.name,

@@ -1,7 +1,12 @@
+import os
+import time
+
 import torch
 from fastapi.testclient import TestClient
 
 from app.lanes import plan_lanes
+from core.heartbeat import ALIVE_SECONDS as HEARTBEAT_ALIVE_SECONDS
+from core.heartbeat import heartbeat_path
 from core.settings import Settings
 from models.precision import choose_precision
 from tests.app.conftest import png_bytes
@@ -11,7 +16,18 @@ def test_health(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
+def beat(settings: Settings, node: str, age_s: float = 0.0) -> None:
+    """A worker's heartbeat file, ``age_s`` old."""
+    path = heartbeat_path(settings, node)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_ready_when_model_loaded_and_redis_answers(client: TestClient, settings: Settings) -> None:
+    beat(settings, "training@host-a")
+    beat(settings, "heatmaps@host-a")
     response = client.get("/ready")
     assert response.status_code == 200
     assert response.json() == {
@@ -19,6 +35,7 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
         "model": response.json()["model"],
         "model_source": "the configured model: TRASHCAM_MODEL_PATH, no default is set",
         "redis": True,
+        "workers": {"training": 1, "heatmaps": 1},
         "device": "cpu",
         # The tests' CPU decides between fp32 and bf16; the layout is channels-last either way.
         "precision": choose_precision(torch.device("cpu")).name,
@@ -29,11 +46,25 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient) -> None:
     assert response.json()["precision"].endswith("+channels_last")
 
 
-def test_ready_is_503_when_redis_is_unreachable(client: TestClient) -> None:
+def test_ready_is_503_when_redis_is_unreachable(client: TestClient, settings: Settings) -> None:
+    beat(settings, "training@host-a")
+    beat(settings, "heatmaps@host-a")
     client.app.state.settings.redis_url = "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["detail"] == "redis unreachable"
+
+
+def test_ready_is_503_while_a_queue_has_no_live_worker(client: TestClient, settings: Settings) -> None:
+    beat(settings, "training@host-a")
+    beat(settings, "training@host-b")
+    beat(settings, "heatmaps@host-a", age_s=HEARTBEAT_ALIVE_SECONDS + 5)  # killed a while ago
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["workers"] == {"training": 2, "heatmaps": 0}
+    assert response.json()["detail"] == "no live worker on the heatmaps queue"
+    beat(settings, "heatmaps@host-a")
+    assert client.get("/ready").status_code == 200
 
 
 def test_metrics_count_requests_per_route_and_batches(client: TestClient) -> None:

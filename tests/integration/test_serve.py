@@ -79,3 +79,58 @@ def _ready(port: int) -> bool:
         return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx2.HTTPError:
         return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def heatmap_worker(serve_pid: int) -> int | None:
+    """The pid of serve's own child that runs the heatmap worker (``trashcam worker --queue heatmaps``,
+    which becomes Celery's worker on that queue)."""
+    for task in Path(f"/proc/{serve_pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            line = cmdline(int(child))
+            if "--queue heatmaps" in line or "-Q heatmaps" in line:
+                return int(child)
+    return None
+
+
+def test_serve_starts_a_worker_that_died_again_and_says_so(tmp_path: Path) -> None:
+    api_port, redis_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TRASHCAM_VAR_DIR": str(tmp_path / "var"),
+        "TRASHCAM_SHIPPED_MODEL_PATH": str(tiny_checkpoint(tmp_path / "shipped.pt")),
+        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = trashcam_command(["trashcam", "serve", "--port", str(api_port)])
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        serve = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: _ready(api_port), 90, "trashcam serve")
+            wait_until(lambda: log_path.read_bytes().count(b"ready.") >= 2, 90, "both workers")
+            first = heatmap_worker(serve.pid)
+            assert first is not None
+            for pid in [first, *descendants(first)]:
+                os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: b"started again" in log_path.read_bytes(), 30, "the worker's restart")
+            second = heatmap_worker(serve.pid)
+            assert second is not None
+            assert second != first
+            text = log_path.read_text()
+            assert "the heatmap-worker exited (code -9): starting it again in 1 s" in text
+            wait_until(lambda: log_path.read_bytes().count(b"ready.") >= 3, 90, "the new worker")
+            ready = httpx2.get(f"http://127.0.0.1:{api_port}/ready", timeout=5)
+            assert ready.json()["workers"] == {"training": 1, "heatmaps": 1}
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
