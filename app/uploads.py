@@ -1,5 +1,7 @@
 """Reading uploaded files within the configured limits."""
 
+import functools
+
 from fastapi import HTTPException, Request, status
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -7,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 # Starlette's: what a parsed form holds (FastAPI's UploadFile, which routes declare, derives from it).
 from starlette.datastructures import UploadFile
 
-from core.imaging import BadImageError, decode_image, image_pixels, release_freed_memory
+from core.imaging import BadImageError, DecodeBudget, decode_image, image_size, release_freed_memory
 from core.settings import Settings
 
 
@@ -27,24 +29,44 @@ async def read_upload(upload: UploadFile, *, max_bytes: int) -> bytes:
 RELEASE_AFTER_PIXELS = 8_000_000
 
 
+@functools.cache
+def decode_budget(limit: int) -> DecodeBudget:
+    """The process's one budget of bytes being decoded at once (one per limit, for tests' settings)."""
+    return DecodeBudget(limit)
+
+
 def decode_all(
     blobs: list[tuple[str, bytes]], settings: Settings, *, min_side: int, max_side: int | None
 ) -> list[Image.Image]:
-    """Check a request's pixel budget from the headers, then decode each photo: one trip to the
-    thread pool for the whole request."""
-    pixels = sum(image_pixels(blob) for _, blob in blobs)
+    """Check a request's pixel and decoded-byte budgets from the headers, wait for room in the process's
+    budget of bytes being decoded, then decode each photo: one trip to the thread pool for the whole
+    request."""
+    sizes = [image_size(blob) for _, blob in blobs]
+    pixels, decoded = sum(size[0] for size in sizes), sum(size[1] for size in sizes)
     if pixels > settings.max_request_pixels:
         raise BadImageError(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"{len(blobs)} photos of {pixels} pixels in all: over the limit of "
             f"{settings.max_request_pixels} pixels a request",
         )
-    images = [
-        decode_image(
-            blob, max_pixels=settings.max_image_pixels, name=name, min_side=min_side, max_side=max_side
+    if decoded > settings.max_request_bytes:
+        raise BadImageError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{len(blobs)} photos that decode to {decoded} bytes in all: over the limit of "
+            f"{settings.max_request_bytes} bytes a request",
         )
-        for name, blob in blobs
-    ]
+    with decode_budget(settings.max_decoding_bytes).hold(decoded):
+        images = [
+            decode_image(
+                blob,
+                max_pixels=settings.max_image_pixels,
+                max_bytes=settings.max_image_bytes,
+                name=name,
+                min_side=min_side,
+                max_side=max_side,
+            )
+            for name, blob in blobs
+        ]
     if pixels > RELEASE_AFTER_PIXELS:
         # The full-size buffers are freed by now, but into the malloc arena of this pool thread, which
         # keeps them: hand them back, or every thread that once decoded a huge photo holds its size.

@@ -1,10 +1,13 @@
 """Turning uploaded bytes into RGB photos, refusing what is not a safe, whole image."""
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import io
+import threading
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,14 +24,60 @@ class BadImageError(Exception):
         self.message = message
 
 
-def image_pixels(data: bytes) -> int:
-    """Width x height from the header alone (0 if the header cannot be read: decoding will say why)."""
+#: Bytes a pixel takes at most while a photo is decoded and shrunk, by PIL mode (a mode not listed: 4).
+#: A 16-bit or float photo, or one with an alpha channel, takes more than the RGB the model uses: a 16-bit
+#: one is shrunk from a copy in numpy (2 + 2), palette and 1-bit ones are converted (to RGBA, RGB) before
+#: PIL can shrink them.
+BYTES_PER_PIXEL = {
+    "L": 1,
+    "LA": 2,
+    "La": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "1": 3,
+    "P": 4,
+    "PA": 4,
+}
+BYTES_PER_PIXEL |= dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), 4)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(pixels, bytes decoded) from the header alone ((0, 0) if the header cannot be read: decoding
+    will say why)."""
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
             width, height = image.size
+            mode = image.mode
     except Exception:
-        return 0
-    return width * height
+        return 0, 0
+    return width * height, width * height * BYTES_PER_PIXEL.get(mode, 4)
+
+
+class DecodeBudget:
+    """Bytes of photos being decoded at once, across requests: a decode that would take the total over
+    ``limit`` waits for others to finish (:class:`BadImageError` 503 past ``timeout_s``)."""
+
+    def __init__(self, limit: int, timeout_s: float = 30.0) -> None:
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.in_flight = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        size = min(size, self.limit)  # a request under its own limit always fits on its own
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.in_flight + size <= self.limit, self.timeout_s):
+                raise BadImageError(503, "too many large photos are being decoded at once; try again shortly")
+            self.in_flight += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_flight -= size
+                self._changed.notify_all()
 
 
 def decode_image(
@@ -38,6 +87,7 @@ def decode_image(
     name: str = "upload",
     min_side: int | None = None,
     max_side: int | None = None,
+    max_bytes: int | None = None,
 ) -> Image.Image:
     """Decode ``data`` into an RGB image with its EXIF orientation applied.
 
@@ -48,7 +98,8 @@ def decode_image(
     down to it (aspect ratio kept).
 
     415: not an image, or a format outside :data:`SUPPORTED_FORMATS`; 413: more than ``max_pixels``
-    pixels (checked from the header, before any pixel is decoded); 422: truncated or corrupt.
+    pixels, or more than ``max_bytes`` decoded (its mode's :data:`BYTES_PER_PIXEL`; both checked from the
+    header, before any pixel is decoded); 422: truncated or corrupt.
     """
     if not data:
         raise BadImageError(422, f"{name}: the file is empty")
@@ -68,6 +119,14 @@ def decode_image(
     width, height = image.size
     if width * height > max_pixels:
         raise BadImageError(413, f"{name}: {width}x{height} pixels is over the limit of {max_pixels} pixels")
+    decoded = width * height * BYTES_PER_PIXEL.get(image.mode, 4)
+    if max_bytes is not None and decoded > max_bytes:
+        raise BadImageError(
+            413,
+            f"{name}: {width}x{height} pixels of mode {image.mode} decode to {decoded} bytes, over the "
+            f"limit of {max_bytes} bytes a photo (an 8-bit RGB photo of the same size takes "
+            f"{3 * width * height})",
+        )
     try:
         if min_side is not None and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))
@@ -78,16 +137,36 @@ def decode_image(
         raise BadImageError(413, f"{name}: image too large: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(422, f"{name}: truncated or corrupt {image.format} image: {error}") from None
-    return fit(to_rgb(image), min_side=min_side, max_side=max_side)
+    # Shrunk before the conversion to RGB, so that a 16-bit, float or transparent photo is converted at
+    # the size the model uses, not at its own.
+    return fit(to_rgb(reduce(image, min_side)), min_side=min_side, max_side=max_side)
+
+
+def reduce(image: Image.Image, min_side: int | None) -> Image.Image:
+    """Shrink by the largest integer factor that keeps both sides at least ``min_side`` (box filter:
+    fast, and what DCT scaling does to a JPEG); a mode PIL cannot reduce stays as it is."""
+    if min_side is None:
+        return image
+    factor = min(image.size) // min_side
+    if factor < 2:
+        return image
+    if image.mode.startswith("I;16"):
+        # PIL does not reduce 16-bit photos: box means in numpy, scaled to 8 bits as :func:`to_rgb` does.
+        pixels = np.asarray(image)
+        height, width = pixels.shape[0] // factor, pixels.shape[1] // factor
+        blocks = pixels[: height * factor, : width * factor].reshape(height, factor, width, factor)
+        means = blocks.mean(axis=(1, 3), dtype=np.float32) * np.float32(255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.round(means), 0, 255).astype(np.uint8), mode="L")
+    try:
+        return image.reduce(factor)
+    except ValueError:
+        return image
 
 
 def fit(image: Image.Image, *, min_side: int | None, max_side: int | None) -> Image.Image:
-    """Shrink by the largest integer factor that keeps both sides at least ``min_side`` (box filter:
-    fast, and what DCT scaling does to a JPEG), then scale a side over ``max_side`` down to it."""
-    if min_side is not None:
-        factor = min(image.size) // min_side
-        if factor >= 2:
-            image = image.reduce(factor)
+    """Shrink by the largest integer factor that keeps both sides at least ``min_side``, then scale a
+    side over ``max_side`` down to it."""
+    image = reduce(image, min_side)
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return image
@@ -97,7 +176,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB: 16-bit and float images are rescaled, not clipped, and
     transparent pixels are laid over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)
         high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         if image.mode == "F":
             high = max(float(array.max()), 1e-12)

@@ -117,6 +117,21 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         100_000_000, ge=1, description="pixels of all the photos of one request together"
     )
+    max_image_bytes: int = Field(
+        120_000_000,
+        ge=1,
+        description="bytes a photo decodes to (pixels x its mode's bytes: a 16-bit, float or transparent "
+        "photo takes more than RGB); default: an RGB photo of MAX_IMAGE_PIXELS",
+    )
+    max_request_bytes: int = Field(
+        300_000_000, ge=1, description="bytes all the photos of one request decode to together"
+    )
+    max_decoding_bytes: int = Field(
+        600_000_000,
+        ge=1,
+        description="bytes of photos being decoded at once, across requests; past it a request waits (up to "
+        "30 s, then 503)",
+    )
     overlay_max_side: int = Field(
         1024, ge=16, description="longest side of an /explain overlay; larger photos are scaled down"
     )

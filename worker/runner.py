@@ -183,6 +183,7 @@ def explain_images(
     max_pixels: int,
     batch_size: int,
     on_batch: Callable[[int], None],
+    max_bytes: int | None = None,
 ) -> Iterator[ExplainedImage]:
     """Each image explained, in batches; its outputs are named by position, so equal names cannot clash."""
     for start in range(0, len(paths), batch_size):
@@ -191,7 +192,13 @@ def explain_images(
         for index, path in chunk:
             try:
                 decoded.append(
-                    (index, path, decode_image(path.read_bytes(), max_pixels=max_pixels, name=path.name))
+                    (
+                        index,
+                        path,
+                        decode_image(
+                            path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes, name=path.name
+                        ),
+                    )
                 )
             except BadImageError as error:
                 yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
@@ -271,6 +278,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 colormap=params.colormap,
                 alpha=params.alpha,
                 max_pixels=settings.max_image_pixels,
+                max_bytes=settings.max_image_bytes,
                 batch_size=settings.batch_max_size,
                 on_batch=on_batch,
             ):

@@ -1,12 +1,14 @@
 import io
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.imaging import BadImageError, decode_image
+from core.imaging import BadImageError, DecodeBudget, decode_image, image_size
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -144,3 +146,53 @@ def test_a_longest_side_is_scaled_down_to_the_limit() -> None:
     assert image.size == (1024, 512)
     small = decode_image(photo_bytes((300, 200), "PNG"), max_pixels=10**8, min_side=1024, max_side=1024)
     assert small.size == (300, 200)
+
+
+def test_a_sixteen_bit_photo_is_shrunk_before_it_is_converted_and_reads_the_same() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 65536, (64, 96), dtype=np.uint16)
+    data = encode(Image.fromarray(array), "PNG")
+    shrunk = decode_image(data, max_pixels=10**6, min_side=16)
+    assert shrunk.size == (24, 16)
+    # The box mean of each 4x4 block, scaled to 8 bits as the whole photo would be.
+    expected = np.round(array.reshape(16, 4, 24, 4).mean(axis=(1, 3)) * 255 / 65535)
+    assert np.abs(np.asarray(shrunk)[..., 0].astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "decoded_bytes"), [("F", 4), ("RGBA", 4), ("I;16", 4), ("RGB", 3), ("L", 1), ("P", 4)]
+)
+def test_the_bytes_a_photo_decodes_to_are_counted_by_its_mode(mode: str, decoded_bytes: int) -> None:
+    fmt = "TIFF" if mode == "F" else "PNG"
+    data = encode(Image.new(mode, (40, 30)), fmt)
+    assert image_size(data) == (1200, 1200 * decoded_bytes)
+    limit = 1200 * decoded_bytes - 1
+    with pytest.raises(BadImageError) as refused:
+        decode_image(data, max_pixels=10**6, max_bytes=limit)
+    assert refused.value.status_code == 413
+    assert f"of mode {mode} decode to {1200 * decoded_bytes} bytes" in refused.value.message
+    assert decode_image(data, max_pixels=10**6, max_bytes=limit + 1).mode == "RGB"
+
+
+def test_the_decode_budget_waits_for_room_then_gives_up_with_503() -> None:
+    budget = DecodeBudget(100, timeout_s=0.2)
+    with budget.hold(60):
+        assert budget.in_flight == 60
+        with pytest.raises(BadImageError) as waited, budget.hold(60):
+            pass
+        assert waited.value.status_code == 503
+        with budget.hold(40):  # fits beside the first
+            assert budget.in_flight == 100
+    assert budget.in_flight == 0
+    # A decode that waits goes on once another gives its bytes back.
+    patient = DecodeBudget(100, timeout_s=5)
+    first = patient.hold(100)
+    first.__enter__()
+    threading.Timer(0.1, first.__exit__, (None, None, None)).start()
+    started = time.monotonic()
+    with patient.hold(50):
+        assert time.monotonic() - started >= 0.05
+        assert patient.in_flight == 50
+    # A request over the whole budget still runs, alone.
+    with budget.hold(10**9):
+        assert budget.in_flight == 100
