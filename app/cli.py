@@ -37,7 +37,16 @@ RESTART_STABLE_S = 60.0
 
 
 def run_api(host: str, port: int) -> None:
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        limit_concurrency=settings.max_connections,
+        # An idle kept-alive connection holds a descriptor too.
+        timeout_keep_alive=5,
+    )
 
 
 #: Celery's pool per kind of worker. A training job's data loader starts processes of its own, which a

@@ -6,6 +6,7 @@ A pure ASGI middleware, so that it sees the body as it arrives: a chunked upload
 without a valid key to a state-changing route is answered before any of its body is read.
 """
 
+import asyncio
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -31,6 +32,13 @@ class BodyTooLargeError(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(
             status.HTTP_413_CONTENT_TOO_LARGE, f"request body is over the limit of {limit} bytes"
+        )
+
+
+class BodyTimeoutError(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            status.HTTP_408_REQUEST_TIMEOUT, f"no part of the request body arrived for {seconds:g} s"
         )
 
 
@@ -103,11 +111,21 @@ class RequestGate:
         answered = False  # the app began its response, or the 413 was sent
         parts = FilePartSizes.for_request(headers.get("content-type", ""), file_limit(path, self.settings))
 
+        body_done = False
+
         async def counted() -> Message:
-            nonlocal received, over, refusal
+            nonlocal received, over, refusal, body_done
             if over:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:
+                return await receive()  # past the body the app only listens for the client leaving
+            try:
+                message = await asyncio.wait_for(receive(), self.settings.body_timeout_seconds)
+            except TimeoutError:
+                # A client that stopped sending holds a descriptor and a request slot: let both go.
+                refusal, over = BodyTimeoutError(self.settings.body_timeout_seconds), True
+                return {"type": "http.disconnect"}
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 received += len(body)

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     )
     # Requests waiting for the model beyond this are answered 503 instead of queueing without bound.
     batch_max_pending: int = Field(256, ge=1)
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="the longest wait for the next part of a request's body; a client that sends nothing "
+        "for this long is answered 408 and its connection freed",
+    )
+    max_connections: int = Field(
+        2000,
+        ge=1,
+        description="connections the API serves at once; past it a new one is answered 503 and closed, "
+        "before the process runs out of file descriptors",
+    )
     max_expensive_explanations: int = Field(
         1,
         ge=0,

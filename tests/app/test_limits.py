@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import cli
 from app.main import create_app
 from app.parts import FilePartSizes
 from core.settings import Settings
@@ -171,3 +172,52 @@ def test_parts_that_are_not_files_or_not_multipart_are_left_to_the_form_parser()
     broken = FilePartSizes.for_request("multipart/form-data; boundary=x", 10)
     assert broken is not None
     assert broken.feed(b"not multipart at all" * 10) is None
+
+
+def test_a_body_that_stops_arriving_is_408_and_the_connection_let_go(settings: Settings) -> None:
+    settings.body_timeout_seconds = 0.3
+    app = create_app(settings, submitter=lambda job: None)
+    sent: list[dict[str, Any]] = []
+    parts = iter(
+        [b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n', b"\0" * 100]
+    )
+
+    async def receive() -> dict[str, Any]:
+        chunk = next(parts, None)
+        if chunk is None:
+            await asyncio.sleep(3600)  # the client sends nothing more, and does not leave
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["detail"] == "no part of the request body arrived for 0.3 s"
+
+
+def test_the_api_server_bounds_its_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli.uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("TRASHCAM_MAX_CONNECTIONS", "123")
+    cli.get_settings.cache_clear()
+    try:
+        cli.run_api("127.0.0.1", 8000)
+    finally:
+        cli.get_settings.cache_clear()
+    assert calls[0]["limit_concurrency"] == 123
+    assert calls[0]["timeout_keep_alive"] == 5
