@@ -39,6 +39,7 @@ ERROR_EXAMPLES: dict[int, str] = {
     "scorecam, xgradcam",
     503: "no model is loaded: configure TRASHCAM_MODEL_PATH, ship weights with the service, or train one "
     "with POST /train and make it the default",
+    507: "photos.zip: the server's disk is full; nothing was kept, try again later",
 }
 
 

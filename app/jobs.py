@@ -3,6 +3,7 @@
 Everything here touches the disk or Redis, so routes call it through a thread pool.
 """
 
+import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -35,20 +36,54 @@ class JobSubmitter(Protocol):
     def __call__(self, job: Job) -> None: ...
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or one it was raised from, is a full disk (or quota)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def insufficient_storage(label: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_507_INSUFFICIENT_STORAGE,
+        f"{label}: the server's disk is full; nothing was kept, try again later",
+    )
+
+
 def copy_upload(source: BinaryIO, dest: Path, *, max_bytes: int, label: str) -> Path:
-    """Copy an uploaded file to ``dest``; 413 (and nothing kept) once it passes ``max_bytes``."""
+    """Copy an uploaded file to ``dest``; 413 (and nothing kept) once it passes ``max_bytes``, 507 (and
+    nothing kept) when the disk is full."""
     written = 0
     source.seek(0)
-    with open(dest, "wb") as out:
-        while chunk := source.read(_CHUNK):
-            written += len(chunk)
-            if written > max_bytes:
-                break
-            out.write(chunk)
+    try:
+        with open(dest, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    break
+                out.write(chunk)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        dest.unlink(missing_ok=True)
+        raise insufficient_storage(label) from None
     if written > max_bytes:
         dest.unlink(missing_ok=True)
         raise too_large(f"{label}: larger than the limit of {max_bytes} bytes")
     return dest
+
+
+#: Bytes of a client's file name kept in a stored name: a file system allows 255 in all, and 64
+#: characters of emoji are 256.
+STEM_BYTES = 64
+
+
+def short_stem(filename: str) -> str:
+    """The stem of ``filename`` cut to :data:`STEM_BYTES` bytes of UTF-8, never within a character."""
+    return Path(filename).stem.encode()[:STEM_BYTES].decode(errors="ignore")
 
 
 def archive_suffix(filename: str) -> str:
@@ -240,6 +275,8 @@ def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings
         except ArchiveTooLargeError as error:
             raise too_large(f"{filename}: {error}") from None
         except ArchiveError as error:
+            if disk_full(error):
+                raise insufficient_storage(filename) from None
             raise unprocessable(f"{filename}: {str(error).replace(str(folder.parent), '')}") from None
         finally:
             archive.unlink(missing_ok=True)
@@ -252,7 +289,7 @@ def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings
                     f"{filename}: expected a photo ({', '.join(PHOTO_SUFFIXES)}) or one archive",
                 )
             # Numbered names keep duplicates apart and keep client paths out of the file system.
-            name = f"{index:05d}-{Path(filename).stem[:64]}{suffix}"
+            name = f"{index:05d}-{short_stem(filename)}{suffix}"
             copy_upload(source, folder / name, max_bytes=settings.max_upload_bytes, label=filename)
     count = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
     if count == 0:

@@ -1,3 +1,4 @@
+import errno
 import io
 import os
 import tarfile
@@ -13,6 +14,7 @@ from core.jobs import TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 from tests.training.helpers import make_image_folder
+from training.archive import ArchiveError
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -475,3 +477,62 @@ def test_a_diverged_job_is_shown_with_null_metrics(
     assert shown.status_code == 200, shown.text
     assert shown.json()["metrics"] == {"train_loss": None, "train_accuracy": 0.25}
     assert [j["id"] for j in client.get("/train").json()] == [job["id"]]
+
+
+def test_a_batch_of_photos_with_long_emoji_names_is_stored(
+    client: TestClient, submitted: FakeSubmitter, settings: Settings
+) -> None:
+    name = "\N{WASTEBASKET}" * 100 + ".png"  # 400 bytes of UTF-8: over a file system's 255
+    files = [("files", (name, png_bytes(), "image/png")), ("files", (name, png_bytes(), "image/png"))]
+    response = client.post("/explain/batch", files=files, headers=KEY)
+    assert response.status_code == 202, response.text
+    inputs = settings.jobs_dir / response.json()["id"] / "inputs"
+    stored = sorted(path.name for path in inputs.iterdir())
+    assert len(stored) == 2
+    assert all(len(stored_name.encode()) <= 80 for stored_name in stored)
+    assert stored[0] == "00000-" + "\N{WASTEBASKET}" * 16 + ".png"
+
+
+def test_uploads_on_a_full_disk_are_507_and_keep_nothing(
+    client: TestClient, settings: Settings, dataset_zip: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = open
+
+    def full_disk_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        handle = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        if "w" in mode and str(settings.jobs_dir) in str(path):
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    photos = client.post("/explain/batch", files={"files": ("a.png", png_bytes(), "image/png")}, headers=KEY)
+    archive = client.post(
+        "/train", files={"file": ("photos.zip", dataset_zip, "application/zip")}, headers=KEY
+    )
+    monkeypatch.undo()
+    for response in (photos, archive):
+        assert response.status_code == 507, response.text
+        assert "the server's disk is full" in response.json()["detail"]
+    assert not any(path.is_file() for path in settings.jobs_dir.rglob("*"))
+
+
+def test_an_archive_that_fills_the_disk_as_it_is_extracted_is_507(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise ArchiveError("photos.zip: cannot extract: No space left on device") from error
+
+    monkeypatch.setattr("app.jobs.extract_archive", full)
+    archive = zip_with(["a.png"])
+    response = client.post(
+        "/explain/batch", files={"files": ("photos.zip", archive, "application/zip")}, headers=KEY
+    )
+    assert response.status_code == 507
+    assert (
+        response.json()["detail"]
+        == "photos.zip: the server's disk is full; nothing was kept, try again later"
+    )
