@@ -4,12 +4,13 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app import cli
 from app.main import create_app
 from app.parts import FilePartSizes
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from tests.app.conftest import API_KEY
 
 
@@ -212,12 +213,12 @@ def test_a_body_that_stops_arriving_is_408_and_the_connection_let_go(settings: S
 
 def test_the_api_server_bounds_its_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(cli.uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
     monkeypatch.setenv("TRASHCAM_MAX_CONNECTIONS", "123")
-    cli.get_settings.cache_clear()
+    get_settings.cache_clear()
     try:
         cli.run_api("127.0.0.1", 8000)
     finally:
-        cli.get_settings.cache_clear()
+        get_settings.cache_clear()
     assert calls[0]["limit_concurrency"] == 123
     assert calls[0]["timeout_keep_alive"] == 5
