@@ -4,7 +4,6 @@ Everything here touches the disk or Redis, so routes call it through a thread po
 """
 
 import errno
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import redis
 from fastapi import HTTPException, status
 
 from app.errors import too_large, unprocessable
+from core.confinement import links_out
 from core.jobs import PHOTO_SUFFIXES, Job, JobParams, JobStore
 from core.review import SITE_PATTERN, ReviewError, ReviewStore
 from core.settings import Settings
@@ -166,14 +166,9 @@ LINKS_LISTED = 5
 def refuse_links_out(folder: Path, root: Path, label: str) -> None:
     """422 listing the links inside ``folder`` that lead outside ``root`` (training would read files the
     data root does not hold); links that stay inside are fine."""
-    escaping = []
-    for parent, dirs, files in os.walk(folder):  # links to folders are listed, never entered
-        for name in (*dirs, *files):
-            path = Path(parent) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                escaping.append(path.relative_to(folder).as_posix())
+    escaping = links_out(folder, root)
     if escaping:
-        listed = ", ".join(sorted(escaping)[:LINKS_LISTED])
+        listed = ", ".join(escaping[:LINKS_LISTED])
         more = f" and {len(escaping) - LINKS_LISTED} more" if len(escaping) > LINKS_LISTED else ""
         raise unprocessable(
             f"data_path {label!r} holds links that lead outside the data root: {listed}{more}"

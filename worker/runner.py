@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.confinement import check_confined
 from core.explain import explanation
 from core.imaging import BadImageError, decode_image
 from core.jobs import (
@@ -40,6 +41,7 @@ from training.engine import (
     resume,
     train,
 )
+from training.split import parse_data_sets
 from worker.progress import JobProgress, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,10 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             raise TypeError(f"job {job_id} is a {params.kind} job, not a training job")
         run_dir = jobs.folder(job_id) / RUN_DIR
         callback = JobProgress(jobs, job, holding.lease)
+        # The data root's links may have changed since the job was submitted: checked again here.
+        data = params.config.data
+        entries = [data] if isinstance(data, str) else list(data)
+        check_confined([path for _, path in parse_data_sets(entries)], settings.resolved_data_root)
         if (run_dir / CONFIG_FILE).exists():
             result = resume(run_dir, callback=callback)
         else:

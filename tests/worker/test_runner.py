@@ -163,3 +163,26 @@ def test_a_jobs_error_names_no_server_folder(settings: Settings, tmp_path: Path)
     )
     text = _public_error(error, folder, path_labels(settings))
     assert text == "FileNotFoundError: <job>/run/data/x.jpg; <models>/se/v1/model.pt; y.pt"
+
+
+def test_a_data_root_link_changed_after_submission_fails_the_job(
+    jobs: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    root = settings.resolved_data_root
+    root.mkdir(parents=True, exist_ok=True)
+    inside = make_image_folder(root / "photos", per_class=5)
+    outside = make_image_folder(tmp_path / "outside", per_class=5)
+    (root / "site").symlink_to(inside)  # checked at submission: it stays inside
+    job_id = training_job(jobs, root / "site")
+    (root / "site").unlink()
+    (root / "site").symlink_to(outside)  # changed before a worker takes the job
+    job = run_training_job(job_id, settings)
+    assert job.state == "failed"
+    assert job.error == "DataOutsideRootError: site now leads outside the data root"
+    # A link inside the data set that leaves the root is refused too.
+    (inside / "glass" / "extra.png").symlink_to(next((outside / "glass").iterdir()))
+    job = run_training_job(training_job(jobs, inside), settings)
+    assert job.state == "failed"
+    assert job.error == (
+        "DataOutsideRootError: photos now holds links that lead outside the data root: glass/extra.png"
+    )
