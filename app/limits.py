@@ -7,10 +7,12 @@ without a valid key to a state-changing route is answered before any of its body
 """
 
 import asyncio
+import re
 from typing import Any
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.parts import FilePartSizes
@@ -80,6 +82,38 @@ def needed_role(method: str, path: str, *, protect_reads: bool) -> Role | None:
     return "read" if protect_reads and under(path, READ_PATHS) else None
 
 
+def _declared_methods(app: Any) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each path of ``app``'s OpenAPI document, as a pattern, with the methods declared on it (HEAD
+    where GET is, as routing allows); built once, kept on the app."""
+    cached: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(app.state, "declared_methods", None)
+    if cached is not None:
+        return cached
+    declared = []
+    for path, operations in app.openapi().get("paths", {}).items():
+        methods = {method.upper() for method in operations}
+        if "GET" in methods:
+            methods.add("HEAD")
+        declared.append((compile_path(path)[0], frozenset(methods)))
+    app.state.declared_methods = declared
+    return declared
+
+
+def methods_not_routed(scope: Scope) -> list[str] | None:
+    """The methods declared on the request's path, when its method is not one of them (None when it is,
+    or the document has no such path: routing answers those). Every operation of the path counts:
+    routing itself names only the first matching route's in ``Allow``."""
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return None
+    allowed: set[str] = set()
+    for pattern, methods in _declared_methods(app):
+        if pattern.match(scope["path"]):
+            if scope["method"] in methods:
+                return None
+            allowed |= methods
+    return sorted(allowed) if allowed else None
+
+
 class RequestGate:
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
@@ -93,6 +127,14 @@ class RequestGate:
         path, method = scope["path"], scope["method"]
         limit = body_limit(path, self.settings)
         try:
+            allowed = methods_not_routed(scope)
+            if allowed is not None:
+                # Before the key: a method no route declares is the client's mistake whoever sends it.
+                raise HTTPException(
+                    status.HTTP_405_METHOD_NOT_ALLOWED,
+                    f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
+                    headers={"Allow": ", ".join(allowed)},
+                )
             role = needed_role(method, path, protect_reads=self.settings.protect_reads)
             if role is not None:
                 check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()), role)

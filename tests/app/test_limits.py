@@ -222,3 +222,29 @@ def test_the_api_server_bounds_its_connections(monkeypatch: pytest.MonkeyPatch) 
         get_settings.cache_clear()
     assert calls[0]["limit_concurrency"] == 123
     assert calls[0]["timeout_keep_alive"] == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/train", "GET, HEAD, POST"),
+        ("OPTIONS", "/models/default", "GET, HEAD, PUT"),
+        ("OPTIONS", "/train/0123456789abcdef0123456789abcdef", "DELETE, GET, HEAD"),
+        ("PATCH", "/train", "GET, HEAD, POST"),
+        ("DELETE", "/models/default", "GET, HEAD, PUT"),
+        ("PUT", "/review/abc", "GET, HEAD, POST"),
+        ("GET", "/classify", "POST"),
+    ],
+)
+def test_an_undeclared_method_is_405_with_every_allowed_one_before_any_key(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["detail"] == f"{method} is not allowed on {path}; allowed: {allowed}"
+
+
+def test_paths_no_operation_declares_are_left_to_routing(client: TestClient) -> None:
+    assert client.get("/no-such-path").status_code == 404
+    assert client.get("/ui/review").status_code == 200
