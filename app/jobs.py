@@ -98,13 +98,25 @@ def archive_suffix(filename: str) -> str:
 
 
 def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
-    """Number of files in the archive at ``path``; 413 for a size or file-count bomb, 422 if unsafe."""
+    """Number of files in the archive at ``path``, from its member list (nothing extracted); 413 for a size
+    or file-count bomb, 422 if unsafe or if no member is named as a photo."""
     try:
-        return check_archive(path, max_bytes=settings.max_archive_bytes, max_files=settings.max_archive_files)
+        contents = check_archive(
+            path,
+            max_bytes=settings.max_archive_bytes,
+            max_files=settings.max_archive_files,
+            photo_suffixes=PHOTO_SUFFIXES,
+        )
     except ArchiveTooLargeError as error:
         raise too_large(f"{label}: {error}") from None
     except ArchiveError as error:
         raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
+    if contents.photos == 0:
+        raise unprocessable(
+            f"{label}: no photos in the archive ({contents.files} files, none ending in "
+            f"{', '.join(PHOTO_SUFFIXES)})"
+        )
+    return contents.files
 
 
 #: The longest file or folder name that Linux file systems take, and the longest path they open

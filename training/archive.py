@@ -15,9 +15,11 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import unicodedata
 import zipfile
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, NamedTuple
 
 from models.checkpoint import file_sha256
 from models.files import read_json, write_json
@@ -54,6 +56,12 @@ def safe_member_path(name: str) -> PurePosixPath:
     parts = [part for part in PurePosixPath(normalized).parts if part not in ("", ".")]
     if ".." in parts:
         raise ArchiveError(f"path escapes the target folder: {name!r}")
+    # Folders name classes, shown in answers and pages: no character that hides or reorders text.
+    for folder in parts[:-1]:
+        hidden = [char for char in folder if unicodedata.category(char) in ("Cc", "Cf")]
+        if hidden:
+            codes = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(hidden))
+            raise ArchiveError(f"folder {folder!r} holds control or formatting characters ({codes})")
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
@@ -140,17 +148,28 @@ def _extract_zip(archive: Path, target: Path, budget: _Budget) -> None:
                     _copy_capped(handle, target / rel, budget)
 
 
+class ArchiveContents(NamedTuple):
+    files: int
+    photos: int
+
+
 def check_archive(
-    archive: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES
-) -> int:
+    archive: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    photo_suffixes: Collection[str] = (),
+) -> ArchiveContents:
     """Vet ``archive`` without extracting it: member paths, links, file count and declared sizes.
 
-    Returns the number of files. Raises :class:`ArchiveTooLargeError` for a size or file-count bomb
+    Returns how many files it holds, and how many of them are named as photos (end with one of
+    ``photo_suffixes``, in lower case). Raises :class:`ArchiveTooLargeError` for a size or file-count bomb
     and :class:`ArchiveError` for anything unsafe or unreadable. Extraction checks again while
     streaming, since a zip can under-declare its sizes.
     """
     archive = Path(archive)
     budget = _Budget(max_bytes, max_files)
+    named_as_photos = 0
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
@@ -163,6 +182,7 @@ def check_archive(
                     elif not info.is_dir():
                         budget.add_file(info.file_size)
                         budget.add_bytes(info.file_size)
+                        named_as_photos += Path(rel).suffix.lower() in photo_suffixes
         elif is_archive(archive):
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar:
@@ -174,13 +194,14 @@ def check_archive(
                     if member.isfile():
                         budget.add_file(member.size)
                         budget.add_bytes(member.size)
+                        named_as_photos += Path(rel).suffix.lower() in photo_suffixes
         else:
             raise ArchiveError(
                 f"{archive.name}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})"
             )
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
         raise ArchiveError(f"{archive.name}: unreadable archive: {error}") from error
-    return budget.files
+    return ArchiveContents(budget.files, named_as_photos)
 
 
 def extract_archive(

@@ -7,6 +7,7 @@ archive of one. The class folders may sit one level down in a single top-level f
 
 import logging
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,16 @@ def find_class_root(path: Path) -> Path:
             return current
 
 
+def check_class_name(name: str) -> str:
+    """``name``, or :class:`DataError` when it holds a control or formatting character: a class name is
+    shown in answers, pages and metrics, where a right-to-left override (U+202E) would disguise it."""
+    hidden = [char for char in name if unicodedata.category(char) in ("Cc", "Cf")]
+    if hidden:
+        codes = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(hidden))
+        raise DataError(f"class folder {name!r}: its name holds control or formatting characters ({codes})")
+    return name
+
+
 def check_image(path: Path) -> str | None:
     """``None`` if the image decodes completely, else why it does not."""
     try:
@@ -113,6 +124,8 @@ def scan_image_folder(root: Path) -> ImageFolder:
     class_dirs = [folder for folder in _subfolders(root) if _image_files(folder)]
     if len(class_dirs) < 2:
         raise DataError(f"{root}: expected at least 2 class folders with images, found {len(class_dirs)}")
+    for folder in class_dirs:
+        check_class_name(folder.name)
     samples: list[Sample] = []
     skipped: list[tuple[str, str]] = []
     for label, folder in enumerate(class_dirs):

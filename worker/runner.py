@@ -179,6 +179,12 @@ class ExplainedImage:
     heatmap_png: bytes | None
 
 
+def shown_name(path: Path, root: Path | None) -> str:
+    """A photo's name in a batch's manifest: its path inside the upload (archive folders kept), else its
+    file name."""
+    return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
+
+
 def explain_images(
     predictor: Predictor,
     paths: list[Path],
@@ -190,6 +196,7 @@ def explain_images(
     batch_size: int,
     on_batch: Callable[[int], None],
     max_bytes: int | None = None,
+    root: Path | None = None,
 ) -> Iterator[ExplainedImage]:
     """Each image explained, in batches; its outputs are named by position, so equal names cannot clash."""
     for start in range(0, len(paths), batch_size):
@@ -207,7 +214,7 @@ def explain_images(
                     )
                 )
             except BadImageError as error:
-                yield ExplainedImage({"file": path.name, "error": error.message}, None, None)
+                yield ExplainedImage({"file": shown_name(path, root), "error": error.message}, None, None)
         if decoded:
             result = predictor.explain([image for _, _, image in decoded], method=method)
             for (index, path, image), probs, energy, distance, heatmap, target, answered_by in zip(
@@ -232,7 +239,7 @@ def explain_images(
                     alpha=alpha,
                 )
                 entry: dict[str, object] = {
-                    "file": path.name,
+                    "file": shown_name(path, root),
                     "model": {"name": answered_by.name, "version": answered_by.version},
                     "overlay": f"overlays/{index:05d}.png",
                     "heatmap": f"heatmaps/{index:05d}.png",
@@ -285,6 +292,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 alpha=params.alpha,
                 max_pixels=settings.max_image_pixels,
                 max_bytes=settings.max_image_bytes,
+                root=folder / INPUTS_DIR,
                 batch_size=settings.batch_max_size,
                 on_batch=on_batch,
             ):

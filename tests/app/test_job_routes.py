@@ -536,3 +536,19 @@ def test_an_archive_that_fills_the_disk_as_it_is_extracted_is_507(
         response.json()["detail"]
         == "photos.zip: the server's disk is full; nothing was kept, try again later"
     )
+
+
+@pytest.mark.parametrize("route", ["/train", "/explain/batch"])
+def test_an_archive_without_photos_is_refused_in_the_request(client: TestClient, route: str) -> None:
+    field = "file" if route == "/train" else "files"
+    for archive, files in ((zip_with([]), 0), (zip_with(["notes.txt", "a/readme.md"]), 2)):
+        response = client.post(route, files={field: ("photos.zip", archive, "application/zip")}, headers=KEY)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(f"photos.zip: no photos in the archive ({files} files")
+
+
+def test_class_folders_with_hidden_characters_are_refused_in_the_request(client: TestClient) -> None:
+    archive = zip_with(["gla\u202ess/a.png", "paper/b.png"])
+    response = client.post("/train", files={"file": ("photos.zip", archive, "application/zip")}, headers=KEY)
+    assert response.status_code == 422
+    assert "holds control or formatting characters (U+202E)" in response.json()["detail"]

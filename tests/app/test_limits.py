@@ -248,3 +248,11 @@ def test_an_undeclared_method_is_405_with_every_allowed_one_before_any_key(
 def test_paths_no_operation_declares_are_left_to_routing(client: TestClient) -> None:
     assert client.get("/no-such-path").status_code == 404
     assert client.get("/ui/review").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/ui", "/ui/train", "/ui/review"])
+def test_pages_say_what_they_may_load_and_that_no_site_may_frame_them(client: TestClient, path: str) -> None:
+    headers = client.get(path).headers
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src 'self'" in headers["content-security-policy"]

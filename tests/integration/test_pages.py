@@ -33,8 +33,15 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser, system: System) -> Iterator[Page]:
     context = browser.new_context(base_url=system.api_url, viewport={"width": 390, "height": 844})
     opened = context.new_page()
+    refused: list[str] = []
+    opened.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     yield opened
     context.close()
+    # The pages' own policy let through everything they use.
+    assert not refused, refused
 
 
 def test_a_photo_is_classified_explained_and_its_heatmap_blended(

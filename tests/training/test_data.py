@@ -115,3 +115,10 @@ def test_batch_mixing_turns_labels_into_class_probabilities(image_folder: Path, 
         again, same_targets = mix(images, labels)
         assert torch.equal(again, mixed)
         assert torch.equal(same_targets, targets)
+
+
+def test_a_class_folder_whose_name_hides_characters_is_refused(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "photos", per_class=2)
+    (root / "glass").rename(root / "gla\u202ess")
+    with pytest.raises(DataError, match=r"U\+202E"):
+        scan_image_folder(root)

@@ -125,6 +125,9 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
     (inputs / "a.png").write_bytes(png_bytes(size=(30, 20)))
     (inputs / "b.png").write_bytes(png_bytes(size=(16, 16)))
     (inputs / "broken.jpg").write_bytes(b"not a photo")
+    # An archive's folders are kept in the manifest's names: two photos of one name stay apart.
+    (inputs / "site-a").mkdir()
+    (inputs / "site-a" / "a.png").write_bytes(png_bytes(size=(24, 24)))
     settings.model_path = tiny_checkpoint(tmp_path / "tiny.pt")
     manager = serving_manager(settings)
 
@@ -133,13 +136,14 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
 
     done = run_heatmap_job(job.id, settings, predictor)
     assert done.state == "succeeded", done.error
-    assert done.result["images"] == 3
+    assert done.result["images"] == 4
     assert done.result["failed"] == 1
     assert done.eta_seconds == 0.0  # counted down as the photos were done, none left
     with zipfile.ZipFile(jobs.folder(job.id) / RESULT_ZIP) as archive:
         manifest = json.loads(archive.read("manifest.json"))
         assert manifest["model"]["name"] == "tiny"
         by_file = {entry["file"]: entry for entry in manifest["images"]}
+        assert set(by_file) == {"a.png", "b.png", "broken.jpg", "site-a/a.png"}
         assert "not an image" in by_file["broken.jpg"]["error"]
         assert by_file["a.png"]["overlay"] != by_file["b.png"]["overlay"]
         overlay = Image.open(io.BytesIO(archive.read(by_file["a.png"]["overlay"])))
