@@ -38,6 +38,13 @@ def photo(seed: int, size: tuple[int, int] = (512, 384)) -> bytes:
     return buffer.getvalue()
 
 
+def cpu_model() -> str:
+    """The CPU's model name and core count, as lscpu shows them."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()}, {len(names)} cores"
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in explained:
         entry.pop("ended", None)
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "lanes": ready.get("lanes"),
         "precision": ready.get("precision"),
         "alone": summary(alone),
