@@ -246,7 +246,10 @@ class ReviewItemPublic(BaseModel):
     id: str = Field(examples=["9b2f0c4e5d6a47f8b1c3d2e4f5a6b7c8"])
     created_at: float = Field(description="when the photo was answered (Unix time)")
     site: str | None = Field(None, description="the site tag the photo was sent with", examples=["sd"])
-    model: str = Field(description="the model that answered (name:version)", examples=["se_resnet50:builtin"])
+    model: str = Field(
+        description="the model asked (name:version): a site's model, also where its base answered the photo",
+        examples=["se_resnet50:builtin"],
+    )
     filename: str | None = None
     predicted: str = Field(description="the model's guess", examples=["paper"])
     confidence: float = Field(description="the guess's calibrated probability", examples=[0.46])

@@ -21,11 +21,11 @@ from torch import Tensor
 from app.batching import MicroBatcher
 from app.lanes import InferenceLanes, LanePlan
 from core.model_manager import ModelManager
+from models.cam import PER_CHANNEL_METHODS
 from models.predictor import Predictor
 
-#: Methods that run a forward pass per channel of the explained layer (2,048 for SE-ResNet-50's last
-#: stage): about a minute a photo on 2 CPU cores, which holds a lane that long.
-EXPENSIVE_METHODS = frozenset({"scorecam"})
+#: Methods that hold a lane about a minute a photo on 2 CPU cores.
+EXPENSIVE_METHODS = PER_CHANNEL_METHODS
 #: When a refused expensive explanation may be tried again (seconds): about what one takes on a CPU.
 EXPENSIVE_RETRY_AFTER_S = 60
 
@@ -82,9 +82,14 @@ def _who(
 ) -> tuple[Predictor, Predictor | None]:
     """Which model answered a photo that ``predictor`` was asked about and its lane's ``replica`` ran, and
     the one asked where they differ (a lane's replicas stand for the predictors they copy)."""
-    if answered_by is replica:
-        return predictor, None
-    return predictor.base or answered_by, predictor
+    # Down the chain of bases (a site model fine-tuned from another may route twice), side by side.
+    original: Predictor | None = predictor
+    copy: Predictor | None = replica
+    while original is not None and copy is not None:
+        if answered_by is copy:
+            return original, None if original is predictor else predictor
+        original, copy = original.base, copy.base
+    return answered_by, predictor
 
 
 @dataclass(frozen=True)

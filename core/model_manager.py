@@ -248,22 +248,28 @@ class ModelManager:
         base_sha256 = predictor.spec.recipe.get("init_sha256")
         if bank is None or bank.route_margin is None or not base_sha256:
             return predictor
+        ref = f"{predictor.name}:{predictor.version}"
+        if depth >= MAX_BASE_DEPTH:
+            logger.warning("%s answers every photo itself: its bases go over %d deep", ref, MAX_BASE_DEPTH)
+            return predictor
         found = next((v for v in self.store.all_versions() if v.sha256 == base_sha256), None)
-        if found is None or depth >= MAX_BASE_DEPTH:
+        if found is None:
             logger.warning(
-                "%s:%s answers every photo itself: its base (weights %s) is not in the store",
-                predictor.name,
-                predictor.version,
+                "%s answers every photo itself: its base (weights %s) is not in the store",
+                ref,
                 str(base_sha256)[:12],
             )
             return predictor
-        base = self._from_version(found, depth + 1)
+        try:
+            base = self._from_version(found, depth + 1)
+        except (CheckpointError, OSError) as error:
+            logger.warning(
+                "%s answers every photo itself: its base %s cannot be loaded: %s", ref, found.ref, error
+            )
+            return predictor
         if not predictor.can_route_to(base):
             logger.warning(
-                "%s:%s answers every photo itself: %s reads photos or names classes differently",
-                predictor.name,
-                predictor.version,
-                found.ref,
+                "%s answers every photo itself: %s reads photos or names classes differently", ref, found.ref
             )
             return predictor
         predictor.base = base

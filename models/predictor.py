@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
 from models.calibration import Calibration, Thresholds, energy_score
-from models.cam import compute_cam
+from models.cam import PER_CHANNEL_METHODS, compute_cam
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.fingerprint import EmbeddingHook, embed, hash_bits
 from models.fusion import fold_batch_norms
@@ -282,8 +284,53 @@ class Predictor:
         targets: Sequence[int | None] | None = None,
         layer: str | None = None,
     ) -> Explanation:
-        """Probabilities and CAM heatmaps from one forward pass."""
+        """Probabilities and CAM heatmaps from one forward pass. Photos this model passes to its base are
+        explained by the base; for a method of a forward pass per channel, they are told apart by a
+        plain forward pass first, so that none is explained twice."""
         batch = self.inputs(images)
+        if method in PER_CHANNEL_METHODS and self.base is not None:
+            to_base = self._to_base(batch)
+            if to_base is not None and to_base.any():
+                kept = torch.from_numpy((~to_base).nonzero()[0])
+                routed = torch.from_numpy(to_base.nonzero()[0])
+
+                def chosen(rows: Tensor) -> list[int | None] | None:
+                    return None if targets is None else [targets[i] for i in rows.tolist()]
+
+                assert self.base is not None
+                by_base = self.base.explain(
+                    batch[routed.to(batch.device)], method=method, targets=chosen(routed), layer=layer
+                )
+                if len(kept) == 0:
+                    return by_base
+                own = self._explain_own(batch[kept.to(batch.device)], method, chosen(kept), layer)
+                return _merge(_spread(own, kept, len(to_base)), routed, by_base)
+        return self._explain_own(batch, method, targets, layer, route=True)
+
+    def _to_base(self, batch: Tensor) -> "npt.NDArray[np.bool_] | None":
+        """Which photos of ``batch`` the feature bank sends to the base, from one plain forward pass."""
+        if self.feature_bank is None:
+            return None
+        hook = EmbeddingHook(self.model)
+        try:
+            with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
+                self.model(batch)
+        finally:
+            hook.remove()
+        assert hook.features is not None
+        return self.feature_bank.routes_to_base(hook.features.detach().float().cpu())
+
+    def _explain_own(
+        self,
+        batch: Tensor,
+        method: str,
+        targets: Sequence[int | None] | None,
+        layer: str | None,
+        *,
+        route: bool = False,
+    ) -> Explanation:
+        """Explain ``batch`` with this model; with ``route``, the photos its bank sends to the base are
+        explained again by the base."""
         # The first forward pass's pooled features (Score-CAM runs more, on masked copies).
         hook = EmbeddingHook(self.model, first_only=True) if self.feature_bank is not None else None
         try:
@@ -303,11 +350,34 @@ class Predictor:
             answered_by=scores.answered_by,
         )
 
+        if not route:
+            return own
+
         def explained_by_base(base: Predictor, inputs: Tensor, rows: Tensor) -> Explanation:
             chosen = None if targets is None else [targets[i] for i in rows.tolist()]
             return base.explain(inputs, method=method, targets=chosen, layer=layer)
 
         return self._routed(own, batch, features, explained_by_base)
+
+
+def _spread(result: ScoresT, rows: Tensor, size: int) -> ScoresT:
+    """``result`` (of the photos ``rows`` of a batch of ``size``) laid out at those rows of a result for
+    the whole batch; the other rows are placeholders for :func:`_merge` to fill."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(result):
+        value = getattr(result, field.name)
+        if isinstance(value, Tensor):
+            full = torch.zeros((size, *value.shape[1:]), dtype=value.dtype)
+            full[rows] = value
+            changes[field.name] = full
+        elif value is None:
+            changes[field.name] = None
+        else:
+            items: list[Any] = [None] * size
+            for position, row in enumerate(rows.tolist()):
+                items[row] = value[position]
+            changes[field.name] = type(value)(items)
+    return dataclasses.replace(result, **changes)
 
 
 def _merge(result: ScoresT, rows: Tensor, routed: ScoresT) -> ScoresT:

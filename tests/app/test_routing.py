@@ -14,6 +14,8 @@ from PIL import Image
 
 from app.main import create_app
 from core.settings import Settings
+from models import predictor as predictor_module
+from models.cam import compute_cam
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from models.predictor import Predictor
@@ -129,3 +131,74 @@ def test_without_its_base_in_the_store_a_model_answers_everything_itself(
         answer = classify(client, BASE_PHOTO)
     assert answer["model"]["name"] == "orphan"
     assert answer["routed_from"] is None
+
+
+def test_a_chain_of_site_models_names_the_one_that_answered(
+    routed_settings: Settings, tmp_path: Path
+) -> None:
+    """site2 passes BASE_PHOTO to site1, which passes it to the shipped base."""
+    shipped = routed_settings.shipped_model_path
+    site1 = tiny_checkpoint(tmp_path / "site1.pt", seed=7)
+    site_beside(shipped, site1)
+    site2 = tiny_checkpoint(tmp_path / "chain" / "model.pt", seed=8)
+    site_beside(site1, site2)
+    with TestClient(create_app(routed_settings.model_copy(update={"model_path": site2}))) as client:
+        manager = client.app.state.service.manager  # type: ignore[attr-defined]
+        manager.store.add("site1", site1, extra=[site1.parent / OOD_FILE])
+        manager.load_initial()
+        assert manager.predictor.base is not None
+        assert manager.predictor.base.base is not None  # site1 beside the shipped model
+        routed = classify(client, BASE_PHOTO)
+        base_itself = classify(client, BASE_PHOTO, model="basemodel:builtin")
+        kept = classify(client, SITE_PHOTO)
+    assert routed["model"] == {"name": "basemodel", "version": "builtin"}
+    assert routed["routed_from"] == {"name": "chain", "version": kept["model"]["version"]}
+    assert routed["predictions"] == base_itself["predictions"]
+    assert kept["model"]["name"] == "chain"
+
+
+def test_a_base_that_cannot_be_loaded_leaves_the_model_answering_alone(
+    routed_settings: Settings, tmp_path: Path
+) -> None:
+    base = tiny_checkpoint(tmp_path / "stored-base.pt", seed=3)
+    site = tiny_checkpoint(tmp_path / "site3" / "model.pt", seed=4)
+    site_beside(base, site)
+    with TestClient(create_app(routed_settings.model_copy(update={"model_path": site}))) as client:
+        manager = client.app.state.service.manager  # type: ignore[attr-defined]
+        manager.store.add("stored", base).path.write_bytes(b"damaged")
+        manager.load_initial()
+        assert manager.predictor.name == "site3"
+        assert manager.predictor.base is None
+        assert classify(client, BASE_PHOTO)["routed_from"] is None
+
+
+def test_a_per_channel_explanation_explains_each_photo_once(
+    routed_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = torch.device("cpu")
+    assert routed_settings.model_path is not None
+    site = Predictor.from_checkpoint(str(routed_settings.model_path), name="site", version=None, device=cpu)
+    base = Predictor.from_checkpoint(
+        str(routed_settings.shipped_model_path), name="base", version=None, device=cpu
+    )
+    assert site.can_route_to(base)
+    site.base = base
+    photos = [Image.open(io.BytesIO(photo)).convert("RGB") for photo in (SITE_PHOTO, BASE_PHOTO, SITE_PHOTO)]
+    explained: list[int] = []
+    real = compute_cam
+
+    def counted(model: torch.nn.Module, images: torch.Tensor, **options: Any) -> Any:
+        explained.append(len(images))
+        return real(model, images, **options)
+
+    monkeypatch.setattr(predictor_module, "compute_cam", counted)
+    result = site.explain(photos, method="scorecam", targets=[1, 2, 3])
+    assert sorted(explained) == [1, 2]  # the base's photo alone, the site's two
+    assert [who.name for who in result.answered_by] == ["site", "base", "site"]
+    assert result.targets.tolist() == [1, 2, 3]
+    alone = base.explain([photos[1]], method="scorecam", targets=[2])
+    assert torch.allclose(result.heatmaps[1], alone.heatmaps[0])
+    assert torch.allclose(result.probabilities[1], alone.probabilities[0])
+    explained.clear()
+    site.explain(photos, method="gradcam")  # one pass for all, the base's photo again by the base
+    assert sorted(explained) == [1, 3]
