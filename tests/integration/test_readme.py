@@ -9,9 +9,10 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
-from app.cli import piece_commands, trashcam_command
+from app.cli import trashcam_command
 from tests.app.conftest import API_KEY
 from tests.integration.conftest import REPO_ROOT, TRASHNET, System, free_port, wait_until
 
@@ -27,7 +28,8 @@ def runnable_blocks(readme: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def shipped_api(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``trashcam api`` as ``make serve`` starts it, with the shipped model, on a port of its own."""
+    """``trashcam serve`` as ``make serve`` runs it (the API and both workers), with the shipped model, on
+    a port of its own."""
     port = free_port()
     env = {
         **os.environ,
@@ -39,7 +41,7 @@ def shipped_api(system: System, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env.pop("TRASHCAM_SHIPPED_MODEL_PATH", None)
     log = open(system.logs / "readme-api.log", "ab")  # noqa: SIM115 -- closed below
     process = subprocess.Popen(
-        trashcam_command(piece_commands("127.0.0.1", port)["api"]),
+        trashcam_command(["trashcam", "serve", "--host", "127.0.0.1", "--port", str(port)]),
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -47,16 +49,20 @@ def shipped_api(system: System, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(
-            lambda: b"Application startup complete" in (system.logs / "readme-api.log").read_bytes(),
-            120,
-            "api",
-        )
+        # Ready: the model loaded, and a live worker on each queue (README's /ready says so).
+        wait_until(lambda: _ready(url), 180, "trashcam serve")
         yield url
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(90)
         log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
 
 
 def test_readme_has_runnable_blocks() -> None:
