@@ -42,20 +42,9 @@ def test_a_chunked_upload_with_no_length_is_cut_off_at_the_limit(
     assert f"over the limit of {limit} bytes" in response.json()["detail"]
 
 
-def run_gate(
-    settings: Settings, method: str, path: str, headers: list[tuple[bytes, bytes]]
-) -> list[dict[str, Any]]:
-    """Call the app with a body that must never be read; the messages it sent back."""
-    app = create_app(settings, submitter=lambda job: None)
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        raise AssertionError("the body was read")
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(dict(message))
-
-    scope = {
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI HTTP scope, as a server would pass it to the app."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -69,6 +58,22 @@ def run_gate(
         "client": ("test", 1),
         "headers": headers,
     }
+
+
+def run_gate(
+    settings: Settings, method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> list[dict[str, Any]]:
+    """Call the app with a body that must never be read; the messages it sent back."""
+    app = create_app(settings, submitter=lambda job: None)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = http_scope(method, path, headers)
     asyncio.run(app(scope, receive, send))
     return sent
 
@@ -133,20 +138,7 @@ def test_a_file_over_its_own_limit_is_refused_before_the_rest_of_it_is_read(sett
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/classify",
-        "raw_path": b"/classify",
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "server": ("test", 80),
-        "client": ("test", 1),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
-    }
+    scope = http_scope("POST", "/classify", [(b"content-type", b"multipart/form-data; boundary=x")])
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     detail = json.loads(sent[1]["body"])["detail"]
@@ -192,20 +184,7 @@ def test_a_body_that_stops_arriving_is_408_and_the_connection_let_go(settings: S
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/classify",
-        "raw_path": b"/classify",
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "server": ("test", 80),
-        "client": ("test", 1),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
-    }
+    scope = http_scope("POST", "/classify", [(b"content-type", b"multipart/form-data; boundary=x")])
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["detail"] == "no part of the request body arrived for 0.3 s"

@@ -40,15 +40,20 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def test_sigterm_to_serve_stops_redis_both_workers_and_the_api(tmp_path: Path) -> None:
-    api_port, redis_port = free_port(), free_port()
-    env = {
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    """``serve``'s environment: its own var folder, a tiny shipped model, and a Redis port that nothing
+    answers on, so that it starts its own."""
+    return {
         **os.environ,
         "TRASHCAM_VAR_DIR": str(tmp_path / "var"),
         "TRASHCAM_SHIPPED_MODEL_PATH": str(tiny_checkpoint(tmp_path / "shipped.pt")),
-        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def test_sigterm_to_serve_stops_redis_both_workers_and_the_api(tmp_path: Path) -> None:
+    api_port, env = free_port(), serve_env(tmp_path)
     command = trashcam_command(["trashcam", "serve", "--port", str(api_port)])
     log_path = tmp_path / "serve.log"
     children: set[int] = set()
@@ -100,14 +105,7 @@ def heatmap_worker(serve_pid: int) -> int | None:
 
 
 def test_serve_starts_a_worker_that_died_again_and_says_so(tmp_path: Path) -> None:
-    api_port, redis_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "TRASHCAM_VAR_DIR": str(tmp_path / "var"),
-        "TRASHCAM_SHIPPED_MODEL_PATH": str(tiny_checkpoint(tmp_path / "shipped.pt")),
-        "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "OMP_NUM_THREADS": "1",
-    }
+    api_port, env = free_port(), serve_env(tmp_path)
     command = trashcam_command(["trashcam", "serve", "--port", str(api_port)])
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
