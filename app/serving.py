@@ -8,8 +8,8 @@ batch's requests prepared and runs the model, on a replica of its own.
 import functools
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass, field, fields
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,7 @@ from app.batching import MicroBatcher
 from app.lanes import InferenceLanes, LanePlan
 from core.model_manager import ModelManager
 from models.cam import PER_CHANNEL_METHODS
-from models.predictor import Predictor
+from models.predictor import Predictor, Scores
 
 #: Methods that hold a lane about a minute a photo on 2 CPU cores.
 EXPENSIVE_METHODS = PER_CHANNEL_METHODS
@@ -92,6 +92,24 @@ def _who(
     return answered_by, predictor
 
 
+def _answers(predictor: Predictor, replica: Predictor, scores: Scores, batch_ms: float) -> list[Classified]:
+    """Each photo's answer in a batch that ``predictor``'s lane ``replica`` ran, by the model that gave it."""
+    answers, size = [], len(scores.energies)
+    for row, energy, distance, answered_by in zip(
+        scores.probabilities, scores.energies, scores.distance_list(), scores.answered_by, strict=True
+    ):
+        answerer, asked = _who(predictor, replica, answered_by)
+        answers.append(
+            Classified(answerer, row.tolist(), float(energy), distance, batch_ms, size, routed_from=asked)
+        )
+    return answers
+
+
+def _fields(answer: Classified) -> dict[str, Any]:
+    """An answer's fields, for the richer answer of the same photo (not copied: ``asdict`` would)."""
+    return {field.name: getattr(answer, field.name) for field in fields(answer)}
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A photo prepared (off the inference thread) as the input of the model it will run on."""
@@ -159,18 +177,7 @@ class InferenceService:
         replica = predictor.replica(lane)
         started = time.perf_counter()
         scores = replica.classify(torch.stack([item.inputs for item in items]))
-        elapsed = (time.perf_counter() - started) * 1000
-        answers = []
-        for row, energy, distance, answered_by in zip(
-            scores.probabilities, scores.energies, scores.distance_list(), scores.answered_by, strict=True
-        ):
-            answerer, asked = _who(predictor, replica, answered_by)
-            answers.append(
-                Classified(
-                    answerer, row.tolist(), float(energy), distance, elapsed, len(items), routed_from=asked
-                )
-            )
-        return answers
+        return _answers(predictor, replica, scores, (time.perf_counter() - started) * 1000)
 
     def _explain_batch(self, lane: int, key: Hashable, items: list[ExplainItem]) -> list[Explained]:
         _, _, method, layer = cast(BatchKey, key)
@@ -183,64 +190,22 @@ class InferenceService:
             targets=[item.target for item in items],
             layer=layer or None,
         )
-        elapsed = (time.perf_counter() - started) * 1000
-        answers = []
-        for row, energy, distance, heatmap, target, answered_by in zip(
-            result.probabilities,
-            result.energies,
-            result.distance_list(),
-            result.heatmaps,
-            result.targets,
-            result.answered_by,
-            strict=True,
-        ):
-            answerer, asked = _who(predictor, replica, answered_by)
-            answers.append(
-                Explained(
-                    answerer,
-                    row.tolist(),
-                    float(energy),
-                    distance,
-                    elapsed,
-                    len(items),
-                    heatmap.numpy(),
-                    int(target),
-                    routed_from=asked,
-                )
-            )
-        return answers
+        answers = _answers(predictor, replica, result, (time.perf_counter() - started) * 1000)
+        return [
+            Explained(**_fields(answer), heatmap=heatmap.numpy(), target=int(target))
+            for answer, heatmap, target in zip(answers, result.heatmaps, result.targets, strict=True)
+        ]
 
     def _fingerprint_batch(self, lane: int, key: Hashable, items: list[Prepared]) -> list[Fingerprinted]:
         predictor = items[0].predictor
         replica = predictor.replica(lane)
         started = time.perf_counter()
         result = replica.fingerprint(torch.stack([item.inputs for item in items]))
-        elapsed = (time.perf_counter() - started) * 1000
-        answers = []
-        for row, energy, distance, embedding, value, answered_by in zip(
-            result.probabilities,
-            result.energies,
-            result.distance_list(),
-            result.embeddings,
-            result.hashes,
-            result.answered_by,
-            strict=True,
-        ):
-            answerer, asked = _who(predictor, replica, answered_by)
-            answers.append(
-                Fingerprinted(
-                    answerer,
-                    row.tolist(),
-                    float(energy),
-                    distance,
-                    elapsed,
-                    len(items),
-                    embedding.numpy(),
-                    value,
-                    routed_from=asked,
-                )
-            )
-        return answers
+        answers = _answers(predictor, replica, result, (time.perf_counter() - started) * 1000)
+        return [
+            Fingerprinted(**_fields(answer), embedding=embedding.numpy(), hash=value)
+            for answer, embedding, value in zip(answers, result.embeddings, result.hashes, strict=True)
+        ]
 
     def input_size(self) -> int:
         """The side of the serving model's input: what a photo to classify needs at least."""

@@ -12,7 +12,6 @@ what each Score-CAM request got (status, seconds, Retry-After).
 import argparse
 import io
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,9 +23,11 @@ from typing import Any
 
 import httpx2
 import numpy as np
+import torch
 from PIL import Image
 
 from bench.operator_story import service
+from bench.record import run_record, write_json
 
 
 def photo(seed: int, size: tuple[int, int] = (512, 384)) -> bytes:
@@ -36,13 +37,6 @@ def photo(seed: int, size: tuple[int, int] = (512, 384)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-def cpu_model() -> str:
-    """The CPU's model name and core count, as lscpu shows them."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {len(names)} cores"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -85,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready = client.get("/ready").json()
             classify_latencies(client, 10)  # warm-up: lanes, allocator, caches
             alone = classify_latencies(client, args.requests)
-            explained: list[dict[str, Any]] = []
+            # Each Score-CAM request's answer, and when it ended.
+            explained: list[tuple[dict[str, Any], float]] = []
 
             def scorecam(index: int) -> None:
                 started = time.perf_counter()
@@ -96,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         data={"method": "scorecam"},
                     )
                 explained.append(
-                    {
-                        "status": response.status_code,
-                        "seconds": round(time.perf_counter() - started, 1),
-                        "retry_after": response.headers.get("retry-after"),
-                        "ended": time.perf_counter(),
-                    }
+                    (
+                        {
+                            "status": response.status_code,
+                            "seconds": round(time.perf_counter() - started, 1),
+                            "retry_after": response.headers.get("retry-after"),
+                        },
+                        time.perf_counter(),
+                    )
                 )
 
             threads = [threading.Thread(target=scorecam, args=(i,)) for i in range(args.expensive)]
@@ -113,23 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for thread in threads:
                 thread.join()
     # The classify phase counts only if an admitted Score-CAM ran through all of it.
-    overlapped = any(e["status"] == 200 and e.pop("ended") > loaded_done for e in explained)
-    for entry in explained:
-        entry.pop("ended", None)
-    result = {
-        "machine": cpu_model(),
-        "lanes": ready.get("lanes"),
-        "precision": ready.get("precision"),
-        "alone": summary(alone),
-        "under_scorecam": summary(loaded),
-        "p99_ratio": round(percentile(loaded, 99) / percentile(alone, 99), 2),
-        "scorecam": sorted(explained, key=lambda e: e["status"]),
-        "a_scorecam_ran_through_the_classify_phase": overlapped,
-    }
+    overlapped = any(entry["status"] == 200 and ended > loaded_done for entry, ended in explained)
+    result = run_record(
+        "bench.expensive_load",
+        argv,
+        torch.device(ready.get("device", "cpu")),
+        lanes=ready.get("lanes"),
+        precision=ready.get("precision"),
+        alone=summary(alone),
+        under_scorecam=summary(loaded),
+        p99_ratio=round(percentile(loaded, 99) / percentile(alone, 99), 2),
+        scorecam=sorted((entry for entry, _ in explained), key=lambda entry: entry["status"]),
+        a_scorecam_ran_through_the_classify_phase=overlapped,
+    )
     print(json.dumps(result, indent=2))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     return 0
 
 

@@ -12,15 +12,22 @@ import torch
 from app.lanes import usable_cores
 
 
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` shows it (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def run_record(
     module: str, argv: Sequence[str] | None, device: torch.device, **fields: Any
 ) -> dict[str, Any]:
     """``{"command": "python -m MODULE ARGS", "machine": ..., **fields}``; ``argv`` None: this process's."""
     args = sys.argv[1:] if argv is None else list(argv)
-    machine = (
-        f"{platform.processor() or platform.machine()}, {usable_cores()} usable cores, "
-        f"torch {torch.__version__}, {device}"
-    )
+    machine = f"{cpu_name()}, {usable_cores()} usable cores, torch {torch.__version__}, {device}"
     return {"command": " ".join(["python -m", module, *args]), "machine": machine, **fields}
 
 

@@ -86,20 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (unseen / label / name).write_bytes(photo)
             sets["er"] = (unseen, folder_samples(unseen, classes))
 
+        def extracted(checkpoint: Path, folder: Path, samples: list[Sample]) -> Features:
+            return extract_features(
+                checkpoint,
+                root=folder,
+                samples=samples,
+                data_classes=classes,
+                device=device,
+                batch_size=64,
+                workers=1,
+                amp_dtype=amp,
+            )
+
         def features(checkpoint: Path) -> dict[str, Features]:
-            return {
-                name: extract_features(
-                    checkpoint,
-                    root=folder,
-                    samples=samples,
-                    data_classes=classes,
-                    device=device,
-                    batch_size=64,
-                    workers=1,
-                    amp_dtype=amp,
-                )
-                for name, (folder, samples) in sets.items()
-            }
+            return {name: extracted(checkpoint, folder, samples) for name, (folder, samples) in sets.items()}
 
         base = features(base_path)
         val = [(path, classes.index(manifest.class_names[label])) for path, label in manifest.select("val")]
@@ -116,16 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # A model trained before it served beside its base: its bank holds its own photos (source
                 # "data") first; the margin is chosen as training chooses it, on every base validation photo.
                 bank = replace(bank, own_photos=bank.sources["data"])
-                base_val = extract_features(
-                    checkpoint,
-                    root=root,
-                    samples=val,
-                    data_classes=classes,
-                    device=device,
-                    batch_size=64,
-                    workers=1,
-                    amp_dtype=amp,
-                )
+                base_val = extracted(checkpoint, root, val)
                 bank = replace(bank, route_margin=choose_route_margin(bank, base_val.embeddings))
                 chosen_in = "this study"
             row: dict[str, Any] = {
