@@ -4,19 +4,22 @@ Everything here touches the disk or Redis, so routes call it through a thread po
 """
 
 import errno
+import io
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
 import kombu.exceptions
 import redis
 from fastapi import HTTPException, status
+from PIL import Image
 
 from app.errors import too_large, unprocessable
+from app.quotas import admission, check_job_quota
 from core.confinement import links_out
-from core.jobs import PHOTO_SUFFIXES, Job, JobParams, JobStore
+from core.jobs import INPUTS_DIR, PHOTO_SUFFIXES, UPLOAD_STEM, Job, JobParams, JobStore, folder_bytes
 from core.review import SITE_PATTERN, ReviewError, ReviewStore
 from core.settings import Settings
 from training.archive import (
@@ -24,10 +27,11 @@ from training.archive import (
     ArchiveError,
     ArchiveTooLargeError,
     check_archive,
-    extract_archive,
     is_archive,
+    read_members,
 )
-from training.split import parse_data_sets
+from training.data import find_class_root
+from training.split import SOURCE_TAGS_FILE, parse_data_sets, parse_source_tags
 
 _CHUNK = 1 << 20
 
@@ -97,26 +101,63 @@ def archive_suffix(filename: str) -> str:
     )
 
 
+#: How many of an upload's photos are opened in the request: if none of them is an image, the job is
+#: refused there instead of failing in a worker.
+SAMPLED_PHOTOS = 8
+
+
+def why_not_a_photo(data: bytes) -> str | None:
+    """``None`` if ``data`` opens as an image (its header and, where the format has them, its checksums;
+    no pixel is decoded), else why not."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception as error:  # Pillow raises many kinds for a broken file; each is the answer here
+        return str(error) or type(error).__name__
+    return None
+
+
+def refuse_unreadable_photos(samples: Sequence[tuple[str, bytes]], label: str) -> None:
+    """422 when not one of the sampled photos opens as an image (one that does is enough: the job reports
+    each photo that fails)."""
+    if not samples:
+        return
+    problems = [(name, why_not_a_photo(data)) for name, data in samples]
+    if all(problem is not None for _, problem in problems):
+        listed = "; ".join(f"{Path(name).name}: {problem}" for name, problem in problems[:3])
+        raise unprocessable(f"{label}: none of the {len(samples)} photos tried opens as an image ({listed})")
+
+
+def is_photo_member(path: PurePosixPath) -> bool:
+    return path.suffix.lower() in PHOTO_SUFFIXES
+
+
 def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
-    """Number of files in the archive at ``path``, from its member list (nothing extracted); 413 for a size
-    or file-count bomb, 422 if unsafe or if no member is named as a photo."""
+    """Number of photos in the archive at ``path``, from its member list, with the first few of them
+    opened (nothing extracted); 413 for a size, file-count or compression bomb, 422 if unsafe, if no
+    member is named as a photo, or if none of those opened is an image."""
     try:
         contents = check_archive(
             path,
             max_bytes=settings.max_archive_bytes,
             max_files=settings.max_archive_files,
+            max_ratio=settings.max_archive_ratio,
             photo_suffixes=PHOTO_SUFFIXES,
+        )
+        if contents.photos == 0:
+            raise unprocessable(
+                f"{label}: no photos in the archive ({contents.files} files, none ending in "
+                f"{', '.join(PHOTO_SUFFIXES)})"
+            )
+        samples = read_members(
+            path, is_photo_member, limit=SAMPLED_PHOTOS, max_member_bytes=settings.max_upload_bytes
         )
     except ArchiveTooLargeError as error:
         raise too_large(f"{label}: {error}") from None
     except ArchiveError as error:
         raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
-    if contents.photos == 0:
-        raise unprocessable(
-            f"{label}: no photos in the archive ({contents.files} files, none ending in "
-            f"{', '.join(PHOTO_SUFFIXES)})"
-        )
-    return contents.files
+    refuse_unreadable_photos(samples, label)
+    return contents.photos
 
 
 #: The longest file or folder name that Linux file systems take, and the longest path they open
@@ -250,7 +291,7 @@ def store_training_data(
         filename, source = upload
         archive = copy_upload(
             source,
-            folder / f"upload{archive_suffix(filename)}",
+            folder / f"{UPLOAD_STEM}{archive_suffix(filename)}",
             max_bytes=settings.max_archive_upload_bytes,
             label=filename,
         )
@@ -262,59 +303,93 @@ def store_training_data(
     return TrainingData(tuple(f"{name}={path}" for name, path in named), ", ".join(described), review_sets)
 
 
+#: The largest source-tags file read in a request.
+MAX_TAGS_BYTES = 64 << 20
+
+
+def data_set_sources(path: Path) -> set[str]:
+    """The source tags of a data set (a folder or an archive), from its source-tags files."""
+    if path.is_file():
+        texts = [
+            data.decode("utf-8", errors="replace")
+            for _, data in read_members(
+                path, lambda rel: rel.name == SOURCE_TAGS_FILE, limit=16, max_member_bytes=MAX_TAGS_BYTES
+            )
+        ]
+    else:
+        tags = find_class_root(path) / SOURCE_TAGS_FILE
+        texts = [tags.read_text(encoding="utf-8", errors="replace")] if tags.is_file() else []
+    return {source for text in texts for source in parse_source_tags(text).values()}
+
+
+def refuse_unknown_holdout(data: str | tuple[str, ...], holdout: Sequence[str]) -> None:
+    """422 when a held-out source is tagged on no photo of the job's data sets: the run would hold out
+    nothing (a misspelt name), which the worker would find only after the job waited its turn."""
+    if not holdout:
+        return
+    entries = [data] if isinstance(data, str) else list(data)
+    try:
+        found = set().union(*(data_set_sources(Path(path)) for _, path in parse_data_sets(entries)))
+    except ArchiveError as error:
+        raise unprocessable(f"data: {error}") from None
+    missing = sorted(set(holdout) - found)
+    if missing:
+        known = ", ".join(sorted(found)) or f"none (no {SOURCE_TAGS_FILE} tags the photos)"
+        raise unprocessable(f"holdout: no photos of {missing}; the data sets' sources: {known}")
+
+
 def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings: Settings) -> int:
-    """Save the photos (or unpack the one archive) under ``folder``; return how many photos it holds."""
-    folder.mkdir(parents=True)
+    """Save a heatmap batch's photos under ``folder``'s inputs, or its one archive in ``folder`` (vetted
+    from its member list; the worker extracts it). How many photos the batch holds."""
     if len(uploads) == 1 and is_archive(uploads[0][0]):
         filename, source = uploads[0]
+        folder.mkdir(parents=True)
         archive = copy_upload(
             source,
-            folder.parent / f"upload{archive_suffix(filename)}",
+            folder / f"{UPLOAD_STEM}{archive_suffix(filename)}",
             max_bytes=settings.max_archive_upload_bytes,
             label=filename,
         )
-        vet_archive(archive, settings, label=filename)
-        folder.rmdir()
-        try:
-            extract_archive(
-                archive, folder, max_bytes=settings.max_archive_bytes, max_files=settings.max_archive_files
+        return vet_archive(archive, settings, label=filename)
+    inputs = folder / INPUTS_DIR
+    inputs.mkdir(parents=True)
+    stored = []
+    for index, (filename, source) in enumerate(uploads):
+        suffix = Path(filename).suffix.lower()
+        if suffix not in PHOTO_SUFFIXES:
+            raise HTTPException(
+                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                f"{filename}: expected a photo ({', '.join(PHOTO_SUFFIXES)}) or one archive",
             )
-        except ArchiveTooLargeError as error:
-            raise too_large(f"{filename}: {error}") from None
-        except ArchiveError as error:
-            if disk_full(error):
-                raise insufficient_storage(filename) from None
-            raise unprocessable(f"{filename}: {str(error).replace(str(folder.parent), '')}") from None
-        finally:
-            archive.unlink(missing_ok=True)
-    else:
-        for index, (filename, source) in enumerate(uploads):
-            suffix = Path(filename).suffix.lower()
-            if suffix not in PHOTO_SUFFIXES:
-                raise HTTPException(
-                    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                    f"{filename}: expected a photo ({', '.join(PHOTO_SUFFIXES)}) or one archive",
-                )
-            # Numbered names keep duplicates apart and keep client paths out of the file system.
-            name = f"{index:05d}-{short_stem(filename)}{suffix}"
-            copy_upload(source, folder / name, max_bytes=settings.max_upload_bytes, label=filename)
-    count = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
-    if count == 0:
-        raise unprocessable(f"no photos found (expected files ending in {', '.join(PHOTO_SUFFIXES)})")
-    return count
+        # Numbered names keep duplicates apart and keep client paths out of the file system.
+        name = f"{index:05d}-{short_stem(filename)}{suffix}"
+        stored.append(copy_upload(source, inputs / name, max_bytes=settings.max_upload_bytes, label=filename))
+    refuse_unreadable_photos([(path.name, path.read_bytes()) for path in stored[:SAMPLED_PHOTOS]], "files")
+    return len(stored)
 
 
 def enqueue(
-    jobs: JobStore, submit: JobSubmitter, params: JobParams, job_id: str, submitted_by: str | None = None
+    jobs: JobStore,
+    submit: JobSubmitter,
+    params: JobParams,
+    job_id: str,
+    settings: Settings,
+    submitted_by: str | None = None,
 ) -> Job:
-    """Record the job (and the name of the key that started it) and queue its task; 503 (and nothing
-    kept) if the queue is unreachable."""
+    """Record the job (and the name of the key that started it) and queue its task: 503 or 429 past the
+    queues' bound or the key's quota (see :mod:`app.quotas`), 503 if the queue is unreachable; nothing is
+    kept when refused."""
     try:
-        job = jobs.create(params, job_id=job_id, submitted_by=submitted_by)
+        with admission:
+            check_job_quota(jobs, settings, submitted_by, adding_bytes=folder_bytes(jobs.folder(job_id)))
+            job = jobs.create(params, job_id=job_id, submitted_by=submitted_by)
         jobs.mark_queued(job)
         submit(job)
+    except HTTPException:
+        jobs.discard(job_id)
+        raise
     except (redis.RedisError, kombu.exceptions.KombuError, OSError) as error:
-        discard(jobs.folder(job_id))
+        jobs.discard(job_id)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the job queue is unreachable, try again later ({type(error).__name__})",

@@ -12,10 +12,12 @@ from typing import Any
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.parts import FilePartSizes
+from app.quotas import check_job_quota
 from app.security import API_KEY_HEADER, check_api_key
 from core.settings import Role, Settings
 
@@ -51,6 +53,8 @@ class FileTooLargeError(HTTPException):
 
 #: The routes whose files are archives of photos, with a limit of their own.
 ARCHIVE_PATHS = ("/train", "/explain/batch")
+#: The routes that start a job, under the queues' bound and the key's quota.
+JOB_PATHS = ("/train", "/explain/batch")
 
 
 def file_limit(path: str, settings: Settings) -> int:
@@ -137,7 +141,11 @@ class RequestGate:
                 )
             role = needed_role(method, path, protect_reads=self.settings.protect_reads)
             if role is not None:
-                check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()), role)
+                key = check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()), role)
+                if method == "POST" and path in JOB_PATHS and "app" in scope:
+                    # A key over its quota is told so before it sends an upload for nothing.
+                    jobs = scope["app"].state.jobs
+                    await run_in_threadpool(check_job_quota, jobs, self.settings, key.name)
             declared = headers.get("content-length", "")
             if declared.isdecimal() and int(declared) > limit:
                 raise HTTPException(

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -93,6 +94,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_batch=app.state.metrics.observe_batch,
         max_expensive=settings.max_expensive_explanations,
     )
+    # Records that a crash or an older version left out of the job index, before anything counts them.
+    try:
+        await run_in_threadpool(app.state.jobs.reconcile)
+    except (sqlite3.Error, OSError):
+        logger.exception("could not bring the job index in line with the records; will retry")
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
         app.state.metrics.model_loads.inc()

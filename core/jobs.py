@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -27,6 +29,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.lock import Lock
 
+from core.job_index import ACTIVE_STATES, IndexedJob, JobIndex, Usage
 from models.files import atomic_write_bytes
 from training.config import TrainConfig, make_config
 from training.data import IMAGE_SUFFIXES
@@ -34,6 +37,10 @@ from training.data import IMAGE_SUFFIXES
 JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
+JOB_KINDS: tuple[JobKind, ...] = ("training", "heatmaps")
+JOB_STATES: tuple[JobState, ...] = ("queued", "running", *FINAL_STATES)
+#: A job's record in its folder.
+RECORD_FILE = "job.json"
 _ID = re.compile(r"[0-9a-f]{32}")
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "trashcam:job:"
@@ -46,6 +53,8 @@ CANCEL_MARKER = "cancel"
 RUN_DIR = "run"
 #: A heatmap batch's photos, and the zip of its results.
 INPUTS_DIR = "inputs"
+#: An uploaded archive in a job's folder: ``upload.zip``, ``upload.tar.gz``, ...
+UPLOAD_STEM = "upload"
 RESULT_ZIP = "result.zip"
 #: What a heatmap batch accepts as photos: what a training data set may hold, listed in messages.
 PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
@@ -193,10 +202,23 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of ``path`` itself); links inside are never followed."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    total = 0
+    for item in path.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # removed while counting
+            if item.is_file() and not item.is_symlink():
+                total += item.lstat().st_size
+    return total
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, jobs_dir: str | os.PathLike[str]) -> None:
         self.redis = client
         self.jobs_dir = Path(jobs_dir)
+        self.index = JobIndex(self.jobs_dir)
 
     @classmethod
     def from_url(cls, url: str, jobs_dir: str | os.PathLike[str]) -> "JobStore":
@@ -225,14 +247,89 @@ class JobStore:
     def save(self, job: Job) -> None:
         job.updated_at = time.time()
         text = job.to_json()
-        atomic_write_bytes(self.folder(job.id) / "job.json", text.encode())
+        atomic_write_bytes(self.folder(job.id) / RECORD_FILE, text.encode())
+        # Measured when the folder stops changing for a while: submitted, finished, pruned.
+        self.update_index(job, measure=job.state == "queued" or job.finished)
         try:
             self.redis.set(KEY_PREFIX + job.id, text)
         except redis.RedisError:
             logger.warning("could not copy job %s to Redis; its file is up to date", job.id)
 
+    def update_index(self, job: Job, *, measure: bool) -> None:
+        """Write ``job``'s row of the index (with its folder's size now, if ``measure``). The record is
+        the authority: a row that cannot be written is mended by :meth:`reconcile`."""
+        folder = self.folder(job.id)
+        try:
+            self.index.record(
+                IndexedJob(
+                    id=job.id,
+                    kind=job.kind,
+                    state=job.state,
+                    created_at=job.created_at,
+                    submitted_by=job.submitted_by,
+                    disk_bytes=folder_bytes(folder) if measure else None,
+                    record_mtime_ns=(folder / RECORD_FILE).stat().st_mtime_ns,
+                )
+            )
+        except (sqlite3.Error, OSError):
+            logger.warning("could not index job %s; its record is up to date", job.id, exc_info=True)
+
+    def reconcile(self) -> int:
+        """Bring the index in line with the records on disk: rows for records it lacks or that changed
+        since their row was written, none for records that are gone. How many rows changed."""
+        indexed = self.index.mtimes()
+        on_disk: dict[str, int] = {}
+        if self.jobs_dir.is_dir():
+            for folder in self.jobs_dir.iterdir():
+                if _ID.fullmatch(folder.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        on_disk[folder.name] = (folder / RECORD_FILE).stat().st_mtime_ns
+        changed = 0
+        for job_id, mtime in on_disk.items():
+            if indexed.get(job_id) != mtime:
+                try:
+                    self.update_index(self.get(job_id), measure=True)
+                except JobNotFoundError as error:
+                    logger.warning("skipping %s: %s", job_id, error)
+                    continue
+                changed += 1
+        for job_id in indexed.keys() - on_disk.keys():
+            self.index.forget(job_id)
+            changed += 1
+        return changed
+
+    def discard(self, job_id: str) -> None:
+        """Remove a job that never ran (its queue was unreachable, its upload refused): folder and row."""
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        with contextlib.suppress(sqlite3.Error):
+            self.index.forget(job_id)
+
+    def page(
+        self, kind: JobKind, *, limit: int, offset: int = 0, order: Literal["oldest", "newest"] = "oldest"
+    ) -> tuple[list[Job], int]:
+        """One page of ``kind``'s jobs by submission time, and how many there are in all."""
+        ids, total = self.index.page(kind, limit=limit, offset=offset, order=order)
+        found = []
+        for job_id in ids:
+            try:
+                found.append(self.get(job_id))
+            except JobNotFoundError as error:  # removed since the page was read
+                logger.warning("skipping %s: %s", job_id, error)
+        return found, total
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are of each (kind, state), from the index."""
+        return self.index.counts()
+
+    def queued_count(self) -> int:
+        return self.index.queued()
+
+    def usage(self, submitted_by: str | None) -> Usage:
+        """What one key's jobs hold: how many are queued or running, and their folders' bytes."""
+        return self.index.usage(submitted_by)
+
     def get(self, job_id: str) -> Job:
-        path = self.folder(job_id) / "job.json"
+        path = self.folder(job_id) / RECORD_FILE
         try:
             job = Job.from_json(path.read_bytes())
         except FileNotFoundError:
@@ -246,7 +343,7 @@ class JobStore:
         if not self.jobs_dir.is_dir():
             return
         for folder in sorted(self.jobs_dir.iterdir()):
-            if _ID.fullmatch(folder.name) and (folder / "job.json").is_file():
+            if _ID.fullmatch(folder.name) and (folder / RECORD_FILE).is_file():
                 try:
                     yield self.get(folder.name)
                 except JobNotFoundError as error:
@@ -303,8 +400,13 @@ class JobStore:
         batches are recomputed.
         """
         instance = self.redis_instance()
+        self.reconcile()  # records that an older version, or a crash, left out of the index
         found = []
-        for job in self.all():
+        for job_id in self.index.ids_in(ACTIVE_STATES):
+            try:
+                job = self.get(job_id)
+            except JobNotFoundError:
+                continue
             if job.finished:
                 continue
             if job.state == "running":

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core.jobs import Job, JobStore
+from core.jobs import Job, JobStore, folder_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,6 @@ BULKY = (
 
 def bulky_files(folder: Path) -> list[Path]:
     return sorted(path for pattern in BULKY for path in folder.glob(pattern))
-
-
-def size_of(path: Path) -> int:
-    if path.is_symlink() or path.is_file():
-        return path.lstat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def remove(path: Path) -> None:
@@ -64,8 +58,9 @@ def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) 
     )
     freed = 0
     for path in paths:
-        freed += size_of(path)
+        freed += folder_bytes(path)
         remove(path)
+    jobs.update_index(job, measure=True)  # what the key's quota counts
     return freed
 
 

@@ -152,6 +152,26 @@ class Settings(BaseSettings):
         1024 * 1024 * 1024, ge=1, description="uncompressed bytes in an uploaded archive"
     )
     max_archive_files: int = Field(100_000, ge=1)
+    max_archive_ratio: float = Field(
+        50.0,
+        gt=1.0,
+        description="uncompressed bytes per byte of an uploaded archive; photos hardly compress, so a far "
+        "higher ratio is a bomb",
+    )
+
+    # Jobs: bounds on what one key, and everyone together, may leave waiting or on disk.
+    max_queued_jobs: int = Field(
+        200, ge=1, description="jobs waiting in the queues, of every key; past it a new job is 503"
+    )
+    max_active_jobs_per_key: int = Field(
+        10, ge=1, description="jobs of one key queued or running at once; past it a new one is 429"
+    )
+    max_job_bytes_per_key: int = Field(
+        20 * 1024**3,
+        ge=1,
+        description="bytes the job folders of one key hold (uploads, checkpoints, results); past it a new "
+        "job is 429 until finished jobs are purged or reach their retention time",
+    )
 
     # Security: keys accepted in the X-API-Key header, as {"name", "key", "role"} objects, or as plain
     # strings (admin keys named key-1, key-2, ...). With none configured, state-changing endpoints are

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 from typing import IO, NamedTuple
 
@@ -32,6 +32,8 @@ DEFAULT_MAX_FILES = 200_000
 #: Written last into an extraction folder; it names the archive digest the folder holds.
 MARKER = ".trashcam-extracted.json"
 _CHUNK = 1 << 20
+#: The size below which an archive's expansion ratio is measured as if it were this large.
+RATIO_FLOOR = 1 << 20
 
 
 class ArchiveError(Exception):
@@ -77,9 +79,13 @@ def _link_escapes(member_path: PurePosixPath, target: str, *, hard: bool) -> boo
 class _Budget:
     """Counts files and bytes against the caps."""
 
-    def __init__(self, max_bytes: int, max_files: int) -> None:
+    def __init__(self, max_bytes: int, max_files: int, max_ratio: float | None = None, size: int = 0) -> None:
         self.max_bytes, self.max_files = max_bytes, max_files
         self.bytes, self.files = 0, 0
+        # Photos hardly compress: an archive that expands far past its own size is a bomb. Tiny archives
+        # are measured as if they were RATIO_FLOOR bytes, so a small text file of zeros passes.
+        self.max_ratio = max_ratio
+        self.ratio_cap = None if max_ratio is None else int(max_ratio * max(size, RATIO_FLOOR))
 
     def add_file(self, declared_size: int = 0) -> None:
         """Count one file; refuse it early if its declared size alone would break the cap."""
@@ -93,6 +99,10 @@ class _Budget:
         self.bytes += size
         if self.bytes > self.max_bytes:
             raise ArchiveTooLargeError(f"archive expands to more than {self.max_bytes} bytes")
+        if self.ratio_cap is not None and self.bytes > self.ratio_cap:
+            raise ArchiveTooLargeError(
+                f"archive expands to more than {self.max_ratio:g} times its own size (a compression bomb)"
+            )
 
 
 def _copy_capped(source: IO[bytes], dest: Path, budget: _Budget) -> None:
@@ -158,6 +168,7 @@ def check_archive(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float | None = None,
     photo_suffixes: Collection[str] = (),
 ) -> ArchiveContents:
     """Vet ``archive`` without extracting it: member paths, links, file count and declared sizes.
@@ -168,7 +179,7 @@ def check_archive(
     streaming, since a zip can under-declare its sizes.
     """
     archive = Path(archive)
-    budget = _Budget(max_bytes, max_files)
+    budget = _Budget(max_bytes, max_files, max_ratio, archive.stat().st_size if archive.is_file() else 0)
     named_as_photos = 0
     try:
         if archive.name.lower().endswith(".zip"):
@@ -204,12 +215,53 @@ def check_archive(
     return ArchiveContents(budget.files, named_as_photos)
 
 
+def read_members(
+    archive: str | os.PathLike[str],
+    wanted: Callable[[PurePosixPath], bool],
+    *,
+    limit: int,
+    max_member_bytes: int,
+) -> list[tuple[str, bytes]]:
+    """The first ``limit`` regular files of ``archive`` whose path ``wanted`` takes, with their bytes
+    (members larger than ``max_member_bytes`` are passed over unread); nothing is written to disk.
+    Member paths are checked as extraction checks them; :class:`ArchiveError` if unsafe or unreadable."""
+    archive = Path(archive)
+    found: list[tuple[str, bytes]] = []
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if len(found) >= limit:
+                        break
+                    rel = safe_member_path(info.filename)
+                    if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16) or not wanted(rel):
+                        continue
+                    if info.file_size <= max_member_bytes:
+                        with zf.open(info) as handle:
+                            found.append((str(rel), handle.read(max_member_bytes + 1)[:max_member_bytes]))
+        else:
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    if len(found) >= limit:
+                        break
+                    rel = safe_member_path(member.name)
+                    if member.isfile() and wanted(rel) and member.size <= max_member_bytes:
+                        content = tar.extractfile(member)
+                        if content is not None:
+                            with content:
+                                found.append((str(rel), content.read(max_member_bytes)))
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ArchiveError(f"{archive.name}: unreadable archive: {error}") from error
+    return found
+
+
 def extract_archive(
     archive: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float | None = None,
 ) -> Path:
     """Safely extract ``archive`` into the new folder ``dest`` (which must not exist); return ``dest``."""
     archive, dest = Path(archive), Path(dest)
@@ -219,7 +271,7 @@ def extract_archive(
         raise ArchiveError(f"{dest}: extraction target already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    budget = _Budget(max_bytes, max_files)
+    budget = _Budget(max_bytes, max_files, max_ratio, archive.stat().st_size)
     try:
         if archive.name.lower().endswith(".zip"):
             _extract_zip(archive, staging, budget)

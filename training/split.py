@@ -10,6 +10,7 @@ digest covers every listed file's bytes, label and split, so a changed data set 
 
 import csv
 import hashlib
+import io
 import logging
 import math
 import os
@@ -88,12 +89,16 @@ def read_source_tags(root: Path) -> dict[str, str]:
     path = root / SOURCE_TAGS_FILE
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"path", "source"} <= set(reader.fieldnames):
-            logger.warning("%s: no 'path' and 'source' columns; photos are not tagged by source", path)
-            return {}
-        return {row["path"]: row["source"] for row in reader if row["path"] and row["source"]}
+    return parse_source_tags(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_source_tags(text: str, where: str = SOURCE_TAGS_FILE) -> dict[str, str]:
+    """Photo path -> source tag, from the text of a :data:`SOURCE_TAGS_FILE` (read at ``where``)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not {"path", "source"} <= set(reader.fieldnames):
+        logger.warning("%s: no 'path' and 'source' columns; photos are not tagged by source", where)
+        return {}
+    return {row["path"]: row["source"] for row in reader if row["path"] and row["source"]}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from core.jobs import (
     PHOTO_SUFFIXES,
     RESULT_ZIP,
     RUN_DIR,
+    UPLOAD_STEM,
     HeatmapParams,
     Job,
     JobLease,
@@ -31,6 +32,7 @@ from models.files import atomic_open, redact_paths
 from models.ood import OOD_FILE
 from models.predictor import Predictor
 from models.similarity import INDEX_FILE
+from training.archive import ARCHIVE_SUFFIXES, ArchiveError, extract_archive
 from training.engine import (
     BEST_FILE,
     CONFIG_FILE,
@@ -256,6 +258,24 @@ def explain_images(
         on_batch(start + len(chunk))
 
 
+def unpack_inputs(folder: Path, settings: Settings) -> None:
+    """Extract a heatmap batch's uploaded archive into its inputs (once: a resubmitted job finds them
+    there), then free the archive. The request vetted its member list; extraction checks again."""
+    if (folder / INPUTS_DIR).is_dir():
+        return
+    uploaded = [path for suffix in ARCHIVE_SUFFIXES for path in folder.glob(f"{UPLOAD_STEM}{suffix}")]
+    if not uploaded:
+        raise ArchiveError("the batch has neither photos nor an archive of them")
+    extract_archive(
+        uploaded[0],
+        folder / INPUTS_DIR,
+        max_bytes=settings.max_archive_bytes,
+        max_files=settings.max_archive_files,
+        max_ratio=settings.max_archive_ratio,
+    )
+    uploaded[0].unlink()
+
+
 def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[], Predictor]) -> Job:
     """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
@@ -266,6 +286,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
         if not isinstance(params, HeatmapParams):
             raise TypeError(f"job {job_id} is a {params.kind} job, not a heatmap batch")
         folder = jobs.folder(job_id)
+        unpack_inputs(folder, settings)
         paths = sorted(
             p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
         )

@@ -11,7 +11,7 @@ from app.errors import check_cam_options, error_responses, too_large
 from app.jobs import discard, enqueue, store_photos
 from app.routes.training import find_job, job_public
 from app.schemas import JobPublic
-from core.jobs import INPUTS_DIR, RESULT_ZIP, HeatmapParams, new_job_id
+from core.jobs import RESULT_ZIP, HeatmapParams, new_job_id
 from models.cam import list_cam_methods
 from models.cam.overlay import list_colormaps
 
@@ -55,12 +55,12 @@ async def create_heatmap_batch(
     folder = jobs.folder(job_id)
     try:
         uploads = [(upload.filename or "photo", upload.file) for upload in files]
-        await run_in_threadpool(store_photos, uploads, folder / INPUTS_DIR, settings)
+        await run_in_threadpool(store_photos, uploads, folder, settings)
     except BaseException:
         discard(folder)
         raise
     params = HeatmapParams(method=method, alpha=alpha, colormap=colormap)
-    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, caller.name)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, settings, caller.name)
     response.headers["Location"] = f"/explain/batch/{job.id}"
     return job_public(job)
 

@@ -1,5 +1,3 @@
-from collections import Counter
-
 import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,6 +7,7 @@ from app.deps import JobsDep, MetricsDep, ServiceDep, SettingsDep
 from app.routes.inference_views import model_ref
 from app.schemas import HealthPublic, ReadyPublic
 from core.heartbeat import live_workers
+from core.jobs import JOB_KINDS, JOB_STATES
 
 router = APIRouter(tags=["health"])
 
@@ -101,8 +100,8 @@ def read_metrics(metrics: MetricsDep, service: ServiceDep, settings: SettingsDep
         settings.redis_url, (settings.training_queue, settings.heatmaps_queue)
     ).items():
         metrics.queue_depth.labels(queue).set(depth)
-    counts = Counter((job.kind, job.state) for job in jobs.all())
-    for kind in ("training", "heatmaps"):
-        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+    counts = jobs.counts()
+    for kind in JOB_KINDS:
+        for state in JOB_STATES:
             metrics.jobs.labels(kind, state).set(counts.get((kind, state), 0))
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,7 @@
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,7 @@ from app.deps import (
     TrainerDep,
 )
 from app.errors import error_responses, unprocessable
-from app.jobs import discard, enqueue, store_training_data
+from app.jobs import discard, enqueue, refuse_unknown_holdout, store_training_data
 from app.schemas import JobPublic
 from app.serving import InferenceService
 from app.uploads import refuse_repeated
@@ -233,21 +233,39 @@ async def create_training_job(
             config = make_config(recipe, data=data, out=str(folder / RUN_DIR), **options)
         except ValueError as error:
             raise unprocessable(str(error)) from None
+        await run_in_threadpool(refuse_unknown_holdout, config.data, config.holdout_sources)
     except BaseException:
         discard(folder)
         raise
     params = TrainingParams(name=registered_name, config=config, source=source, make_default=make_default)
-    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, caller.name)
+    job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, settings, caller.name)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)
 
 
+#: The most jobs one page of ``GET /train`` lists.
+MAX_PAGE = 500
+
+
 @router.get("", response_model=list[JobPublic], dependencies=[ReadAccess])
-def read_training_jobs(jobs: JobsDep) -> list[JobPublic]:
-    """Every training job, oldest first."""
-    return [
-        job_public(job) for job in sorted(jobs.all(), key=lambda j: j.created_at) if job.kind == "training"
-    ]
+def read_training_jobs(
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="jobs on this page")] = 100,
+    offset: Annotated[int, Query(ge=0, description="jobs skipped before this page")] = 0,
+    order: Annotated[
+        Literal["oldest", "newest"], Query(description="by submission time: oldest or newest first")
+    ] = "oldest",
+) -> list[JobPublic]:
+    """Training jobs, a page at a time. ``X-Total-Count`` says how many there are, and ``Link`` gives
+    the next page's address while there is one."""
+    page, total = jobs.page("training", limit=limit, offset=offset, order=order)
+    response.headers["X-Total-Count"] = str(total)
+    if offset + limit < total:
+        following = request.url.include_query_params(limit=limit, offset=offset + limit, order=order)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return [job_public(job) for job in page]
 
 
 @router.get(

@@ -10,13 +10,21 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from core.jobs import TrainingParams
+from core.jobs import JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 from tests.training.helpers import make_image_folder
 from training.archive import ArchiveError
+from worker.runner import unpack_inputs
 
 KEY = {"X-API-Key": API_KEY}
+
+
+def job_folders(settings: Settings) -> list[str]:
+    """The jobs kept on disk (the index beside them is not one)."""
+    if not settings.jobs_dir.is_dir():
+        return []
+    return [path.name for path in settings.jobs_dir.iterdir() if path.is_dir()]
 
 
 def zip_of_folder(folder: Path) -> bytes:
@@ -164,7 +172,7 @@ def test_bad_training_requests(
     response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
     assert response.status_code == status, response.text
     assert message in str(response.json()["detail"])
-    assert not settings.jobs_dir.exists() or not any(settings.jobs_dir.iterdir())
+    assert job_folders(settings) == []
 
 
 def test_a_missing_data_path_says_where_the_data_root_is_and_what_it_holds(
@@ -308,7 +316,15 @@ def test_heatmap_batch_from_an_archive(client: TestClient, settings: Settings) -
     photos = zip_with(["a/1.png", "b/2.png"])
     response = client.post("/explain/batch", files={"files": ("photos.zip", photos)}, headers=KEY)
     assert response.status_code == 202
-    assert len(list((settings.jobs_dir / response.json()["id"] / "inputs").rglob("*.png"))) == 2
+    # The request vets the archive's member list and keeps it; the worker extracts it.
+    folder = settings.jobs_dir / response.json()["id"]
+    assert (folder / "upload.zip").read_bytes() == photos
+    assert not (folder / "inputs").exists()
+    unpack_inputs(folder, settings)
+    inputs = folder / "inputs"
+    assert sorted(p.relative_to(inputs).as_posix() for p in inputs.rglob("*.png")) == ["a/1.png", "b/2.png"]
+    assert not (folder / "upload.zip").exists()
+    unpack_inputs(folder, settings)  # a resubmitted job finds its photos where they are
 
 
 @pytest.mark.parametrize(
@@ -334,8 +350,6 @@ def test_bad_heatmap_batches(
 
 
 def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes, settings: Settings) -> None:
-    from core.jobs import JobStore
-
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
     record = jobs.get(job["id"])
@@ -349,8 +363,6 @@ def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes
 def test_a_finished_job_is_purged_on_request_and_a_running_one_is_not(
     client: TestClient, dataset_zip: bytes, settings: Settings
 ) -> None:
-    from core.jobs import JobStore
-
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     upload = settings.jobs_dir / job["id"] / "upload.zip"
     assert upload.is_file()
@@ -377,7 +389,8 @@ def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, datas
     assert response.status_code == 503
     assert "job queue is unreachable" in response.json()["detail"]
     assert int(response.headers["retry-after"]) > 0
-    assert not any(settings.jobs_dir.iterdir())
+    assert job_folders(settings) == []
+    assert JobStore.from_url(settings.redis_url, settings.jobs_dir).counts() == {}
 
 
 def test_a_body_declared_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
@@ -434,7 +447,6 @@ def test_bad_bases_are_422_with_why(
 
 
 def test_a_pruned_batch_result_is_410(client: TestClient, settings: Settings) -> None:
-    from core.jobs import JobStore
     from core.retention import prune_finished_jobs
 
     files = [("files", ("a.png", png_bytes(), "image/png"))]
@@ -466,8 +478,6 @@ def test_a_diverged_job_is_shown_with_null_metrics(
     client: TestClient, dataset_zip: bytes, settings: Settings
 ) -> None:
     """JSON has no NaN: a diverged run's loss is answered as null, and the job stays listed."""
-    from core.jobs import JobStore
-
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
     record = jobs.get(job["id"])
@@ -514,28 +524,31 @@ def test_uploads_on_a_full_disk_are_507_and_keep_nothing(
     for response in (photos, archive):
         assert response.status_code == 507, response.text
         assert "the server's disk is full" in response.json()["detail"]
-    assert not any(path.is_file() for path in settings.jobs_dir.rglob("*"))
+    assert job_folders(settings) == []
 
 
-def test_an_archive_that_fills_the_disk_as_it_is_extracted_is_507(
+def test_a_batch_archive_that_fills_the_disk_as_the_worker_extracts_it_keeps_its_upload(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(*args: object, **kwargs: object) -> None:
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError as error:
-            raise ArchiveError("photos.zip: cannot extract: No space left on device") from error
-
-    monkeypatch.setattr("app.jobs.extract_archive", full)
     archive = zip_with(["a.png"])
     response = client.post(
         "/explain/batch", files={"files": ("photos.zip", archive, "application/zip")}, headers=KEY
     )
-    assert response.status_code == 507
-    assert (
-        response.json()["detail"]
-        == "photos.zip: the server's disk is full; nothing was kept, try again later"
-    )
+    assert response.status_code == 202
+    folder = settings.jobs_dir / response.json()["id"]
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("training.archive._copy_capped", full_disk)
+    with pytest.raises(ArchiveError, match="No space left on device"):
+        unpack_inputs(folder, settings)
+    monkeypatch.undo()
+    # Nothing half-extracted looks complete, and the upload stays for the job's next attempt.
+    assert not (folder / "inputs").exists()
+    assert (folder / "upload.zip").read_bytes() == archive
+    unpack_inputs(folder, settings)
+    assert (folder / "inputs" / "a.png").is_file()
 
 
 @pytest.mark.parametrize("route", ["/train", "/explain/batch"])
