@@ -24,6 +24,7 @@ import redis
 import uvicorn
 from pydantic import ValidationError
 
+from app.connections import quiet_floods, server_options
 from core.heartbeat import heartbeat_path, is_alive
 from core.settings import get_settings
 
@@ -38,12 +39,13 @@ RESTART_STABLE_S = 60.0
 
 def run_api(host: str, port: int) -> None:
     settings = get_settings()
+    quiet_floods()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
-        limit_concurrency=settings.max_connections,
+        **server_options(settings.header_timeout_seconds, settings.max_connections),
         # An idle kept-alive connection holds a descriptor too.
         timeout_keep_alive=5,
     )

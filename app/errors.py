@@ -37,6 +37,8 @@ ERROR_EXAMPLES: dict[int, str] = {
     415: "bottle.heic: not an image in a supported format (JPEG, PNG, WEBP, BMP, GIF, TIFF)",
     422: "unknown method 'gradcam3'; valid methods: eigencam, gradcam, gradcampp, hirescam, layercam, "
     "scorecam, xgradcam",
+    429: "key 'site-a' has 10 jobs queued or running, the limit is 10 (TRASHCAM_MAX_ACTIVE_JOBS_PER_KEY); "
+    "wait for one to finish, or cancel one (DELETE it)",
     503: "no model is loaded: configure TRASHCAM_MODEL_PATH, ship weights with the service, or train one "
     "with POST /train and make it the default",
     507: "photos.zip: the server's disk is full; nothing was kept, try again later",

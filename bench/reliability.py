@@ -15,13 +15,16 @@ after: nothing works the queue, so what the generated requests queue is dropped)
    expected status and message.
 3. Bounded load: ``--clients`` concurrent clients send ``--requests`` test photos to ``/classify``, in
    ``--load-rounds`` rounds: statuses, latency percentiles, and the API's RSS before and after each.
+4. Hostile clients (``bench/hostile.py``): Score-CAM beside ``/classify``, photos of costly pixel
+   formats at once, ``--slow-sockets`` connections that send a header and nothing more, uploads far
+   over the per-file limit, ``--rapid-jobs`` job submissions, archive bombs, and listing thousands of
+   jobs.
 """
 
 import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -38,7 +41,7 @@ import schemathesis
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import CHECKS, load_all_checks, not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import (
@@ -48,15 +51,30 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.cli import piece_commands, trashcam_command
+from bench import hostile
 from bench.bad_images import corpus
 from bench.photos import Photo, load_photos
+from bench.record import cpu_name
 from bench.service_load import load, percentile, rss_mb, running
 from core.settings import Settings
 
 PORT = 8110
 MAX_UPLOAD_BYTES: int = Settings.model_fields["max_upload_bytes"].default
 MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CORE_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def all_checks() -> list[Any]:
+    """Every check schemathesis has (its ``--checks all``)."""
+    load_all_checks()
+    return list(CHECKS.get_all())
+
+
 #: (name, generation mode, whether the configured key is sent)
 PASSES = {
     "valid, with the key": (schemathesis.GenerationMode.POSITIVE, True),
@@ -81,6 +99,7 @@ def run_pass(
     key: str | None,
     examples: int,
     bound_s: float,
+    checks: list[Any],
 ) -> dict[str, Any]:
     """``examples`` generated requests to one operation (fewer if it has fewer, or ``bound_s`` runs
     out), each checked: statuses, 5xx, and each kind of violation with one response that shows it."""
@@ -104,7 +123,7 @@ def run_pass(
         response = case.call(base_url=base_url, headers=headers, timeout=120)
         statuses[response.status_code] += 1
         try:
-            case.validate_response(response, checks=CHECKS, headers=headers)
+            case.validate_response(response, checks=checks, headers=headers)
         except (FailureGroup, AssertionError) as error:
             for title in failure_titles(error):
                 violations[title] += 1
@@ -129,7 +148,7 @@ def run_pass(
 
 
 def conformance(
-    base_url: str, key: str, examples: int, passes: Sequence[str], bound_s: float
+    base_url: str, key: str, examples: int, passes: Sequence[str], bound_s: float, checks: list[Any]
 ) -> list[dict[str, Any]]:
     """Every operation of the service's document, in every pass."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
@@ -140,7 +159,7 @@ def conformance(
         operation = result.ok()
         for name in passes:
             mode, with_key = PASSES[name]
-            row = run_pass(operation, mode, base_url, key if with_key else None, examples, bound_s)
+            row = run_pass(operation, mode, base_url, key if with_key else None, examples, bound_s, checks)
             rows.append({"operation": f"{operation.method.upper()} {operation.path}", "pass": name, **row})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -234,20 +253,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=200, help="generated requests per operation and pass")
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=list(PASSES))
     parser.add_argument(
+        "--checks",
+        choices=["core", "all"],
+        default="all",
+        help="core: not a 5xx, a documented status, content type and body; all: every check schemathesis has",
+    )
+    parser.add_argument(
         "--seconds-per-operation", type=float, default=60.0, help="a bound on each operation's pass"
     )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=1000, help="requests per round of load")
     parser.add_argument("--load-rounds", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["schema", "images", "load"])
+    parser.add_argument("--slow-sockets", type=int, default=10_000)
+    parser.add_argument("--rapid-jobs", type=int, default=2000)
+    parser.add_argument("--job-records", type=int, default=2000, help="finished training records to list")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["schema", "images", "load", "hostile"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     data = args.data or ["data/trashnet-112.tar.gz"]
 
     key = secrets.token_hex(16)
+    # Its own key for the hostile section: the jobs the schema pass queued count against the other's quota.
+    hostile_key = secrets.token_hex(16)
     result: dict[str, Any] = {
         "command": "python -m bench.reliability " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "schemathesis": schemathesis.__version__,
         "checkpoint": str(args.checkpoint),
     }
@@ -259,18 +289,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "TRASHCAM_VAR_DIR": var,
             "TRASHCAM_DATA_ROOT": str(Path(var) / "data-root"),
             "TRASHCAM_REDIS_URL": args.redis_url,
-            "TRASHCAM_API_KEYS": json.dumps([key]),
+            "TRASHCAM_API_KEYS": json.dumps([key, hostile_key]),
             # The limits the bad images are made for (the defaults), whatever this shell has set.
             "TRASHCAM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
             "TRASHCAM_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+            # Where the API spools uploads, measured by the hostile section.
+            "TMPDIR": str(Path(var) / "tmp"),
         }
+        (Path(var) / "tmp").mkdir()
+        log = Path(var) / "api.log"
         command = trashcam_command(piece_commands("127.0.0.1", PORT)["api"])
         base_url = f"http://127.0.0.1:{PORT}"
         try:
-            with running(command, PORT, env) as api:
+            with running(command, PORT, env, log) as api:
                 result["rss_mb_started"] = rss_mb(api)
                 if "schema" not in args.skip:
-                    rows = conformance(base_url, key, args.examples, args.passes, args.seconds_per_operation)
+                    checks = all_checks() if args.checks == "all" else CORE_CHECKS
+                    rows = conformance(
+                        base_url, key, args.examples, args.passes, args.seconds_per_operation, checks
+                    )
                     result["schema"] = {
                         "operations": len({row["operation"] for row in rows}),
                         "requests": sum(row["requests"] for row in rows),
@@ -289,6 +326,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "rows": rows,
                     }
                     result["rss_mb_after_bad_images"] = rss_mb(api)
+                if "hostile" not in args.skip:
+                    result["hostile"] = {
+                        "1_scorecam": hostile.expensive(base_url),
+                        "2_pixel_formats": hostile.pixel_formats(base_url, api),
+                        "3_slow_sockets": hostile.slow_sockets(base_url, api, log, count=args.slow_sockets),
+                        "4_spooling": hostile.spooling(base_url, Path(var) / "tmp"),
+                        "7_jobs": hostile.jobs(
+                            base_url,
+                            hostile_key,
+                            Path(var),
+                            args.redis_url,
+                            rapid=args.rapid_jobs,
+                            records=args.job_records,
+                        ),
+                    }
                 if "load" not in args.skip:
                     photos = load_photos(args.manifest, data, "test")
                     result["load"] = bounded_load(
@@ -297,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             queue.flushdb()
 
-    summary = {key: result[key] for key in ("schema", "bad_images", "load") if key in result}
+    summary = {key: result[key] for key in ("schema", "bad_images", "load", "hostile") if key in result}
     print(
         json.dumps(
             {

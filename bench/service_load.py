@@ -214,8 +214,18 @@ class Ceiling:
 
 
 @contextmanager
-def running(command: list[str], port: int, env: dict[str, str]) -> Iterator[psutil.Process]:
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+def running(
+    command: list[str], port: int, env: dict[str, str], log: Path | None = None
+) -> Iterator[psutil.Process]:
+    """The server ``command`` starts, once it answers; its output goes to ``log`` (stderr included) if
+    given, else stdout is dropped."""
+    output = open(log, "wb") if log is not None else None  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        stdout=output or subprocess.DEVNULL,
+        stderr=output if output is not None else None,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -234,6 +244,8 @@ def running(command: list[str], port: int, env: dict[str, str]) -> Iterator[psut
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+        if output is not None:
+            output.close()
 
 
 def cpu_seconds(process: psutil.Process) -> float:

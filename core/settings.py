@@ -110,11 +110,17 @@ class Settings(BaseSettings):
         description="the longest wait for the next part of a request's body; a client that sends nothing "
         "for this long is answered 408 and its connection freed",
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="the longest a connection may take to send a request's header, from when it opened or "
+        "its last response was sent; past it the connection is closed",
+    )
     max_connections: int = Field(
-        2000,
+        16_000,
         ge=1,
         description="connections the API serves at once; past it a new one is answered 503 and closed, "
-        "before the process runs out of file descriptors",
+        "before the process runs out of file descriptors (fewer if its open-file limit is lower)",
     )
     max_expensive_explanations: int = Field(
         1,

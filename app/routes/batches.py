@@ -22,7 +22,7 @@ router = APIRouter(prefix="/explain/batch", tags=["inference"], responses=error_
     "",
     status_code=202,
     response_model=JobPublic,
-    responses=error_responses(401, 403, 413, 415, 422, 503, 507),
+    responses=error_responses(401, 403, 413, 415, 422, 429, 503, 507),
 )
 async def create_heatmap_batch(
     response: Response,

@@ -138,7 +138,7 @@ def resolve_base(
     "",
     status_code=202,
     response_model=JobPublic,
-    responses=error_responses(401, 403, 413, 415, 422, 503, 507),
+    responses=error_responses(401, 403, 413, 415, 422, 429, 503, 507),
 )
 async def create_training_job(
     request: Request,

@@ -192,6 +192,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "TRASHCAM_API_KEYS": f'["{API_KEY}"]',
         "TRASHCAM_JOB_LOCK_SECONDS": "5",
         "TRASHCAM_JOB_RECOVERY_INTERVAL_SECONDS": "1",
+        # Short enough to wait for in a test: a connection that never finishes its header is closed.
+        "TRASHCAM_HEADER_TIMEOUT_SECONDS": "3",
         "TRASHCAM_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "TRASHCAM_INFERENCE_THREADS": "1",
         "OMP_NUM_THREADS": "1",

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import signal
+import socket
 import time
 import zipfile
 from pathlib import Path
@@ -80,6 +81,30 @@ def test_bad_input_over_http(
     response = api.post("/explain", files=files, data=form)
     assert response.status_code == status, response.text
     assert isinstance(response.json()["detail"], str)
+
+
+def test_connections_that_never_finish_a_header_are_closed(system: System, api: httpx2.Client) -> None:
+    """Silent or half-sent headers hold a descriptor each until the header deadline, then are closed,
+    while others are answered meanwhile."""
+    deadline = float(system.env["TRASHCAM_HEADER_TIMEOUT_SECONDS"])
+    address = ("127.0.0.1", int(system.api_url.rsplit(":", 1)[1]))
+    silent = socket.create_connection(address)
+    half = socket.create_connection(address)
+    half.sendall(b"POST /classify HTTP/1.1\r\nHost: trashcam\r\nContent-Ty")
+    # After a whole request, the next one's header has the same deadline (the keep-alive wait is longer).
+    answered = socket.create_connection(address)
+    answered.sendall(b"GET /health HTTP/1.1\r\nHost: trashcam\r\n\r\n")
+    answered.settimeout(5)
+    assert answered.recv(12) == b"HTTP/1.1 200"
+    answered.sendall(b"GET /health HTTP/1.1\r\nHost: tr")
+    started = time.monotonic()
+    assert api.get("/health").status_code == 200
+    for sock in (silent, half, answered):
+        sock.settimeout(deadline + 10)  # a timeout here (OSError) fails the test: never closed
+        with sock:
+            while sock.recv(65536):  # what is left of the first answer, then the close
+                pass
+    assert time.monotonic() - started < deadline + 5
 
 
 def test_a_training_job_becomes_the_served_model(api: httpx2.Client, trashnet_photos: Path) -> None:

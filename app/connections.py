@@ -1,0 +1,131 @@
+"""What the API's server does with connections before a request reaches the application.
+
+uvicorn gives a new connection all the time it likes to send its request's header, and logs each
+refused accept and each request past its concurrency limit. A client that opens thousands of
+connections and sends nothing (or half a header) would hold them all, and fill the log. Here: a
+deadline for each request's header, a connection limit that fits the process's file descriptors, and
+one log line per kind of refusal per interval, with a count of those not logged.
+"""
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+logger = logging.getLogger(__name__)
+
+#: Descriptors kept for what is not a client's connection: model files, Redis, logs, the job index.
+RESERVED_DESCRIPTORS = 512
+
+
+def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request header has not arrived in full
+    ``seconds`` after the connection was made or its previous response was sent."""
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request's header is in: the body has a timeout of its own
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before the next pipelined request, which disarms it again
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_deadline = self.loop.call_later(seconds, self._header_late)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _header_late(self) -> None:
+            self._header_deadline = None
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def open_descriptor_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            logger.warning("could not raise the open-file limit from %d to %d", soft, hard)
+    return soft
+
+
+def connection_limit(wanted: int, descriptors: int) -> int:
+    """``wanted`` connections, or fewer where the process could not open them all beside its own files."""
+    return max(1, min(wanted, descriptors - RESERVED_DESCRIPTORS))
+
+
+class EveryInterval(logging.Filter):
+    """Lets one record of each listed message through per ``seconds``; the next one that passes says
+    how many were held back meanwhile."""
+
+    def __init__(self, messages: tuple[str, ...], seconds: float) -> None:
+        super().__init__()
+        self.messages, self.seconds = messages, seconds
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        kind = next((message for message in self.messages if text.startswith(message)), None)
+        if kind is None:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.seconds) < self.seconds:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it not logged in {self.seconds:g} s)"
+            record.args = ()
+        return True
+
+
+#: Logged per refused accept or request by asyncio and uvicorn: a flood of connections floods the log.
+FLOODING_MESSAGES = ("socket.accept() out of system resource", "Exceeded concurrency limit.")
+
+
+def quiet_floods(seconds: float = 10.0) -> None:
+    """At most one line per :data:`FLOODING_MESSAGES` kind every ``seconds`` from asyncio and uvicorn."""
+    limiter = EveryInterval(FLOODING_MESSAGES, seconds)
+    for name in ("asyncio", "uvicorn.error"):
+        logging.getLogger(name).addFilter(limiter)
+
+
+def server_options(header_timeout_s: float, max_connections: int) -> dict[str, Any]:
+    """uvicorn's options for the API: the protocol with a header deadline, and the connection limit
+    that this process's descriptors allow."""
+    limit = connection_limit(max_connections, open_descriptor_limit())
+    if limit < max_connections:
+        logger.warning(
+            "serving at most %d connections at once: the process may open too few files for the %d "
+            "asked (raise its limit, ulimit -n)",
+            limit,
+            max_connections,
+        )
+    return {"http": header_deadline_protocol(header_timeout_s), "limit_concurrency": limit}
