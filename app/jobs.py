@@ -19,7 +19,16 @@ from PIL import Image
 from app.errors import too_large, unprocessable
 from app.quotas import admission, check_job_quota
 from core.confinement import links_out
-from core.jobs import INPUTS_DIR, PHOTO_SUFFIXES, UPLOAD_STEM, Job, JobParams, JobStore, folder_bytes
+from core.jobs import (
+    INPUTS_DIR,
+    PHOTO_SUFFIXES,
+    REVIEW_SET_PREFIX,
+    UPLOAD_STEM,
+    Job,
+    JobParams,
+    JobStore,
+    folder_bytes,
+)
 from core.review import SITE_PATTERN, ReviewError, ReviewStore
 from core.settings import Settings
 from training.archive import (
@@ -254,14 +263,16 @@ def store_training_data(
     ``review-SITE``.
     """
     renamed = [
-        f"review-{value.removeprefix(REVIEW_PREFIX)}={value}" if value.startswith(REVIEW_PREFIX) else value
+        f"{REVIEW_SET_PREFIX}{value.removeprefix(REVIEW_PREFIX)}={value}"
+        if value.startswith(REVIEW_PREFIX)
+        else value
         for value in data_paths
     ]
     try:
         parsed = parse_data_sets(renamed)
     except ValueError as error:
         raise unprocessable(f"data_path: {error}") from None
-    names = (["upload"] if upload is not None else []) + [name for name, _ in parsed]
+    names = ([UPLOAD_STEM] if upload is not None else []) + [name for name, _ in parsed]
     if not names:
         raise unprocessable("give the data set as an uploaded archive ('file') and/or as 'data_path'")
     if len(set(names)) != len(names):
@@ -278,7 +289,9 @@ def store_training_data(
                     "digits, '.', '_', '-', first a letter or digit"
                 )
             try:
-                labelled = ReviewStore(settings.review_dir).export(site, folder / f"review-{site}")
+                labelled = ReviewStore(settings.review_dir).export(
+                    site, folder / f"{REVIEW_SET_PREFIX}{site}"
+                )
             except ReviewError as error:
                 raise unprocessable(f"data_path {given}: {error}") from None
             named.append((name, labelled.folder))
@@ -296,7 +309,7 @@ def store_training_data(
             label=filename,
         )
         vet_archive(archive, settings, label=filename)
-        named.insert(0, ("upload", archive))
+        named.insert(0, (UPLOAD_STEM, archive))
         described.insert(0, f"upload:{filename}")
     if len(named) == 1 and "=" not in "".join(data_paths):
         return TrainingData(str(named[0][1]), described[0], review_sets)

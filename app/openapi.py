@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.errors import ERROR_EXAMPLES
+from app.limits import needed_role
 from app.schemas import ErrorPublic
 
 ERROR_REF = {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}
@@ -107,12 +108,29 @@ def operation_id(route: APIRoute) -> str:
     return OPERATION_IDS.get(route.name, route.name)
 
 
+def document_open_reads(document: dict[str, Any], *, protect_reads: bool) -> None:
+    """Mark the key optional (``security: [{}, ApiKey]``) on the operations that answer without one as
+    the service is configured (the gate's rule, :func:`app.limits.needed_role`): a client, or a
+    generated test, should not be told that an open read needs a key."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            security = operation.get("security")
+            if not security or {} in security:
+                continue
+            if needed_role(method.upper(), path, protect_reads=protect_reads) is None:
+                operation["security"] = [{}, *security]
+
+
 class DocumentedAPI(FastAPI):
-    """FastAPI, whose OpenAPI document lists the access errors and has no null form fields."""
+    """FastAPI, whose OpenAPI document lists the access errors, has no null form fields, and says
+    whether reads need a key as the service is configured."""
 
     def openapi(self) -> dict[str, Any]:
-        # FastAPI caches its document until the routes change; both corrections are idempotent.
+        # FastAPI caches its document until the routes change; the corrections are idempotent.
         document = super().openapi()
         document_access_errors(document)
         form_fields_without_null(document)
+        settings = getattr(self.state, "settings", None)
+        if settings is not None:
+            document_open_reads(document, protect_reads=settings.protect_reads)
         return document

@@ -127,7 +127,8 @@ def run_pass(
         except (FailureGroup, AssertionError) as error:
             for title in failure_titles(error):
                 violations[title] += 1
-                shown.setdefault(title, f"{response.status_code} {response.text[:300]}")
+                request = case.as_curl_command(base_url=base_url)[:400]
+                shown.setdefault(title, f"{request} -> {response.status_code} {response.text[:300]}")
 
     note = None
     try:

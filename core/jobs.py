@@ -55,6 +55,8 @@ RUN_DIR = "run"
 INPUTS_DIR = "inputs"
 #: An uploaded archive in a job's folder: ``upload.zip``, ``upload.tar.gz``, ...
 UPLOAD_STEM = "upload"
+#: A review set written out for a training job: ``review-SITE``.
+REVIEW_SET_PREFIX = "review-"
 RESULT_ZIP = "result.zip"
 #: What a heatmap batch accepts as photos: what a training data set may hold, listed in messages.
 PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))

@@ -11,21 +11,34 @@ import shutil
 import time
 from pathlib import Path
 
-from core.jobs import Job, JobStore, folder_bytes
+from core.jobs import (
+    INPUTS_DIR,
+    RESULT_ZIP,
+    REVIEW_SET_PREFIX,
+    RUN_DIR,
+    UPLOAD_STEM,
+    Job,
+    JobStore,
+    folder_bytes,
+)
+from models.ood import OOD_FILE
+from models.similarity import INDEX_FILE
+from training.engine import DATA_DIR, REPLAY_DIR
 
 logger = logging.getLogger(__name__)
 
-#: What a job folder may hold that is large and not needed once the job has finished.
+#: What a job folder may hold that is large and not needed once the job has finished. Named by the
+#: constants that the writers use: a file renamed there and not here would stay on disk for ever.
 BULKY = (
-    "upload*",
-    "review-*",
-    "inputs",
-    "result.zip",
-    "run/data",
-    "run/replay",
-    "run/*.pt",
-    "run/index.npz",
-    "run/ood.npz",
+    f"{UPLOAD_STEM}*",
+    f"{REVIEW_SET_PREFIX}*",
+    INPUTS_DIR,
+    RESULT_ZIP,
+    f"{RUN_DIR}/{DATA_DIR}",
+    f"{RUN_DIR}/{REPLAY_DIR}",
+    f"{RUN_DIR}/*.pt",
+    f"{RUN_DIR}/{INDEX_FILE}",
+    f"{RUN_DIR}/{OOD_FILE}",
 )
 
 

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 #: Called after each batch with (step, steps, running metrics).
 StepCallback = Callable[[int, int, Mapping[str, float]], None]
 
+#: The evaluation report a run folder holds (and a registered model beside its weights).
+REPORT_FILE = "report.json"
+
 
 @dataclass(frozen=True)
 class Predictions:
@@ -199,7 +202,7 @@ def per_source_metrics(
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
     """``report.json``, ``confusion_matrix.png`` and ``risk_coverage.png`` in ``out_dir``."""
-    write_json(out_dir / "report.json", dict(report))
+    write_json(out_dir / REPORT_FILE, dict(report))
     matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
     plot_confusion_matrix(matrix, report["class_names"], out_dir / "confusion_matrix.png")
     if report.get("risk_coverage"):

@@ -24,6 +24,7 @@ from models.checkpoint import (
 )
 from models.files import read_json, redact, write_json
 from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE, RESUME_FILE
+from training.evaluation import REPORT_FILE
 from training.state import load_resume_state
 
 CHECKPOINT, SPEC_FILE, SUMS_FILE = "model.pt", "spec.json", "SHA256SUMS"
@@ -37,7 +38,7 @@ RUN_FILES = (
     "accuracy_curve.png",
 )
 #: The test report, which describes best.pt only.
-REPORT_FILES = ("report.json", "confusion_matrix.png")
+REPORT_FILES = (REPORT_FILE, "confusion_matrix.png")
 
 
 def record_labels() -> dict[str, str]:
@@ -79,7 +80,7 @@ def run_checkpoint(run: Path, name: str) -> Checkpoint:
 def with_test_report(loaded: Checkpoint, report_dir: Path) -> Checkpoint:
     """``loaded`` with the test metrics of its own test report (``trashcam-train evaluate``'s folder),
     for a checkpoint other than best.pt, whose run holds none; refuses a report of other weights."""
-    report = read_json(report_dir / "report.json")
+    report = read_json(report_dir / REPORT_FILE)
     if report.get("checkpoint_sha256") != loaded.sha256:
         raise ValueError(f"{report_dir}/report.json is the report of other weights than the exported ones")
     if report.get("split") != "test":
@@ -102,7 +103,7 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE, report: Pat
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
     if report is not None:
-        write_json(out / "report.json", redact(read_json(report / "report.json"), record_labels()))
+        write_json(out / REPORT_FILE, redact(read_json(report / REPORT_FILE), record_labels()))
         shutil.copyfile(report / "confusion_matrix.png", out / "confusion_matrix.png")
     write_checksums(out)
     return out / CHECKPOINT

@@ -17,6 +17,7 @@ from typing import Any
 from models import create_model
 from models.files import read_json
 from training.engine import CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, read_environment
+from training.evaluation import REPORT_FILE
 from training.export import SPEC_FILE
 from training.report import plot_risk_coverage
 
@@ -57,7 +58,7 @@ def hardware(folder: Path, epochs_done: int) -> str:
 def row(folder: Path) -> dict[str, Any]:
     config = run_config(folder)
     history = json.loads((folder / HISTORY_FILE).read_text())
-    report_path = folder / "report.json"
+    report_path = folder / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     classes = len(report["class_names"]) if report else 6
     best = max(history, key=lambda epoch: epoch["val_accuracy"])

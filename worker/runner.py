@@ -43,6 +43,7 @@ from training.engine import (
     resume,
     train,
 )
+from training.evaluation import REPORT_FILE
 from training.split import parse_data_sets
 from worker.progress import JobProgress, LeaseLost
 
@@ -129,11 +130,11 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
             job.state = "cancelled"
             return job
         store = model_store(settings)
-        report_path = run_dir / "report.json"
+        report_path = run_dir / REPORT_FILE
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
         # The similar-photos index and the feature bank go with the weights they were computed with.
         extra = [run_dir / name for name in (INDEX_FILE, OOD_FILE) if (run_dir / name).is_file()]
-        version = store.add(params.name, run_dir / "best.pt", report=report, extra=extra)
+        version = store.add(params.name, run_dir / BEST_FILE, report=report, extra=extra)
         if params.make_default:
             store.set_default(
                 version.name, version.version, by=job.submitted_by, reason=f"training job {job_id}"

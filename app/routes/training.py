@@ -243,8 +243,9 @@ async def create_training_job(
     return job_public(job)
 
 
-#: The most jobs one page of ``GET /train`` lists.
+#: The most jobs one page of ``GET /train`` lists, and the most it may skip (SQLite's integers are 64-bit).
 MAX_PAGE = 500
+MAX_OFFSET = 2**31
 
 
 @router.get("", response_model=list[JobPublic], dependencies=[ReadAccess])
@@ -253,7 +254,7 @@ def read_training_jobs(
     response: Response,
     jobs: JobsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="jobs on this page")] = 100,
-    offset: Annotated[int, Query(ge=0, description="jobs skipped before this page")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="jobs skipped before this page")] = 0,
     order: Annotated[
         Literal["oldest", "newest"], Query(description="by submission time: oldest or newest first")
     ] = "oldest",

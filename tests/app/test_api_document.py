@@ -7,9 +7,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.main import create_app
+from core.settings import Settings
 from models import list_models
 from models.cam import list_cam_methods
 from models.cam.overlay import list_colormaps
+from tests.app.conftest import FakeSubmitter
 from training.config import RECIPES
 
 
@@ -90,3 +93,20 @@ def test_every_error_status_has_an_example(document: dict[str, Any]) -> None:
                     example = response["content"]["application/json"].get("example")
                     assert example, f"{method} {path} {code}"
                     assert example["detail"], f"{method} {path} {code}"
+
+
+def test_a_read_says_its_key_is_optional_only_while_reads_are_open(
+    document: dict[str, Any], settings: Settings, submitted: FakeSubmitter
+) -> None:
+    """Open reads answer without a key: the document says so (``{}`` among the requirements), and says
+    a key is needed where one is."""
+    optional: list[dict[str, list[str]]] = [{}, {"ApiKey": []}]
+    for path, method in (("/classify", "post"), ("/train", "get"), ("/models", "get")):
+        assert document["paths"][path][method]["security"] == optional, path
+    for path, method in (("/train", "post"), ("/models/default", "put"), ("/review", "get")):
+        assert document["paths"][path][method]["security"] == [{"ApiKey": []}], path
+    protected = settings.model_copy(update={"protect_reads": True})
+    with TestClient(create_app(protected, submitter=submitted)) as client:
+        closed = client.get("/openapi.json").json()
+    assert closed["paths"]["/classify"]["post"]["security"] == [{"ApiKey": []}]
+    assert closed["paths"]["/train"]["get"]["security"] == [{"ApiKey": []}]

@@ -236,6 +236,7 @@ def test_listing_training_jobs_is_paged(client: TestClient, submitted: FakeSubmi
     assert [job["id"] for job in newest.json()] == ids[::-1][:3]
     assert client.get("/train", params={"limit": 0}).status_code == 422
     assert client.get("/train", params={"limit": 100_000}).status_code == 422
+    assert client.get("/train", params={"offset": 10**20}).status_code == 422  # past SQLite's integers
 
 
 def test_the_index_follows_records_it_did_not_see_written(jobs: JobStore, settings: Settings) -> None:
