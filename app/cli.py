@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from app.connections import quiet_floods, server_options
 from core.heartbeat import heartbeat_path, is_alive
+from core.jobs import JOB_KINDS
 from core.settings import get_settings
 
 logger = logging.getLogger("trashcam.serve")
@@ -214,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8000)
     worker = commands.add_parser("worker", help="a Celery worker for one queue")
-    worker.add_argument("--queue", choices=("training", "heatmaps"), required=True)
+    worker.add_argument("--queue", choices=JOB_KINDS, required=True)
     ping = commands.add_parser("ping", help="exit 0 when this host's worker of a queue is alive, else 1")
-    ping.add_argument("--queue", choices=("training", "heatmaps"), required=True)
+    ping.add_argument("--queue", choices=JOB_KINDS, required=True)
     return parser
 
 

@@ -8,6 +8,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from app import cli
+from app.limits import needed_role
 from app.main import create_app
 from app.parts import FilePartSizes
 from core.settings import Settings, get_settings
@@ -236,3 +237,23 @@ def test_pages_say_what_they_may_load_and_that_no_site_may_frame_them(client: Te
     assert headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "script-src 'self'" in headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("protect_reads", [False, True])
+def test_every_operation_that_checks_a_key_is_known_to_the_gate(
+    settings: Settings, protect_reads: bool
+) -> None:
+    """An operation whose route checks a key (its document names the key's scheme) is one the gate checks
+    before the body is read, and the other way round: a route missing from the gate's rules would read
+    its whole body before refusing a request without a key."""
+    app = create_app(settings.model_copy(update={"protect_reads": protect_reads}))
+    checked_by_route, checked_by_gate = set(), set()
+    for path, operations in app.openapi()["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") and {} not in operation["security"]:
+                checked_by_route.add(f"{method.upper()} {path}")
+            if needed_role(method.upper(), path, protect_reads=protect_reads) is not None:
+                checked_by_gate.add(f"{method.upper()} {path}")
+    assert checked_by_route == checked_by_gate
+    assert "POST /train" in checked_by_gate
+    assert ("POST /classify" in checked_by_gate) is protect_reads

@@ -55,6 +55,35 @@ def unseen_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("unseen") / "unseen", per_class=10, seed=11)
 
 
+def framed(source: Path, dest: Path) -> Path:
+    """A copy of the photos of ``source`` as a site's own camera takes them: each in a white frame, so
+    that the site's photos are nearer one another than the base's photos of the same classes."""
+    for photo in source.rglob("*.png"):
+        target = dest / photo.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.asarray(Image.open(photo).convert("RGB")).copy()
+        pixels[:3], pixels[-3:], pixels[:, :3], pixels[:, -3:] = 255, 255, 255, 255
+        Image.fromarray(pixels).save(target)
+    return dest
+
+
+def photos_of_site_classes(root: Path, per_class: int, seed: int) -> Path:
+    folder = make_image_folder(root, per_class=per_class, seed=seed)
+    for name in CLASS_NAMES:
+        if name not in SITE_CLASSES:
+            shutil.rmtree(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site_camera(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A site's photos through its own camera, and unseen photos of its classes through the same one."""
+    root = tmp_path_factory.mktemp("camera")
+    site = photos_of_site_classes(root / "site-source", per_class=20, seed=5)
+    unseen = photos_of_site_classes(root / "unseen-source", per_class=10, seed=13)
+    return framed(site, root / "site"), framed(unseen, root / "unseen")
+
+
 def finetune(base_run: Path, site: Path, out: Path, **changes: object) -> Path:
     base = load_checkpoint(base_run / "best.pt")
     options = {
@@ -300,10 +329,12 @@ def test_replayed_photos_are_found_from_a_run_folder_given_relatively(
 
 
 def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_lacks(
-    base_run: Path, site_photos: Path, unseen_photos: Path, tmp_path: Path
+    base_run: Path, site_camera: tuple[Path, Path], unseen_photos: Path, tmp_path: Path
 ) -> None:
+    site_photos, unseen_site_photos = site_camera
     others = tuple(name for name in CLASS_NAMES if name not in SITE_CLASSES)
-    # A high rate and no replay share to speak of: the site model alone forgets the other classes.
+    # A high rate and no replay share to speak of: the site model alone forgets the other classes. (At
+    # 4e-3 to 5e-3 the first epochs diverge on these few photos and eight do not bring it back.)
     best = finetune(
         base_run,
         site_photos,
@@ -312,7 +343,7 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
         replay=0.05,
         replay_distill=0.0,
         early_stop=0,
-        lr=1e-2,
+        lr=3e-3,
     ).with_name("best.pt")
     assert load_checkpoint(best).spec.recipe["route"] is True
     bank = FeatureBank.load(best.parent / OOD_FILE)
@@ -331,9 +362,9 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
     assert site.can_route_to(base)
     site.base = base
 
-    def accuracy(classes: tuple[str, ...]) -> tuple[float, float]:
-        """The pair's accuracy on the unseen photos of ``classes``, and the share the base answered."""
-        root, samples, data_classes = photos_of(unseen_photos, classes)
+    def accuracy(photos: Path, classes: tuple[str, ...]) -> tuple[float, float]:
+        """The pair's accuracy on the photos of ``classes``, and the share the base answered."""
+        root, samples, data_classes = photos_of(photos, classes)
         images = [Image.open(root / path).convert("RGB") for path, _ in samples]
         scores = site.classify(images)
         names = [data_classes[label] for _, label in samples]
@@ -343,12 +374,13 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
 
     alone = accuracy_on(best, unseen_photos, others)
     base_accuracy = accuracy_on(base_run / "best.pt", unseen_photos, others)
-    pair, to_base = accuracy(others)
+    pair, to_base = accuracy(unseen_photos, others)
     assert alone <= base_accuracy - 0.2, "the site model alone must forget for the test to show anything"
     assert to_base >= 0.8
     assert pair >= base_accuracy - 0.1
-    # The site's own classes stay the site model's, mostly.
-    site_pair, _ = accuracy(SITE_CLASSES)
+    # Photos of the site's classes through the site's camera stay the site model's, mostly.
+    site_pair, site_to_base = accuracy(unseen_site_photos, SITE_CLASSES)
+    assert site_to_base <= 0.2
     assert site_pair >= 0.9
 
 
