@@ -62,21 +62,33 @@ def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
     return HeaderDeadlineProtocol
 
 
+#: What the soft limit is raised to where the hard limit is infinite (as macOS has it).
+UNLIMITED_TARGET = 65_536
+
+
 def open_descriptor_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit; the limit now."""
+    """Raise this process's soft limit on open files to its hard limit (or to :data:`UNLIMITED_TARGET`
+    where that is infinite); the limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
+    target = UNLIMITED_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError):
-            logger.warning("could not raise the open-file limit from %d to %d", soft, hard)
-    return soft
+            logger.warning("could not raise the open-file limit from %d to %d", soft, target)
+    return UNLIMITED_TARGET if soft == resource.RLIM_INFINITY else soft
+
+
+#: The fewest connections served at once: uvicorn counts the one asking, so 1 would refuse every request.
+MIN_CONNECTIONS = 16
 
 
 def connection_limit(wanted: int, descriptors: int) -> int:
-    """``wanted`` connections, or fewer where the process could not open them all beside its own files."""
-    return max(1, min(wanted, descriptors - RESERVED_DESCRIPTORS))
+    """``wanted`` connections, or fewer where the process could not open them all beside its own files
+    (a quarter of a small limit is kept for those, at most :data:`RESERVED_DESCRIPTORS`)."""
+    reserved = min(RESERVED_DESCRIPTORS, descriptors // 4)
+    return min(wanted, max(MIN_CONNECTIONS, descriptors - reserved))
 
 
 class EveryInterval(logging.Filter):

@@ -3,6 +3,7 @@
 Everything here touches the disk or Redis, so routes call it through a thread pool.
 """
 
+import csv
 import errno
 import io
 import shutil
@@ -126,12 +127,12 @@ def why_not_a_photo(data: bytes) -> str | None:
     return None
 
 
-def refuse_unreadable_photos(samples: Sequence[tuple[str, bytes]], label: str) -> None:
+def refuse_unreadable_photos(samples: Sequence[tuple[str, bytes | None]], label: str) -> None:
     """422 when not one of the sampled photos opens as an image (one that does is enough: the job reports
-    each photo that fails)."""
-    if not samples:
+    each photo that fails). Photos too large to sample (``None``) say nothing either way."""
+    problems = [(name, why_not_a_photo(data)) for name, data in samples if data is not None]
+    if not problems:
         return
-    problems = [(name, why_not_a_photo(data)) for name, data in samples]
     if all(problem is not None for _, problem in problems):
         listed = "; ".join(f"{Path(name).name}: {problem}" for name, problem in problems[:3])
         raise unprocessable(f"{label}: none of the {len(samples)} photos tried opens as an image ({listed})")
@@ -141,16 +142,17 @@ def is_photo_member(path: PurePosixPath) -> bool:
     return path.suffix.lower() in PHOTO_SUFFIXES
 
 
-def vet_archive(path: Path, settings: Settings, *, label: str) -> int:
+def vet_archive(path: Path, settings: Settings, *, label: str, uploaded: bool = True) -> int:
     """Number of photos in the archive at ``path``, from its member list, with the first few of them
-    opened (nothing extracted); 413 for a size, file-count or compression bomb, 422 if unsafe, if no
-    member is named as a photo, or if none of those opened is an image."""
+    opened (nothing extracted); 413 for a size, file-count or compression bomb (the ratio only for an
+    ``uploaded`` archive: the data root's are the operator's), 422 if unsafe, if no member is named as a
+    photo, or if none of those opened is an image."""
     try:
         contents = check_archive(
             path,
             max_bytes=settings.max_archive_bytes,
             max_files=settings.max_archive_files,
-            max_ratio=settings.max_archive_ratio,
+            max_ratio=settings.max_archive_ratio if uploaded else None,
             photo_suffixes=PHOTO_SUFFIXES,
         )
         if contents.photos == 0:
@@ -215,7 +217,7 @@ def confined_data_path(relative: str, settings: Settings) -> Path:
     if resolved.is_file() and not is_archive(resolved):
         raise unprocessable(f"data_path {relative!r} is neither a folder nor an archive")
     if resolved.is_file():
-        vet_archive(resolved, settings, label=relative)
+        vet_archive(resolved, settings, label=relative, uploaded=False)
     else:
         refuse_links_out(resolved, root, relative)
     return resolved
@@ -316,23 +318,31 @@ def store_training_data(
     return TrainingData(tuple(f"{name}={path}" for name, path in named), ", ".join(described), review_sets)
 
 
-#: The largest source-tags file read in a request.
-MAX_TAGS_BYTES = 64 << 20
+#: The largest source-tags file read in a request; a larger one is left to the worker.
+MAX_TAGS_BYTES = 16 << 20
 
 
-def data_set_sources(path: Path) -> set[str]:
-    """The source tags of a data set (a folder or an archive), from its source-tags files."""
+def data_set_sources(path: Path) -> set[str] | None:
+    """The source tags of a data set (a folder or an archive), from its source-tags file at the top of
+    its class folders; None when that cannot be told here (a file over :data:`MAX_TAGS_BYTES`)."""
     if path.is_file():
-        texts = [
-            data.decode("utf-8", errors="replace")
-            for _, data in read_members(
-                path, lambda rel: rel.name == SOURCE_TAGS_FILE, limit=16, max_member_bytes=MAX_TAGS_BYTES
-            )
-        ]
+        tags = read_members(
+            path, lambda rel: rel.name == SOURCE_TAGS_FILE, limit=64, max_member_bytes=MAX_TAGS_BYTES
+        )
+        if not tags:
+            return set()
+        # The class root's file: the shallowest (a class folder's own file tags nothing).
+        depth = min(len(PurePosixPath(name).parts) for name, _ in tags)
+        texts = [data for name, data in tags if len(PurePosixPath(name).parts) == depth]
+        if any(data is None for data in texts):
+            return None
+        decoded = [data.decode("utf-8", errors="replace") for data in texts if data is not None]
     else:
-        tags = find_class_root(path) / SOURCE_TAGS_FILE
-        texts = [tags.read_text(encoding="utf-8", errors="replace")] if tags.is_file() else []
-    return {source for text in texts for source in parse_source_tags(text).values()}
+        tags_file = find_class_root(path) / SOURCE_TAGS_FILE
+        if tags_file.is_file() and tags_file.stat().st_size > MAX_TAGS_BYTES:
+            return None
+        decoded = [tags_file.read_text(encoding="utf-8", errors="replace")] if tags_file.is_file() else []
+    return {source for text in decoded for source in parse_source_tags(text).values()}
 
 
 def refuse_unknown_holdout(data: str | tuple[str, ...], holdout: Sequence[str]) -> None:
@@ -341,10 +351,17 @@ def refuse_unknown_holdout(data: str | tuple[str, ...], holdout: Sequence[str]) 
     if not holdout:
         return
     entries = [data] if isinstance(data, str) else list(data)
-    try:
-        found = set().union(*(data_set_sources(Path(path)) for _, path in parse_data_sets(entries)))
-    except ArchiveError as error:
-        raise unprocessable(f"data: {error}") from None
+    found: set[str] = set()
+    for _, path in parse_data_sets(entries):
+        try:
+            sources = data_set_sources(Path(path))
+        except ArchiveError as error:
+            raise unprocessable(f"data: {error}") from None
+        except csv.Error as error:
+            raise unprocessable(f"data: its {SOURCE_TAGS_FILE} cannot be read: {error}") from None
+        if sources is None:
+            return  # the worker reads it, and says so if a held-out source has no photos
+        found |= sources
     missing = sorted(set(holdout) - found)
     if missing:
         known = ", ".join(sorted(found)) or f"none (no {SOURCE_TAGS_FILE} tags the photos)"
@@ -398,9 +415,6 @@ def enqueue(
             job = jobs.create(params, job_id=job_id, submitted_by=submitted_by)
         jobs.mark_queued(job)
         submit(job)
-    except HTTPException:
-        jobs.discard(job_id)
-        raise
     except (redis.RedisError, kombu.exceptions.KombuError, OSError) as error:
         jobs.discard(job_id)
         raise HTTPException(
@@ -408,6 +422,9 @@ def enqueue(
             f"the job queue is unreachable, try again later ({type(error).__name__})",
             headers={"Retry-After": "5"},
         ) from None
+    except BaseException:  # refused (429, 503) or failed: nothing of the job is kept
+        jobs.discard(job_id)
+        raise
     return job
 
 

@@ -153,7 +153,10 @@ class RequestGate:
                     f"request body of {declared} bytes is over the limit of {limit} bytes",
                 )
         except HTTPException as error:
-            await self._refuse(error, scope, receive, send)
+            # A body the client is still sending is never read: the connection closes after the answer,
+            # instead of waiting for the rest of it.
+            pending = headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers
+            await self._refuse(error, scope, receive, send, close=pending)
             return
         received = 0
         over = False
@@ -196,15 +199,20 @@ class RequestGate:
                 await send(message)
             elif not answered:
                 answered = True
-                await self._refuse(refusal, scope, receive, send)
+                await self._refuse(refusal, scope, receive, send, close=True)
 
         await self.app(scope, counted, answer)
         if over and not answered:
-            await self._refuse(refusal, scope, receive, send)
+            await self._refuse(refusal, scope, receive, send, close=True)
 
     @staticmethod
-    async def _refuse(error: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer ``error`` as the API's errors look: ``{"detail": ...}`` with its status."""
+    async def _refuse(
+        error: HTTPException, scope: Scope, receive: Receive, send: Send, *, close: bool = False
+    ) -> None:
+        """Answer ``error`` as the API's errors look: ``{"detail": ...}`` with its status; with
+        ``close``, the connection closes after it (the rest of the body is not read)."""
         headers: dict[str, Any] = dict(error.headers or {})
+        if close:
+            headers["Connection"] = "close"
         response = JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
         await response(scope, receive, send)

@@ -5,6 +5,7 @@ nothing), and when the job is recorded, with the upload's size counted, under a 
 requests of one key at once cannot both take its last place.
 """
 
+import sqlite3
 import threading
 
 from fastapi import HTTPException, status
@@ -24,7 +25,14 @@ def check_job_quota(
     """503 when the queues are full, 429 when the key has too many jobs queued or running, or its jobs'
     folders (with ``adding_bytes`` more) would hold more than its share of the disk."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
-    queued = jobs.queued_count()
+    try:
+        queued, usage = jobs.queued_count(), jobs.usage(key_name)
+    except sqlite3.Error as error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the job index cannot be read now ({error}); try again later",
+            headers={"Retry-After": "5"},
+        ) from None
     if queued >= settings.max_queued_jobs:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -32,7 +40,6 @@ def check_job_quota(
             "(TRASHCAM_MAX_QUEUED_JOBS); try again later",
             headers=retry,
         )
-    usage = jobs.usage(key_name)
     who = f"key {key_name!r}" if key_name else "this key"
     if usage.active >= settings.max_active_jobs_per_key:
         raise HTTPException(

@@ -2,9 +2,10 @@
 
 The records in ``<jobs_dir>/<id>/job.json`` stay the authority; this SQLite file beside them holds what
 is asked of many jobs at once: kind, state, when, whose, and the bytes the job's folder holds. Every
-save of a record updates its row, and :meth:`JobIndex.reconcile` brings the index back in line with the
-records (after a crash between the two writes, or for records an older version wrote) by their files'
-modification times, reading only the records that changed.
+save of a record updates its row (the later save wins when two processes save at once), and
+:meth:`core.jobs.JobStore.reconcile` brings the index back in line with the records (after a crash
+between the two writes, or for records an older version wrote) by their files' modification times,
+reading only the records that changed.
 """
 
 import contextlib
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     submitted_by TEXT,
     disk_bytes INTEGER NOT NULL DEFAULT 0,
-    record_mtime_ns INTEGER NOT NULL DEFAULT 0
+    record_mtime_ns INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_kind ON jobs (kind, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (submitted_by, state);
@@ -48,6 +50,8 @@ class IndexedJob:
     #: The job folder's size when the row was last measured (submitted, finished, pruned), in bytes.
     disk_bytes: int | None = None
     record_mtime_ns: int = 0
+    #: The record's own time of saving: of two writers at once, the row keeps the later one's.
+    updated_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,18 +80,25 @@ class JobIndex:
         finally:
             db.close()
 
-    def record(self, row: IndexedJob) -> None:
-        """Insert or update ``row``; a row without ``disk_bytes`` keeps the size measured before."""
+    def record(self, row: IndexedJob, *, force: bool = False) -> None:
+        """Insert or update ``row``; a row without ``disk_bytes`` keeps the size measured before. An
+        update older than the row (another process saved the record since) is dropped unless ``force``
+        (the record on disk was read just now, and is the authority)."""
+        newer = "" if force else "WHERE excluded.updated_at >= jobs.updated_at"
         with self._connect() as db:
             db.execute(
-                """
-                INSERT INTO jobs (id, kind, state, created_at, submitted_by, disk_bytes, record_mtime_ns)
-                VALUES (?, ?, ?, ?, ?, COALESCE(?, 0), ?)
+                f"""
+                INSERT INTO jobs (
+                    id, kind, state, created_at, submitted_by, disk_bytes, record_mtime_ns, updated_at
+                )
+                VALUES (?, ?, ?, ?, ?, COALESCE(?, 0), ?, ?)
                 ON CONFLICT (id) DO UPDATE SET
                     kind = excluded.kind, state = excluded.state, created_at = excluded.created_at,
                     submitted_by = excluded.submitted_by,
                     disk_bytes = COALESCE(?, jobs.disk_bytes),
-                    record_mtime_ns = excluded.record_mtime_ns
+                    record_mtime_ns = excluded.record_mtime_ns,
+                    updated_at = excluded.updated_at
+                {newer}
                 """,
                 (
                     row.id,
@@ -97,6 +108,7 @@ class JobIndex:
                     row.submitted_by,
                     row.disk_bytes,
                     row.record_mtime_ns,
+                    row.updated_at,
                     row.disk_bytes,
                 ),
             )

@@ -257,11 +257,15 @@ class JobStore:
         except redis.RedisError:
             logger.warning("could not copy job %s to Redis; its file is up to date", job.id)
 
-    def update_index(self, job: Job, *, measure: bool) -> None:
-        """Write ``job``'s row of the index (with its folder's size now, if ``measure``). The record is
-        the authority: a row that cannot be written is mended by :meth:`reconcile`."""
+    def update_index(
+        self, job: Job, *, measure: bool, mtime_ns: int | None = None, force: bool = False
+    ) -> None:
+        """Write ``job``'s row of the index (with its folder's size now, if ``measure``; ``mtime_ns``:
+        the modification time of the record it was read from). The record is the authority: a row that
+        cannot be written is mended by :meth:`reconcile`."""
         folder = self.folder(job.id)
         try:
+            mtime = mtime_ns if mtime_ns is not None else (folder / RECORD_FILE).stat().st_mtime_ns
             self.index.record(
                 IndexedJob(
                     id=job.id,
@@ -270,8 +274,10 @@ class JobStore:
                     created_at=job.created_at,
                     submitted_by=job.submitted_by,
                     disk_bytes=folder_bytes(folder) if measure else None,
-                    record_mtime_ns=(folder / RECORD_FILE).stat().st_mtime_ns,
-                )
+                    record_mtime_ns=mtime,
+                    updated_at=job.updated_at,
+                ),
+                force=force,
             )
         except (sqlite3.Error, OSError):
             logger.warning("could not index job %s; its record is up to date", job.id, exc_info=True)
@@ -289,8 +295,10 @@ class JobStore:
         changed = 0
         for job_id, mtime in on_disk.items():
             if indexed.get(job_id) != mtime:
+                # The time read before the record: a save in between leaves the row older than the
+                # file, and the next pass reads it again.
                 try:
-                    self.update_index(self.get(job_id), measure=True)
+                    self.update_index(self.get(job_id), measure=True, mtime_ns=mtime, force=True)
                 except JobNotFoundError as error:
                     logger.warning("skipping %s: %s", job_id, error)
                     continue
@@ -409,7 +417,8 @@ class JobStore:
                 job = self.get(job_id)
             except JobNotFoundError:
                 continue
-            if job.finished:
+            if job.finished:  # a row behind its record: it would hold its key's place
+                self.update_index(job, measure=True, force=True)
                 continue
             if job.state == "running":
                 beat = self.heartbeat(job.id)

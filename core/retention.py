@@ -33,6 +33,7 @@ BULKY = (
     f"{UPLOAD_STEM}*",
     f"{REVIEW_SET_PREFIX}*",
     INPUTS_DIR,
+    f".{INPUTS_DIR}.*",  # what a worker that died while it extracted a batch's archive left
     RESULT_ZIP,
     f"{RUN_DIR}/{DATA_DIR}",
     f"{RUN_DIR}/{REPLAY_DIR}",

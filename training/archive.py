@@ -9,6 +9,7 @@ looks complete.
 """
 
 import logging
+import lzma
 import os
 import posixpath
 import shutil
@@ -17,6 +18,7 @@ import tarfile
 import tempfile
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 from typing import IO, NamedTuple
@@ -34,6 +36,20 @@ MARKER = ".trashcam-extracted.json"
 _CHUNK = 1 << 20
 #: The size below which an archive's expansion ratio is measured as if it were this large.
 RATIO_FLOOR = 1 << 20
+
+
+#: What reading a damaged archive raises: besides the formats' own errors, a corrupt deflate or xz
+#: stream, an encrypted zip member (RuntimeError) and an unknown compression method.
+UNREADABLE = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 class ArchiveError(Exception):
@@ -210,7 +226,7 @@ def check_archive(
             raise ArchiveError(
                 f"{archive.name}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})"
             )
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+    except UNREADABLE as error:
         raise ArchiveError(f"{archive.name}: unreadable archive: {error}") from error
     return ArchiveContents(budget.files, named_as_photos)
 
@@ -221,12 +237,12 @@ def read_members(
     *,
     limit: int,
     max_member_bytes: int,
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes | None]]:
     """The first ``limit`` regular files of ``archive`` whose path ``wanted`` takes, with their bytes
-    (members larger than ``max_member_bytes`` are passed over unread); nothing is written to disk.
+    (``None`` for a member larger than ``max_member_bytes``, left unread); nothing is written to disk.
     Member paths are checked as extraction checks them; :class:`ArchiveError` if unsafe or unreadable."""
     archive = Path(archive)
-    found: list[tuple[str, bytes]] = []
+    found: list[tuple[str, bytes | None]] = []
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
@@ -236,21 +252,27 @@ def read_members(
                     rel = safe_member_path(info.filename)
                     if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16) or not wanted(rel):
                         continue
-                    if info.file_size <= max_member_bytes:
-                        with zf.open(info) as handle:
-                            found.append((str(rel), handle.read(max_member_bytes + 1)[:max_member_bytes]))
+                    if info.file_size > max_member_bytes:
+                        found.append((str(rel), None))
+                        continue
+                    with zf.open(info) as handle:
+                        data = handle.read(max_member_bytes + 1)  # the declared size can lie
+                    found.append((str(rel), data if len(data) <= max_member_bytes else None))
         else:
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar:
                     if len(found) >= limit:
                         break
                     rel = safe_member_path(member.name)
-                    if member.isfile() and wanted(rel) and member.size <= max_member_bytes:
-                        content = tar.extractfile(member)
-                        if content is not None:
-                            with content:
-                                found.append((str(rel), content.read(max_member_bytes)))
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+                    if not (member.isfile() and wanted(rel)):
+                        continue
+                    content = tar.extractfile(member) if member.size <= max_member_bytes else None
+                    if content is None:
+                        found.append((str(rel), None))
+                        continue
+                    with content:
+                        found.append((str(rel), content.read(max_member_bytes)))
+    except UNREADABLE as error:
         raise ArchiveError(f"{archive.name}: unreadable archive: {error}") from error
     return found
 
@@ -282,7 +304,7 @@ def extract_archive(
                 f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})"
             )
         os.replace(staging, dest)
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
+    except UNREADABLE as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise ArchiveError(f"{archive}: cannot extract: {error}") from error
     except BaseException:

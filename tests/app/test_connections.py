@@ -18,7 +18,9 @@ from app.connections import (
 def test_the_connection_limit_leaves_descriptors_for_the_process_itself() -> None:
     assert connection_limit(16_000, 20_000) == 16_000
     assert connection_limit(16_000, 4_096) == 4_096 - RESERVED_DESCRIPTORS
-    assert connection_limit(16_000, 100) == 1
+    assert connection_limit(16_000, 256) == 192  # a quarter kept
+    assert connection_limit(16_000, 20) == 16  # never so few that every request is refused
+    assert connection_limit(5, 20_000) == 5
 
 
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:

@@ -5,6 +5,7 @@ index, not every record."""
 import csv
 import io
 import json
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,7 @@ def test_the_quota_is_checked_before_the_upload_is_read(
         headers={**KEY, "Content-Type": "multipart/form-data; boundary=x"},
     )
     assert refused.status_code == 429
+    assert refused.headers["connection"] == "close"  # the rest of the upload is never read
 
 
 def test_full_queues_are_503_for_every_key(settings: Settings, submitted: FakeSubmitter) -> None:
@@ -246,9 +248,12 @@ def test_the_index_follows_records_it_did_not_see_written(jobs: JobStore, settin
             {"name": "x", "config": {"data": "d", "out": "o"}, "source": "upload:d.zip"}
         )
     )
-    record = json.loads((jobs.folder(job.id) / "job.json").read_text())
+    path = jobs.folder(job.id) / "job.json"
+    record = json.loads(path.read_text())
     record["state"] = "running"
-    (jobs.folder(job.id) / "job.json").write_text(json.dumps(record))
+    written = path.stat().st_mtime_ns
+    path.write_text(json.dumps(record))
+    os.utime(path, ns=(written + 10**9, written + 10**9))  # as a later save, on any file system's clock
     assert jobs.counts() == {("training", "queued"): 1}
     assert jobs.reconcile() == 1
     assert jobs.counts() == {("training", "running"): 1}
@@ -264,3 +269,33 @@ def test_metrics_count_jobs_from_the_index(client: TestClient, settings: Setting
     text = client.get("/metrics").text
     assert 'trashcam_jobs{kind="heatmaps",state="queued"} 1.0' in text
     assert 'trashcam_jobs{kind="training",state="queued"} 0.0' in text
+
+
+def damaged(archive: bytes) -> bytes:
+    """``archive`` with its first member's deflate stream overwritten from its start (an invalid block
+    type: zlib's error, not the zip format's)."""
+    start = archive.index(b"photos/0.png") + len("photos/0.png")
+    return archive[:start] + b"\xff" * 64 + archive[start + 64 :]
+
+
+@pytest.mark.parametrize("route", ["/explain/batch", "/train"])
+def test_a_damaged_archive_is_422_saying_so(client: TestClient, submitted: FakeSubmitter, route: str) -> None:
+    archive = damaged(
+        zip_of({f"photos/{i}.png": png_bytes() for i in range(3)}, compression=zipfile.ZIP_DEFLATED)
+    )
+    field = "files" if route == "/explain/batch" else "file"
+    response = client.post(route, files={field: ("damaged.zip", archive)}, headers=KEY)
+    assert response.status_code == 422, response.text
+    assert "unreadable archive" in response.json()["detail"]
+    assert submitted.jobs == []
+
+
+def test_a_source_tags_file_that_cannot_be_read_is_422(client: TestClient, submitted: FakeSubmitter) -> None:
+    members = {f"{name}/{i}.png": png_bytes() for name in ("glass", "paper") for i in range(3)}
+    members["manifest.csv"] = b"path,source\nglass/0.png," + b"x" * 200_000 + b"\n"  # past csv's field limit
+    response = client.post(
+        "/train", files={"file": ("d.zip", zip_of(members))}, data={"holdout": "sd"}, headers=KEY
+    )
+    assert response.status_code == 422, response.text
+    assert "manifest.csv cannot be read" in response.json()["detail"]
+    assert submitted.jobs == []
