@@ -12,8 +12,8 @@ from core.settings import Settings
 from models.predictor import Predictor
 from models.store import ModelStore
 from tests.app.conftest import png_bytes, tiny_checkpoint
+from tests.core.conftest import training_params
 from tests.training.helpers import make_image_folder
-from tests.worker.conftest import training_params
 from training.config import make_config
 from training.progress import Progress, TrainingCancelled
 from worker.progress import JobProgress, LeaseLost

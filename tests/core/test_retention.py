@@ -5,7 +5,7 @@ import pytest
 
 from core.jobs import JobStore
 from core.retention import prune_finished_jobs, prune_job
-from tests.worker.conftest import training_params
+from tests.core.conftest import training_params
 
 DAY = 86400.0
 

@@ -16,7 +16,7 @@ from core.jobs import (
     JobStore,
     TrainingParams,
 )
-from tests.worker.conftest import HEATMAPS, training_params
+from tests.core.conftest import HEATMAPS, training_params
 
 
 def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
