@@ -56,7 +56,7 @@ from bench.bad_images import corpus
 from bench.photos import Photo, load_photos
 from bench.record import cpu_name
 from bench.service_load import load, percentile, rss_mb, running
-from core.settings import Settings
+from core.settings import Settings, get_settings
 
 PORT = 8110
 MAX_UPLOAD_BYTES: int = Settings.model_fields["max_upload_bytes"].default
@@ -271,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["schema", "images", "load", "hostile"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    data = args.data or ["data/trashnet-112.tar.gz"]
+    # The shipped model's test split spans its two data sets: TrashNet ships here, the other is looked
+    # for in the data root (where POST /train reads data sets from).
+    data = args.data or [
+        "trashnet=data/trashnet-112.tar.gz",
+        f"extra={get_settings().resolved_data_root / 'waste-extra-144.tar.gz'}",
+    ]
 
     key = secrets.token_hex(16)
     # Its own key for the hostile section: the jobs the schema pass queued count against the other's quota.
