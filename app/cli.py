@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from app.connections import quiet_floods, server_options
 from core.heartbeat import heartbeat_path, is_alive
-from core.jobs import JOB_KINDS
+from core.jobs import JOB_KINDS, JobKind
+from core.queue import KINDS_OF_JOBS, queue_of
 from core.settings import get_settings
 
 logger = logging.getLogger("trashcam.serve")
@@ -52,15 +53,6 @@ def run_api(host: str, port: int) -> None:
     )
 
 
-#: Celery's pool per kind of worker. A training job's data loader starts processes of its own, which a
-#: prefork pool's child may not (it is daemonic), so training runs in the worker process itself.
-#: Heatmap batches start none; their prefork child is recycled after each task, returning its memory.
-WORKER_POOLS: dict[str, list[str]] = {
-    "training": ["--pool", "solo"],
-    "heatmaps": ["--pool", "prefork", "-c", "1", "--max-tasks-per-child", "1"],
-}
-
-
 def piece_commands(host: str = "0.0.0.0", port: int = 8000) -> dict[str, list[str]]:
     """How each piece of the service is started: the commands that docker-compose.yml runs (a test
     holds it to them), ``serve`` starts, and the integration tests run."""
@@ -71,25 +63,22 @@ def piece_commands(host: str = "0.0.0.0", port: int = 8000) -> dict[str, list[st
     }
 
 
-def worker_name(kind: str, host: str = "%h") -> str:
+def worker_name(kind: JobKind, host: str = "%h") -> str:
     """The Celery node name of this host's worker of one kind of job (``%h``: Celery's host name)."""
-    settings = get_settings()
-    queue = settings.training_queue if kind == "training" else settings.heatmaps_queue
-    return f"{queue}@{host}"
+    return f"{queue_of(kind, get_settings())}@{host}"
 
 
-def worker_command(kind: str) -> list[str]:
+def worker_command(kind: JobKind) -> list[str]:
     """The Celery worker of one kind of job: one process, one task at a time (training uses every core
-    itself), on that kind's queue."""
-    settings = get_settings()
-    queue = settings.training_queue if kind == "training" else settings.heatmaps_queue
+    itself), on that kind's queue, with that kind's pool (``core.queue.KINDS_OF_JOBS``)."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", queue, *WORKER_POOLS[kind], "-n", worker_name(kind), "--loglevel", "INFO",
+        "-Q", queue_of(kind, get_settings()), *KINDS_OF_JOBS[kind].pool, "-n", worker_name(kind),
+        "--loglevel", "INFO",
     ]  # fmt: skip
 
 
-def worker_alive(kind: str) -> bool:
+def worker_alive(kind: JobKind) -> bool:
     """Whether this host's worker of ``kind`` is alive: its heartbeat is fresh (a container's health
     check; a Celery ping would go unanswered while a training worker runs its task)."""
     return is_alive(heartbeat_path(get_settings(), worker_name(kind, socket.gethostname())))

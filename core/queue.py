@@ -5,6 +5,7 @@ The API sends tasks by name and never imports them or what they run; the workers
 return value (a job's outcome is in its record), so there is no result backend.
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from celery import Celery
@@ -14,16 +15,34 @@ from core.settings import Settings, get_settings
 
 TRAIN_TASK = "trashcam.train"
 HEATMAPS_TASK = "trashcam.explain_batch"
-TASK_OF_KIND: dict[JobKind, str] = {"training": TRAIN_TASK, "heatmaps": HEATMAPS_TASK}
+
+
+@dataclass(frozen=True)
+class KindOfJob:
+    """How one kind of job runs: its task, and the Celery pool of the workers on its queue."""
+
+    task: str
+    pool: tuple[str, ...]
+
+
+#: Every kind of job. A training job's data loader starts processes of its own, which a prefork pool's
+#: child may not (it is daemonic), so training runs in the worker process itself. Heatmap batches start
+#: none; their prefork child is recycled after each task, returning its memory.
+KINDS_OF_JOBS: dict[JobKind, KindOfJob] = {
+    "training": KindOfJob(TRAIN_TASK, ("--pool", "solo")),
+    "heatmaps": KindOfJob(HEATMAPS_TASK, ("--pool", "prefork", "-c", "1", "--max-tasks-per-child", "1")),
+}
+
+
+def queue_of(kind: JobKind, settings: Settings) -> str:
+    """The queue that ``kind``'s jobs wait in (named in the settings)."""
+    return {"training": settings.training_queue, "heatmaps": settings.heatmaps_queue}[kind]
 
 
 def create_celery(settings: Settings) -> Celery:
     celery = Celery("trashcam", broker=settings.redis_url)
     celery.conf.update(
-        task_routes={
-            TRAIN_TASK: {"queue": settings.training_queue},
-            HEATMAPS_TASK: {"queue": settings.heatmaps_queue},
-        },
+        task_routes={spec.task: {"queue": queue_of(kind, settings)} for kind, spec in KINDS_OF_JOBS.items()},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -50,4 +69,4 @@ def submit(celery: Celery, job: Job) -> None:
 
     The task id carries the attempt, so a resubmitted job is a new message, told apart in the logs.
     """
-    celery.send_task(TASK_OF_KIND[job.kind], args=[job.id], task_id=f"{job.id}-{job.attempts}")
+    celery.send_task(KINDS_OF_JOBS[job.kind].task, args=[job.id], task_id=f"{job.id}-{job.attempts}")

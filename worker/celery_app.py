@@ -1,6 +1,6 @@
 """The workers' Celery application: the one of ``core.queue``, with the tasks registered on it.
 
-Start one worker per queue, with the pool each needs (``app.cli.WORKER_POOLS``):
+Start one worker per queue, with the pool each needs (``core.queue.KINDS_OF_JOBS``):
 
     trashcam worker --queue training
     trashcam worker --queue heatmaps

@@ -8,6 +8,7 @@ from app.routes.inference_views import model_ref
 from app.schemas import HealthPublic, ReadyPublic
 from core.heartbeat import live_workers
 from core.jobs import JOB_KINDS, JOB_STATES
+from core.queue import queue_of
 
 router = APIRouter(tags=["health"])
 
@@ -53,7 +54,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
     heartbeat is fresh). 503 otherwise."""
     redis_ok = await run_in_threadpool(redis_reachable, settings.redis_url)
     loaded = service.manager.loaded
-    queues = (settings.training_queue, settings.heatmaps_queue)
+    queues = [queue_of(kind, settings) for kind in JOB_KINDS]
     workers = {queue: len(await run_in_threadpool(live_workers, settings, queue)) for queue in queues}
     problems = [p for p, ok in (("no model loaded", loaded), ("redis unreachable", redis_ok)) if not ok]
     problems += [f"no live worker on the {queue} queue" for queue, count in workers.items() if not count]
@@ -97,7 +98,7 @@ def read_metrics(metrics: MetricsDep, service: ServiceDep, settings: SettingsDep
             {"name": serving.name, "version": serving.version, "sha256": serving.sha256}
         )
     for queue, depth in queue_depths(
-        settings.redis_url, (settings.training_queue, settings.heatmaps_queue)
+        settings.redis_url, tuple(queue_of(kind, settings) for kind in JOB_KINDS)
     ).items():
         metrics.queue_depth.labels(queue).set(depth)
     counts = jobs.counts()
