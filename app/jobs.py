@@ -32,6 +32,7 @@ from core.jobs import (
 )
 from core.review import SITE_PATTERN, ReviewError, ReviewStore
 from core.settings import Settings
+from models.files import redact_paths
 from training.archive import (
     ARCHIVE_SUFFIXES,
     ArchiveError,
@@ -166,7 +167,7 @@ def vet_archive(path: Path, settings: Settings, *, label: str, uploaded: bool = 
     except ArchiveTooLargeError as error:
         raise too_large(f"{label}: {error}") from None
     except ArchiveError as error:
-        raise unprocessable(f"{label}: {str(error).replace(str(path), label)}") from None
+        raise unprocessable(f"{label}: {redact_paths(str(error), {str(path): label})}") from None
     refuse_unreadable_photos(samples, label)
     return contents.photos
 

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -96,13 +96,20 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 _FOLDERS = re.compile(r"(?<![\w.~>-])/(?:[^/\s,;=:'\"()<>]+/)+")
 
 
+def constant(replacement: str) -> Callable[[re.Match[str]], str]:
+    """A replacement for :func:`re.sub` that is taken as it is, escapes and all."""
+    return lambda _: replacement
+
+
 def redact_paths(text: str, labels: Mapping[str, str]) -> str:
     """``text`` with each folder of ``labels`` named by its label (an empty label: the path becomes
     relative to it) and the folders of any other absolute path left out (its file name stays)."""
     for folder, label in sorted(labels.items(), key=lambda item: len(item[0]), reverse=True):
         folder = re.escape(folder.rstrip("/"))
-        text = re.sub(folder + "/", f"{label}/" if label else "", text)
-        text = re.sub(folder + r"(?![\w.-])", label or ".", text)
+        # Replaced by functions, so that a label is never read as a pattern's escapes (a client's file
+        # name may hold backslashes).
+        text = re.sub(folder + "/", constant(f"{label}/" if label else ""), text)
+        text = re.sub(folder + r"(?![\w.-])", constant(label or "."), text)
     return _FOLDERS.sub("", text)
 
 

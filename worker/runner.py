@@ -61,8 +61,7 @@ class Held:
 def _public_error(error: Exception, folder: Path, labels: Mapping[str, str]) -> str:
     """The error for the job record, without the server's paths: the job's own folder is ``<job>``,
     the other folders a user knows by their labels, any other folder left out."""
-    text = f"{type(error).__name__}: {error}".replace(str(folder), "<job>")
-    return redact_paths(text, labels)
+    return redact_paths(f"{type(error).__name__}: {error}", {**labels, str(folder): "<job>"})
 
 
 @contextmanager

@@ -30,3 +30,11 @@ def test_server_folders_are_named_by_label_or_left_out(text: str, shown: str) ->
 def test_every_string_of_a_record_is_redacted() -> None:
     record = {"data": ["/srv/var/data/a.zip"], "nested": {"path": "/home/x/y.pt", "seed": 3}}
     assert redact(record, LABELS) == {"data": ["<data root>/a.zip"], "nested": {"path": "y.pt", "seed": 3}}
+
+
+def test_a_label_is_taken_as_it_is_escapes_and_all() -> None:
+    """A client's file name as a label: a backslash in it is no pattern escape (an error before)."""
+    label = r"photos\1\g<0>.zip"
+    assert redact_paths("/srv/var/jobs/abc/upload.zip: bad", {"/srv/var/jobs/abc/upload.zip": label}) == (
+        f"{label}: bad"
+    )
