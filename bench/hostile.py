@@ -31,7 +31,8 @@ import psutil
 from PIL import Image
 
 from app.connections import open_descriptor_limit
-from core.jobs import JobStore, TrainingParams
+from bench.expensive_load import photo as photo_jpeg
+from core.jobs import JobStore, TrainingParams, folder_bytes
 
 MB = 1 << 20
 
@@ -78,13 +79,6 @@ class Sampler:
         self._thread.join()
 
 
-def photo_jpeg(size: tuple[int, int] = (512, 384)) -> bytes:
-    small = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def classify(client: httpx2.Client, photo: bytes) -> httpx2.Response:
     return client.post("/classify", files={"file": ("p.jpg", photo, "image/jpeg")})
 
@@ -93,7 +87,7 @@ def classify(client: httpx2.Client, photo: bytes) -> httpx2.Response:
 
 
 def expensive(base_url: str, *, requests: int = 30, clients: int = 4) -> dict[str, Any]:
-    photo = photo_jpeg()
+    photo = photo_jpeg(0)
     with httpx2.Client(base_url=base_url, timeout=600) as client:
         classify(client, photo)  # warm
         alone = [seconds_of(lambda: classify(client, photo))[0] for _ in range(requests)]
@@ -193,7 +187,7 @@ def slow_sockets(
         except OSError:
             refused += 1
     opened_s = time.perf_counter() - started
-    photo = photo_jpeg()
+    photo = photo_jpeg(0)
     try:
         time.sleep(2.0)  # the API accepts what the kernel queued
         descriptors = api.num_fds()
@@ -219,10 +213,6 @@ def slow_sockets(
 
 
 # --- 4 ----------------------------------------------------------------------------------------------
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def spooling(base_url: str, temp: Path, *, parallel: int = 6, part_mb: int = 320) -> dict[str, Any]:
@@ -266,7 +256,8 @@ def zip_of(members: Iterator[tuple[str, bytes]]) -> bytes:
 
 
 def small_data_set() -> bytes:
-    return zip_of((f"{name}/{i}.jpg", photo_jpeg((64, 48))) for name in ("glass", "paper") for i in range(4))
+    small = photo_jpeg(0, (64, 48))
+    return zip_of((f"{name}/{i}.jpg", small) for name in ("glass", "paper") for i in range(4))
 
 
 def jobs(base_url: str, key: str, var: Path, redis_url: str, *, rapid: int, records: int) -> dict[str, Any]:
@@ -279,7 +270,7 @@ def jobs(base_url: str, key: str, var: Path, redis_url: str, *, rapid: int, reco
                 "/train", files={"file": ("d.zip", data)}, data={"epochs": "1"}, headers=headers
             ).status_code
 
-    bomb = zip_of(iter([("photos/a.jpg", photo_jpeg()), ("photos/zeros.png", bytes(900 * MB))]))
+    bomb = zip_of(iter([("photos/a.jpg", photo_jpeg(0)), ("photos/zeros.png", bytes(900 * MB))]))
     empties = zip_of((f"e/{i}.jpg", b"") for i in range(100_000))
     archives = {}
     with httpx2.Client(base_url=base_url, timeout=120, headers=headers) as client:

@@ -65,16 +65,23 @@ class Usage:
 class JobIndex:
     def __init__(self, jobs_dir: Path) -> None:
         self.path = jobs_dir / DATABASE
+        self._created = False
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # One connection per call: cheap, and a connection may not cross threads. Workers and the API
-        # write to the same file from several processes; WAL lets readers go on meanwhile.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # write to the same file from several processes; WAL (kept in the file) lets readers go on
+        # meanwhile. The tables are made once per process, or again if the file was removed: making
+        # them takes the write lock, which every query would otherwise wait for.
+        fresh = not self._created or not self.path.exists()
+        if fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(SCHEMA)
+            if fresh:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.executescript(SCHEMA)
+                self._created = True
             with db:
                 yield db
         finally:
