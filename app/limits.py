@@ -16,20 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import access_of
 from app.parts import FilePartSizes
 from app.quotas import check_job_quota
 from app.security import API_KEY_HEADER, check_api_key
-from core.settings import Role, Settings
-
-#: Methods that change state; under these paths they need a key of the role given (as the routes'
-#: TrainAccess and AdminAccess do).
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-WRITE_PATHS: dict[str, Role] = {"/train": "train", "/explain/batch": "train", "/models": "admin"}
-#: With ``protect_reads`` every method under these paths needs one too (as the routes' ReadAccess does).
-READ_PATHS = ("/classify", "/explain", "/fingerprint", "/similar", "/train", "/models")
-#: Every method under these paths needs a key of the role given, always: the review queue holds photos
-#: of the public and the names of the people who labelled them.
-KEYED_PATHS: dict[str, Role] = {"/review": "review"}
+from core.settings import Settings
 
 
 class BodyTooLargeError(HTTPException):
@@ -51,39 +42,16 @@ class FileTooLargeError(HTTPException):
         super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"{name}: larger than the limit of {limit} bytes")
 
 
-#: The routes whose files are archives of photos, with a limit of their own.
-ARCHIVE_PATHS = ("/train", "/explain/batch")
-#: The routes that start a job, under the queues' bound and the key's quota.
-JOB_PATHS = ("/train", "/explain/batch")
+def file_limit(starts_job: bool, settings: Settings) -> int:
+    """The largest file an operation takes: a job's archive, or one photo."""
+    return settings.max_archive_upload_bytes if starts_job else settings.max_upload_bytes
 
 
-def file_limit(path: str, settings: Settings) -> int:
-    """The largest file a route takes: an archive, or one photo."""
-    return settings.max_archive_upload_bytes if path in ARCHIVE_PATHS else settings.max_upload_bytes
-
-
-def body_limit(path: str, settings: Settings) -> int:
-    """The largest request body a route may receive: its files' limits plus room for the form."""
-    if path in ARCHIVE_PATHS:
+def body_limit(starts_job: bool, settings: Settings) -> int:
+    """The largest request body an operation may receive: its files' limits plus room for the form."""
+    if starts_job:
         return settings.max_archive_upload_bytes + (1 << 20)
     return settings.max_upload_bytes * settings.max_files_per_request + (1 << 20)
-
-
-def under(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in prefixes)
-
-
-def needed_role(method: str, path: str, *, protect_reads: bool) -> Role | None:
-    """The role the route's own key check asks for (None: no key needed). Checked here as well, so that
-    a request is refused before its body is read: the routes check it only after parsing their form."""
-    for prefix, role in KEYED_PATHS.items():
-        if under(path, (prefix,)):
-            return role
-    if method in WRITE_METHODS:
-        for prefix, role in WRITE_PATHS.items():
-            if under(path, (prefix,)):
-                return role
-    return "read" if protect_reads and under(path, READ_PATHS) else None
 
 
 def _declared_methods(app: Any) -> list[tuple[re.Pattern[str], frozenset[str]]]:
@@ -129,7 +97,9 @@ class RequestGate:
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         path, method = scope["path"], scope["method"]
-        limit = body_limit(path, self.settings)
+        operation = access_of(scope["app"], method, path) if "app" in scope else None
+        starts_job = operation is not None and operation.starts_job
+        limit = body_limit(starts_job, self.settings)
         try:
             allowed = methods_not_routed(scope)
             if allowed is not None:
@@ -139,10 +109,11 @@ class RequestGate:
                     f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}",
                     headers={"Allow": ", ".join(allowed)},
                 )
-            role = needed_role(method, path, protect_reads=self.settings.protect_reads)
+            protect_reads = self.settings.protect_reads
+            role = None if operation is None else operation.needed_role(protect_reads=protect_reads)
             if role is not None:
                 key = check_api_key(self.settings, headers.get(API_KEY_HEADER.lower()), role)
-                if method == "POST" and path in JOB_PATHS and "app" in scope:
+                if starts_job:
                     # A key over its quota is told so before it sends an upload for nothing.
                     jobs = scope["app"].state.jobs
                     await run_in_threadpool(check_job_quota, jobs, self.settings, key.name)
@@ -162,7 +133,8 @@ class RequestGate:
         over = False
         refusal: HTTPException = BodyTooLargeError(limit)
         answered = False  # the app began its response, or the 413 was sent
-        parts = FilePartSizes.for_request(headers.get("content-type", ""), file_limit(path, self.settings))
+        largest_file = file_limit(starts_job, self.settings)
+        parts = FilePartSizes.for_request(headers.get("content-type", ""), largest_file)
 
         body_done = False
 
@@ -184,7 +156,7 @@ class RequestGate:
                 received += len(body)
                 too_large = parts.feed(body) if parts is not None else None
                 if too_large is not None:
-                    refusal = FileTooLargeError(too_large, file_limit(path, self.settings))
+                    refusal = FileTooLargeError(too_large, largest_file)
                 if received > limit or too_large is not None:
                     # The rest is never read (nor this chunk passed on): to the route the client has
                     # gone, and what it answers is replaced by the 413 below.

@@ -5,8 +5,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from app.access import access_rules
 from app.errors import ERROR_EXAMPLES
-from app.limits import needed_role
 from app.schemas import ErrorPublic
 
 ERROR_REF = {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}
@@ -108,16 +108,17 @@ def operation_id(route: APIRoute) -> str:
     return OPERATION_IDS.get(route.name, route.name)
 
 
-def document_open_reads(document: dict[str, Any], *, protect_reads: bool) -> None:
+def document_open_reads(document: dict[str, Any], app: Any, *, protect_reads: bool) -> None:
     """Mark the key optional (``security: [{}, ApiKey]``) on the operations that answer without one as
-    the service is configured (the gate's rule, :func:`app.limits.needed_role`): a client, or a
-    generated test, should not be told that an open read needs a key."""
-    for path, operations in document["paths"].items():
-        for method, operation in operations.items():
-            security = operation.get("security")
-            if not security or {} in security:
-                continue
-            if needed_role(method.upper(), path, protect_reads=protect_reads) is None:
+    the service is configured (the gate's rule, :mod:`app.access`): a client, or a generated test,
+    should not be told that an open read needs a key."""
+    for rule in access_rules(app):
+        if rule.role is None or rule.needed_role(protect_reads=protect_reads) is not None:
+            continue
+        for method in rule.methods:
+            operation = document["paths"].get(rule.path, {}).get(method.lower())
+            security = None if operation is None else operation.get("security")
+            if security and {} not in security:
                 operation["security"] = [{}, *security]
 
 
@@ -132,5 +133,5 @@ class DocumentedAPI(FastAPI):
         form_fields_without_null(document)
         settings = getattr(self.state, "settings", None)
         if settings is not None:
-            document_open_reads(document, protect_reads=settings.protect_reads)
+            document_open_reads(document, self, protect_reads=settings.protect_reads)
         return document

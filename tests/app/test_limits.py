@@ -1,6 +1,8 @@
 import asyncio
 import json
+import re
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,11 +11,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.testclient import TestClient
 
 from app import cli
-from app.limits import needed_role
+from app.access import access_rules, api_routes, needed_role
 from app.main import create_app
 from app.parts import FilePartSizes
 from core.settings import Settings, get_settings
-from tests.app.conftest import API_KEY
+from tests.app.conftest import API_KEY, api_settings
 
 
 def chunks(total: int, size: int = 1 << 16, *, file_size: int | None = None) -> Iterator[bytes]:
@@ -240,28 +242,52 @@ def test_pages_say_what_they_may_load_and_that_no_site_may_frame_them(client: Te
     assert "script-src 'self'" in headers["content-security-policy"]
 
 
+def keyed_operations(protect_reads: bool) -> list[tuple[str, str]]:
+    """Every operation whose route checks a key as the service is configured: those that FastAPI's
+    document, made from the routes' dependencies alone, gives a security scheme, less the reads when
+    reads are open."""
+    app = create_app(api_settings(Path("/nonexistent")))
+    # Not the served document: that one marks open reads by the gate's own rule.
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    reads = {"require_read_access"}
+    operations = []
+    for route in api_routes(app):
+        names = {getattr(dependency.call, "__name__", "") for dependency in route.dependant.dependencies}
+        checks = {name for name in names if name.startswith("require_")}
+        path = str(route.path_format)
+        for method in route.methods or ():
+            if not document["paths"].get(path, {}).get(method.lower(), {}).get("security"):
+                continue
+            if protect_reads or checks - reads:
+                operations.append((str(method), path))
+    return operations
+
+
 @pytest.mark.parametrize("protect_reads", [False, True])
-def test_every_operation_that_checks_a_key_is_known_to_the_gate(
+def test_every_operation_that_checks_a_key_is_refused_by_the_gate_before_its_body(
     settings: Settings, protect_reads: bool
 ) -> None:
-    """An operation whose route checks a key (FastAPI's document, made from the routes' dependencies,
-    names the key's scheme) is one the gate checks before the body is read: a route missing from the
-    gate's rules would read its whole body before refusing a request without a key. With reads open,
-    the read routes' check lets everyone through, so the gate checks fewer."""
-    app = create_app(settings.model_copy(update={"protect_reads": protect_reads}))
-    checked_by_route, checked_by_gate = set(), set()
-    # Not the served document: that one marks open reads by the gate's own rule.
-    for path, operations in get_openapi(title=app.title, version=app.version, routes=app.routes)[
-        "paths"
-    ].items():
-        for method, operation in operations.items():
-            if operation.get("security"):
-                checked_by_route.add(f"{method.upper()} {path}")
-            if needed_role(method.upper(), path, protect_reads=protect_reads) is not None:
-                checked_by_gate.add(f"{method.upper()} {path}")
-    if protect_reads:
-        assert checked_by_route == checked_by_gate
-    else:
-        assert checked_by_gate < checked_by_route
-        assert {"POST /train", "PUT /models/default", "GET /review"} <= checked_by_gate
-        assert "POST /classify" not in checked_by_gate
+    """A route missing from the gate's rules would read its whole body before refusing a request
+    without a key; the gate derives its rules from the routes, and this holds it to every one."""
+    settings.protect_reads = protect_reads
+    headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"600000000")]
+    operations = keyed_operations(protect_reads)
+    assert {("POST", "/train"), ("PUT", "/models/default"), ("GET", "/review")} <= set(operations)
+    assert (("POST", "/classify") in operations) == protect_reads
+    for method, template in operations:
+        path = re.sub(r"{[^}]+}", "0123456789abcdef0123456789abcdef", template)
+        sent = run_gate(settings, method, path, headers)
+        assert sent[0]["status"] == 401, (method, template)
+
+
+def test_the_gate_rules_follow_the_routes_dependencies(settings: Settings) -> None:
+    app = create_app(settings)
+    assert needed_role(app, "POST", "/train", protect_reads=False) == "train"
+    assert needed_role(app, "DELETE", "/models/se_resnet50/v1", protect_reads=False) == "admin"
+    assert needed_role(app, "GET", "/train/0123", protect_reads=False) is None
+    assert needed_role(app, "GET", "/train/0123", protect_reads=True) == "read"
+    assert needed_role(app, "HEAD", "/models", protect_reads=True) == "read"
+    assert needed_role(app, "GET", "/health", protect_reads=True) is None
+    assert needed_role(app, "POST", "/no-such-route", protect_reads=True) is None
+    starting = {rule.path for rule in access_rules(app) if rule.starts_job}
+    assert starting == {"/train", "/explain/batch"}
