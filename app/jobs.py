@@ -20,11 +20,9 @@ from PIL import Image
 from app.errors import too_large, unprocessable
 from app.quotas import admission, check_job_quota
 from core.confinement import links_out
+from core.job_folder import REVIEW_SET_PREFIX, UPLOAD_STEM, JobFolder
 from core.jobs import (
-    INPUTS_DIR,
     PHOTO_SUFFIXES,
-    REVIEW_SET_PREFIX,
-    UPLOAD_STEM,
     Job,
     JobParams,
     JobStore,
@@ -292,9 +290,7 @@ def store_training_data(
                     "digits, '.', '_', '-', first a letter or digit"
                 )
             try:
-                labelled = ReviewStore(settings.review_dir).export(
-                    site, folder / f"{REVIEW_SET_PREFIX}{site}"
-                )
+                labelled = ReviewStore(settings.review_dir).export(site, JobFolder(folder).review_set(site))
             except ReviewError as error:
                 raise unprocessable(f"data_path {given}: {error}") from None
             named.append((name, labelled.folder))
@@ -307,7 +303,7 @@ def store_training_data(
         filename, source = upload
         archive = copy_upload(
             source,
-            folder / f"{UPLOAD_STEM}{archive_suffix(filename)}",
+            JobFolder(folder).upload(archive_suffix(filename)),
             max_bytes=settings.max_archive_upload_bytes,
             label=filename,
         )
@@ -377,12 +373,12 @@ def store_photos(uploads: Sequence[tuple[str, BinaryIO]], folder: Path, settings
         folder.mkdir(parents=True)
         archive = copy_upload(
             source,
-            folder / f"{UPLOAD_STEM}{archive_suffix(filename)}",
+            JobFolder(folder).upload(archive_suffix(filename)),
             max_bytes=settings.max_archive_upload_bytes,
             label=filename,
         )
         return vet_archive(archive, settings, label=filename)
-    inputs = folder / INPUTS_DIR
+    inputs = JobFolder(folder).inputs
     inputs.mkdir(parents=True)
     stored = []
     for index, (filename, source) in enumerate(uploads):

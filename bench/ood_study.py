@@ -24,17 +24,19 @@ import numpy.typing as npt
 import torch
 
 from bench.operator_story import read_source
+from core.settings import PROJECT_ROOT, SHIPPED_MODEL_DIR
 from models.calibration import Calibration, choose_min_probability
 from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from models.precision import choose_precision
+from models.store import CHECKPOINT_FILE
 from training.features import Features, extract_features
 from training.report import plot_risk_coverage, risk_coverage
+from training.run_folder import RunFolder
 from training.split import manifest_and_root
 
-REPO = Path(__file__).resolve().parent.parent
-BASE = REPO / "weights" / "se_resnet50" / "model.pt"
-BASE_MANIFEST = REPO / "weights" / "se_resnet50" / "manifest.json"
+BASE = SHIPPED_MODEL_DIR / CHECKPOINT_FILE
+BASE_MANIFEST = RunFolder(SHIPPED_MODEL_DIR).manifest
 Array = npt.NDArray[np.float32]
 
 
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--extra", type=Path, required=True)
     parser.add_argument("--extra2", type=Path, required=True)
-    parser.add_argument("--trashnet", type=Path, default=REPO / "data" / "trashnet-112.tar.gz")
+    parser.add_argument("--trashnet", type=Path, default=PROJECT_ROOT / "data" / "trashnet-112.tar.gz")
     parser.add_argument("--target", type=float, nargs="+", default=[0.95, 0.93, 0.90])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rule-out", type=Path, help="write the shipped rule's figures here (JSON)")

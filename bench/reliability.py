@@ -56,7 +56,9 @@ from bench.bad_images import corpus
 from bench.photos import Photo, load_photos
 from bench.record import cpu_name
 from bench.service_load import load, percentile, rss_mb, running
-from core.settings import Settings, get_settings
+from core.settings import SHIPPED_MODEL_DIR, Settings, get_settings
+from models.store import CHECKPOINT_FILE
+from training.run_folder import RunFolder
 
 PORT = 8110
 MAX_UPLOAD_BYTES: int = Settings.model_fields["max_upload_bytes"].default
@@ -247,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, default=Path("weights/se_resnet50/model.pt"))
-    parser.add_argument("--manifest", type=Path, default=Path("weights/se_resnet50/manifest.json"))
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_MODEL_DIR / CHECKPOINT_FILE)
+    parser.add_argument("--manifest", type=Path, default=RunFolder(SHIPPED_MODEL_DIR).manifest)
     parser.add_argument("--data", action="append", default=None, help="where the manifest's data set is")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="a database of its own")
     parser.add_argument("--examples", type=int, default=200, help="generated requests per operation and pass")

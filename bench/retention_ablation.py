@@ -25,17 +25,19 @@ import torch
 
 from bench.operator_story import draw, read_source
 from bench.retained import retained_accuracy
+from core.settings import PROJECT_ROOT, SHIPPED_MODEL_DIR
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.store import CHECKPOINT_FILE
 from training.config import make_config
 from training.engine import train
 from training.evaluation import evaluate_checkpoint
+from training.run_folder import RunFolder
 from training.split import manifest_and_root
 from training.transfer import base_options
 from training.weights import interpolate
 
-REPO = Path(__file__).resolve().parent.parent
-BASE = REPO / "weights" / "se_resnet50" / "model.pt"
-BASE_MANIFEST = REPO / "weights" / "se_resnet50" / "manifest.json"
+BASE = SHIPPED_MODEL_DIR / CHECKPOINT_FILE
+BASE_MANIFEST = RunFolder(SHIPPED_MODEL_DIR).manifest
 #: Nothing protects the classes the site lacks, unless a variant says so.
 PLAIN: dict[str, Any] = {"replay_distill": 0.0, "forgetting_limit": 1.0, "early_stop": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -65,6 +67,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-nohold-replay25": {"forgetting_limit": 1.0, "replay": 0.25},
     # Every class of the base kept as rows, nothing replayed or distilled: the site's photos only.
     "sd-only-base-classes": {**PLAIN, "replay": 0.0, "distill": 0.0},
+    # Linear probing before fine-tuning (LP-FT, Kumar et al. 2022): the head fitted for 5 epochs on frozen
+    # features, so that the backbone moves less once it learns.
+    "recipe-nohold-probe5": {"forgetting_limit": 1.0, "freeze_epochs": 5},
+    # A higher rate, and a longer schedule.
+    "recipe-nohold-lr1e-3": {"forgetting_limit": 1.0, "lr": 1e-3},
+    "recipe-nohold-60epochs": {"forgetting_limit": 1.0, "epochs": 60, "early_stop": 20},
 }
 
 
@@ -73,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--extra", type=Path, required=True, help="waste-extra-144.tar.gz")
-    parser.add_argument("--trashnet", type=Path, default=REPO / "data" / "trashnet-112.tar.gz")
+    parser.add_argument("--trashnet", type=Path, default=PROJECT_ROOT / "data" / "trashnet-112.tar.gz")
     parser.add_argument("--source", default="sd")
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
@@ -117,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "variant": name,
                 "seed": args.seed,
                 "site_accuracy": site_report["accuracy"],
+                "site_confusion": site_report["confusion_matrix"],
                 "base_test_accuracy": kept["accuracy"],
                 "base_test_accuracy_lacking": kept["accuracy_lacking"],
                 "per_class": kept["per_class"],
@@ -138,10 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             started = time.perf_counter()
             train(make_config("finetune", data=str(args.out / "site"), out=str(out), **options))
-            score(out / "best.pt", name, time.perf_counter() - started)
+            score(RunFolder(out).best, name, time.perf_counter() - started)
         for item in args.interpolate:
             name, _, alphas = item.partition("=")
-            base, end = load_checkpoint(BASE), load_checkpoint(args.out / name / "best.pt")
+            base, end = load_checkpoint(BASE), load_checkpoint(RunFolder(args.out / name).best)
             for alpha in (float(a) for a in alphas.split(",")):
                 path = args.out / f"{name}-wise{alpha}.pt"
                 save_checkpoint(path, interpolate(base.state_dict, end.state_dict, alpha), end.spec)

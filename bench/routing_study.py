@@ -25,16 +25,18 @@ import numpy as np
 import torch
 
 from bench.operator_story import read_source
+from core.settings import PROJECT_ROOT, SHIPPED_MODEL_DIR
 from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from models.precision import choose_precision
+from models.store import CHECKPOINT_FILE
 from training.data import Sample
 from training.features import Features, extract_features
 from training.ood import choose_route_margin
+from training.run_folder import RunFolder
 from training.split import manifest_and_root
 
-REPO = Path(__file__).resolve().parent.parent
-BASE_DIR = REPO / "weights" / "se_resnet50"
+BASE_DIR = SHIPPED_MODEL_DIR
 
 
 def folder_samples(folder: Path, classes: Sequence[str]) -> list[Sample]:
@@ -53,13 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a bench.retention_ablation output folder")
     parser.add_argument("--variants", nargs="+", required=True)
     parser.add_argument("--extra", type=Path, required=True, help="waste-extra-144.tar.gz")
-    parser.add_argument("--trashnet", type=Path, default=REPO / "data" / "trashnet-112.tar.gz")
+    parser.add_argument("--trashnet", type=Path, default=PROJECT_ROOT / "data" / "trashnet-112.tar.gz")
     parser.add_argument("--unseen", type=Path, help="waste-extra2-144.tar.gz: its er photos, unlike both")
     args = parser.parse_args(argv)
 
     device = torch.device("cpu")
     amp = choose_precision(device).dtype
-    base_path = BASE_DIR / "model.pt"
+    base_path = BASE_DIR / CHECKPOINT_FILE
     classes = list(load_checkpoint(base_path).spec.class_names)
     site_classes = sorted(read_source(args.extra, "sd"))
     lacking = [name for name in classes if name not in site_classes]
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="routing-") as scratch:
         data = [f"trashnet={args.trashnet}", f"extra={args.extra}"]
         manifest, root = manifest_and_root(
-            BASE_DIR / "manifest.json", data, Path(scratch), run_data=Path(scratch)
+            RunFolder(BASE_DIR).manifest, data, Path(scratch), run_data=Path(scratch)
         )
         folders = {"site": args.run / "site", "sd_test": args.run / "test"}
         sets: dict[str, tuple[Path, list[Sample]]] = {
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = [(path, classes.index(manifest.class_names[label])) for path, label in manifest.select("val")]
         lacking_rows = np.isin(base["base_test"].labels, [classes.index(n) for n in lacking])
         for variant in args.variants:
-            checkpoint = args.run / variant / "best.pt"
+            checkpoint = RunFolder(args.run / variant).best
             site = features(checkpoint)
             bank = FeatureBank.load(checkpoint.parent / OOD_FILE)
             chosen_in = "training"

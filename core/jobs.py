@@ -29,6 +29,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.lock import Lock
 
+from core.job_folder import RUN_DIR, JobFolder
 from core.job_index import ACTIVE_STATES, IndexedJob, JobIndex, Usage
 from models.files import atomic_write_bytes
 from training.config import TrainConfig, make_config
@@ -39,29 +40,14 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 JOB_KINDS: tuple[JobKind, ...] = ("training", "heatmaps")
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", *FINAL_STATES)
-#: A job's record in its folder.
-RECORD_FILE = "job.json"
 _ID = re.compile(r"[0-9a-f]{32}")
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "trashcam:job:"
 LOCK_PREFIX = "trashcam:lock:"
 #: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
 INSTANCE_KEY = "trashcam:instance"
-CANCEL_MARKER = "cancel"
-# A job's folder: job.json and the markers above, and the work of its kind.
-#: A training job's run folder (see ``training.engine``: config, split, checkpoints, report).
-RUN_DIR = "run"
-#: A heatmap batch's photos, and the zip of its results.
-INPUTS_DIR = "inputs"
-#: An uploaded archive in a job's folder: ``upload.zip``, ``upload.tar.gz``, ...
-UPLOAD_STEM = "upload"
-#: A review set written out for a training job: ``review-SITE``.
-REVIEW_SET_PREFIX = "review-"
-RESULT_ZIP = "result.zip"
 #: What a heatmap batch accepts as photos: what a training data set may hold, listed in messages.
 PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
-#: Written by the worker holding a job (its holder token) every third of the lease's time to live.
-HEARTBEAT_FILE = "heartbeat"
 
 
 class JobNotFoundError(LookupError):
@@ -231,6 +217,10 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id!r}")
         return self.jobs_dir / job_id
 
+    def files(self, job_id: str) -> JobFolder:
+        """The job's folder, its files by name."""
+        return JobFolder(self.folder(job_id))
+
     # Records -------------------------------------------------------------------------------------
     def create(
         self,
@@ -249,7 +239,7 @@ class JobStore:
     def save(self, job: Job) -> None:
         job.updated_at = time.time()
         text = job.to_json()
-        atomic_write_bytes(self.folder(job.id) / RECORD_FILE, text.encode())
+        atomic_write_bytes(self.files(job.id).record, text.encode())
         # Measured when the folder stops changing for a while: submitted, finished, pruned.
         self.update_index(job, measure=job.state == "queued" or job.finished)
         try:
@@ -265,7 +255,7 @@ class JobStore:
         cannot be written is mended by :meth:`reconcile`."""
         folder = self.folder(job.id)
         try:
-            mtime = mtime_ns if mtime_ns is not None else (folder / RECORD_FILE).stat().st_mtime_ns
+            mtime = mtime_ns if mtime_ns is not None else JobFolder(folder).record.stat().st_mtime_ns
             self.index.record(
                 IndexedJob(
                     id=job.id,
@@ -291,7 +281,7 @@ class JobStore:
             for folder in self.jobs_dir.iterdir():
                 if _ID.fullmatch(folder.name):
                     with contextlib.suppress(FileNotFoundError):
-                        on_disk[folder.name] = (folder / RECORD_FILE).stat().st_mtime_ns
+                        on_disk[folder.name] = JobFolder(folder).record.stat().st_mtime_ns
         changed = 0
         for job_id, mtime in on_disk.items():
             if indexed.get(job_id) != mtime:
@@ -339,7 +329,7 @@ class JobStore:
         return self.index.usage(submitted_by)
 
     def get(self, job_id: str) -> Job:
-        path = self.folder(job_id) / RECORD_FILE
+        path = self.files(job_id).record
         try:
             job = Job.from_json(path.read_bytes())
         except FileNotFoundError:
@@ -353,7 +343,7 @@ class JobStore:
         if not self.jobs_dir.is_dir():
             return
         for folder in sorted(self.jobs_dir.iterdir()):
-            if _ID.fullmatch(folder.name) and (folder / RECORD_FILE).is_file():
+            if _ID.fullmatch(folder.name) and JobFolder(folder).record.is_file():
                 try:
                     yield self.get(folder.name)
                 except JobNotFoundError as error:
@@ -377,7 +367,7 @@ class JobStore:
         job = self.get(job_id)
         if job.finished:
             return job
-        atomic_write_bytes(self.folder(job_id) / CANCEL_MARKER, b"cancel requested\n")
+        atomic_write_bytes(self.files(job_id).cancel_marker, b"cancel requested\n")
         job.cancel_requested = True
         if job.state == "queued" and not self.locked(job_id):
             job.state, job.finished_at = "cancelled", time.time()
@@ -385,18 +375,18 @@ class JobStore:
         return job
 
     def cancel_requested(self, job_id: str) -> bool:
-        return (self.folder(job_id) / CANCEL_MARKER).is_file()
+        return self.files(job_id).cancel_marker.is_file()
 
     # Ownership -----------------------------------------------------------------------------------
     def lease(self, job_id: str, ttl_seconds: int) -> "JobLease":
-        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, self.folder(job_id) / HEARTBEAT_FILE)
+        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, self.files(job_id).heartbeat)
 
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
 
     def heartbeat(self, job_id: str) -> Heartbeat | None:
         """The job's heartbeat file: which worker last showed it was alive and working on it, and when."""
-        return read_heartbeat(self.folder(job_id) / HEARTBEAT_FILE)
+        return read_heartbeat(self.files(job_id).heartbeat)
 
     def orphans(self) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.

@@ -14,7 +14,7 @@ from models.calibration import Thresholds
 from models.checkpoint import CheckpointError
 from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
-from models.store import ModelInUseError, ModelStore, ModelVersion
+from models.store import CHECKPOINT_FILE, ModelInUseError, ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class ModelManager:
 
     def _from_file(self, path: Path) -> Predictor:
         # A file outside the store is versioned by its weights' digest.
-        name = path.parent.name if path.name == "model.pt" else path.stem
+        name = path.parent.name if path.name == CHECKPOINT_FILE else path.stem
         predictor = Predictor.from_checkpoint(
             str(path),
             name=name,

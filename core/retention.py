@@ -11,40 +11,9 @@ import shutil
 import time
 from pathlib import Path
 
-from core.jobs import (
-    INPUTS_DIR,
-    RESULT_ZIP,
-    REVIEW_SET_PREFIX,
-    RUN_DIR,
-    UPLOAD_STEM,
-    Job,
-    JobStore,
-    folder_bytes,
-)
-from models.ood import OOD_FILE
-from models.similarity import INDEX_FILE
-from training.engine import DATA_DIR, REPLAY_DIR
+from core.jobs import Job, JobStore, folder_bytes
 
 logger = logging.getLogger(__name__)
-
-#: What a job folder may hold that is large and not needed once the job has finished. Named by the
-#: constants that the writers use: a file renamed there and not here would stay on disk for ever.
-BULKY = (
-    f"{UPLOAD_STEM}*",
-    f"{REVIEW_SET_PREFIX}*",
-    INPUTS_DIR,
-    f".{INPUTS_DIR}.*",  # what a worker that died while it extracted a batch's archive left
-    RESULT_ZIP,
-    f"{RUN_DIR}/{DATA_DIR}",
-    f"{RUN_DIR}/{REPLAY_DIR}",
-    f"{RUN_DIR}/*.pt",
-    f"{RUN_DIR}/{INDEX_FILE}",
-    f"{RUN_DIR}/{OOD_FILE}",
-)
-
-
-def bulky_files(folder: Path) -> list[Path]:
-    return sorted(path for pattern in BULKY for path in folder.glob(pattern))
 
 
 def remove(path: Path) -> None:
@@ -66,10 +35,8 @@ def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) 
     """Remove a finished job's bulky files (or those of ``only``, folder-relative); bytes freed."""
     if not job.finished:
         raise ValueError(f"job {job.id} is {job.state}: only finished jobs are pruned")
-    folder = jobs.folder(job.id)
-    paths = (
-        bulky_files(folder) if only is None else [folder / name for name in only if (folder / name).exists()]
-    )
+    folder = jobs.files(job.id)
+    paths = folder.bulky() if only is None else [path for path in folder.matching(only) if path.exists()]
     freed = 0
     for path in paths:
         freed += folder_bytes(path)

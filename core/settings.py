@@ -11,8 +11,11 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import Thresholds
+from models.store import CHECKPOINT_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The model that ships with the project, as ``training.export`` writes it: weights, spec, run record.
+SHIPPED_MODEL_DIR = PROJECT_ROOT / "weights" / "se_resnet50"
 
 #: What a key may do, each role including the ones before it: ``read`` classifies, explains and lists;
 #: ``train`` also starts and cancels jobs; ``admin`` also promotes, rolls back and deletes models.
@@ -39,7 +42,7 @@ class Settings(BaseSettings):
 
     # Models: an explicit checkpoint wins; else the store's default; else the shipped weights.
     model_path: Path | None = None
-    shipped_model_path: Path = PROJECT_ROOT / "weights" / "se_resnet50" / "model.pt"
+    shipped_model_path: Path = SHIPPED_MODEL_DIR / CHECKPOINT_FILE
     var_dir: Path = PROJECT_ROOT / "var"
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     inference_lanes: int | None = Field(

@@ -29,6 +29,12 @@ from models.files import atomic_open, write_json
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _VERSION = re.compile(r"v(\d+)")
 CHECKPOINT_FILE = "model.pt"
+#: A version's record (its spec and the weights' sha256); written last, so a folder without it is ignored.
+SPEC_FILE = "spec.json"
+#: The test report of the run that made a version.
+REPORT_FILE = "report.json"
+#: Which version serves by default.
+DEFAULT_FILE = "default.json"
 
 
 class ModelNotFoundError(LookupError):
@@ -116,7 +122,7 @@ class ModelStore:
         found = []
         for entry in folder.iterdir():
             match = _VERSION.fullmatch(entry.name)
-            if match and (entry / "spec.json").is_file() and (entry / CHECKPOINT_FILE).is_file():
+            if match and (entry / SPEC_FILE).is_file() and (entry / CHECKPOINT_FILE).is_file():
                 found.append((int(match.group(1)), entry))
         return [*shipped, *(self._read(name, entry) for _, entry in sorted(found))]
 
@@ -137,7 +143,7 @@ class ModelStore:
         raise ModelNotFoundError(f"model {name!r} has no version {version!r}; known: {known}")
 
     def default(self) -> ModelVersion | None:
-        pointer = self.root / "default.json"
+        pointer = self.root / DEFAULT_FILE
         if not pointer.is_file():
             return None
         data = json.loads(pointer.read_text(encoding="utf-8"))
@@ -147,7 +153,7 @@ class ModelStore:
             return None
 
     def _read(self, name: str, folder: Path) -> ModelVersion:
-        meta = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
         return ModelVersion(
             name=name,
             version=folder.name,
@@ -176,13 +182,13 @@ class ModelStore:
         with open(checkpoint, "rb") as source, atomic_open(folder / CHECKPOINT_FILE) as target:
             shutil.copyfileobj(source, target)
         if report is not None:
-            write_json(folder / "report.json", report)
+            write_json(folder / REPORT_FILE, report)
         for path in extra:
             with open(path, "rb") as source, atomic_open(folder / path.name) as target:
                 shutil.copyfileobj(source, target)
         meta = {"spec": loaded.spec.to_dict(), "sha256": loaded.sha256}
         # spec.json is written last: a version folder without it is ignored by readers.
-        write_json(folder / "spec.json", meta)
+        write_json(folder / SPEC_FILE, meta)
         return self._read(name, folder)
 
     def set_default(
@@ -202,7 +208,7 @@ class ModelStore:
             before = self.default() or self.builtin()
             previous = before.ref if before is not None else None
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / "default.json", {"name": chosen.name, "version": chosen.version})
+        write_json(self.root / DEFAULT_FILE, {"name": chosen.name, "version": chosen.version})
         entry = {"at": time.time(), "by": by, "from": previous, "to": chosen.ref, "reason": reason}
         # One short line appended in one write: concurrent writers never interleave within it.
         with open(self.root / PROMOTIONS_FILE, "a", encoding="utf-8") as log:
@@ -256,7 +262,7 @@ def _read_builtin(path: str, size: int, mtime_ns: int) -> ModelVersion:
     """The shipped checkpoint's record: ``spec.json`` beside a ``model.pt`` when there is one (as
     ``training.export`` writes it), else read from the checkpoint itself. Cached per file state."""
     checkpoint = Path(path)
-    meta_path = checkpoint.with_name("spec.json")
+    meta_path = checkpoint.with_name(SPEC_FILE)
     if checkpoint.name == CHECKPOINT_FILE and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         spec, sha256 = ModelSpec.from_dict(meta["spec"]), str(meta["sha256"])

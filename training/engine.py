@@ -1,16 +1,6 @@
 """The training loop: epochs, checkpoints after each one, resume, and the final test report.
 
-Run folder layout (``config.out``)::
-
-    config.json        the run's TrainConfig          manifest.json   the split (see training.split)
-    resume.pt          state after the last epoch     history.json    per-epoch metrics (lr: at the
-                                                                      epoch's first step)
-    environment.json   the hardware and precision of each process that trained it, from its first epoch
-    best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
-    index.npz          best.pt's hashes and embeddings of the training photos (models.similarity)
-    ood.npz            best.pt's features of the training photos and its validation scores (models.ood)
-    report.json, confusion_matrix.png                 test report of best.pt
-    data/              the extracted archive, when the data set is one
+A run's folder and its files are named in ``training.run_folder``.
 """
 
 import logging
@@ -29,7 +19,6 @@ from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_check
 from models.files import read_json, write_json
 from models.precision import cpu_has_native_bf16
 from models.predictor import select_device
-from models.similarity import INDEX_FILE
 from training.augment import build_batch_mix, build_train_transform
 from training.calibrate import CalibrationError, calibrate_checkpoint
 from training.config import TrainConfig
@@ -59,6 +48,7 @@ from training.progress import EtaClock, Phase, Progress, ProgressCallback, Train
 from training.replay import column_map, distillation_loss, load_replay, replay_record_for, replay_weights
 from training.report import plot_curves
 from training.retain import check_samples, keep_within
+from training.run_folder import BEST_FILE, FINAL_FILE, RunFolder
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from training.split import (
     AnyManifest,
@@ -73,13 +63,6 @@ from training.state import ResumeError, ResumeState, load_resume_state, save_res
 from training.transfer import head_keys, transfer_weights
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE, MANIFEST_FILE, RESUME_FILE = "config.json", "manifest.json", "resume.pt"
-HISTORY_FILE, BEST_FILE, FINAL_FILE = "history.json", "best.pt", "final.pt"
-ENVIRONMENT_FILE = "environment.json"
-DATA_DIR = "data"
-#: Where a fine-tuning run extracts the base model's training photos that it replays.
-REPLAY_DIR = "replay"
 
 
 class RunExistsError(Exception):
@@ -203,6 +186,7 @@ class _Run:
     ) -> None:
         self.config, self.manifest, self.callback = config, manifest, callback
         self.out = Path(config.out)
+        self.folder = RunFolder(self.out)
         self.device = select_device(config.device)
         self.amp = amp_dtype(self.device, config.amp)
         if self.device.type == "cuda":
@@ -213,9 +197,7 @@ class _Run:
         self.replay = (
             None
             if config.replay_manifest is None or config.replay == 0
-            else load_replay(
-                config.replay_manifest, config.replay_data, self.out / REPLAY_DIR, self.class_names
-            )
+            else load_replay(config.replay_manifest, config.replay_data, self.folder.replay, self.class_names)
         )
         # The base model, when its outputs are distilled: on the new photos when it has no photos of its
         # own to replay, or on the replayed photos.
@@ -496,10 +478,10 @@ class _Run:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
             self._save_model(BEST_FILE, record)
         if not self.environment_recorded:
-            record_environment(self.out / ENVIRONMENT_FILE, epoch, environment(self.device, self.amp))
+            record_environment(self.folder.environment, epoch, environment(self.device, self.amp))
             self.environment_recorded = True
         # The resume file goes last: a kill before it only repeats this epoch, deterministically.
-        save_resume_state(self.out / RESUME_FILE, self.state())
+        save_resume_state(self.folder.resume, self.state())
         self._write_history()
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)",
@@ -515,10 +497,10 @@ class _Run:
 
     def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
         spec = ModelSpec.from_dict({**self.spec.to_dict(), "metrics": metrics})
-        save_checkpoint(self.out / name, self.model, spec)
+        save_checkpoint(self.folder.checkpoint(name), self.model, spec)
 
     def _write_history(self) -> None:
-        write_json(self.out / HISTORY_FILE, self.history)
+        write_json(self.folder.history, self.history)
         plot_curves(self.history, self.out)
 
     def _hold_to_base(self, root: Path) -> None:
@@ -528,7 +510,7 @@ class _Run:
         config = self.config
         if self.replay is None or config.forgetting_limit >= 1 or config.init_from is None:
             return
-        best = load_checkpoint(self.out / BEST_FILE)
+        best = load_checkpoint(self.folder.best)
         if "forgetting_check" in best.spec.recipe:
             return
         lacking = [name for name in self.class_names if name not in self.manifest.class_names]
@@ -577,7 +559,7 @@ class _Run:
         if "val_accuracy" in record:
             metrics["held_val_accuracy"] = record["val_accuracy"]
         spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe, "metrics": metrics})
-        save_checkpoint(self.out / BEST_FILE, state, spec)
+        save_checkpoint(self.folder.best, state, spec)
 
     def between(self, phase: Phase) -> None:
         """Tell the callback where the run is between its long steps (where a cancellation is heard)."""
@@ -612,7 +594,7 @@ class _Run:
         self._describe(root)
         self.between("finish")
         report = evaluate_checkpoint(
-            self.out / BEST_FILE,
+            self.folder.best,
             root=root,
             samples=test,
             data_classes=self.manifest.class_names,
@@ -628,7 +610,7 @@ class _Run:
         # best.pt is rewritten with the weights of its epoch, now with its test metrics too.
         best = self.history[self.best_epoch - 1]
         best_metrics = {**best, "test_loss": report["loss"], "test_accuracy": report["accuracy"]}
-        _rewrite_metrics(self.out / BEST_FILE, best_metrics)
+        _rewrite_metrics(self.folder.best, best_metrics)
         write_report(report, self.out)
         return float(report["accuracy"])
 
@@ -662,7 +644,7 @@ class _Run:
         """Fit best.pt's temperature and "unsure" thresholds on the validation photos, when it can be."""
         try:
             calibrate_checkpoint(
-                self.out / BEST_FILE,
+                self.folder.best,
                 root=root,
                 samples=self._validation_photos(),
                 data_classes=self.class_names,
@@ -671,7 +653,7 @@ class _Run:
                 workers=self.config.workers,
             )
         except CalibrationError as error:
-            logger.warning("best.pt stays uncalibrated: %s", error)
+            logger.warning("%s stays uncalibrated: %s", BEST_FILE, error)
 
     @property
     def _routing(self) -> bool:
@@ -695,7 +677,7 @@ class _Run:
             sources += [self.replay.sources[i] for i in chosen]
         try:
             build_feature_bank(
-                self.out / BEST_FILE,
+                self.folder.best,
                 root=root,
                 train=train,
                 val=val,
@@ -711,19 +693,19 @@ class _Run:
                 workers=self.config.workers,
             )
         except ValueError as error:
-            logger.warning("best.pt has no feature bank: %s", error)
+            logger.warning("%s has no feature bank: %s", BEST_FILE, error)
 
     def _index(self, root: Path) -> None:
         """The hashes and embeddings of the training photos as best.pt sees them (``index.npz``)."""
         build_index(
-            self.out / BEST_FILE,
+            self.folder.best,
             root=root,
             samples=self.manifest.select("train"),
             data_classes=self.manifest.class_names,
             device=self.device,
             batch_size=self.config.batch_size,
             workers=self.config.workers,
-        ).save(self.out / INDEX_FILE)
+        ).save(self.folder.index)
 
 
 def background_paste(config: TrainConfig, root: Path, paths: list[str], sources: list[str]) -> Prepare | None:
@@ -837,7 +819,8 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     Raises :class:`RunExistsError` if the folder already holds a run (use :func:`resume`).
     """
     out = Path(config.out)
-    if (out / RESUME_FILE).exists() or (out / MANIFEST_FILE).exists():
+    folder = RunFolder(out)
+    if folder.holds_run():
         raise RunExistsError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -846,15 +829,15 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     except TrainingCancelled:
         logger.info("training cancelled before it started")
         return TrainResult("cancelled", out, 0, -1.0, 0)
-    manifest, root = split_data(config, out / DATA_DIR)
+    manifest, root = split_data(config, folder.data)
     wanted = ("train", "val", "test") if config.split[2] > 0 else ("train", "val")
     for split, count in ((s, len(manifest.select(s))) for s in wanted):
         if count == 0:
             raise ValueError(f"the {split} split is empty; the data set is too small to split")
     if config.init_from is not None:
         config = _pin_base(config)
-    write_json(out / CONFIG_FILE, config.to_dict())
-    save_manifest(manifest, out / MANIFEST_FILE)
+    write_json(folder.config, config.to_dict())
+    save_manifest(manifest, folder.manifest)
     logger.info(
         "split %s: %s", config.data, {split: sum(row.values()) for split, row in manifest.counts().items()}
     )
@@ -880,10 +863,11 @@ def resume(
     config and manifest.
     """
     out = Path(out_dir)
-    state = load_resume_state(out / RESUME_FILE) if (out / RESUME_FILE).exists() else None
-    if state is None and not (out / CONFIG_FILE).is_file():
-        raise ResumeError(f"{out}: no run to resume (no {RESUME_FILE} or {CONFIG_FILE})")
-    saved = state.config if state is not None else read_json(out / CONFIG_FILE)
+    folder = RunFolder(out)
+    state = load_resume_state(folder.resume) if folder.resume.exists() else None
+    if state is None and not folder.config.is_file():
+        raise ResumeError(f"{out}: no run to resume (no {folder.resume.name} or {folder.config.name})")
+    saved = state.config if state is not None else read_json(folder.config)
     runtime = {"device": device, "workers": workers}
     config = TrainConfig.from_dict(saved).replace(
         out=str(out), **{key: value for key, value in runtime.items() if value is not None}
@@ -893,11 +877,11 @@ def resume(
         if epochs <= done:
             raise ResumeError(f"{out}: {done} epochs are done already; --epochs must be more")
         config = config.replace(epochs=epochs)
-        write_json(out / CONFIG_FILE, config.to_dict())
-    manifest = load_manifest(out / MANIFEST_FILE)
+        write_json(folder.config, config.to_dict())
+    manifest = load_manifest(folder.manifest)
     if state is not None and manifest.digest != state.manifest_digest:
         raise ResumeError(f"{out}: manifest does not match the resume file")
-    root = manifest_data_root(manifest, out / DATA_DIR)
+    root = manifest_data_root(manifest, folder.data)
     run = _Run(config, manifest, root, callback, resuming=state is not None)
     if state is not None:
         run.load(state)

@@ -32,6 +32,7 @@ from training.report import (
     plot_risk_coverage,
     risk_coverage,
 )
+from training.run_folder import CONFUSION_FILE, REPORT_FILE, RISK_COVERAGE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 StepCallback = Callable[[int, int, Mapping[str, float]], None]
 
 #: The evaluation report a run folder holds (and a registered model beside its weights).
-REPORT_FILE = "report.json"
 
 
 @dataclass(frozen=True)
@@ -204,10 +204,10 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> None:
     """``report.json``, ``confusion_matrix.png`` and ``risk_coverage.png`` in ``out_dir``."""
     write_json(out_dir / REPORT_FILE, dict(report))
     matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
-    plot_confusion_matrix(matrix, report["class_names"], out_dir / "confusion_matrix.png")
+    plot_confusion_matrix(matrix, report["class_names"], out_dir / CONFUSION_FILE)
     if report.get("risk_coverage"):
         split = report.get("split", "")
-        plot_risk_coverage({str(split or "photos"): report["risk_coverage"]}, out_dir / "risk_coverage.png")
+        plot_risk_coverage({str(split or "photos"): report["risk_coverage"]}, out_dir / RISK_COVERAGE_FILE)
 
 
 @dataclass(frozen=True)

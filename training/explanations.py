@@ -31,8 +31,9 @@ from models.predictor import select_device
 from models.transforms import build_eval_transform
 from training.archive import ArchiveError
 from training.data import DataError
-from training.engine import DATA_DIR, amp_dtype
+from training.engine import amp_dtype
 from training.evaluation import autocast, eval_loader, remap_labels
+from training.run_folder import DATA_DIR
 from training.split import AnyManifest, manifest_and_root
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,8 @@ def gradcam_figure(
     plt.close(figure)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="explanation", required=True)
     scores = commands.add_parser(
         "faithfulness", help="average drop, increase in confidence, deletion/insertion AUC"
     )
@@ -200,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--split", default="test", help="a split; for figures, splits joined by '+'")
         command.add_argument("--method", default="gradcam", choices=list_cam_methods())
         command.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="trashcam-explain-") as scratch:
             manifest, root = manifest_and_root(
@@ -215,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, manifest: AnyManifest, root: Path, device: torch.device) -> None:
-    if args.command == "faithfulness":
+    if args.explanation == "faithfulness":
         result = evaluate_faithfulness(
             args.checkpoint,
             manifest,
@@ -243,6 +242,13 @@ def _run(args: argparse.Namespace, manifest: AnyManifest, root: Path, device: to
             method=args.method,
             device=device,
         )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``trashcam-train explanations``, by this module's name."""
+    from training.cli import main as command  # the command imports this module
+
+    return command(["explanations", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

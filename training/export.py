@@ -23,22 +23,19 @@ from models.checkpoint import (
     state_dict_sha256,
 )
 from models.files import read_json, redact, write_json
-from training.engine import BEST_FILE, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MANIFEST_FILE, RESUME_FILE
-from training.evaluation import REPORT_FILE
+from models.store import CHECKPOINT_FILE, SPEC_FILE
+from training.run_folder import (
+    BEST_FILE,
+    CONFUSION_FILE,
+    RECORD_FILES,
+    REPORT_FILE,
+    REPORT_FILES,
+    RESUME_FILE,
+    RunFolder,
+)
 from training.state import load_resume_state
 
-CHECKPOINT, SPEC_FILE, SUMS_FILE = "model.pt", "spec.json", "SHA256SUMS"
-#: The files that describe how a run was trained, whichever checkpoint is exported.
-RUN_FILES = (
-    CONFIG_FILE,
-    MANIFEST_FILE,
-    ENVIRONMENT_FILE,
-    HISTORY_FILE,
-    "loss_curve.png",
-    "accuracy_curve.png",
-)
-#: The test report, which describes best.pt only.
-REPORT_FILES = (REPORT_FILE, "confusion_matrix.png")
+SUMS_FILE = "SHA256SUMS"
 
 
 def record_labels() -> dict[str, str]:
@@ -50,7 +47,7 @@ def record_labels() -> dict[str, str]:
 def copy_record(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> list[Path]:
     """Copy the run's record files that exist into ``out``, their paths made relative to the project;
     the report only along with best.pt."""
-    names = RUN_FILES + (REPORT_FILES if checkpoint == BEST_FILE else ())
+    names = RECORD_FILES + (REPORT_FILES if checkpoint == BEST_FILE else ())
     out.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in (name for name in names if (run / name).is_file()):
@@ -65,10 +62,11 @@ def copy_record(run: Path, out: Path, *, checkpoint: str = BEST_FILE) -> list[Pa
 def run_checkpoint(run: Path, name: str) -> Checkpoint:
     """A checkpoint of the run: ``best.pt``, ``final.pt``, or the weights of the last finished epoch
     (``resume.pt``, with best.pt's spec and that epoch's metrics), to compare runs at equal epochs."""
+    folder = RunFolder(run)
     if name != RESUME_FILE:
-        return load_checkpoint(run / name)
-    state = load_resume_state(run / RESUME_FILE)
-    spec = load_checkpoint(run / BEST_FILE).spec
+        return load_checkpoint(folder.checkpoint(name))
+    state = load_resume_state(folder.resume)
+    spec = load_checkpoint(folder.best).spec
     metrics = dict(state.history[-1]) if state.history else {}
     return Checkpoint(
         spec=ModelSpec.from_dict({**spec.to_dict(), "metrics": metrics}),
@@ -80,11 +78,12 @@ def run_checkpoint(run: Path, name: str) -> Checkpoint:
 def with_test_report(loaded: Checkpoint, report_dir: Path) -> Checkpoint:
     """``loaded`` with the test metrics of its own test report (``trashcam-train evaluate``'s folder),
     for a checkpoint other than best.pt, whose run holds none; refuses a report of other weights."""
-    report = read_json(report_dir / REPORT_FILE)
+    path = report_dir / REPORT_FILE
+    report = read_json(path)
     if report.get("checkpoint_sha256") != loaded.sha256:
-        raise ValueError(f"{report_dir}/report.json is the report of other weights than the exported ones")
+        raise ValueError(f"{path} is the report of other weights than the exported ones")
     if report.get("split") != "test":
-        raise ValueError(f"{report_dir}/report.json is a report of the {report.get('split')} split, not test")
+        raise ValueError(f"{path} is a report of the {report.get('split')} split, not test")
     metrics = {**loaded.spec.metrics, "test_loss": report["loss"], "test_accuracy": report["accuracy"]}
     spec = ModelSpec.from_dict({**loaded.spec.to_dict(), "metrics": metrics})
     return Checkpoint(spec=spec, state_dict=loaded.state_dict, sha256=loaded.sha256)
@@ -98,15 +97,15 @@ def export_run(run: Path, out: Path, *, checkpoint: str = BEST_FILE, report: Pat
         loaded = with_test_report(loaded, report)
     out.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec.from_dict(redact(loaded.spec.to_dict(), record_labels()))
-    weights_sha = save_checkpoint(out / CHECKPOINT, loaded.state_dict, spec, dtype=torch.float16)
+    weights_sha = save_checkpoint(out / CHECKPOINT_FILE, loaded.state_dict, spec, dtype=torch.float16)
     meta = {"spec": spec.to_dict(), "sha256": weights_sha, "source": f"{run.name}/{checkpoint}"}
     (out / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_record(run, out, checkpoint=checkpoint)
     if report is not None:
         write_json(out / REPORT_FILE, redact(read_json(report / REPORT_FILE), record_labels()))
-        shutil.copyfile(report / "confusion_matrix.png", out / "confusion_matrix.png")
+        shutil.copyfile(report / CONFUSION_FILE, out / CONFUSION_FILE)
     write_checksums(out)
-    return out / CHECKPOINT
+    return out / CHECKPOINT_FILE
 
 
 def write_checksums(folder: Path) -> None:
@@ -121,7 +120,7 @@ def refresh_exported(folder: Path) -> bool:
     folder has no ``spec.json``."""
     if not (folder / SPEC_FILE).is_file():
         return False
-    loaded = load_checkpoint(folder / CHECKPOINT)
+    loaded = load_checkpoint(folder / CHECKPOINT_FILE)
     meta = json.loads((folder / SPEC_FILE).read_text())
     meta.update({"spec": loaded.spec.to_dict(), "sha256": loaded.sha256})
     (folder / SPEC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -136,10 +135,7 @@ def read_checksums(folder: Path) -> dict[str, str]:
     return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, required=True, help="a training run folder")
     parser.add_argument(
         "--checkpoint",
@@ -150,12 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report",
         type=Path,
-        help="the checkpoint's own test report (an evaluate --split test folder), for one other than best.pt",
+        help=f"the checkpoint's own test report (an evaluate --split test folder), for one other than "
+        f"{BEST_FILE}",
     )
     parser.add_argument(
         "--record-only", action="store_true", help="copy the run's record files, without weights"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.record_only:
         copied = copy_record(args.run, args.out)
         sys.stdout.write(f"{args.out}: {len(copied)} files\n")
@@ -163,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = export_run(args.run, args.out, checkpoint=args.checkpoint, report=args.report)
     sys.stdout.write(f"{path}: {path.stat().st_size / 1e6:.1f} MB\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``trashcam-train export``, by this module's name."""
+    from training.cli import main as command  # the command imports this module
+
+    return command(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ that records where it came from.
 """
 
 import argparse
-import logging
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,8 +22,9 @@ from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_check
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.predictor import select_device
-from training.engine import DATA_DIR, DEFAULT_SOURCE, amp_dtype
+from training.engine import DEFAULT_SOURCE, amp_dtype
 from training.evaluation import build_report, eval_loader, predict, remap_labels
+from training.run_folder import DATA_DIR, MANIFEST_FILE
 from training.split import ALL_SPLITS, manifest_and_root
 from training.weights import interpolate
 
@@ -75,24 +75,28 @@ def interpolated_spec(
     return ModelSpec.from_dict(data)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: every alpha lies in [0, 1]")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=Path, required=True, help="the model the end was fine-tuned from")
     parser.add_argument("--end", type=Path, required=True, help="the fine-tuned checkpoint")
-    parser.add_argument("--manifest", type=Path, required=True, help="the end's run manifest.json")
+    parser.add_argument("--manifest", type=Path, required=True, help=f"the end's run {MANIFEST_FILE}")
     parser.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
     parser.add_argument("--split", default="val", choices=ALL_SPLITS, help="photos to choose alpha on")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--alphas", type=unit_interval, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--out", type=Path, required=True, help="the chosen checkpoint")
     parser.add_argument("--amp", action="store_true", help="score in bf16 (CPU) or fp16 (CUDA)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device")
     parser.add_argument("--workers", type=int)
-    args = parser.parse_args(argv)
-    if not all(0.0 <= alpha <= 1.0 for alpha in args.alphas):
-        parser.error("every alpha lies in [0, 1]")
+
+
+def run(args: argparse.Namespace) -> int:
 
     start, end = load_checkpoint(args.start), load_checkpoint(args.end)
     check_compatible(start, end)
@@ -138,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``trashcam-train interpolate``, by this module's name."""
+    from training.cli import main as command  # the command imports this module
+
+    return command(["interpolate", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     sys.exit(main())

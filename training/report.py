@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from models.files import atomic_write_bytes
+from training.run_folder import ACCURACY_CURVE_FILE, LOSS_CURVE_FILE
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -185,7 +186,7 @@ def plot_curve(history: Sequence[dict[str, float]], metric: str, path: Path) -> 
 
 def plot_curves(history: Sequence[dict[str, float]], out_dir: Path) -> tuple[Path, Path]:
     """Write ``loss_curve.png`` and ``accuracy_curve.png``; return their paths."""
-    loss_path, accuracy_path = out_dir / "loss_curve.png", out_dir / "accuracy_curve.png"
+    loss_path, accuracy_path = out_dir / LOSS_CURVE_FILE, out_dir / ACCURACY_CURVE_FILE
     plot_curve(history, "loss", loss_path)
     plot_curve(history, "accuracy", accuracy_path)
     return loss_path, accuracy_path

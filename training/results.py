@@ -16,10 +16,10 @@ from typing import Any
 
 from models import create_model
 from models.files import read_json
-from training.engine import CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, read_environment
-from training.evaluation import REPORT_FILE
-from training.export import SPEC_FILE
+from models.store import SPEC_FILE
+from training.engine import read_environment
 from training.report import plot_risk_coverage
+from training.run_folder import CONFIG_FILE, RunFolder
 
 #: Test accuracies the paper reports after 50 epochs (Bai and Joe, section 4).
 PAPER_ACCURACY = {"resnet50": "77.59%", "se_resnet50": "83.33%", "shared_se_resnet50": "best (no number)"}
@@ -31,8 +31,8 @@ def parameters(arch: str, num_classes: int, kwargs: dict[str, Any]) -> int:
 
 def run_config(folder: Path) -> dict[str, Any]:
     """The training config of a run folder, or of an exported model folder (from its spec's recipe)."""
-    if (folder / CONFIG_FILE).is_file():
-        return dict(read_json(folder / CONFIG_FILE))
+    if RunFolder(folder).config.is_file():
+        return dict(read_json(RunFolder(folder).config))
     if not (folder / SPEC_FILE).is_file():
         raise ValueError(
             f"{folder}: neither a run folder ({CONFIG_FILE}) nor an exported model ({SPEC_FILE})"
@@ -43,7 +43,7 @@ def run_config(folder: Path) -> dict[str, Any]:
 
 def hardware(folder: Path, epochs_done: int) -> str:
     """Which device and precision trained which epochs, from the run's ``environment.json``."""
-    processes = read_environment(folder / ENVIRONMENT_FILE)
+    processes = read_environment(RunFolder(folder).environment)
     if not processes:
         return "not recorded"
     spans = []
@@ -57,8 +57,8 @@ def hardware(folder: Path, epochs_done: int) -> str:
 
 def row(folder: Path) -> dict[str, Any]:
     config = run_config(folder)
-    history = json.loads((folder / HISTORY_FILE).read_text())
-    report_path = folder / REPORT_FILE
+    history = json.loads(RunFolder(folder).history.read_text())
+    report_path = RunFolder(folder).report
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     classes = len(report["class_names"]) if report else 6
     best = max(history, key=lambda epoch: epoch["val_accuracy"])
@@ -243,10 +243,7 @@ def calibration_markdown(reports: Sequence[tuple[str, Path]], figure: Path | Non
     return calibration + "\n" + coverage
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="*", type=Path, help="run folders or exported model folders")
     parser.add_argument(
         "--sources",
@@ -266,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="calibration and risk-coverage tables of evaluation reports",
     )
     parser.add_argument("--risk-coverage-figure", type=Path, help="draw the risk-coverage curves here")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         parts = [markdown([row(run) for run in args.runs])] if args.runs else []
         if args.faithfulness:
@@ -285,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sys.stdout.write(text)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``trashcam-train results``, by this module's name."""
+    from training.cli import main as command  # the command imports this module
+
+    return command(["results", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -12,12 +12,9 @@ from pathlib import Path
 from core.confinement import check_confined
 from core.explain import explanation
 from core.imaging import BadImageError, decode_image
+from core.job_folder import RESULT_MANIFEST, SPENT_AFTER_TRAINING, JobFolder
 from core.jobs import (
-    INPUTS_DIR,
     PHOTO_SUFFIXES,
-    RESULT_ZIP,
-    RUN_DIR,
-    UPLOAD_STEM,
     HeatmapParams,
     Job,
     JobLease,
@@ -29,21 +26,9 @@ from core.redaction import path_labels
 from core.retention import prune_job
 from core.settings import Settings
 from models.files import atomic_open, redact_paths
-from models.ood import OOD_FILE
 from models.predictor import Predictor
-from models.similarity import INDEX_FILE
-from training.archive import ARCHIVE_SUFFIXES, ArchiveError, extract_archive
-from training.engine import (
-    BEST_FILE,
-    CONFIG_FILE,
-    DATA_DIR,
-    FINAL_FILE,
-    REPLAY_DIR,
-    RESUME_FILE,
-    resume,
-    train,
-)
-from training.evaluation import REPORT_FILE
+from training.archive import ArchiveError, extract_archive
+from training.engine import resume, train
 from training.split import parse_data_sets
 from worker.progress import JobProgress, LeaseLost
 
@@ -112,28 +97,26 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         job, params = holding.job, holding.job.params
         if not isinstance(params, TrainingParams):
             raise TypeError(f"job {job_id} is a {params.kind} job, not a training job")
-        run_dir = jobs.folder(job_id) / RUN_DIR
+        run = jobs.files(job_id).run
         callback = JobProgress(jobs, job, holding.lease)
         # The data root's links may have changed since the job was submitted: checked again here.
         data = params.config.data
         entries = [data] if isinstance(data, str) else list(data)
         check_confined([path for _, path in parse_data_sets(entries)], settings.resolved_data_root)
-        if (run_dir / CONFIG_FILE).exists():
-            result = resume(run_dir, callback=callback)
+        if run.config.exists():
+            result = resume(run.path, callback=callback)
         else:
             # Built and checked when the job was created; the run goes where the job's folder is now.
-            result = train(params.config.replace(out=str(run_dir)), callback=callback)
+            result = train(params.config.replace(out=str(run.path)), callback=callback)
         if holding.lease.lost.is_set():
             raise LeaseLost(job_id)
         if result.status == "cancelled":
             job.state = "cancelled"
             return job
         store = model_store(settings)
-        report_path = run_dir / REPORT_FILE
-        report = json.loads(report_path.read_text()) if report_path.is_file() else None
+        report = json.loads(run.report.read_text()) if run.report.is_file() else None
         # The similar-photos index and the feature bank go with the weights they were computed with.
-        extra = [run_dir / name for name in (INDEX_FILE, OOD_FILE) if (run_dir / name).is_file()]
-        version = store.add(params.name, run_dir / BEST_FILE, report=report, extra=extra)
+        version = store.add(params.name, run.best, report=report, extra=run.served_with_best())
         if params.make_default:
             store.set_default(
                 version.name, version.version, by=job.submitted_by, reason=f"training job {job_id}"
@@ -160,17 +143,7 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         # Only once success is on record: the extracted copies of the data set and of the replayed photos
         # are not needed again, nor are the checkpoints (the model is in the store, and a finished run
         # is not resumed). The upload, the record and the report stay until the retention time.
-        prune_job(
-            jobs,
-            finished,
-            only=(
-                f"{RUN_DIR}/{DATA_DIR}",
-                f"{RUN_DIR}/{REPLAY_DIR}",
-                f"{RUN_DIR}/{RESUME_FILE}",
-                f"{RUN_DIR}/{BEST_FILE}",
-                f"{RUN_DIR}/{FINAL_FILE}",
-            ),
-        )
+        prune_job(jobs, finished, only=SPENT_AFTER_TRAINING)
     return finished
 
 
@@ -258,17 +231,17 @@ def explain_images(
         on_batch(start + len(chunk))
 
 
-def unpack_inputs(folder: Path, settings: Settings) -> None:
+def unpack_inputs(folder: JobFolder, settings: Settings) -> None:
     """Extract a heatmap batch's uploaded archive into its inputs (once: a resubmitted job finds them
     there), then free the archive. The request vetted its member list; extraction checks again."""
-    if (folder / INPUTS_DIR).is_dir():
+    if folder.inputs.is_dir():
         return
-    uploaded = [path for suffix in ARCHIVE_SUFFIXES for path in folder.glob(f"{UPLOAD_STEM}{suffix}")]
+    uploaded = folder.uploads()
     if not uploaded:
         raise ArchiveError("the batch has neither photos nor an archive of them")
     extract_archive(
         uploaded[0],
-        folder / INPUTS_DIR,
+        folder.inputs,
         max_bytes=settings.max_archive_bytes,
         max_files=settings.max_archive_files,
         max_ratio=settings.max_archive_ratio,
@@ -285,10 +258,10 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
         job, params, lease = holding.job, holding.job.params, holding.lease
         if not isinstance(params, HeatmapParams):
             raise TypeError(f"job {job_id} is a {params.kind} job, not a heatmap batch")
-        folder = jobs.folder(job_id)
+        folder = jobs.files(job_id)
         unpack_inputs(folder, settings)
         paths = sorted(
-            p for p in (folder / INPUTS_DIR).rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+            p for p in folder.inputs.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
         )
         predictor = predictor_for()
         job.images = len(paths)
@@ -304,7 +277,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
             jobs.save(job)
 
         entries = []
-        with atomic_open(folder / RESULT_ZIP) as handle, zipfile.ZipFile(handle, "w") as archive:
+        with atomic_open(folder.result_zip) as handle, zipfile.ZipFile(handle, "w") as archive:
             for explained in explain_images(
                 predictor,
                 paths,
@@ -313,7 +286,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 alpha=params.alpha,
                 max_pixels=settings.max_image_pixels,
                 max_bytes=settings.max_image_bytes,
-                root=folder / INPUTS_DIR,
+                root=folder.inputs,
                 batch_size=settings.batch_max_size,
                 on_batch=on_batch,
             ):
@@ -326,7 +299,7 @@ def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[],
                 "method": params.method,
                 "images": entries,
             }
-            archive.writestr("manifest.json", json.dumps(manifest, indent=2))
+            archive.writestr(RESULT_MANIFEST, json.dumps(manifest, indent=2))
         failed = sum(1 for e in entries if "error" in e)
         job.state, job.progress = "succeeded", 1.0
         job.result = {"images": len(entries), "failed": failed, "zip": f"/explain/batch/{job_id}/result"}

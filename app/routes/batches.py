@@ -11,7 +11,7 @@ from app.errors import check_cam_options, error_responses, too_large
 from app.jobs import discard, enqueue, store_photos
 from app.routes.training import find_job, job_public
 from app.schemas import JobPublic
-from core.jobs import RESULT_ZIP, HeatmapParams, new_job_id
+from core.jobs import HeatmapParams, new_job_id
 from models.cam import list_cam_methods
 from models.cam.overlay import list_colormaps
 
@@ -89,5 +89,5 @@ def read_heatmap_batch_result(job_id: str, jobs: JobsDep) -> FileResponse:
             status.HTTP_410_GONE, f"job {job_id}'s result was removed after the retention time"
         )
     return FileResponse(
-        jobs.folder(job_id) / RESULT_ZIP, media_type="application/zip", filename=f"heatmaps-{job_id}.zip"
+        jobs.files(job_id).result_zip, media_type="application/zip", filename=f"heatmaps-{job_id}.zip"
     )

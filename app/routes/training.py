@@ -23,16 +23,17 @@ from app.jobs import discard, enqueue, refuse_unknown_holdout, store_training_da
 from app.schemas import JobPublic
 from app.serving import InferenceService
 from app.uploads import refuse_repeated
-from core.jobs import RUN_DIR, Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
+from core.job_folder import JobFolder
+from core.jobs import Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
 from core.retention import prune_job
 from core.settings import PROJECT_ROOT, Settings
 from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, TrainConfig, make_config
-from training.engine import MANIFEST_FILE
 from training.options import TrainingOptions
 from training.replay import find_replay_data
+from training.run_folder import MANIFEST_FILE
 from training.transfer import base_options
 
 router = APIRouter(prefix="/train", tags=["training"], responses=error_responses(400, 422))
@@ -230,7 +231,7 @@ async def create_training_job(
             if len(stored.review_sets) == data_sets:
                 options.setdefault("split", REVIEW_SPLIT)
         try:
-            config = make_config(recipe, data=data, out=str(folder / RUN_DIR), **options)
+            config = make_config(recipe, data=data, out=str(JobFolder(folder).run.path), **options)
         except ValueError as error:
             raise unprocessable(str(error)) from None
         await run_in_threadpool(refuse_unknown_holdout, config.data, config.holdout_sources)

@@ -10,6 +10,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from core.job_folder import JobFolder
 from core.jobs import JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
@@ -320,11 +321,11 @@ def test_heatmap_batch_from_an_archive(client: TestClient, settings: Settings) -
     folder = settings.jobs_dir / response.json()["id"]
     assert (folder / "upload.zip").read_bytes() == photos
     assert not (folder / "inputs").exists()
-    unpack_inputs(folder, settings)
+    unpack_inputs(JobFolder(folder), settings)
     inputs = folder / "inputs"
     assert sorted(p.relative_to(inputs).as_posix() for p in inputs.rglob("*.png")) == ["a/1.png", "b/2.png"]
     assert not (folder / "upload.zip").exists()
-    unpack_inputs(folder, settings)  # a resubmitted job finds its photos where they are
+    unpack_inputs(JobFolder(folder), settings)  # a resubmitted job finds its photos where they are
 
 
 @pytest.mark.parametrize(
@@ -542,12 +543,12 @@ def test_a_batch_archive_that_fills_the_disk_as_the_worker_extracts_it_keeps_its
 
     monkeypatch.setattr("training.archive._copy_capped", full_disk)
     with pytest.raises(ArchiveError, match="No space left on device"):
-        unpack_inputs(folder, settings)
+        unpack_inputs(JobFolder(folder), settings)
     monkeypatch.undo()
     # Nothing half-extracted looks complete, and the upload stays for the job's next attempt.
     assert not (folder / "inputs").exists()
     assert (folder / "upload.zip").read_bytes() == archive
-    unpack_inputs(folder, settings)
+    unpack_inputs(JobFolder(folder), settings)
     assert (folder / "inputs" / "a.png").is_file()
 
 

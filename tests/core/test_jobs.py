@@ -8,7 +8,6 @@ import pytest
 import redis
 
 from core.jobs import (
-    HEARTBEAT_FILE,
     KEY_PREFIX,
     LOCK_PREFIX,
     HeatmapParams,
@@ -99,7 +98,7 @@ def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
     assert lease.holds()
     # Another worker takes the job over (the lock and its own heartbeat file): this lease is lost.
     jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
-    heartbeat = jobs.folder(job.id) / HEARTBEAT_FILE
+    heartbeat = jobs.files(job.id).heartbeat
     heartbeat.write_text(json.dumps({"holder": "someone-else", "ttl": 30}))
     assert lease.lost.wait(3)
     assert not lease.holds()

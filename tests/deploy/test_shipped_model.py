@@ -5,7 +5,8 @@ import torch
 from core.settings import Settings
 from models.checkpoint import file_sha256, load_checkpoint
 from models.files import read_json
-from training.export import SPEC_FILE, SUMS_FILE, read_checksums
+from models.store import SPEC_FILE
+from training.export import SUMS_FILE, read_checksums
 
 SHIPPED = Settings().shipped_model_path
 FOLDER = SHIPPED.parent

@@ -83,9 +83,9 @@ def cli_train_args(data: Path, out: Path) -> list[str]:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m training.run ARGS`` in a fresh process."""
+    """``python -m training.cli ARGS`` (``trashcam-train ARGS``) in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "training.run", *args],
+        [sys.executable, "-m", "training.cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

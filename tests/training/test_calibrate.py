@@ -11,9 +11,9 @@ from models.ood import OOD_FILE, FeatureBank
 from models.similarity import FingerprintIndex
 from tests.training.helpers import make_image_folder, tiny_config
 from training.calibrate import MIN_PHOTOS, CalibrationError, fit_calibration
+from training.cli import main
 from training.engine import TrainResult, train
 from training.export import export_run, read_checksums
-from training.run import main
 from training.split import load_manifest
 
 

@@ -19,8 +19,8 @@ from tests.training.helpers import (
     run_cli,
     without_timing,
 )
+from training.cli import main
 from training.engine import TrainResult
-from training.run import main
 from training.split import Manifest, load_manifest
 from training.state import load_resume_state
 

@@ -6,9 +6,9 @@ import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, load_model
 from models.files import redact
+from training.cli import main as evaluate_main
 from training.engine import TrainResult
 from training.export import copy_record, export_run, read_checksums, record_labels, run_checkpoint
-from training.run import main as evaluate_main
 
 
 def test_export_writes_fp16_weights_with_spec_report_and_checksums(

@@ -7,11 +7,11 @@ import torch
 from models import create_model, list_models
 from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config
+from training.cli import main
 from training.config import make_config
 from training.engine import train
 from training.optim import build_optimizer
 from training.progress import Progress, TrainingCancelled
-from training.run import main
 from training.transfer import base_options, transfer_weights
 
 

@@ -5,6 +5,7 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
+from training.cli import build_parser
 from training.config import TrainConfig, make_config
 from training.options import (
     CLI_ONLY,
@@ -15,7 +16,6 @@ from training.options import (
     given_options,
     limits,
 )
-from training.run import build_parser
 
 
 def parse(command: str) -> argparse.Namespace:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from core.jobs import INPUTS_DIR, RESULT_ZIP, HeatmapParams, JobStore, TrainingParams
+from core.jobs import HeatmapParams, JobStore, TrainingParams
 from core.settings import Settings
 from models.predictor import Predictor
 from models.store import ModelStore
@@ -120,7 +120,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
     jobs: JobStore, settings: Settings, tmp_path: Path
 ) -> None:
     job = jobs.create(HeatmapParams(method="gradcam", alpha=0.4, colormap="turbo"))
-    inputs = jobs.folder(job.id) / INPUTS_DIR
+    inputs = jobs.files(job.id).inputs
     inputs.mkdir()
     (inputs / "a.png").write_bytes(png_bytes(size=(30, 20)))
     (inputs / "b.png").write_bytes(png_bytes(size=(16, 16)))
@@ -139,7 +139,7 @@ def test_a_heatmap_job_writes_overlays_and_a_manifest(
     assert done.result["images"] == 4
     assert done.result["failed"] == 1
     assert done.eta_seconds == 0.0  # counted down as the photos were done, none left
-    with zipfile.ZipFile(jobs.folder(job.id) / RESULT_ZIP) as archive:
+    with zipfile.ZipFile(jobs.files(job.id).result_zip) as archive:
         manifest = json.loads(archive.read("manifest.json"))
         assert manifest["model"]["name"] == "tiny"
         by_file = {entry["file"]: entry for entry in manifest["images"]}
