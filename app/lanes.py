@@ -1,25 +1,21 @@
 """Inference lanes: threads that each run one batch at a time, so that batches run side by side.
 
 On a CPU the service runs one lane per core, each forward pass on one thread, rather than one batch
-at a time across every core. On a 2-core Xeon with AMX, SE-ResNet-50 at 112 px (bf16, channels-last)
-ran batches of 16 at 174 photos/s in two single-threaded lanes against 102 photos/s one batch at a time
-on two threads from a worker thread, and single photos (fp32) at 37.5 against 15.8 photos/s
-(``python -m bench.lane_speed``, docs/performance/lane-speed.json). A forward pass on two threads waits
-at OpenMP's barriers: a core taken by request handling stalls both threads of its team, and once a
-process holds more OpenMP threads than cores, libgomp's threads sleep at each barrier rather than spin
-(the likely reason why the main thread of that bench ran single photos at 25.9 photos/s in its first
-round, before another thread had started a team, and at 15.1-15.2 after). Single-threaded lanes start
-no team and never wait for each other. A GPU runs one lane: its kernels queue on one device anyway.
+at a time across every core: a forward pass on several threads waits at OpenMP's barriers, and a core
+taken by request handling stalls every thread of its team, while single-threaded lanes start no team
+and never wait for each other. A GPU runs one lane: its kernels queue on one device anyway. What it
+gains is measured in docs/PERFORMANCE.md, "Inference lanes" (``python -m bench.lane_speed``).
 """
 
 import asyncio
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
+from models.machine import usable_cores
 
 Result = TypeVar("Result")
 
@@ -40,14 +36,6 @@ class LanePlan:
         return f"{self.lanes} lane{'s' if self.lanes > 1 else ''} x {self.threads} thread" + (
             "s" if self.threads > 1 else ""
         )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, which containers narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def plan_lanes(device: torch.device, *, lanes: int | None = None, threads: int | None = None) -> LanePlan:

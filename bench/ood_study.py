@@ -30,6 +30,7 @@ from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from models.precision import choose_precision
 from models.store import CHECKPOINT_FILE
+from training.data import Loading, Photos
 from training.features import Features, extract_features
 from training.report import plot_risk_coverage, risk_coverage
 from training.run_folder import RunFolder
@@ -57,14 +58,12 @@ def site_features(archive: Path, source: str, classes: Sequence[str], scratch: P
             (scratch / source / label).mkdir(parents=True, exist_ok=True)
             (scratch / source / label / name).write_bytes(photo)
             samples.append((f"{label}/{name}", classes.index(label)))
+    cpu = torch.device("cpu")
     return extract_features(
         BASE,
-        root=scratch / source,
-        samples=samples,
-        data_classes=classes,
-        device=torch.device("cpu"),
-        amp_dtype=choose_precision(torch.device("cpu")).dtype,
-        workers=1,
+        Photos(scratch / source, samples, classes),
+        Loading(cpu, workers=1),
+        amp_dtype=choose_precision(cpu).dtype,
     )
 
 
@@ -98,12 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def split(name: str) -> Callable[[], Features]:
             return lambda: extract_features(
                 BASE,
-                root=root,
-                samples=manifest.select(name),
-                data_classes=classes,
-                device=cpu,
+                Photos(root, manifest.select(name), classes),
+                Loading(cpu, workers=1),
                 amp_dtype=choose_precision(cpu).dtype,
-                workers=1,
             )
 
         sets = {name: cached_features(args.out, name, split(name)) for name in ("train", "val", "test")}

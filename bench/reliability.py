@@ -24,7 +24,6 @@ after: nothing works the queue, so what the generated requests queue is dropped)
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import sys
 import tempfile
@@ -38,7 +37,6 @@ import httpx2
 import psutil
 import redis
 import schemathesis
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CHECKS, load_all_checks, not_a_server_error
@@ -54,9 +52,9 @@ from app.cli import piece_commands, trashcam_command
 from bench import hostile
 from bench.bad_images import corpus
 from bench.photos import Photo, load_photos
-from bench.record import cpu_name
 from bench.service_load import load, percentile, rss_mb, running
 from core.settings import SHIPPED_MODEL_DIR, Settings, get_settings
+from models.machine import machine_line
 from models.store import CHECKPOINT_FILE
 from training.run_folder import RunFolder
 
@@ -285,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hostile_key = secrets.token_hex(16)
     result: dict[str, Any] = {
         "command": "python -m bench.reliability " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine_line(),
         "schemathesis": schemathesis.__version__,
         "checkpoint": str(args.checkpoint),
     }

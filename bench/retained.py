@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.precision import cpu_has_native_bf16
+from models.precision import native_dtype
+from training.data import Loading, Photos
 from training.evaluation import load_for_evaluation, predict
 from training.split import AnyManifest, manifest_and_root
 
@@ -34,17 +35,10 @@ def retained_accuracy(
     names = [manifest.class_names[label] for _, label in samples]
     kept = [(sample, name) for sample, name in zip(samples, names, strict=True) if name in known]
     device = torch.device("cpu")
-    loaded = load_for_evaluation(
-        checkpoint,
-        root=root,
-        # Relabelled to the checkpoint's own classes: a model without some classes still runs on the rest.
-        samples=[(path, known.index(name)) for (path, _), name in kept],
-        data_classes=known,
-        device=device,
-        batch_size=64,
-        workers=1,
-    )
-    dtype = torch.bfloat16 if cpu_has_native_bf16() else None
+    # Relabelled to the checkpoint's own classes: a model without some classes still runs on the rest.
+    photos = Photos(root, [(path, known.index(name)) for (path, _), name in kept], known)
+    loaded = load_for_evaluation(checkpoint, photos, Loading(device, batch_size=64, workers=1))
+    dtype = native_dtype(device)
     predictions = predict(loaded.model, loaded.loader, device=device, amp_dtype=dtype)
     right = dict.fromkeys(manifest.class_names, 0)
     for (_, name), correct in zip(kept, predictions.targets == predictions.predictions, strict=True):

@@ -29,6 +29,7 @@ from core.settings import PROJECT_ROOT, SHIPPED_MODEL_DIR
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.store import CHECKPOINT_FILE
 from training.config import make_config
+from training.data import Loading, Photos
 from training.engine import train
 from training.evaluation import evaluate_checkpoint
 from training.run_folder import RunFolder
@@ -112,12 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def score(checkpoint: Path, name: str, seconds: float) -> None:
             site_report = evaluate_checkpoint(
                 checkpoint,
-                root=args.out / "test",
-                samples=samples,
-                data_classes=classes,
-                device=torch.device("cpu"),
-                batch_size=64,
-                workers=1,
+                Photos(args.out / "test", samples, classes),
+                Loading(torch.device("cpu"), batch_size=64, workers=1),
                 split="test",
             )
             kept = retained_accuracy(checkpoint, manifest, root, lacking)

@@ -30,7 +30,7 @@ from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
 from models.precision import choose_precision
 from models.store import CHECKPOINT_FILE
-from training.data import Sample
+from training.data import Loading, Photos, Sample
 from training.features import Features, extract_features
 from training.ood import choose_route_margin
 from training.run_folder import RunFolder
@@ -91,12 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def extracted(checkpoint: Path, folder: Path, samples: list[Sample]) -> Features:
             return extract_features(
                 checkpoint,
-                root=folder,
-                samples=samples,
-                data_classes=classes,
-                device=device,
-                batch_size=64,
-                workers=1,
+                Photos(folder, samples, classes),
+                Loading(device, batch_size=64, workers=1),
                 amp_dtype=amp,
             )
 

@@ -30,7 +30,6 @@ import io
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from app.lanes import plan_lanes
 from bench.photos import Photo, load_photos
 from models.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from models.fusion import fold_batch_norms
+from models.machine import machine_line
 from models.precision import InferencePrecision, cpu_has_native_bf16
 from models.transforms import build_eval_transform
 
@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = load_photos(args.manifest, args.data, args.split)
     result: dict[str, Any] = {
         "command": "python -m bench.service_load " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine_line(),
         "photos": f"{len(photos)} {args.split} photos of {args.manifest}",
     }
     ceiling = Ceiling(args.checkpoint, photos)

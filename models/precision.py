@@ -1,16 +1,22 @@
-"""Number formats and memory layouts: whether this machine computes fast in bf16 (for training and
-inference alike), and how a model infers on its device.
+"""Number formats and memory layouts: the one rule for which reduced precision a device computes fast
+in (:func:`native_dtype`), which serving (:func:`choose_precision`) and training (:func:`amp_dtype`)
+both follow, and how a model infers on its device.
 
 A CPU without bf16 instructions (AVX512-BF16 or AMX) emulates bf16 arithmetic in oneDNN: a ResNet-50
 training step ran many times slower than fp32 on an AVX2-only EPYC, and inference 20 times slower.
 """
 
 import contextlib
+import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from models.machine import cpu_name
+
+logger = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -18,6 +24,32 @@ def cpu_has_native_bf16() -> bool:
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     # torch exposes these only privately; a torch without them is treated as having no native bf16.
     return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
+def native_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision ``device`` computes fast in: bf16 on a GPU from Ampere (compute capability
+    8.0) on, which has it natively, else fp16; bf16 on a CPU with bf16 instructions; none (fp32) on
+    other CPUs, where emulated bf16 is many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def amp_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
+    """The autocast dtype of training (and of scoring, with ``--amp``): ``None`` (not set) and ``True``
+    are the device's native one (:func:`native_dtype`; fp16 trains with a GradScaler); ``False`` is fp32.
+    Asked for on a CPU without bf16 instructions, it says so and trains in fp32."""
+    if enabled is False:
+        return None
+    dtype = native_dtype(device)
+    if dtype is None and enabled:
+        logger.warning("%s has no bf16 instructions; training in fp32 instead", cpu_name())
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
+    """Mixed precision at ``dtype`` on ``device``, or nothing when ``dtype`` is ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 #: The number formats by name, as autocast dtypes (None: fp32, no autocast).
@@ -33,18 +65,13 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 #: The smallest batch that runs channels-last. The weights stay in the default layout and the input's
-#: layout decides (oneDNN and cuDNN convolve channels-last when either is): on a 2-core x86 CPU,
-#: SE-ResNet-50 at 112 px ran a batch of 16 about 20-30% faster channels-last (the ceiling of
-#: ``python -m bench.service_load``, docs/PERFORMANCE.md), and a single photo no faster, often slower,
-#: in interleaved timings.
+#: layout decides (oneDNN and cuDNN convolve channels-last when either is): batches gain from it and a
+#: single photo does not (docs/PERFORMANCE.md, ``python -m bench.service_load``).
 CHANNELS_LAST_MIN_BATCH = 4
 
-#: The smallest batch that a CPU runs in a reduced precision. On one thread of a lane (``app.lanes``),
-#: as the service runs its model, SE-ResNet-50 at 112 px on a 2-core Xeon with AMX took 1.39x fp32's
-#: time for a single photo under bf16 autocast, 1.10x for two, 0.96x for three and 0.62x for four
-#: (``python -m bench.precision_batches --threads 1``, docs/performance/precision-batches-lanes.json;
-#: on two threads of a 2-core EPYC with AVX512-BF16: 1.09x, 0.96x for two, precision-batches.json).
-#: GPUs keep theirs.
+#: The smallest batch that a CPU runs in a reduced precision: under it, autocast's casts cost more than
+#: bf16 saves, on one thread of a lane as the service runs its model (docs/PERFORMANCE.md,
+#: ``python -m bench.precision_batches``). GPUs keep theirs.
 CPU_REDUCED_MIN_BATCH = 3
 
 
@@ -75,10 +102,7 @@ class InferencePrecision:
 
     def autocast(self, device: torch.device, batch_size: int) -> AbstractContextManager[object]:
         """Autocast to the dtype of a batch of ``batch_size`` (see :meth:`dtype_for`)."""
-        dtype = self.dtype_for(device, batch_size)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        return autocast(device, self.dtype_for(device, batch_size))
 
 
 def choose_precision(
@@ -86,19 +110,14 @@ def choose_precision(
 ) -> InferencePrecision:
     """The precision to infer in on ``device``.
 
-    ``"auto"``: bf16 on a GPU that has it (else fp16) and on a CPU with bf16 instructions; fp32
-    elsewhere, since emulated bf16 is many times slower than fp32. An explicit choice is taken as
-    given, except bf16 on a CPU without bf16 instructions, which is refused for that reason.
+    ``"auto"``: the device's native reduced precision (:func:`native_dtype`), fp32 where it has none.
+    An explicit choice is taken as given, except bf16 on a CPU without bf16 instructions, which is
+    refused since it would run emulated.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}; one of: {', '.join(PRECISIONS)}")
     if requested == "auto":
-        if device.type == "cuda":
-            # Native bf16 from Ampere (compute capability 8.0) on; older GPUs emulate it, so fp16.
-            native = torch.cuda.get_device_capability(device) >= (8, 0)
-            dtype: torch.dtype | None = torch.bfloat16 if native else torch.float16
-        else:
-            dtype = torch.bfloat16 if cpu_has_native_bf16() else None
+        dtype = native_dtype(device)
     else:
         dtype = DTYPES[requested]
         if device.type == "cpu" and dtype is torch.bfloat16 and not cpu_has_native_bf16():

@@ -5,7 +5,6 @@ version, with probabilities that mean what they say.
 """
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from models.calibration import (
     fit_temperature,
 )
 from models.checkpoint import ModelSpec, save_checkpoint
-from training.data import Sample
+from training.data import Loading, Photos
 from training.evaluation import load_for_evaluation, predict
 from training.report import calibration_metrics
 
@@ -76,31 +75,19 @@ def fit_calibration(
 
 def calibrate_checkpoint(
     checkpoint_path: Path,
+    photos: Photos,
+    loading: Loading,
     *,
-    root: Path,
-    samples: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
     split: str = "val",
-    batch_size: int = 64,
-    workers: int | None = None,
     out: Path | None = None,
     min_probability: float = DEFAULT_MIN_PROBABILITY,
     energy_quantile: float = DEFAULT_ENERGY_QUANTILE,
 ) -> Calibration:
-    """Fit the calibration of the checkpoint on ``samples`` and write it into the checkpoint's spec, at
+    """Fit the calibration of the checkpoint on ``photos`` and write it into the checkpoint's spec, at
     ``out`` (default: in place). The weights are written back as they were stored (fp16 stays fp16)."""
-    loaded = load_for_evaluation(
-        checkpoint_path,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    loaded = load_for_evaluation(checkpoint_path, photos, loading)
     checkpoint = loaded.checkpoint
-    predictions = predict(loaded.model, loaded.loader, device=device)
+    predictions = predict(loaded.model, loaded.loader, device=loading.device)
     calibration = fit_calibration(
         torch.from_numpy(predictions.logits),
         torch.from_numpy(np.asarray(predictions.targets)),
@@ -115,7 +102,7 @@ def calibrate_checkpoint(
         "%s: temperature %.3f on %d %s photos, ECE %.4f -> %.4f",
         checkpoint_path,
         calibration.temperature,
-        len(samples),
+        len(photos.samples),
         split,
         fitted["before"]["expected_calibration_error"],
         fitted["after"]["expected_calibration_error"],

@@ -52,8 +52,8 @@ from training import explanations, export, interpolate, results
 from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
 from training.config import DEFAULT_SPLIT, RECIPES, TrainConfig, make_config
-from training.data import DataError
-from training.engine import DEFAULT_SOURCE, RunExistsError, TrainResult, resume, train
+from training.data import DataError, Loading, Photos
+from training.engine import RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import SUMS_FILE, refresh_exported
 from training.index import build_index
@@ -62,7 +62,7 @@ from training.options import RUNTIME_OPTIONS, USER_OPTIONS, add_options, given_o
 from training.progress import Progress, ProgressCallback
 from training.run_folder import DATA_DIR, MANIFEST_FILE
 from training.speed import time_train_steps
-from training.split import ALL_SPLITS, AnyManifest, create_manifest, manifest_and_root
+from training.split import ALL_SPLITS, DEFAULT_SOURCE, AnyManifest, create_manifest, manifest_and_root
 from training.state import ResumeError
 from training.transfer import base_options
 
@@ -145,6 +145,20 @@ MODULE_COMMANDS: dict[str, ModuleType] = {
 }
 
 
+def _add_photo_args(parser: argparse.ArgumentParser, *, data_help: str = "as for evaluate") -> None:
+    """The checkpoint, and the photos it runs over: a data set split again, or a run's split."""
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--data", action="append", metavar="[NAME=]PATH", help=data_help)
+    parser.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
+
+
+def _add_loading_args(parser: argparse.ArgumentParser) -> None:
+    """How the photos are loaded and run (:class:`training.data.Loading`)."""
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device")
+    parser.add_argument("--workers", type=int)
+
+
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     add_options(parser, RUNTIME_OPTIONS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -206,30 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_args(resume_parser)
     evaluate = commands.add_parser("evaluate", help="test report of a checkpoint")
-    evaluate.add_argument("--checkpoint", required=True, type=Path)
-    evaluate.add_argument(
-        "--data",
-        action="append",
-        metavar="[NAME=]PATH",
-        help="data set; split again with the checkpoint's seed and fractions; with --manifest: where the "
-        "manifest's data set is now (NAME=PATH per moved data set of a mixed run)",
+    _add_photo_args(
+        evaluate,
+        data_help="data set; split again with the checkpoint's seed and fractions; with --manifest: where "
+        "the manifest's data set is now (NAME=PATH per moved data set of a mixed run)",
     )
-    evaluate.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
     evaluate.add_argument("--split", default="test", choices=[*ALL_SPLITS, "all"])
     evaluate.add_argument(
         "--out", type=Path, help="report folder (default: <checkpoint folder>/eval-<split>)"
     )
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--device")
-    evaluate.add_argument("--workers", type=int)
+    _add_loading_args(evaluate)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate = commands.add_parser(
         "calibrate",
         help="fit a checkpoint's temperature and 'unsure' thresholds on held-out photos (weights unchanged)",
     )
-    calibrate.add_argument("--checkpoint", required=True, type=Path)
-    calibrate.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
-    calibrate.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
+    _add_photo_args(calibrate)
     calibrate.add_argument("--split", default="val", choices=ALL_SPLITS, help="photos to fit on")
     calibrate.add_argument(
         "--out", type=Path, help="write the calibrated checkpoint here (default: over --checkpoint)"
@@ -246,28 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ENERGY_QUANTILE,
         help="share of the photos whose energy is under the out-of-distribution threshold",
     )
-    calibrate.add_argument("--batch-size", type=int, default=64)
-    calibrate.add_argument("--device")
-    calibrate.add_argument("--workers", type=int)
+    _add_loading_args(calibrate)
     index = commands.add_parser(
         "index", help="hash and embed a split's photos, for POST /similar (next to the checkpoint)"
     )
-    index.add_argument("--checkpoint", required=True, type=Path)
-    index.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
-    index.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
+    _add_photo_args(index)
     index.add_argument("--split", default="train", choices=ALL_SPLITS, help="photos to index")
     index.add_argument("--out", type=Path, help=f"default: {INDEX_FILE} beside the checkpoint")
-    index.add_argument("--batch-size", type=int, default=64)
-    index.add_argument("--device")
-    index.add_argument("--workers", type=int)
+    _add_loading_args(index)
     ood = commands.add_parser(
         "ood",
         help=f"store the training photos' features beside a checkpoint ({OOD_FILE}) and choose its "
         "'sure' rule on the validation photos (weights unchanged)",
     )
-    ood.add_argument("--checkpoint", required=True, type=Path)
-    ood.add_argument("--data", action="append", metavar="[NAME=]PATH", help="as for evaluate")
-    ood.add_argument("--manifest", type=Path, help=MANIFEST_HELP)
+    _add_photo_args(ood)
     ood.add_argument("--k", type=int, default=DEFAULT_K, help="the neighbour whose distance is the score")
     ood.add_argument(
         "--max-photos",
@@ -287,9 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TARGET_ACCURACY,
         help="share of sure validation answers that must be right",
     )
-    ood.add_argument("--batch-size", type=int, default=64)
-    ood.add_argument("--device")
-    ood.add_argument("--workers", type=int)
+    _add_loading_args(ood)
     speed = commands.add_parser("speed", help="time training steps per precision")
     speed.add_argument("--model", default="resnet50", choices=list_models())
     speed.add_argument("--batch-size", type=int, default=32)
@@ -381,6 +377,10 @@ def _split_of(args: argparse.Namespace, scratch: Path) -> tuple[AnyManifest, Pat
     return manifest, root
 
 
+def _loading(args: argparse.Namespace) -> Loading:
+    return Loading(select_device(args.device), args.batch_size, args.workers)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{args.split}"
     with tempfile.TemporaryDirectory(prefix="trashcam-eval-") as scratch:
@@ -394,12 +394,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         report = evaluate_checkpoint(
             args.checkpoint,
-            root=root,
-            samples=manifest.select(args.split),
-            data_classes=manifest.class_names,
-            device=select_device(args.device),
-            batch_size=args.batch_size,
-            workers=args.workers,
+            Photos(root, manifest.select(args.split), manifest.class_names),
+            _loading(args),
             split=args.split,
             sources=manifest.select_sources(args.split, DEFAULT_SOURCE),
             data_source=manifest.source,
@@ -431,13 +427,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         manifest, root = _split_of(args, Path(scratch))
         calibration = calibrate_checkpoint(
             args.checkpoint,
-            root=root,
-            samples=manifest.select(args.split),
-            data_classes=manifest.class_names,
-            device=select_device(args.device),
+            Photos(root, manifest.select(args.split), manifest.class_names),
+            _loading(args),
             split=args.split,
-            batch_size=args.batch_size,
-            workers=args.workers,
             out=args.out,
             min_probability=args.min_probability,
             energy_quantile=args.energy_quantile,
@@ -471,13 +463,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         manifest, root = _split_of(args, Path(scratch))
         index = build_index(
             args.checkpoint,
-            root=root,
-            samples=manifest.select(args.split),
-            data_classes=manifest.class_names,
-            device=select_device(args.device),
+            Photos(root, manifest.select(args.split), manifest.class_names),
+            _loading(args),
             split=args.split,
-            batch_size=args.batch_size,
-            workers=args.workers,
         )
         index.save(out)
     sys.stdout.write(f"{len(index)} {args.split} photos indexed: {out} ({out.stat().st_size / 1e6:.1f} MB)\n")
@@ -489,18 +477,14 @@ def cmd_ood(args: argparse.Namespace) -> int:
         manifest, root = _split_of(args, Path(scratch))
         bank = build_feature_bank(
             args.checkpoint,
-            root=root,
-            train=manifest.select("train"),
-            val=manifest.select("val"),
-            sources=manifest.select_sources("train", "data"),
-            data_classes=manifest.class_names,
-            device=select_device(args.device),
+            train=Photos(root, manifest.select("train"), manifest.class_names),
+            val=Photos(root, manifest.select("val"), manifest.class_names),
+            loading=_loading(args),
+            sources=manifest.select_sources("train", DEFAULT_SOURCE),
             k=args.k,
             max_photos=args.max_photos,
             distance_quantile=args.distance_quantile,
             target_accuracy=args.target,
-            batch_size=args.batch_size,
-            workers=args.workers,
         )
     if args.checkpoint.name == CHECKPOINT_FILE and refresh_exported(args.checkpoint.parent):
         logger.info("updated %s (and any %s) in %s", SPEC_FILE, SUMS_FILE, args.checkpoint.parent)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from models.machine import usable_cores
 from training.archive import ensure_extracted, is_archive
 from training.seeding import derive_seed
 
@@ -31,6 +32,27 @@ Transform = Callable[[Image.Image], torch.Tensor]
 Prepare = Callable[[Image.Image, int], Image.Image]
 #: A sample as (path relative to the class root, in POSIX form; label).
 Sample = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Photos:
+    """Photos to run a model over: the folder their paths are relative to, their samples (path, label),
+    and the class names their labels index (the data set's; a model with other classes has them remapped
+    where it loads them)."""
+
+    root: Path
+    samples: Sequence[Sample]
+    classes: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How photos are loaded and run: on which device, in batches of how many, with how many loader
+    processes (None: as many as the machine allows, :func:`default_workers`)."""
+
+    device: torch.device
+    batch_size: int = 64
+    workers: int | None = None
 
 
 class DataError(Exception):
@@ -260,7 +282,7 @@ def default_workers(device: torch.device) -> int:
 
     On the CPU one core is left to the training itself, which needs it more than decoding does.
     """
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cores()
     return min(8, cpus if device.type == "cuda" else max(1, cpus - 1))
 
 

@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 from models import create_model
 from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from models.files import read_json, write_json
-from models.precision import cpu_has_native_bf16
+from models.precision import amp_dtype, autocast
 from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
-from training.calibrate import CalibrationError, calibrate_checkpoint
 from training.config import TrainConfig
 from training.data import (
     EpochShuffleSampler,
     ImageDataset,
+    Loading,
     Prepare,
     TaggedDataset,
     WeightedEpochSampler,
@@ -32,25 +32,21 @@ from training.data import (
     make_loader,
 )
 from training.evaluation import (
-    autocast,
     eval_loader,
-    evaluate_checkpoint,
     predict,
     remap_labels,
-    write_report,
 )
-from training.hardware import cpu_name, environment
-from training.index import build_index
-from training.ood import build_feature_bank
+from training.finish import finish_run
+from training.hardware import environment
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
 from training.replay import column_map, distillation_loss, load_replay, replay_record_for, replay_weights
 from training.report import plot_curves
-from training.retain import check_samples, keep_within
-from training.run_folder import BEST_FILE, FINAL_FILE, RunFolder
+from training.run_folder import BEST_FILE, RunFolder
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from training.split import (
+    DEFAULT_SOURCE,
     AnyManifest,
     create_manifest,
     create_mixed_manifest,
@@ -79,28 +75,6 @@ class TrainResult:
     best_val_accuracy: float
     best_epoch: int
     test_accuracy: float | None = None
-
-
-def amp_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
-    """Autocast dtype: bf16 on GPUs that support it, else fp16 (with a GradScaler); bf16 on a CPU with
-    bf16 instructions, else none (fp32), since emulated bf16 is slower than fp32 there. ``None`` (not
-    set) is on wherever it is native, as serving is; ``False`` is fp32."""
-    if enabled is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if not cpu_has_native_bf16():
-        if enabled:
-            logger.warning("%s has no bf16 instructions; training in fp32 instead", cpu_name())
-        return None
-    return torch.bfloat16
-
-
-#: A photo's source when its data set does not tag photos and is the run's only one.
-DEFAULT_SOURCE = "data"
-#: At most this many of the base's replayed photos join a fine-tune's feature bank, and its validation
-#: photos, drawn once with the run's seed: enough to know the base's sources, at a few seconds' cost.
-BANK_REPLAYED_PHOTOS = 2048
 
 
 def run_classes(config: TrainConfig, manifest: AnyManifest) -> tuple[str, ...]:
@@ -189,6 +163,7 @@ class _Run:
         self.folder = RunFolder(self.out)
         self.device = select_device(config.device)
         self.amp = amp_dtype(self.device, config.amp)
+        self.loading = Loading(self.device, config.batch_size, config.workers)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         seed_everything(derive_seed(config.seed, "init"))
@@ -204,7 +179,7 @@ class _Run:
         self.teacher: tuple[nn.Module, tuple[list[int], list[int]]] | None = None
         base = None
         if config.init_from is not None and (not resuming or self._distilling()):
-            base = self._base()
+            base = self.base()
         if base is not None and self._distilling():
             teacher = create_model(config.model, num_classes=base.spec.num_classes, **config.model_kwargs)
             teacher.load_state_dict(base.state_dict)
@@ -243,7 +218,7 @@ class _Run:
         self.best_val_accuracy, self.best_epoch = -1.0, 0
         self.clock = EtaClock(self._units(config.epochs))
 
-    def _base(self) -> Checkpoint:
+    def base(self) -> Checkpoint:
         """The base checkpoint, refused if its weights are not the ones the run started from."""
         config = self.config
         assert config.init_from is not None
@@ -314,9 +289,7 @@ class _Run:
             self.spec,
             root,
             remap_labels(manifest.select("val"), manifest.class_names, self.class_names),
-            batch_size=config.batch_size,
-            device=self.device,
-            workers=config.workers,
+            self.loading,
         )
 
     def _units(self, epochs: int) -> int:
@@ -476,13 +449,13 @@ class _Run:
         self.history.append(record)
         if val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
-            self._save_model(BEST_FILE, record)
+            self.save_model(BEST_FILE, record)
         if not self.environment_recorded:
             record_environment(self.folder.environment, epoch, environment(self.device, self.amp))
             self.environment_recorded = True
         # The resume file goes last: a kill before it only repeats this epoch, deterministically.
         save_resume_state(self.folder.resume, self.state())
-        self._write_history()
+        self.write_history()
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.1fs)",
             epoch,
@@ -495,217 +468,19 @@ class _Run:
         )
         self._report("epoch", len(self.train_loader), len(self.train_loader), record, self._units(epoch))
 
-    def _save_model(self, name: str, metrics: dict[str, Any]) -> None:
+    def save_model(self, name: str, metrics: dict[str, Any]) -> None:
         spec = ModelSpec.from_dict({**self.spec.to_dict(), "metrics": metrics})
         save_checkpoint(self.folder.checkpoint(name), self.model, spec)
 
-    def _write_history(self) -> None:
+    def write_history(self) -> None:
         write_json(self.folder.history, self.history)
         plot_curves(self.history, self.out)
-
-    def _hold_to_base(self, root: Path) -> None:
-        """best.pt moved towards the base until it scores within ``forgetting_limit`` of it on the base's
-        validation photos of the classes the data lacks (``training.retain``); recorded in its spec as
-        ``forgetting_check``, and done once (a restarted finish finds the record)."""
-        config = self.config
-        if self.replay is None or config.forgetting_limit >= 1 or config.init_from is None:
-            return
-        best = load_checkpoint(self.folder.best)
-        if "forgetting_check" in best.spec.recipe:
-            return
-        lacking = [name for name in self.class_names if name not in self.manifest.class_names]
-        samples = check_samples(self.replay.val_samples, self.class_names, lacking, config.seed)
-        record: dict[str, Any]
-        state = best.state_dict
-        if not samples:
-            record = {"skipped": "no validation photos of a class the data lacks", "classes": lacking}
-        else:
-            model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
-            model.load_state_dict(best.state_dict)
-            # The base's weights; a class the base lacks keeps the fine-tuned row at every point.
-            transfer_weights(model, self._base(), self.class_names)
-            base_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-            model.to(self.device)
-            loader = eval_loader(
-                self.spec,
-                root,
-                samples,
-                batch_size=config.batch_size,
-                device=self.device,
-                workers=config.workers,
-            )
-
-            def accuracy(weights: dict[str, torch.Tensor]) -> float:
-                model.load_state_dict(weights)
-                return predict(model, loader, device=self.device, amp_dtype=self.amp).accuracy
-
-            kept = keep_within(base_state, best.state_dict, accuracy, limit=config.forgetting_limit)
-            # The run's own validation accuracy of the weights kept (the epoch's metrics are the end's).
-            model.load_state_dict(kept.state)
-            held = predict(model, self.val_loader, device=self.device, amp_dtype=self.amp).accuracy
-            record = {**kept.record, "classes": lacking, "photos": len(samples), "val_accuracy": held}
-            state = kept.state
-            logger.info(
-                "kept within %.2f of the base on %d photos of %s: alpha %.1f (%.4f against the base's %.4f)",
-                config.forgetting_limit,
-                len(samples),
-                lacking,
-                record["alpha"],
-                record["accuracy"],
-                record["base_accuracy"],
-            )
-        recipe = {**best.spec.recipe, "forgetting_check": record}
-        metrics = {**best.spec.metrics}
-        if "val_accuracy" in record:
-            metrics["held_val_accuracy"] = record["val_accuracy"]
-        spec = ModelSpec.from_dict({**best.spec.to_dict(), "recipe": recipe, "metrics": metrics})
-        save_checkpoint(self.folder.best, state, spec)
 
     def between(self, phase: Phase) -> None:
         """Tell the callback where the run is between its long steps (where a cancellation is heard)."""
         if self.callback is not None:
             units = self._units(self.epoch)
             self.callback(Progress(phase, self.epoch, self.config.epochs, 0, 0, {}, self.clock.eta(units)))
-
-    def finish(self, root: Path) -> float | None:
-        """best.pt held to its base (when it replays the base's photos), final.pt, then the test report of
-        best.pt; returns best.pt's test accuracy (``None`` when the split has no test photos)."""
-        self._write_history()
-        self._hold_to_base(root)
-        self.between("finish")
-        test = self.manifest.select("test")
-        if not test:
-            self._save_model(FINAL_FILE, dict(self.history[-1]))
-            self._describe(root)
-            return None
-        loader = eval_loader(
-            self.spec,
-            root,
-            test,
-            batch_size=self.config.batch_size,
-            device=self.device,
-            workers=self.config.workers,
-        )
-        final_test = predict(self.model, loader, device=self.device)
-        last = self.history[-1]
-        self._save_model(
-            FINAL_FILE, {**last, "test_loss": final_test.loss, "test_accuracy": final_test.accuracy}
-        )
-        self._describe(root)
-        self.between("finish")
-        report = evaluate_checkpoint(
-            self.folder.best,
-            root=root,
-            samples=test,
-            data_classes=self.manifest.class_names,
-            device=self.device,
-            batch_size=self.config.batch_size,
-            workers=self.config.workers,
-            split="test",
-            sources=self.manifest.select_sources("test", DEFAULT_SOURCE),
-            manifest_digest=self.manifest.digest,
-            best_epoch=self.best_epoch,
-            skipped_images=[{"path": path, "error": error} for path, error in self.manifest.skipped],
-        )
-        # best.pt is rewritten with the weights of its epoch, now with its test metrics too.
-        best = self.history[self.best_epoch - 1]
-        best_metrics = {**best, "test_loss": report["loss"], "test_accuracy": report["accuracy"]}
-        _rewrite_metrics(self.folder.best, best_metrics)
-        write_report(report, self.out)
-        return float(report["accuracy"])
-
-    def _describe(self, root: Path) -> None:
-        """What serving best.pt needs beside its weights: its calibration, the index of its training
-        photos and its feature bank, with a cancellation heard between them."""
-        self._calibrate(root)
-        self.between("finish")
-        self._index(root)
-        self.between("finish")
-        self._feature_bank(root)
-
-    def _replayed_draw(self, count: int, purpose: str) -> list[int]:
-        """At most :data:`BANK_REPLAYED_PHOTOS` of ``count`` replayed photos, drawn with the run's seed
-        for ``purpose``, in their order."""
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, purpose))
-        return sorted(torch.randperm(count, generator=generator)[:BANK_REPLAYED_PHOTOS].tolist())
-
-    def _validation_photos(self) -> list[tuple[str, int]]:
-        """The photos that calibrate best.pt and choose its "sure" rule: the validation split, and for a
-        fine-tune that replays its base's photos a sample of the base's validation photos too (drawn
-        with the run's seed), so that a site's few photos are not all the rule is chosen on."""
-        manifest = self.manifest
-        val = remap_labels(manifest.select("val"), manifest.class_names, self.class_names)
-        if self.replay is not None:
-            chosen = self._replayed_draw(len(self.replay.val_samples), "validation")
-            val += [self.replay.val_samples[i] for i in chosen]
-        return val
-
-    def _calibrate(self, root: Path) -> None:
-        """Fit best.pt's temperature and "unsure" thresholds on the validation photos, when it can be."""
-        try:
-            calibrate_checkpoint(
-                self.folder.best,
-                root=root,
-                samples=self._validation_photos(),
-                data_classes=self.class_names,
-                device=self.device,
-                batch_size=self.config.batch_size,
-                workers=self.config.workers,
-            )
-        except CalibrationError as error:
-            logger.warning("%s stays uncalibrated: %s", BEST_FILE, error)
-
-    @property
-    def _routing(self) -> bool:
-        """Whether best.pt is to serve beside its base (``route``): it needs the base's photos to route
-        by, and the base's classes, so that either model's answer reads the same."""
-        return self.config.route and self.replay is not None and self.class_names == self.config.init_classes
-
-    def _feature_bank(self, root: Path) -> None:
-        """The features of the training photos as best.pt sees them, and its "sure" rule chosen on the
-        validation photos (``ood.npz``, and best.pt's calibration). A fine-tune's bank and validation
-        photos hold a sample of its base's too, so that what the base knew still counts as familiar, and,
-        with ``route``, so that the service can tell which photos its base should answer."""
-        manifest = self.manifest
-        train = remap_labels(manifest.select("train"), manifest.class_names, self.class_names)
-        sources = manifest.select_sources("train", DEFAULT_SOURCE)
-        val = self._validation_photos()
-        own_photos, base_val_photos = len(train), len(val) - len(manifest.select("val"))
-        if self.replay is not None:
-            chosen = self._replayed_draw(len(self.replay.samples), "feature-bank")
-            train += [self.replay.samples[i] for i in chosen]
-            sources += [self.replay.sources[i] for i in chosen]
-        try:
-            build_feature_bank(
-                self.folder.best,
-                root=root,
-                train=train,
-                val=val,
-                sources=sources,
-                own_photos=own_photos if self.replay is not None else None,
-                base_val_photos=base_val_photos,
-                route=self._routing,
-                data_classes=self.class_names,
-                device=self.device,
-                target_accuracy=self.config.sure_target_accuracy,
-                seed=derive_seed(self.config.seed, "feature-bank"),
-                batch_size=self.config.batch_size,
-                workers=self.config.workers,
-            )
-        except ValueError as error:
-            logger.warning("%s has no feature bank: %s", BEST_FILE, error)
-
-    def _index(self, root: Path) -> None:
-        """The hashes and embeddings of the training photos as best.pt sees them (``index.npz``)."""
-        build_index(
-            self.folder.best,
-            root=root,
-            samples=self.manifest.select("train"),
-            data_classes=self.manifest.class_names,
-            device=self.device,
-            batch_size=self.config.batch_size,
-            workers=self.config.workers,
-        ).save(self.folder.index)
 
 
 def background_paste(config: TrainConfig, root: Path, paths: list[str], sources: list[str]) -> Prepare | None:
@@ -749,12 +524,6 @@ def read_environment(path: Path) -> list[dict[str, Any]]:
     return list(read_json(path)) if path.is_file() else []
 
 
-def _rewrite_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    checkpoint = load_checkpoint(path)
-    spec = ModelSpec.from_dict({**checkpoint.spec.to_dict(), "metrics": metrics})
-    save_checkpoint(path, checkpoint.state_dict, spec)
-
-
 def _fit(run: _Run, root: Path) -> TrainResult:
     try:
         run.between("prepare")
@@ -766,7 +535,7 @@ def _fit(run: _Run, root: Path) -> TrainResult:
                 run.epoch,
                 run.config.early_stop,
             )
-        test_accuracy = run.finish(root)
+        test_accuracy = finish_run(run, root)
     except TrainingCancelled:
         logger.info("training cancelled; resumable from epoch %d", run.epoch)
         return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)

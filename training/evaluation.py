@@ -6,7 +6,6 @@ same as the API and the worker use.
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from models.calibration import Calibration, energy_score
 from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
+from models.precision import autocast
 from models.transforms import build_eval_transform
-from training.data import DataError, ImageDataset, Sample, make_loader
+from training.data import DataError, ImageDataset, Loading, Photos, Sample, make_loader
 from training.report import (
     FloatArray,
     IntArray,
@@ -56,11 +56,6 @@ class Predictions:
     @property
     def accuracy(self) -> float:
         return float((self.targets == self.predictions).mean()) if len(self.targets) else 0.0
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast | nullcontext[None]:
-    """Mixed precision at ``dtype`` on ``device``, or nothing when ``dtype`` is ``None``."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.no_grad()
@@ -107,17 +102,11 @@ def predict(
 
 
 def eval_loader(
-    spec: ModelSpec,
-    root: Path,
-    samples: Sequence[Sample],
-    *,
-    batch_size: int,
-    device: torch.device,
-    workers: int | None,
+    spec: ModelSpec, root: Path, samples: Sequence[Sample], loading: Loading
 ) -> DataLoader[tuple[torch.Tensor, int]]:
     """A loader over ``samples`` preprocessed by the spec's eval transform."""
     dataset = ImageDataset(root, samples, build_eval_transform(spec))
-    return make_loader(dataset, batch_size=batch_size, device=device, workers=workers)
+    return make_loader(dataset, batch_size=loading.batch_size, device=loading.device, workers=loading.workers)
 
 
 def remap_labels(
@@ -221,54 +210,31 @@ class Loaded:
     loader: DataLoader[tuple[torch.Tensor, int]]
 
 
-def load_for_evaluation(
-    checkpoint_path: Path,
-    *,
-    root: Path,
-    samples: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
-    batch_size: int,
-    workers: int | None,
-) -> Loaded:
-    """Load and verify ``checkpoint_path`` and the samples (labels in ``data_classes`` order) it is to
-    run over, preprocessed by its spec's eval transform."""
+def load_for_evaluation(checkpoint_path: Path, photos: Photos, loading: Loading) -> Loaded:
+    """Load and verify ``checkpoint_path`` and the photos it is to run over, their labels in its classes'
+    order, preprocessed by its spec's eval transform."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(device)
-    relabelled = remap_labels(samples, data_classes, checkpoint.spec.class_names)
-    loader = eval_loader(
-        checkpoint.spec, root, relabelled, batch_size=batch_size, device=device, workers=workers
-    )
+    model = build_checkpoint_model(checkpoint, source=str(checkpoint_path)).to(loading.device)
+    relabelled = remap_labels(photos.samples, photos.classes, checkpoint.spec.class_names)
+    loader = eval_loader(checkpoint.spec, photos.root, relabelled, loading)
     return Loaded(checkpoint, model, relabelled, loader)
 
 
 def evaluate_checkpoint(
     checkpoint_path: Path,
+    photos: Photos,
+    loading: Loading,
     *,
-    root: Path,
-    samples: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
-    batch_size: int = 64,
-    workers: int | None = None,
     sources: Sequence[str] | None = None,
     on_step: StepCallback | None = None,
     **context: Any,
 ) -> dict[str, Any]:
-    """Evaluate a ``models.checkpoint`` file on ``samples`` (labels in ``data_classes`` order), per
-    source too when ``sources`` tags each sample; ``on_step`` hears of every batch."""
-    loaded = load_for_evaluation(
-        checkpoint_path,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    """Evaluate a ``models.checkpoint`` file on ``photos``, per source too when ``sources`` tags each
+    photo; ``on_step`` hears of every batch."""
+    loaded = load_for_evaluation(checkpoint_path, photos, loading)
     checkpoint = loaded.checkpoint
-    predictions = predict(loaded.model, loaded.loader, device=device, on_step=on_step)
-    logger.info("%s: accuracy %.4f on %d images", checkpoint_path, predictions.accuracy, len(samples))
+    predictions = predict(loaded.model, loaded.loader, device=loading.device, on_step=on_step)
+    logger.info("%s: accuracy %.4f on %d images", checkpoint_path, predictions.accuracy, len(photos.samples))
     return build_report(
         predictions,
         checkpoint.spec,

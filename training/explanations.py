@@ -26,13 +26,12 @@ from models.cam import compute_cam, list_cam_methods
 from models.cam.faithfulness import faithfulness
 from models.cam.overlay import overlay_heatmap
 from models.checkpoint import CheckpointError, build_model, load_checkpoint
-from models.precision import precision_name
+from models.precision import amp_dtype, autocast, precision_name
 from models.predictor import select_device
 from models.transforms import build_eval_transform
 from training.archive import ArchiveError
-from training.data import DataError
-from training.engine import amp_dtype
-from training.evaluation import autocast, eval_loader, remap_labels
+from training.data import DataError, Loading
+from training.evaluation import eval_loader, remap_labels
 from training.run_folder import DATA_DIR
 from training.split import AnyManifest, manifest_and_root
 
@@ -54,13 +53,13 @@ def evaluate_faithfulness(
     """Mean faithfulness of ``method``'s heatmaps for the predicted class over a split.
 
     With ``amp`` the many forward passes that score the heatmaps run under bf16/fp16 autocast (where
-    ``training.engine.amp_dtype`` picks one); the heatmaps themselves are always computed in fp32.
+    ``models.precision.amp_dtype`` picks one); the heatmaps themselves are always computed in fp32.
     """
     precision = amp_dtype(device, amp)
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_model(checkpoint, source=str(checkpoint_path)).to(device).requires_grad_(False)
     samples = remap_labels(manifest.select(split), manifest.class_names, checkpoint.spec.class_names)
-    loader = eval_loader(checkpoint.spec, root, samples, batch_size=batch_size, device=device, workers=None)
+    loader = eval_loader(checkpoint.spec, root, samples, Loading(device, batch_size))
     totals = {"drop": 0.0, "increase": 0.0, "deletion_auc": 0.0, "insertion_auc": 0.0}
     count = 0
     for images, _ in loader:

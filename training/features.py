@@ -1,7 +1,6 @@
 """A checkpoint's logits and pooled features (the classifier's input) for every photo of a sample list,
 in one forward pass per batch: what the out-of-distribution bank and its thresholds are built from."""
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import numpy.typing as npt
 import torch
 
 from models.fingerprint import EmbeddingHook
-from training.data import Sample
-from training.evaluation import autocast, load_for_evaluation
+from models.precision import autocast
+from training.data import Loading, Photos
+from training.evaluation import load_for_evaluation
 
 
 @dataclass(frozen=True)
@@ -25,26 +25,11 @@ class Features:
 
 @torch.inference_mode()
 def extract_features(
-    checkpoint_path: Path,
-    *,
-    root: Path,
-    samples: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
-    batch_size: int = 64,
-    workers: int | None = None,
-    amp_dtype: torch.dtype | None = None,
+    checkpoint_path: Path, photos: Photos, loading: Loading, *, amp_dtype: torch.dtype | None = None
 ) -> Features:
-    """Logits and pooled features of every photo of ``samples`` (labels in ``data_classes`` order)."""
-    loaded = load_for_evaluation(
-        checkpoint_path,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    """Logits and pooled features of every one of ``photos``, their labels in the checkpoint's order."""
+    loaded = load_for_evaluation(checkpoint_path, photos, loading)
+    device = loading.device
     model = loaded.model.eval()
     hook = EmbeddingHook(model)
     logits, embeddings, labels = [], [], []

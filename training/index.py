@@ -3,7 +3,6 @@ split (its training photos, for "the training photos it resembles")."""
 
 import io
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 
 from models.fingerprint import EmbeddingHook, hash_bits
 from models.similarity import FingerprintIndex
-from training.data import Sample
+from training.data import Loading, Photos
 from training.evaluation import load_for_evaluation
 
 logger = logging.getLogger(__name__)
@@ -33,26 +32,11 @@ def thumbnail(path: Path) -> bytes:
 
 @torch.inference_mode()
 def build_index(
-    checkpoint_path: Path,
-    *,
-    root: Path,
-    samples: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
-    split: str = "train",
-    batch_size: int = 64,
-    workers: int | None = None,
+    checkpoint_path: Path, photos: Photos, loading: Loading, *, split: str = "train"
 ) -> FingerprintIndex:
-    """Hash and embed every photo of ``samples`` (labels in ``data_classes`` order) with the checkpoint."""
-    loaded = load_for_evaluation(
-        checkpoint_path,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    """Hash and embed every one of ``photos`` with the checkpoint."""
+    loaded = load_for_evaluation(checkpoint_path, photos, loading)
+    device = loading.device
     checkpoint, model, samples = loaded.checkpoint, loaded.model, loaded.samples
     hook = EmbeddingHook(model)
     embeddings = []
@@ -73,7 +57,7 @@ def build_index(
         embeddings=unit.numpy().astype(np.float16),
         labels=np.array([label for _, label in samples], dtype=np.int16),
         paths=tuple(path for path, _ in samples),
-        thumbnails=tuple(thumbnail(root / path) for path, _ in samples),
+        thumbnails=tuple(thumbnail(photos.root / path) for path, _ in samples),
     )
     logger.info("%s: indexed %d %s photos", checkpoint_path, len(index), split)
     return index

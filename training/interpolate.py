@@ -21,11 +21,12 @@ from typing import Any
 from models.checkpoint import Checkpoint, ModelSpec, load_checkpoint, save_checkpoint
 from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
+from models.precision import amp_dtype
 from models.predictor import select_device
-from training.engine import DEFAULT_SOURCE, amp_dtype
+from training.data import Loading
 from training.evaluation import build_report, eval_loader, predict, remap_labels
 from training.run_folder import DATA_DIR, MANIFEST_FILE
-from training.split import ALL_SPLITS, manifest_and_root
+from training.split import ALL_SPLITS, DEFAULT_SOURCE, manifest_and_root
 from training.weights import interpolate
 
 
@@ -109,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
             args.manifest, args.data, Path(scratch) / DATA_DIR, run_data=args.manifest.parent / DATA_DIR
         )
         samples = remap_labels(manifest.select(args.split), manifest.class_names, end.spec.class_names)
-        loader = eval_loader(
-            end.spec, root, samples, batch_size=args.batch_size, device=device, workers=args.workers
-        )
+        loader = eval_loader(end.spec, root, samples, Loading(device, args.batch_size, args.workers))
         sources = manifest.select_sources(args.split, DEFAULT_SOURCE)
         for alpha in args.alphas:
             model.load_state_dict(interpolate(start.state_dict, end.state_dict, alpha))

@@ -26,7 +26,7 @@ from models.calibration import (
 from models.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE, ROUTE_BASE_SHARE, FeatureBank
 from models.precision import choose_precision
-from training.data import Sample
+from training.data import Loading, Photos
 from training.features import extract_features
 
 logger = logging.getLogger(__name__)
@@ -41,77 +41,63 @@ def choose_route_margin(bank: FeatureBank, base_val_embeddings: np.ndarray) -> f
 def build_feature_bank(
     checkpoint_path: Path,
     *,
-    root: Path,
-    train: Sequence[Sample],
-    val: Sequence[Sample],
-    data_classes: Sequence[str],
-    device: torch.device,
+    train: Photos,
+    val: Photos,
+    loading: Loading,
     sources: Sequence[str] | None = None,
     own_photos: int | None = None,
     base_val_photos: int = 0,
     route: bool = False,
-    train_root: Path | None = None,
     k: int = DEFAULT_K,
     max_photos: int = DEFAULT_BANK_PHOTOS,
     seed: int = 0,
     distance_quantile: float = DEFAULT_DISTANCE_QUANTILE,
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    batch_size: int = 64,
-    workers: int | None = None,
 ) -> FeatureBank:
-    """Build the bank from the ``train`` photos (under ``train_root``, default ``root``; ``sources``
-    names each one's source, for the record; at most ``max_photos`` of them, drawn with ``seed``), choose
-    the rule on the ``val`` photos, write the bank beside the checkpoint and the rule into its
-    calibration.
+    """Build the bank from the ``train`` photos (``sources`` names each one's source, for the record; at
+    most ``max_photos`` of them, drawn with ``seed``), choose the rule on the ``val`` photos, write the
+    bank beside the checkpoint and the rule into its calibration.
 
     For a fine-tune, the first ``own_photos`` of ``train`` are its own data's and the rest its base's, and
     the last ``base_val_photos`` of ``val`` are the base's validation photos; with ``route``, the routing
     margin is chosen on those so that the model answers :data:`ROUTE_BASE_SHARE` of them itself."""
     # The precision the service infers in, so that the distances it measures are the bank's own.
-    amp = choose_precision(device).dtype
+    amp = choose_precision(loading.device).dtype
 
-    def features(samples: Sequence[Sample], folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        extracted = extract_features(
-            checkpoint_path,
-            root=folder,
-            samples=samples,
-            data_classes=data_classes,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            amp_dtype=amp,
-        )
+    def features(photos: Photos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        extracted = extract_features(checkpoint_path, photos, loading, amp_dtype=amp)
         return extracted.logits, extracted.embeddings, extracted.labels
 
-    if not train or not val:
+    if not train.samples or not val.samples:
         raise ValueError("a feature bank needs training photos and validation photos")
     checkpoint = load_checkpoint(checkpoint_path)
-    named = list(sources) if sources is not None else ["train"] * len(train)
-    own = len(train) if own_photos is None else own_photos
-    if len(train) > max_photos:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(train), max_photos, replace=False))
-        train, named = [train[i] for i in chosen], [named[i] for i in chosen]
+    samples = list(train.samples)
+    named = list(sources) if sources is not None else ["train"] * len(samples)
+    own = len(samples) if own_photos is None else own_photos
+    if len(samples) > max_photos:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(samples), max_photos, replace=False))
+        samples, named = [samples[i] for i in chosen], [named[i] for i in chosen]
         own = int((chosen < own).sum())
-    _, train_embeddings, _ = features(train, train_root or root)
+    _, train_embeddings, _ = features(replace(train, samples=samples))
     counts: dict[str, int] = {}
     for source in named:
         counts[source] = counts.get(source, 0) + 1
     bank = FeatureBank.from_embeddings(
         train_embeddings,
         model_sha256=checkpoint.sha256,
-        k=min(k, len(train)),
+        k=min(k, len(samples)),
         sources=counts,
         own_photos=None if own_photos is None else own,
     )
-    logits, embeddings, labels = features(val, root)
+    logits, embeddings, labels = features(val)
     route_margin = None
-    answered = np.ones(len(val), dtype=bool)
+    answered = np.ones(len(val.samples), dtype=bool)
     if route and bank.routes and base_val_photos > 0:
-        route_margin = choose_route_margin(bank, embeddings[len(val) - base_val_photos :])
+        route_margin = choose_route_margin(bank, embeddings[len(val.samples) - base_val_photos :])
         to_base = replace(bank, route_margin=route_margin).routes_to_base(embeddings)
         assert to_base is not None
         answered = ~to_base
-        own_val = len(val) - base_val_photos
+        own_val = len(val.samples) - base_val_photos
         logger.info(
             "%s: served beside its base, routing margin %.4f: it answers %d of the %d validation photos of "
             "its data and %d of the base's %d itself",

@@ -10,6 +10,7 @@ from core.settings import Settings
 from models.similarity import INDEX_FILE
 from tests.app.conftest import CLASSES
 from tests.training.helpers import make_image_folder
+from training.data import Loading, Photos
 from training.index import build_index
 
 
@@ -19,9 +20,7 @@ def indexed(settings: Settings, tmp_path: Path) -> Path:
     assert settings.model_path is not None
     root = make_image_folder(tmp_path / "photos", per_class=3)
     samples = [(f"{name}/{name}{i}.png", label) for label, name in enumerate(CLASSES) for i in range(3)]
-    index = build_index(
-        settings.model_path, root=root, samples=samples, data_classes=CLASSES, device=torch.device("cpu")
-    )
+    index = build_index(settings.model_path, Photos(root, samples, CLASSES), Loading(torch.device("cpu")))
     index.save(settings.model_path.parent / INDEX_FILE)
     return root
 

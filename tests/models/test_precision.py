@@ -76,3 +76,25 @@ def test_a_cpu_runs_a_single_photo_in_fp32_and_batches_in_the_reduced_precision(
     image = torch.rand(1, 3, 64, 64)
     fp32_result = tiny_predictor(precision.InferencePrecision()).classify(image).probabilities
     torch.testing.assert_close(tiny_predictor(bf16).classify(image).probabilities, fp32_result)
+
+
+def test_training_uses_bf16_only_on_a_cpu_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.amp_dtype(torch.device("cpu"), True) == torch.bfloat16
+    assert precision.amp_dtype(torch.device("cpu"), None) == torch.bfloat16
+    assert precision.amp_dtype(torch.device("cpu"), False) is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.amp_dtype(torch.device("cpu"), None) is None
+    with caplog.at_level("WARNING", logger="models.precision"):
+        assert precision.amp_dtype(torch.device("cpu"), True) is None
+    assert "no bf16 instructions; training in fp32" in caplog.text
+
+
+def test_serving_and_training_follow_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        cpu = torch.device("cpu")
+        assert precision.choose_precision(cpu).dtype == precision.amp_dtype(cpu, None)
+        assert precision.native_dtype(cpu) == (torch.bfloat16 if native else None)

@@ -4,13 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import precision
 from models.predictor import select_device
 from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
-from training import engine
 from training.engine import (
     RunExistsError,
     TrainResult,
-    amp_dtype,
     read_environment,
     record_environment,
     resume,
@@ -159,23 +158,11 @@ def test_a_run_folder_is_not_overwritten(reference_run: TrainResult, reference_d
         train(tiny_config(reference_data, reference_run.out_dir))
 
 
-def test_amp_uses_bf16_only_on_a_cpu_with_bf16_instructions(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert amp_dtype(torch.device("cpu"), True) == torch.bfloat16
-    assert amp_dtype(torch.device("cpu"), False) is None
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    with caplog.at_level("WARNING", logger="training.engine"):
-        assert amp_dtype(torch.device("cpu"), True) is None
-    assert "no bf16 instructions; training in fp32" in caplog.text
-
-
 def test_bf16_autocast_on_the_cpu(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # bf16 arithmetic is exercised whatever the CPU: emulated bf16 is slow, not wrong.
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert select_device("cpu") == torch.device("cpu")
     result = train(
         tiny_config(image_folder, tmp_path / "run", epochs=1, warmup_epochs=0, amp=True, workers=0)

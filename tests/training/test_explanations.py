@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training import engine
+from models import precision
 from training.config import DEFAULT_SPLIT
 from training.engine import TrainResult
 from training.explanations import main, pick_images
@@ -71,7 +71,7 @@ def test_a_manifest_finds_its_data_set_where_it_has_moved(
 def test_faithfulness_under_bf16_scores_close_to_fp32(
     reference_run: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     run = reference_run.out_dir
     common = ["--checkpoint", str(run / "best.pt"), "--manifest", str(run / "manifest.json"), "--steps", "4"]
     scores = {}

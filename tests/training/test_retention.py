@@ -12,13 +12,13 @@ from PIL import Image
 
 from models.checkpoint import load_checkpoint
 from models.ood import OOD_FILE, FeatureBank
-from models.precision import cpu_has_native_bf16
+from models.precision import amp_dtype, cpu_has_native_bf16
 from models.predictor import Predictor
 from tests.training.helpers import CLASS_NAMES, make_image_folder, tiny_config
 from training import engine
 from training.config import make_config
-from training.data import Sample
-from training.engine import amp_dtype, plateaued, train
+from training.data import Loading, Photos, Sample
+from training.engine import plateaued, train
 from training.evaluation import evaluate_checkpoint, load_for_evaluation, predict
 from training.replay import distillation_loss, find_replay_data, load_replay, replay_weights
 from training.retain import keep_within
@@ -119,14 +119,7 @@ def accuracy_on(checkpoint: Path, photos: Path, classes: tuple[str, ...]) -> flo
     """The checkpoint's accuracy on the photos of ``classes`` (every photo of ``photos`` of them)."""
     root, samples, data_classes = photos_of(photos, classes)
     report = evaluate_checkpoint(
-        checkpoint,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=torch.device("cpu"),
-        batch_size=16,
-        workers=0,
-        split="train",
+        checkpoint, Photos(root, samples, data_classes), Loading(torch.device("cpu"), 16, 0), split="train"
     )
     return float(report["accuracy"])
 
@@ -134,15 +127,7 @@ def accuracy_on(checkpoint: Path, photos: Path, classes: tuple[str, ...]) -> flo
 def logits_on(checkpoint: Path, photos: Path, classes: tuple[str, ...]) -> torch.Tensor:
     root, samples, data_classes = photos_of(photos, classes)
     cpu = torch.device("cpu")
-    loaded = load_for_evaluation(
-        checkpoint,
-        root=root,
-        samples=samples,
-        data_classes=data_classes,
-        device=cpu,
-        batch_size=16,
-        workers=0,
-    )
+    loaded = load_for_evaluation(checkpoint, Photos(root, samples, data_classes), Loading(cpu, 16, 0))
     return torch.from_numpy(predict(loaded.model, loaded.loader, device=cpu).logits).float()
 
 
