@@ -276,6 +276,12 @@ class TrainConfig(BaseModel):
     early_stop: int = Field(
         0, ge=0, description="stop after this many epochs without a lower validation loss; 0: never"
     )
+    keep_epoch: Literal["best", "last"] = Field(
+        "best",
+        description="which epoch's weights the run keeps as its model (best.pt): the one with the best "
+        "validation accuracy, or the last one's (for a validation split of a few dozen photos, on which "
+        "one photo moves the accuracy by several points and choosing an epoch is mostly noise)",
+    )
     route: bool = Field(
         False,
         description="with a replay manifest and the base's classes: serve the model beside its base, "

@@ -447,7 +447,7 @@ class _Run:
         }
         self.epoch = epoch
         self.history.append(record)
-        if val["accuracy"] > self.best_val_accuracy:
+        if self.config.keep_epoch == "last" or val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
             self.save_model(BEST_FILE, record)
         if not self.environment_recorded:

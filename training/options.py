@@ -65,6 +65,7 @@ USER_OPTIONS = (
     "forgetting_limit",
     "route",
     "early_stop",
+    "keep_epoch",
     "sure_target_accuracy",
     "device",
     "workers",

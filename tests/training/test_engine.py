@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models import precision
+from models.checkpoint import load_checkpoint
 from models.predictor import select_device
 from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
 from training.engine import (
@@ -238,3 +239,20 @@ def test_a_cancel_is_heard_between_the_final_steps_and_the_run_resumes(
     finished = resume(out)
     assert finished.status == "completed"
     assert (out / "report.json").is_file()
+
+
+def test_a_run_that_keeps_its_last_epoch_serves_the_last_epochs_weights(
+    reference_data: Path, tmp_path: Path
+) -> None:
+    """With ``keep_epoch="last"`` the model is the last epoch's, whatever its validation accuracy: on a
+    few dozen validation photos choosing an epoch by accuracy is mostly noise."""
+    result = train(tiny_config(reference_data, tmp_path / "run", keep_epoch="last", split=(0.7, 0.3, 0.0)))
+    assert result.status == "completed"
+    assert result.best_epoch == result.epochs_completed == 3
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert result.best_val_accuracy == history[-1]["val_accuracy"]
+    # No test photos and no base to hold to: best.pt's weights are final.pt's.
+    assert_same_weights(
+        checkpoint_weights(tmp_path / "run" / "best.pt"), checkpoint_weights(tmp_path / "run" / "final.pt")
+    )
+    assert load_checkpoint(tmp_path / "run" / "best.pt").spec.recipe["keep_epoch"] == "last"
