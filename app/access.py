@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
-from starlette.routing import compile_path
 
 from app.deps import (
     get_submitter,
@@ -75,7 +74,8 @@ def operation_access(route: RouteContext) -> OperationAccess:
         methods.add("HEAD")  # answered by the GET route, so checked as it is
     return OperationAccess(
         path=path,
-        pattern=compile_path(path)[0],
+        # Routing's own pattern: converters such as {name:path} match as routing matches them.
+        pattern=route.path_regex,
         methods=frozenset(methods),
         role=_strongest({role for check, role in ROLE_OF_CHECK.items() if check in calls}),
         starts_job=get_submitter in calls,

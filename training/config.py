@@ -278,7 +278,7 @@ class TrainConfig(BaseModel):
     )
     keep_epoch: Literal["best", "last"] = Field(
         "best",
-        description="which epoch's weights the run keeps as its model (best.pt): the one with the best "
+        description="which epoch's weights the run keeps as its model: the one with the best "
         "validation accuracy, or the last one's (for a validation split of a few dozen photos, on which "
         "one photo moves the accuracy by several points and choosing an epoch is mostly noise)",
     )

@@ -37,9 +37,9 @@ FORMAT = "trashcam.split-manifest"
 MIXED_FORMAT = "trashcam.mixed-split-manifest"
 VERSION = 1
 DATA_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: A CSV at a data set's class root that tags photos with the source they came from.
 #: A photo's source when its data set does not tag photos and is the run's only one.
 DEFAULT_SOURCE = "data"
+#: A CSV at a data set's class root that tags photos with the source they came from.
 SOURCE_TAGS_FILE = "manifest.csv"
 
 

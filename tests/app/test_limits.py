@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app import cli
 from app.access import access_rules, api_routes, needed_role
+from app.deps import AdminAccess
 from app.main import create_app
 from app.parts import FilePartSizes
 from core.settings import Settings, get_settings
@@ -291,3 +292,14 @@ def test_the_gate_rules_follow_the_routes_dependencies(settings: Settings) -> No
     assert needed_role(app, "POST", "/no-such-route", protect_reads=True) is None
     starting = {rule.path for rule in access_rules(app) if rule.starts_job}
     assert starting == {"/train", "/explain/batch"}
+
+
+def test_a_route_with_a_path_converter_is_matched_as_routing_matches_it(settings: Settings) -> None:
+    app = create_app(settings)
+
+    @app.post("/test-files/{name:path}", dependencies=[AdminAccess])
+    def upload_file(name: str) -> None:
+        return None
+
+    app.state.access_rules = None  # made again with the new route
+    assert needed_role(app, "POST", "/test-files/a/b/c", protect_reads=False) == "admin"
