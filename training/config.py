@@ -56,7 +56,10 @@ STRONG: dict[str, Any] = {
 #: (``forgetting_limit`` 0.05) kept less of the lacking classes and cost the site more (docs/RESULTS.md,
 #: "Serving a site's model beside its base"). The run stops once
 #: the validation loss has not improved for 10 epochs (with 5, two of three runs on site sd would have
-#: stopped before their best epoch, as the cosine schedule's late epochs still improve).
+#: stopped before their best epoch, as the cosine schedule's late epochs still improve). The model is
+#: the last epoch's: a site's validation split is a dozen or two photos, and the epoch chosen on their
+#: accuracy scored lower on the site's other photos than the last one in each of three draws
+#: (docs/RESULTS.md, "Serving a site's model beside its base").
 FINETUNE: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 16,
@@ -81,6 +84,7 @@ FINETUNE: dict[str, Any] = {
     "forgetting_limit": 1.0,
     "route": True,
     "early_stop": 10,
+    "keep_epoch": "last",
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
