@@ -39,6 +39,7 @@ from core.retention import prune_finished_jobs
 from core.review import ReviewStore
 from core.settings import Settings, get_settings
 from models.files import redact_paths
+from models.predictor import select_device
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,13 @@ def celery_submitter(settings: Settings) -> JobSubmitter:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    manager = ModelManager.from_settings(settings, app.state.store)
-    lanes = plan_lanes(manager.device, lanes=settings.inference_lanes, threads=settings.inference_threads)
+    lanes = plan_lanes(
+        select_device(settings.device), lanes=settings.inference_lanes, threads=settings.inference_threads
+    )
+    # A compiled runtime runs a request per lane at once, on as many threads each as torch would.
+    manager = ModelManager.from_settings(
+        settings, app.state.store, streams=lanes.lanes, threads=lanes.threads
+    )
     # Made before the model loads: the lanes set the thread count that the loading and the requests'
     # threads start with, and give the process its own back when the service stops.
     service = InferenceService(

@@ -80,6 +80,11 @@ class Classification(BaseModel):
     )
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
+    backend: str = Field(
+        description="what ran the forward pass: 'openvino' (compiled) or 'torch' (eager; explanations that "
+        "need backward passes or a forward pass per channel always run there)",
+        examples=["openvino"],
+    )
 
 
 class ClassifyPublic(BaseModel):
@@ -170,6 +175,11 @@ class ReadyPublic(BaseModel):
     precision: str = Field(
         description="the number format and layout models infer in, chosen for the device",
         examples=["fp32+channels_last", "bf16+channels_last"],
+    )
+    backend: str = Field(
+        description="what runs the serving model's forward passes: 'openvino' or 'torch' (TRASHCAM_INFERENCE_"
+        "BACKEND; a model that cannot be converted runs on torch)",
+        examples=["openvino"],
     )
     lanes: str = Field(
         description="how many batches run at once, and on how many threads each",

@@ -53,6 +53,8 @@ class Classified:
     distance: float | None
     batch_ms: float
     batch_size: int
+    #: What ran the forward pass: "openvino" or "torch".
+    backend: str
     #: The model asked, when it routed the photo to its base (which answered).
     routed_from: Predictor | None = field(default=None, kw_only=True)
 
@@ -95,12 +97,19 @@ def _who(
 def _answers(predictor: Predictor, replica: Predictor, scores: Scores, batch_ms: float) -> list[Classified]:
     """Each photo's answer in a batch that ``predictor``'s lane ``replica`` ran, by the model that gave it."""
     answers, size = [], len(scores.energies)
-    for row, energy, distance, answered_by in zip(
-        scores.probabilities, scores.energies, scores.distance_list(), scores.answered_by, strict=True
+    for row, energy, distance, answered_by, backend in zip(
+        scores.probabilities,
+        scores.energies,
+        scores.distance_list(),
+        scores.answered_by,
+        scores.backends,
+        strict=True,
     ):
         answerer, asked = _who(predictor, replica, answered_by)
         answers.append(
-            Classified(answerer, row.tolist(), float(energy), distance, batch_ms, size, routed_from=asked)
+            Classified(
+                answerer, row.tolist(), float(energy), distance, batch_ms, size, backend, routed_from=asked
+            )
         )
     return answers
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from core.settings import Settings
 from models.calibration import Thresholds
 from models.checkpoint import CheckpointError
+from models.machine import usable_cores
 from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
+from models.runtime import RuntimeOptions
 from models.store import CHECKPOINT_FILE, ModelInUseError, ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class ModelManager:
         thresholds: Thresholds | None = None,
         precision: str = "auto",
         channels_last: bool = True,
+        runtime: RuntimeOptions | None = None,
     ) -> None:
         self.store = store
         self.explicit_path = explicit_path
@@ -57,6 +60,10 @@ class ModelManager:
         self.precision: InferencePrecision = choose_precision(
             self.device, precision, channels_last=channels_last
         )
+        #: What runs the forward passes of every model it loads (``models.runtime``).
+        self.runtime = runtime or RuntimeOptions()
+        # Refused here, at start-up, rather than at the first model: OpenVINO on a GPU.
+        self.runtime.compiled_on(self.device)
         #: "Unsure" thresholds from the settings, over every model's own.
         self.thresholds = thresholds or Thresholds()
         self._predictor: Predictor | None = None
@@ -72,9 +79,23 @@ class ModelManager:
         self._swap = threading.RLock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: ModelStore | None = None) -> "ModelManager":
+    def from_settings(
+        cls,
+        settings: Settings,
+        store: ModelStore | None = None,
+        *,
+        streams: int = 1,
+        threads: int | None = None,
+    ) -> "ModelManager":
         """The manager of the model the service serves by default, as its settings say (not loaded yet:
-        call :meth:`load_initial`)."""
+        call :meth:`load_initial`); a compiled runtime runs ``streams`` requests at once on ``threads``
+        threads each (None: the usable cores shared out among them)."""
+        runtime = RuntimeOptions(
+            backend=settings.inference_backend,
+            cache_dir=settings.runtime_cache,
+            streams=streams,
+            threads=threads or max(1, usable_cores() // streams),
+        )
         return cls(
             store=store or model_store(settings),
             explicit_path=settings.model_path,
@@ -83,6 +104,7 @@ class ModelManager:
             thresholds=settings.unsure_thresholds,
             precision=settings.inference_precision,
             channels_last=settings.inference_channels_last,
+            runtime=runtime,
         )
 
     @property
@@ -238,6 +260,7 @@ class ModelManager:
             device=self.device,
             thresholds=self.thresholds,
             precision=self.precision,
+            runtime=self.runtime,
         )
         return self._with_base(predictor)
 
@@ -283,6 +306,7 @@ class ModelManager:
             device=self.device,
             thresholds=self.thresholds,
             precision=self.precision,
+            runtime=self.runtime,
         )
         # The file's own digest only proves it is intact; the store's record proves it is the version
         # that was registered (and that /models shows), not weights swapped in with a new digest.

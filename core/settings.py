@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import Thresholds
+from models.runtime import Backend
 from models.store import CHECKPOINT_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,16 @@ class Settings(BaseSettings):
     )
     inference_channels_last: bool = Field(
         True, description="convolve in the NHWC layout (faster on oneDNN, cuDNN)"
+    )
+    inference_backend: Backend = Field(
+        "auto",
+        description="what runs the forward pass: 'openvino' (compiled, CPU only), 'torch' (eager), or "
+        "'auto': OpenVINO on a CPU where the model converts, torch on a GPU",
+    )
+    runtime_cache_dir: Path | None = Field(
+        None,
+        description="where models converted for OpenVINO are kept, by their weights' sha256 and "
+        "OpenVINO's version, so a restart does not convert again (None: <var_dir>/cache)",
     )
 
     # "Unsure" answers: over the thresholds in each model's calibration (None: the model's own).
@@ -242,6 +253,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.var_dir / "models"
+
+    @property
+    def runtime_cache(self) -> Path:
+        return self.runtime_cache_dir if self.runtime_cache_dir is not None else self.var_dir / "cache"
 
     @property
     def review_dir(self) -> Path:

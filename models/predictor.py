@@ -21,12 +21,20 @@ from PIL import Image
 from torch import Tensor, nn
 
 from models.calibration import Calibration, Thresholds, energy_score
-from models.cam import PER_CHANNEL_METHODS, compute_cam
+from models.cam import FEATURE_MAP_METHODS, PER_CHANNEL_METHODS, compute_cam, get_cam_method, resolve_layer
+from models.cam.base import resolve_targets
 from models.checkpoint import ModelSpec, build_model, load_checkpoint
 from models.fingerprint import EmbeddingHook, embed, hash_bits
 from models.fusion import fold_batch_norms
 from models.ood import OOD_FILE, FeatureBank, NoFeatureBankError
 from models.precision import InferencePrecision
+from models.runtime import (
+    CompiledNetwork,
+    RuntimeOptions,
+    RuntimeUnavailableError,
+    compile_model,
+    head_gradients,
+)
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
 from models.transforms import build_eval_transform
 
@@ -46,13 +54,15 @@ def select_device(name: str | None = "auto") -> torch.device:
 @dataclass(frozen=True)
 class Scores:
     """Calibrated probabilities (B, classes), energy scores (B,) and feature distances to the training
-    photos (B,; None, or NaN for a photo, where a model has no feature bank) of a batch, on the CPU, and
-    which model answered each photo (the predictor asked, or the base it routed the photo to)."""
+    photos (B,; None, or NaN for a photo, where a model has no feature bank) of a batch, on the CPU,
+    which model answered each photo (the predictor asked, or the base it routed the photo to) and which
+    backend ran it ("torch" or "openvino")."""
 
     probabilities: Tensor
     energies: Tensor
     distances: Tensor | None
     answered_by: tuple["Predictor", ...] = dataclasses.field(default=(), kw_only=True)
+    backends: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
 
     def distance_list(self) -> list[float | None]:
         """Each photo's feature distance, or None for each where there is none."""
@@ -100,11 +110,14 @@ class Predictor:
         path: str | None = None,
         thresholds: Thresholds | None = None,
         precision: InferencePrecision | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> None:
         self.precision = precision or InferencePrecision()
         # Explanations need no parameter gradients; freezing once here spares every call.
         self.model = model.to(device).eval().requires_grad_(False)
         fold_batch_norms(self.model)
+        #: The forward pass compiled for OpenVINO (None: the model runs on torch eager alone).
+        self.runtime = _compiled(self.model, spec, sha256, name, version, device, self.precision, runtime)
         self.spec = spec
         self.name = name
         self.version = version
@@ -133,9 +146,11 @@ class Predictor:
         device: torch.device,
         thresholds: Thresholds | None = None,
         precision: InferencePrecision | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> "Predictor":
         """Load a checkpoint file; ``version`` None names it by its weights' digest. ``thresholds``
-        override the "unsure" thresholds of the checkpoint's calibration."""
+        override the "unsure" thresholds of the checkpoint's calibration; ``runtime`` says whether it
+        runs on OpenVINO (torch when None)."""
         checkpoint = load_checkpoint(path)
         model = build_model(checkpoint, source=path)
         version = version or checkpoint.sha256[:12]
@@ -149,7 +164,14 @@ class Predictor:
             path=path,
             thresholds=thresholds,
             precision=precision,
+            runtime=runtime,
         )
+
+    @property
+    def backend(self) -> str:
+        """What runs its forward passes: "openvino" or "torch" (explanations that need backward passes
+        run on torch either way; each result says which ran it)."""
+        return "torch" if self.runtime is None else self.runtime.name
 
     def replica(self, lane: int) -> "Predictor":
         """This predictor for inference lane ``lane`` (:mod:`app.lanes`): lane 0 runs this one, every
@@ -165,6 +187,8 @@ class Predictor:
                 tensors = itertools.chain(self.model.parameters(), self.model.buffers())
                 replica.model = copy.deepcopy(self.model, memo={id(tensor): tensor for tensor in tensors})
                 replica._replicas, replica._replicas_lock = {}, threading.Lock()
+                # An inference request runs one call at a time: each lane has its own.
+                replica.runtime = None if self.runtime is None else self.runtime.for_lane()
                 replica.base = None if self.base is None else self.base.replica(lane)
                 self._replicas[lane] = replica
             return replica
@@ -212,9 +236,9 @@ class Predictor:
         batch = images if isinstance(images, Tensor) else torch.stack([self.prepare(i) for i in images])
         return self.precision.inputs(batch.to(self.device))
 
-    def scores(self, logits: Tensor, embeddings: Tensor | None = None) -> Scores:
+    def scores(self, logits: Tensor, embeddings: Tensor | None = None, *, backend: str = "torch") -> Scores:
         """Calibrated probabilities, energy scores and (given the pooled ``embeddings`` and a feature
-        bank) feature distances of a batch."""
+        bank) feature distances of a batch that ``backend`` computed."""
         logits = logits.detach().float().cpu()
         distances = None
         if self.feature_bank is not None and embeddings is not None:
@@ -224,6 +248,7 @@ class Predictor:
             energies=energy_score(logits),
             distances=distances,
             answered_by=(self,) * len(logits),
+            backends=(backend,) * len(logits),
         )
 
     def is_unsure(self, probabilities: Sequence[float], energy: float, distance: float | None = None) -> bool:
@@ -237,9 +262,11 @@ class Predictor:
         """Why a prediction should go to a person (none: it is sure)."""
         return self.calibration.unsure_reasons(max(probabilities), energy, distance)
 
-    def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
-        """Calibrated class probabilities, energy scores and feature distances of ``images``."""
-        batch = self.inputs(images)
+    def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The logits of a batch and, where the model has a feature bank, its pooled features."""
+        if self.runtime is not None:
+            out = self.runtime(batch)
+            return out.logits, out.embeddings if self.feature_bank is not None else None
         hook = EmbeddingHook(self.model) if self.feature_bank is not None else None
         try:
             with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
@@ -247,17 +274,25 @@ class Predictor:
         finally:
             if hook is not None:
                 hook.remove()
-        features = None if hook is None else hook.features
-        return self._routed(
-            self.scores(logits, features), batch, features, lambda base, inputs, _: base.classify(inputs)
-        )
+        return logits, None if hook is None else hook.features
+
+    def classify(self, images: Sequence[Image.Image] | Tensor) -> Scores:
+        """Calibrated class probabilities, energy scores and feature distances of ``images``."""
+        batch = self.inputs(images)
+        logits, features = self._forward(batch)
+        scores = self.scores(logits, features, backend=self.backend)
+        return self._routed(scores, batch, features, lambda base, inputs, _: base.classify(inputs))
 
     def fingerprint(self, images: Sequence[Image.Image] | Tensor) -> Fingerprints:
         """Scores, embeddings and hashes of ``images``, from one forward pass, in fp32 whatever the
         precision: the index of training photos was built in fp32, and bf16 would flip hash bits."""
         batch = self.inputs(images)
-        logits, embeddings = embed(self.model, batch)
-        scores = self.scores(logits, embeddings)
+        if self.runtime is not None:
+            out = self.runtime(batch, exact=True)
+            logits, embeddings = out.logits, out.embeddings
+        else:
+            logits, embeddings = embed(self.model, batch)
+        scores = self.scores(logits, embeddings, backend=self.backend)
         own = Fingerprints(
             probabilities=scores.probabilities,
             energies=scores.energies,
@@ -265,6 +300,7 @@ class Predictor:
             embeddings=embeddings.cpu(),
             hashes=[int(value) for value in hash_bits(embeddings.cpu())],
             answered_by=scores.answered_by,
+            backends=scores.backends,
         )
         return self._routed(own, batch, embeddings, lambda base, inputs, _: base.fingerprint(inputs))
 
@@ -311,14 +347,30 @@ class Predictor:
         """Which photos of ``batch`` the feature bank sends to the base, from one plain forward pass."""
         if self.feature_bank is None:
             return None
-        hook = EmbeddingHook(self.model)
-        try:
-            with torch.inference_mode(), self.precision.autocast(self.device, batch.shape[0]):
-                self.model(batch)
-        finally:
-            hook.remove()
-        assert hook.features is not None
-        return self.feature_bank.routes_to_base(hook.features.detach().float().cpu())
+        _, features = self._forward(batch)
+        assert features is not None
+        return self.feature_bank.routes_to_base(features.detach().float().cpu())
+
+    def _explains_from_features(self, method: str, layer: str | None) -> bool:
+        """Whether ``method`` on ``layer`` is computed from the runtime's forward pass alone: a method of
+        activations and gradients (:data:`FEATURE_MAP_METHODS`), on the last stage, whose gradients
+        follow from the pooled linear head."""
+        if self.runtime is None or method not in FEATURE_MAP_METHODS:
+            return False
+        return layer is None or resolve_layer(self.model, layer) is resolve_layer(self.model, None)
+
+    def _explain_on_runtime(
+        self, batch: Tensor, method: str, targets: Sequence[int | None] | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Heatmaps, logits, explained classes and pooled features from the runtime's one forward pass."""
+        assert self.runtime is not None
+        out = self.runtime(batch)
+        explained = resolve_targets(out.logits, targets)
+        cam = get_cam_method(method)(self.model, None)
+        gradients = None
+        if cam.uses_gradients:
+            gradients = head_gradients(self.runtime.head, explained, out.features.shape)
+        return cam.heatmaps(batch, out.features, gradients, explained), out.logits, explained, out.embeddings
 
     def _explain_own(
         self,
@@ -331,23 +383,31 @@ class Predictor:
     ) -> Explanation:
         """Explain ``batch`` with this model; with ``route``, the photos its bank sends to the base are
         explained again by the base."""
-        # The first forward pass's pooled features (Score-CAM runs more, on masked copies).
-        hook = EmbeddingHook(self.model, first_only=True) if self.feature_bank is not None else None
-        try:
-            with self.precision.autocast(self.device, batch.shape[0]):
-                out = compute_cam(self.model, batch, method=method, targets=targets, layer=layer)
-        finally:
-            if hook is not None:
-                hook.remove()
-        features = None if hook is None else hook.features
-        scores = self.scores(out.logits, features)
+        features: Tensor | None
+        if self._explains_from_features(method, layer):
+            heatmaps, logits, explained, pooled = self._explain_on_runtime(batch, method, targets)
+            features, backend = pooled if self.feature_bank is not None else None, self.backend
+        else:
+            # The first forward pass's pooled features (Score-CAM runs more, on masked copies).
+            hook = EmbeddingHook(self.model, first_only=True) if self.feature_bank is not None else None
+            try:
+                with self.precision.autocast(self.device, batch.shape[0]):
+                    heatmaps, logits, explained = compute_cam(
+                        self.model, batch, method=method, targets=targets, layer=layer
+                    )
+            finally:
+                if hook is not None:
+                    hook.remove()
+            features, backend = None if hook is None else hook.features, "torch"
+        scores = self.scores(logits, features, backend=backend)
         own = Explanation(
             probabilities=scores.probabilities,
             energies=scores.energies,
             distances=scores.distances,
-            heatmaps=out.heatmaps.float().cpu(),
-            targets=out.targets.cpu(),
+            heatmaps=heatmaps.float().cpu(),
+            targets=explained.cpu(),
             answered_by=scores.answered_by,
+            backends=scores.backends,
         )
 
         if not route:
@@ -399,6 +459,29 @@ def _merge(result: ScoresT, rows: Tensor, routed: ScoresT) -> ScoresT:
                 items[row] = theirs[position]
             changes[field.name] = type(mine)(items)
     return dataclasses.replace(result, **changes)
+
+
+def _compiled(
+    model: nn.Module,
+    spec: ModelSpec,
+    sha256: str,
+    name: str,
+    version: str,
+    device: torch.device,
+    precision: InferencePrecision,
+    options: RuntimeOptions | None,
+) -> CompiledNetwork | None:
+    """``model`` compiled for OpenVINO where ``options`` ask for it on ``device``; None (torch), with one
+    log line saying why, where it cannot run there."""
+    if options is None or not options.compiled_on(device):
+        return None
+    try:
+        return compile_model(
+            model, input_size=spec.input_size, sha256=sha256, options=options, dtype=precision.dtype
+        )
+    except RuntimeUnavailableError as error:
+        logger.warning("%s:%s runs on torch: %s", name, version, error)
+        return None
 
 
 def _feature_bank(path: str | None, sha256: str) -> FeatureBank | None:

@@ -69,6 +69,7 @@ FOLDER_FILE_OWNERS = {
     "spec.json": {"models/store.py"},
     "default.json": {"models/store.py"},
     "SHA256SUMS": {"training/export.py"},
+    "model.xml": {"models/runtime.py"},
 }
 FILE_NAME = re.compile("|".join(re.escape(name) for name in FOLDER_FILE_OWNERS))
 

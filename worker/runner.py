@@ -192,7 +192,7 @@ def explain_images(
                 yield ExplainedImage({"file": shown_name(path, root), "error": error.message}, None, None)
         if decoded:
             result = predictor.explain([image for _, _, image in decoded], method=method)
-            for (index, path, image), probs, energy, distance, heatmap, target, answered_by in zip(
+            for (index, path, image), probs, energy, distance, heatmap, target, answered_by, backend in zip(
                 decoded,
                 result.probabilities,
                 result.energies,
@@ -200,6 +200,7 @@ def explain_images(
                 result.heatmaps,
                 result.targets,
                 result.answered_by,
+                result.backends,
                 strict=True,
             ):
                 shown = explanation(
@@ -216,6 +217,7 @@ def explain_images(
                 entry: dict[str, object] = {
                     "file": shown_name(path, root),
                     "model": {"name": answered_by.name, "version": answered_by.version},
+                    "backend": backend,
                     "overlay": f"overlays/{index:05d}.png",
                     "heatmap": f"heatmaps/{index:05d}.png",
                     "label": shown.label,

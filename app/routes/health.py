@@ -39,6 +39,7 @@ NOT_READY_EXAMPLE = {
     "workers": {"training": 1, "heatmaps": 1},
     "device": "cpu",
     "precision": "bf16+channels_last",
+    "backend": "openvino",
     "lanes": "2 lanes x 1 thread",
     "detail": "redis unreachable",
 }
@@ -68,6 +69,8 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         workers=workers,
         device=str(service.manager.device),
         precision=service.manager.precision.name,
+        # Before a model loads, what was asked for; after, what runs it.
+        backend=service.manager.predictor.backend if loaded else settings.inference_backend,
         lanes=service.lanes.plan.name,
         # What was skipped at start-up is said even when an older version serves in its place.
         detail="; ".join(problems + service.manager.load_errors) or None,

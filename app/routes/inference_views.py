@@ -75,4 +75,5 @@ def classification(
         rule=unsure_rule(outcome.predictor),
         inference_ms=round(outcome.batch_ms, 3),
         batch_size=outcome.batch_size,
+        backend=outcome.backend,
     )

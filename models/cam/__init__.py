@@ -10,6 +10,10 @@ from models.cam.registry import get_cam_method, list_cam_methods, register_cam
 #: Methods that run a forward pass per channel of the explained layer (2,048 for SE-ResNet-50's last
 #: stage): about a minute a photo on 2 CPU cores.
 PER_CHANNEL_METHODS = frozenset({"scorecam"})
+#: Methods that need only the explained layer's activations and the gradients of the target scores with
+#: respect to them: for the last stage of a model with a pooled linear head, both come from a forward
+#: pass alone (``models.runtime.head_gradients``).
+FEATURE_MAP_METHODS = frozenset(list_cam_methods()) - PER_CHANNEL_METHODS
 
 
 def compute_cam(
@@ -32,6 +36,7 @@ def compute_cam(
 
 
 __all__ = [
+    "FEATURE_MAP_METHODS",
     "PER_CHANNEL_METHODS",
     "BaseCAM",
     "CamOutput",

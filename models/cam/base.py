@@ -102,15 +102,23 @@ class BaseCAM:
             if self.uses_gradients:
                 score = logits.gather(1, target_classes[:, None]).sum()
                 (gradients,) = torch.autograd.grad(score, activations)
+        heatmaps = self.heatmaps(images, activations, gradients, target_classes)
+        return CamOutput(heatmaps, logits.detach(), target_classes)
+
+    def heatmaps(
+        self, images: Tensor, activations: Tensor, gradients: Tensor | None, targets: Tensor
+    ) -> Tensor:
+        """Heatmaps (B, H, W) in [0, 1] at the input size, from the layer's activations and the gradients
+        of the target scores with respect to them: what every method shares after the passes, also for
+        activations and gradients that came from elsewhere (:mod:`models.runtime`)."""
         with torch.no_grad():
             # Under autocast the layer's output is bf16 or fp16; weighting and summing 2048 channels in
             # fp32 keeps the heatmap as fine as the fp32 one.
             activations = activations.detach().float()
             gradients = None if gradients is None else gradients.float()
-            cams = self.cam_image(images, activations, gradients, target_classes).clamp_min(0)
+            cams = self.cam_image(images, activations, gradients, targets).clamp_min(0)
             cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-            heatmaps = scale_to_unit(cams[:, 0])
-        return CamOutput(heatmaps, logits.detach(), target_classes)
+            return scale_to_unit(cams[:, 0])
 
     def cam_image(
         self, images: Tensor, activations: Tensor, gradients: Tensor | None, targets: Tensor

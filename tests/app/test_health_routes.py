@@ -39,6 +39,8 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient, settings:
         "device": "cpu",
         # The tests' CPU decides between fp32 and bf16; the layout is channels-last either way.
         "precision": choose_precision(torch.device("cpu")).name,
+        # The tests' tiny simple CNN has no pooled linear head: OpenVINO is not tried, torch runs it.
+        "backend": "torch",
         # One lane per core, as many as the tests' machine has (at most four).
         "lanes": plan_lanes(torch.device("cpu")).name,
         "detail": None,

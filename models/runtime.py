@@ -1,0 +1,324 @@
+"""Compiled inference: a model's forward pass run by OpenVINO instead of PyTorch eager.
+
+OpenVINO's CPU plugin compiles the whole network ahead of time (fused kernels, bf16 where the CPU has
+bf16 instructions, a thread pool of its own); on a 2-core AMD EPYC with AVX512-BF16 it ran the shipped
+SE-ResNet-50 several times faster than eager bf16 (docs/PERFORMANCE.md, ``python -m bench.runtime_speed``).
+The converted network returns everything serving needs from one pass: the logits, the last stage's
+feature map and its global average (the embedding of :mod:`models.fingerprint`).
+
+The network's head is global average pooling and one linear layer, so the gradient of a class score with
+respect to the last stage's output is that class's weight row divided by H*W at every location
+(:func:`head_gradients`): Grad-CAM, and the CAM methods that need only that layer's activations and
+gradients, are computed from the feature map the runtime returns, with no backward pass. Which models
+have such a head is checked on a probe input (:func:`linear_head`), not assumed from their names.
+
+A converted network is cached under ``cache_dir`` keyed by the checkpoint's sha256, OpenVINO's version
+and this module's output format, so a restart reads it in a fraction of a second instead of converting
+again (about 10 s), and new weights or a new OpenVINO never read a stale one. Every load is checked
+against the eager model on the probe input, so a damaged cache is converted again rather than served.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.cam.base import resolve_layer
+from models.cam.hooks import ActivationCapture
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "openvino"]
+#: What runs a model's forward pass: "auto" is OpenVINO on a CPU (where it converts) and torch on a GPU.
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+#: The output format of the converted network; bumped whenever :class:`_ServingOutputs` changes, so
+#: that no cached conversion of an older format is read.
+CACHE_FORMAT = 1
+#: The converted network's file in its cache folder (OpenVINO writes its weights beside it, ``.bin``).
+NETWORK_FILE = "model.xml"
+OUTPUT_NAMES = ("logits", "features", "embeddings")
+DIFFERS = "the converted model's logits differ from eager's on the probe input"
+#: How far the runtime's fp32 logits may be from eager's on the probe input, relative to their size.
+PARITY_TOLERANCE = 1e-3
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """The model cannot run on the compiled runtime (not installed, not convertible, not a pooled linear
+    head, or answers differently from eager): it runs on torch."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model manager runs its models: which ``backend``, where converted networks are cached, and
+    how many inference requests run at once (``streams``, one per inference lane) on how many threads
+    each."""
+
+    backend: str = "torch"
+    cache_dir: Path | None = None
+    streams: int = 1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown inference backend {self.backend!r}; one of: {', '.join(BACKENDS)}")
+
+    def compiled_on(self, device: torch.device) -> bool:
+        """Whether models on ``device`` are tried on OpenVINO: "openvino", or "auto" on a CPU. OpenVINO
+        asked for on a GPU is refused: its CPU plugin is what it runs here."""
+        if self.backend == "openvino" and device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU, not on {device}: use auto or torch")
+        return self.backend == "openvino" or (self.backend == "auto" and device.type == "cpu")
+
+
+@dataclass(frozen=True)
+class ForwardOutputs:
+    """One forward pass: logits (B, classes), the last stage's features (B, C, h, w) and their global
+    average (B, C), in fp32 on the CPU."""
+
+    logits: Tensor
+    features: Tensor
+    embeddings: Tensor
+
+
+def _probe(input_size: int, batch: int = 2) -> Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, input_size, input_size, generator=generator)
+
+
+def linear_head(model: nn.Module, input_size: int) -> nn.Linear:
+    """The linear layer that ``model``'s logits are computed by from the global average of its CAM
+    layer's output; ``RuntimeUnavailableError`` unless that holds on a probe input (the closed-form
+    gradients of :func:`head_gradients` rest on it)."""
+    head = getattr(model, "fc", None)
+    features = getattr(model, "forward_features", None)
+    if not isinstance(head, nn.Linear) or not callable(features):
+        raise RuntimeUnavailableError(f"{type(model).__name__} has no forward_features and linear fc")
+    probe = _probe(input_size)
+    with torch.no_grad():
+        with ActivationCapture(resolve_layer(model, None), track_gradients=False) as capture:
+            logits = model(probe)
+        feature_map = features(probe)
+        pooled = head(feature_map.mean(dim=(2, 3)))
+    if not (
+        torch.allclose(capture.activation, feature_map, rtol=1e-4, atol=1e-5)
+        and torch.allclose(pooled, logits, rtol=1e-4, atol=1e-4)
+    ):
+        raise RuntimeUnavailableError(
+            f"{type(model).__name__}'s logits are not one linear layer over its CAM layer's pooled output"
+        )
+    return head
+
+
+def head_gradients(head: nn.Linear, targets: Tensor, features_shape: torch.Size) -> Tensor:
+    """d(logit of each image's target) / d(features) for a head of global average pooling and ``head``:
+    the target's weight row divided by h*w, the same at every location (B, C, h, w)."""
+    _, _, height, width = features_shape
+    rows = head.weight.detach().float().cpu()[targets.cpu()] / (height * width)
+    return rows[:, :, None, None].expand(features_shape)
+
+
+class _ServingOutputs(nn.Module):
+    """The network as converted: ``(logits, features, embeddings)`` from one pass."""
+
+    def __init__(self, model: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features = self.model.forward_features(images)  # type: ignore[operator]
+        embeddings = features.mean(dim=(2, 3))
+        return self.head(embeddings), features, embeddings
+
+
+def _precision_hint(dtype: torch.dtype | None) -> str:
+    """OpenVINO's inference precision for an autocast dtype (None: fp32)."""
+    if dtype is None:
+        return "f32"
+    if dtype is torch.bfloat16:
+        return "bf16"
+    raise RuntimeUnavailableError(f"no OpenVINO CPU precision for {dtype}")
+
+
+def _cache_folder(cache_dir: Path, sha256: str, version: str) -> Path:
+    safe_version = "".join(c if c.isalnum() or c in ".-_" else "_" for c in version)
+    return cache_dir / "openvino" / f"{sha256}-{safe_version}-format{CACHE_FORMAT}"
+
+
+def _convert(model: nn.Module, head: nn.Linear, input_size: int) -> Any:
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        # The converter traces with torch.jit.trace, which warns of its own deprecation on every call.
+        warnings.simplefilter("ignore", FutureWarning)
+        network = ov.convert_model(
+            _ServingOutputs(model, head).eval(),
+            example_input=_probe(input_size, batch=1),
+            input=[ov.PartialShape([-1, 3, input_size, input_size])],
+        )
+    for output, name in zip(network.outputs, OUTPUT_NAMES, strict=True):
+        output.get_tensor().set_names({name})
+    return network
+
+
+def _save(network: Any, folder: Path) -> None:
+    """Write ``network`` to ``folder`` whole or not at all: into a folder of its own, renamed into place."""
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        ov.save_model(network, staging / NETWORK_FILE, compress_to_fp16=False)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / NETWORK_FILE).exists():
+                raise
+            # Another process cached the same conversion first: theirs is as good.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Compiled:
+    """One converted network shared by every lane: compiled once per precision, on first use."""
+
+    def __init__(self, network: Any, options: RuntimeOptions, dtype: torch.dtype | None) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.network = network
+        self.options = options
+        self.hint = _precision_hint(dtype)
+        self._by_hint: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def compiled(self, hint: str) -> Any:
+        with self._lock:
+            if hint not in self._by_hint:
+                self._by_hint[hint] = self.core.compile_model(
+                    self.network,
+                    "CPU",
+                    {
+                        "INFERENCE_PRECISION_HINT": hint,
+                        # One stream per inference lane, so that lanes run side by side as on torch.
+                        "NUM_STREAMS": str(self.options.streams),
+                        "INFERENCE_NUM_THREADS": str(self.options.streams * self.options.threads),
+                    },
+                )
+            return self._by_hint[hint]
+
+
+class CompiledNetwork:
+    """A model's forward pass on OpenVINO, for one inference lane (an inference request is not shared
+    between threads: :meth:`for_lane` gives another lane its own)."""
+
+    name = "openvino"
+
+    def __init__(self, compiled: _Compiled, head: nn.Linear) -> None:
+        self._compiled = compiled
+        #: The model's head, for the gradients of :func:`head_gradients`.
+        self.head = head
+        self._requests: dict[str, Any] = {}
+
+    def for_lane(self) -> "CompiledNetwork":
+        return CompiledNetwork(self._compiled, self.head)
+
+    @property
+    def precision(self) -> str:
+        return self._compiled.hint
+
+    def __call__(self, images: Tensor, *, exact: bool = False) -> ForwardOutputs:
+        """The forward pass of a normalised batch (B, 3, S, S); ``exact`` runs it in fp32 whatever the
+        serving precision (fingerprints: the index of training photos was built in fp32)."""
+        hint = "f32" if exact else self._compiled.hint
+        request = self._requests.get(hint)
+        if request is None:
+            request = self._requests[hint] = self._compiled.compiled(hint).create_infer_request()
+        array = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        request.infer({0: array}, share_inputs=True)
+        # The request's output buffers are reused by its next call: copied out.
+        logits, features, embeddings = (
+            torch.from_numpy(request.get_output_tensor(index).data.copy()) for index in range(3)
+        )
+        return ForwardOutputs(logits, features, embeddings)
+
+
+def openvino_version() -> str:
+    """The installed OpenVINO's version; ``RuntimeUnavailableError`` when it is not installed."""
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise RuntimeUnavailableError(f"OpenVINO is not installed: {error}") from None
+    return str(ov.get_version())
+
+
+def compile_model(
+    model: nn.Module,
+    *,
+    input_size: int,
+    sha256: str,
+    options: RuntimeOptions,
+    dtype: torch.dtype | None,
+) -> CompiledNetwork:
+    """``model`` (in eval mode, batch norms folded) on OpenVINO at the precision of ``dtype``: read from
+    the cache, else converted and cached. ``RuntimeUnavailableError`` says why it cannot run there."""
+    head = linear_head(model, input_size)
+    version = openvino_version()
+    import openvino as ov
+
+    folder = (
+        None if options.cache_dir is None or not sha256 else _cache_folder(options.cache_dir, sha256, version)
+    )
+    network = None
+    if folder is not None and (folder / NETWORK_FILE).exists():
+        try:
+            network = ov.Core().read_model(folder / NETWORK_FILE)
+        except RuntimeError as error:
+            logger.warning("%s: unreadable cached conversion, converting again: %s", folder, error)
+    fresh = network is None
+    if network is None:
+        try:
+            network = _convert(model, head, input_size)
+        except Exception as error:  # the converter raises many kinds of error for what it cannot trace
+            raise RuntimeUnavailableError(f"OpenVINO could not convert the model: {error}") from error
+    compiled = CompiledNetwork(_Compiled(network, options, dtype), head)
+    if not _answers_as_eager(compiled, model, input_size):
+        if fresh:
+            raise RuntimeUnavailableError(
+                "the converted model's logits differ from eager's on the probe input"
+            )
+        logger.warning("%s: cached conversion answers differently from the model, converting again", folder)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        network = _convert(model, head, input_size)
+        compiled = CompiledNetwork(_Compiled(network, options, dtype), head)
+        fresh = True
+        if not _answers_as_eager(compiled, model, input_size):
+            raise RuntimeUnavailableError(
+                "the converted model's logits differ from eager's on the probe input"
+            )
+    if fresh and folder is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next start
+            _save(network, folder)
+    return compiled
+
+
+def _answers_as_eager(compiled: CompiledNetwork, model: nn.Module, input_size: int) -> bool:
+    """Whether the runtime's fp32 logits match eager's on the probe input."""
+    probe = _probe(input_size)
+    with torch.no_grad():
+        expected = model(probe)
+    got = compiled(probe, exact=True).logits
+    scale = max(1.0, float(expected.abs().max()))
+    return got.shape == expected.shape and float((got - expected).abs().max()) <= PARITY_TOLERANCE * scale

@@ -1,0 +1,264 @@
+"""The compiled runtime (models.runtime): the shipped model on OpenVINO against eager on real photos, the
+closed-form CAMs against eager's backward passes, the cache, and the fallback to torch."""
+
+import io
+import logging
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+import models
+from core.settings import Settings
+from models import runtime
+from models.cam import FEATURE_MAP_METHODS, PER_CHANNEL_METHODS
+from models.checkpoint import ModelSpec
+from models.fusion import fold_batch_norms
+from models.precision import choose_precision
+from models.predictor import Predictor
+from models.resnet import ResNet
+from models.runtime import NETWORK_FILE, RuntimeOptions, RuntimeUnavailableError, compile_model
+from models.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+SHIPPED = Settings().shipped_model_path
+TRASHNET = Path(__file__).resolve().parents[2] / "data" / "trashnet-112.tar.gz"
+CPU = torch.device("cpu")
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    """Two real TrashNet photos of each class."""
+    chosen: dict[str, int] = {}
+    images = []
+    with tarfile.open(TRASHNET) as tar:
+        for member in tar.getmembers():
+            label = Path(member.name).parent.name
+            if member.isfile() and member.name.endswith(".jpg") and chosen.get(label, 0) < 2:
+                chosen[label] = chosen.get(label, 0) + 1
+                data = tar.extractfile(member)
+                assert data is not None
+                images.append(Image.open(io.BytesIO(data.read())).convert("RGB"))
+    assert len(images) == 12
+    return images
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime-cache")
+
+
+def shipped(precision: str, cache: Path, backend: str = "openvino") -> Predictor:
+    return Predictor.from_checkpoint(
+        str(SHIPPED),
+        name="shipped",
+        version="builtin",
+        device=CPU,
+        precision=choose_precision(CPU, precision),
+        runtime=RuntimeOptions(backend, cache, streams=1, threads=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def eager() -> Predictor:
+    return shipped("fp32", Path("unused"), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def compiled_fp32(cache: Path) -> Predictor:
+    return shipped("fp32", cache)
+
+
+@pytest.fixture(scope="module")
+def compiled_auto(cache: Path, compiled_fp32: Predictor) -> Predictor:
+    # After compiled_fp32, so that it reads the conversion from the cache.
+    return shipped("auto", cache)
+
+
+def test_the_shipped_model_runs_on_openvino_and_answers_as_eager(
+    eager: Predictor, compiled_fp32: Predictor, compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    assert (eager.backend, compiled_fp32.backend, compiled_auto.backend) == ("torch", "openvino", "openvino")
+    expected = eager.classify(photos)
+    exact = compiled_fp32.classify(photos)
+    assert exact.backends == ("openvino",) * len(photos)
+    assert torch.allclose(exact.probabilities, expected.probabilities, atol=1e-4)
+    assert exact.distances is not None
+    assert expected.distances is not None
+    assert torch.allclose(exact.distances, expected.distances, atol=1e-4)
+    # bf16 where this CPU has it: the same classes, probabilities within a bf16 rounding's reach.
+    fast = compiled_auto.classify(photos)
+    assert torch.equal(fast.probabilities.argmax(1), expected.probabilities.argmax(1))
+    assert float((fast.probabilities - expected.probabilities).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("method", sorted(FEATURE_MAP_METHODS))
+def test_cams_from_the_runtime_feature_map_match_eager_backward_passes(
+    method: str, eager: Predictor, compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    expected = eager.explain(photos, method=method)
+    got = compiled_auto.explain(photos, method=method)
+    assert got.backends == ("openvino",) * len(photos)
+    assert torch.equal(got.targets, expected.targets)
+    for ours, theirs in zip(got.heatmaps, expected.heatmaps, strict=True):
+        assert pearson(ours, theirs) >= 0.999
+
+
+def test_a_chosen_class_and_the_last_stage_by_name_are_explained_on_the_runtime(
+    eager: Predictor, compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    targets = [index % 6 for index in range(len(photos))]
+    expected = eager.explain(photos, targets=targets)
+    got = compiled_auto.explain(photos, targets=targets, layer="layer4")
+    assert got.targets.tolist() == targets
+    assert got.backends[0] == "openvino"
+    assert min(pearson(a, b) for a, b in zip(got.heatmaps, expected.heatmaps, strict=True)) >= 0.999
+
+
+def test_other_layers_and_per_channel_methods_run_on_torch_and_say_so(
+    compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    assert compiled_auto.explain(photos[:1], layer="layer3").backends == ("torch",)
+    assert PER_CHANNEL_METHODS  # Score-CAM: a forward pass per channel, on eager
+    assert not PER_CHANNEL_METHODS & FEATURE_MAP_METHODS
+
+
+def test_fingerprints_on_the_runtime_are_the_eager_fp32_hashes(
+    eager: Predictor, compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    expected = eager.fingerprint(photos)
+    got = compiled_auto.fingerprint(photos)
+    assert got.hashes == expected.hashes
+    assert torch.allclose(got.embeddings, expected.embeddings, atol=1e-4)
+    assert got.backends[0] == "openvino"
+
+
+def test_each_lane_has_its_own_inference_request(compiled_auto: Predictor, photos: list[Image.Image]) -> None:
+    lane = compiled_auto.replica(1)
+    assert lane.runtime is not None
+    assert compiled_auto.runtime is not None
+    assert lane.runtime is not compiled_auto.runtime
+    assert torch.equal(lane.classify(photos).probabilities, compiled_auto.classify(photos).probabilities)
+
+
+def small_resnet(seed: int = 0) -> ResNet:
+    """A one-block-per-stage SE-ResNet: the shipped model's head, converted in a second."""
+    torch.manual_seed(seed)
+    model = ResNet((1, 1, 1, 1), num_classes=6, attn="se").eval()
+    fold_batch_norms(model)
+    return model
+
+
+def options(cache: Path) -> RuntimeOptions:
+    return RuntimeOptions("openvino", cache, streams=1, threads=1)
+
+
+def counting_conversions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    convert = runtime._convert
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return convert(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "_convert", counted)
+    return calls
+
+
+def test_a_conversion_is_cached_by_weights_and_runtime_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = counting_conversions(monkeypatch)
+    model = small_resnet()
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 1  # the second start read the cache
+    # New weights are a new key; so is a new OpenVINO.
+    compile_model(small_resnet(1), input_size=64, sha256="b" * 64, options=options(tmp_path), dtype=None)
+    monkeypatch.setattr(runtime, "openvino_version", lambda: "2099.1.0")
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 3
+    assert len(list((tmp_path / "openvino").glob(f"*/{NETWORK_FILE}"))) == 3
+
+
+def test_a_cached_conversion_of_other_weights_is_converted_again_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache of sha "a" holds another model's conversion (a damaged or swapped cache).
+    compile_model(small_resnet(1), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    calls = counting_conversions(monkeypatch)
+    model = small_resnet(0)
+    compiled = compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 1
+    probe = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(compiled(probe, exact=True).logits, model(probe), atol=1e-4)
+    # ... and the good conversion replaced the bad one.
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 1
+
+
+def test_an_unreadable_cache_is_converted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small_resnet()
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    (network,) = (tmp_path / "openvino").glob(f"*/{NETWORK_FILE}")
+    network.write_text("<net>truncated")
+    calls = counting_conversions(monkeypatch)
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 1
+
+
+def test_a_model_that_does_not_convert_runs_on_torch_with_one_log_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fails(*args: object) -> object:
+        raise RuntimeError("unsupported operation aten::frobnicate")
+
+    monkeypatch.setattr(runtime, "_convert", fails)
+    spec_model = small_resnet()
+    spec = ModelSpec(
+        arch="se_resnet50", class_names=tuple("abcdef"), input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
+    with caplog.at_level(logging.WARNING, logger="models.predictor"):
+        predictor = Predictor(
+            spec_model, spec, name="site", version="v1", device=CPU, runtime=options(tmp_path)
+        )
+    assert predictor.backend == "torch"
+    assert predictor.runtime is None
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("site:v1 runs on torch: OpenVINO could not convert the model")
+    assert "aten::frobnicate" in line
+    image = Image.new("RGB", (80, 80), (120, 90, 60))
+    assert predictor.classify([image]).backends == ("torch",)
+
+
+def test_a_head_that_is_not_pooling_and_one_linear_layer_stays_on_torch() -> None:
+    with pytest.raises(RuntimeUnavailableError, match="no forward_features"):
+        runtime.linear_head(models.create_model("simple_cnn", num_classes=6, width=4).eval(), 32)
+
+    class Doubled(ResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    odd = Doubled((1, 1, 1, 1), num_classes=6, attn="se").eval()
+    with pytest.raises(RuntimeUnavailableError, match="not one linear layer"):
+        runtime.linear_head(odd, 64)
+
+
+def test_the_backend_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRASHCAM_INFERENCE_BACKEND", "tensorrt")
+    with pytest.raises(ValidationError, match="inference_backend"):
+        Settings()
+    with pytest.raises(ValueError, match="unknown inference backend 'onnx'"):
+        RuntimeOptions("onnx")
+    with pytest.raises(ValueError, match="runs on the CPU, not on cuda"):
+        RuntimeOptions("openvino").compiled_on(torch.device("cuda"))
+    assert not RuntimeOptions("auto").compiled_on(torch.device("cuda"))
+    assert RuntimeOptions("auto").compiled_on(CPU)
+    assert not RuntimeOptions("torch").compiled_on(CPU)
