@@ -8,6 +8,7 @@ one log line per kind of refusal per interval, with a count of those not logged.
 """
 
 import asyncio
+import importlib.util
 import logging
 import resource
 import time
@@ -21,45 +22,77 @@ logger = logging.getLogger(__name__)
 RESERVED_DESCRIPTORS = 512
 
 
-def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose request header has not arrived in full
-    ``seconds`` after the connection was made or its previous response was sent."""
+class _HeaderDeadline:
+    """Closes a connection whose request header has not arrived in full ``header_seconds`` after the
+    connection was made or its previous response was sent: mixed into one of uvicorn's HTTP protocols,
+    which calls :meth:`_header_in` once a request's header has been parsed."""
 
-    class HeaderDeadlineProtocol(H11Protocol):
-        _header_deadline: asyncio.TimerHandle | None = None
+    header_seconds: float
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+    _header_deadline: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not None and not self.cycle.response_complete:
-                self._disarm()  # a request's header is in: the body has a timeout of its own
+    def on_response_complete(self) -> None:
+        self._arm()  # before the next pipelined request, which disarms it again
+        super().on_response_complete()  # type: ignore[misc]
 
-        def on_response_complete(self) -> None:
-            self._arm()  # before the next pipelined request, which disarms it again
-            super().on_response_complete()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+    def _header_in(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()  # a request's header is in: the body has a timeout of its own
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_deadline = self.loop.call_later(seconds, self._header_late)
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_deadline = self.loop.call_later(self.header_seconds, self._header_late)
 
-        def _disarm(self) -> None:
-            if self._header_deadline is not None:
-                self._header_deadline.cancel()
-                self._header_deadline = None
-
-        def _header_late(self) -> None:
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
             self._header_deadline = None
-            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-                self.transport.close()
 
-    return HeaderDeadlineProtocol
+    def _header_late(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+
+def header_deadline_protocol(seconds: float, parser: str = "auto") -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a deadline of ``seconds`` for each request's header. ``parser``:
+    "httptools" (llhttp, in C), "h11" (pure Python), or "auto": httptools where it is installed, as
+    uvicorn chooses itself. httptools costs the server about a third less CPU a request
+    (docs/PERFORMANCE.md, "The request path")."""
+    if parser == "auto":
+        parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        class HttpToolsWithHeaderDeadline(_HeaderDeadline, HttpToolsProtocol):
+            header_seconds = seconds
+
+            def on_headers_complete(self) -> None:
+                super().on_headers_complete()
+                self._header_in()
+
+        return HttpToolsWithHeaderDeadline
+    if parser == "h11":
+
+        class H11WithHeaderDeadline(_HeaderDeadline, H11Protocol):
+            header_seconds = seconds
+
+            def handle_events(self) -> None:
+                super().handle_events()
+                self._header_in()
+
+        return H11WithHeaderDeadline
+    raise ValueError(f"unknown HTTP parser {parser!r}: httptools, h11 or auto")
 
 
 #: What the soft limit is raised to where the hard limit is infinite (as macOS has it).

@@ -1,4 +1,9 @@
-"""Dependencies shared by the routes, as Annotated aliases."""
+"""Dependencies shared by the routes, as Annotated aliases.
+
+Each is ``async def``: none waits for anything, and FastAPI runs a plain ``def`` dependency on its
+thread pool, a round trip through another thread for every dependency of every request (on /classify,
+five of them cost more server CPU than preparing the photo: docs/PERFORMANCE.md, "The request path").
+"""
 
 from typing import Annotated
 
@@ -15,37 +20,37 @@ from core.settings import ApiKey, Settings
 from models.store import ModelStore
 
 
-def settings_of_app(request: Request) -> Settings:
+async def settings_of_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
     service: InferenceService = request.app.state.service
     return service
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     return store
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobStore:
     jobs: JobStore = request.app.state.jobs
     return jobs
 
 
-def get_submitter(request: Request) -> JobSubmitter:
+async def get_submitter(request: Request) -> JobSubmitter:
     submitter: JobSubmitter = request.app.state.submitter
     return submitter
 
 
-def get_review_store(request: Request) -> ReviewStore:
+async def get_review_store(request: Request) -> ReviewStore:
     store: ReviewStore = request.app.state.review
     return store
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -68,22 +73,22 @@ api_key_scheme = APIKeyHeader(
 ApiKeyHeader = Annotated[str | None, Security(api_key_scheme)]
 
 
-def require_review_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+async def require_review_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
     """For labelling the review queue: a key of the review role or above."""
     return check_api_key(settings, api_key, "review")
 
 
-def require_train_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+async def require_train_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
     """For endpoints that start or stop jobs: a key of the train or admin role."""
     return check_api_key(settings, api_key, "train")
 
 
-def require_admin_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
+async def require_admin_key(settings: SettingsDep, api_key: ApiKeyHeader = None) -> ApiKey:
     """For endpoints that change which model serves, or delete one: an admin key."""
     return check_api_key(settings, api_key, "admin")
 
 
-def require_read_access(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
+async def require_read_access(settings: SettingsDep, api_key: ApiKeyHeader = None) -> None:
     """Open unless ``protect_reads`` is set; then any key."""
     if settings.protect_reads:
         check_api_key(settings, api_key, "read")

@@ -220,24 +220,33 @@ class InferenceService:
         """The side of the serving model's input: what a photo to classify needs at least."""
         return self.manager.predictor.spec.input_size
 
-    async def _prepare(self, image: Image.Image, predictor: Predictor | None) -> Prepared:
+    async def _prepare(self, image: Image.Image | Tensor, predictor: Predictor | None) -> Prepared:
+        """``image`` as ``predictor``'s input (the serving one's when None); a tensor is an input that
+        the request prepared for that predictor already, off the event loop with its decoding."""
         # The model is chosen when the request arrives, and the request finishes on it even if another
         # begins serving meanwhile: its input was prepared for this one's size and normalisation.
         chosen = predictor or self.manager.predictor
+        if isinstance(image, Tensor):
+            return Prepared(image, chosen)
         return Prepared(await run_in_threadpool(chosen.prepare, image), chosen)
 
-    async def fingerprint(self, image: Image.Image, *, predictor: Predictor | None = None) -> Fingerprinted:
+    async def fingerprint(
+        self, image: Image.Image | Tensor, *, predictor: Predictor | None = None
+    ) -> Fingerprinted:
         prepared = await self._prepare(image, predictor)
         return await self._fingerprinter.submit(("fingerprint", id(prepared.predictor), "", ""), prepared)
 
-    async def classify(self, image: Image.Image, *, predictor: Predictor | None = None) -> Classified:
-        """Classify with the serving model, or with ``predictor`` (another loaded version)."""
+    async def classify(
+        self, image: Image.Image | Tensor, *, predictor: Predictor | None = None
+    ) -> Classified:
+        """Classify with the serving model, or with ``predictor`` (another loaded version): a photo, or
+        its input prepared by ``predictor.prepare``."""
         prepared = await self._prepare(image, predictor)
         return await self._classifier.submit(("classify", id(prepared.predictor), "", ""), prepared)
 
     async def explain(
         self,
-        image: Image.Image,
+        image: Image.Image | Tensor,
         *,
         method: str,
         target: int | None,
@@ -266,7 +275,7 @@ class InferenceService:
 
     async def _explain(
         self,
-        image: Image.Image,
+        image: Image.Image | Tensor,
         method: str,
         target: int | None,
         layer: str | None,

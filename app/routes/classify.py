@@ -48,14 +48,16 @@ async def classify_images(
     predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs, or a person labelling it.
     min_side = predictor.spec.input_size if policy == "off" else max(predictor.spec.input_size, REVIEW_SIDE)
-    images = await read_images(uploads, settings, min_side=min_side)
-    outcomes = await asyncio.gather(*(service.classify(image, predictor=predictor) for image in images))
+    photos = await read_images(uploads, settings, predictor.prepare, min_side=min_side)
+    outcomes = await asyncio.gather(
+        *(service.classify(photo.inputs, predictor=predictor) for photo in photos)
+    )
     results = []
-    for upload, image, outcome in zip(uploads, images, outcomes, strict=True):
+    for upload, photo, outcome in zip(uploads, photos, outcomes, strict=True):
         result = classification(upload.filename, outcome, metrics)
         if wanted(policy, outcome):
             result.review_id = await run_in_threadpool(
-                keep, review_store, image, outcome, site, upload.filename
+                keep, review_store, photo.image, outcome, site, upload.filename
             )
         results.append(result)
     return ClassifyPublic(results=results)

@@ -75,11 +75,12 @@ async def explain_image(
             raise unprocessable(str(error)) from None
     # Decoded at the photo's own size, or scaled down to the longest overlay side.
     side = max(settings.overlay_max_side, predictor.spec.input_size)
-    image = await read_image(file, settings, min_side=side, max_side=side)
+    photo = await read_image(file, settings, predictor.prepare, min_side=side, max_side=side)
+    image = photo.image
     try:
         # The model the target and layer were checked against, even if another begins serving meanwhile.
         outcome = await service.explain(
-            image, method=method, target=target_index, layer=layer, predictor=predictor
+            photo.inputs, method=method, target=target_index, layer=layer, predictor=predictor
         )
     except ValueError as error:
         # The layer cannot be explained (its output is not a feature map, or it runs twice), or the

@@ -32,8 +32,8 @@ async def fingerprint_image(
     4.2): near-identical photos differ in a few bits."""
     await refuse_repeated(request, "file")
     predictor = await chosen_predictor(service, model)
-    image = await read_image(file, settings, min_side=predictor.spec.input_size)
-    outcome = await service.fingerprint(image, predictor=predictor)
+    photo = await read_image(file, settings, predictor.prepare, min_side=predictor.spec.input_size)
+    outcome = await service.fingerprint(photo.inputs, predictor=predictor)
     return FingerprintPublic(
         filename=file.filename, model=model_ref(outcome.predictor), hash=hash_hex(outcome.hash)
     )
@@ -58,8 +58,8 @@ async def similar_images(
     thumbnails: "the model thinks this is glass; these are the training photos it resembles"."""
     await refuse_repeated(request, "file")
     chosen = await chosen_predictor(service, model)
-    image = await read_image(file, settings, min_side=chosen.spec.input_size)
-    outcome = await service.fingerprint(image, predictor=chosen)
+    photo = await read_image(file, settings, chosen.prepare, min_side=chosen.spec.input_size)
+    outcome = await service.fingerprint(photo.inputs, predictor=chosen)
     predictor = outcome.predictor
     try:
         # Read from disk the first time (megabytes): off the event loop.
