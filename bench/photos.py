@@ -12,6 +12,8 @@ class Photo:
     name: str
     data: bytes
     label: str
+    #: The data set it comes from, where the manifest has several (its path's first folder).
+    part: str = ""
 
 
 def load_photos(manifest: Path, data: list[str] | None, split: str = "test") -> list[Photo]:
@@ -20,7 +22,13 @@ def load_photos(manifest: Path, data: list[str] | None, split: str = "test") -> 
     with tempfile.TemporaryDirectory(prefix="bench-photos-") as scratch:
         run_data = manifest.parent / "data"
         loaded, root = manifest_and_root(manifest, data, Path(scratch) / "data", run_data=run_data)
+        parts = len(getattr(loaded, "parts", ())) > 1
         return [
-            Photo(Path(path).name, (root / path).read_bytes(), loaded.class_names[label])
+            Photo(
+                Path(path).name,
+                (root / path).read_bytes(),
+                loaded.class_names[label],
+                Path(path).parts[0] if parts else "",
+            )
             for path, label in loaded.select(split)
         ]

@@ -7,12 +7,15 @@
 1. The in-process ceiling: the checkpoint's forward pass alone on the test photos, already
    preprocessed, at each batch size, precision (fp32, and bf16 where the CPU or GPU has it), layout
    (batches of 4 or more channels-last, or not) and with its batch norms as trained or folded, and the
-   test-split accuracy of each; each one batch at a time on the main thread with torch's default
-   threads, and, where the service runs more than one lane (``app.lanes``), also as many batches side
-   by side as it has lanes, each on a thread of its own with the lanes' thread count. The best of all
-   is the ceiling.
-2. The service, started with the command users run (``trashcam api``), and the naive peer
-   (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
+   test-split accuracy of each (on each data set of the manifest); each one batch at a time on the main
+   thread with torch's default threads, and, where the service runs more than one lane
+   (``app.lanes``), also as many batches side by side as it has lanes, each on a thread of its own
+   with the lanes' thread count. On a CPU, the same network compiled by OpenVINO (``models.runtime``)
+   in each precision: one request at a time on every core (one stream), and as many at once as the
+   service has lanes (a stream each). The best of all is the ceiling.
+2. The service, started with the command users run (``trashcam api``), on each inference backend
+   (``TRASHCAM_INFERENCE_BACKEND``: "ours" is the default, "ours, torch" eager PyTorch), and the naive
+   peer (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
    clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
    latency percentiles, errors, the CPU that the server and this load generator used (they share the
    machine's cores), and the mean batch the service ran.
@@ -37,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -53,16 +56,23 @@ import models
 from app.cli import piece_commands, trashcam_command
 from app.lanes import plan_lanes
 from bench.photos import Photo, load_photos
-from models.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, ModelSpec, build_model, load_checkpoint, save_checkpoint
 from models.fusion import fold_batch_norms
-from models.machine import machine_line
+from models.machine import machine_line, usable_cores
 from models.precision import InferencePrecision, cpu_has_native_bf16
+from models.runtime import CompiledNetwork, RuntimeOptions, RuntimeUnavailableError, compile_model
 from models.transforms import build_eval_transform
 
 OURS_PORT = 8100
 PEER_PORT = 8101
 TRIVIAL_PORT = 8102
+TORCH_PORT = 8103
+BASELINE_PORT = 8104
+#: The service as an earlier checkout runs it (``--baseline``).
+BASELINE = "ours, baseline checkout"
 TRIVIAL = "ours, trivial model"
+#: The service with its forward passes on eager PyTorch (TRASHCAM_INFERENCE_BACKEND=torch).
+EAGER = "ours, torch"
 
 
 def trivial_checkpoint(checkpoint: Path, path: Path) -> Path:
@@ -133,14 +143,30 @@ class Ceiling:
         transform = build_eval_transform(checkpoint.spec)
         self.inputs = torch.stack([transform(Image.open(io.BytesIO(p.data)).convert("RGB")) for p in photos])
         self.labels = torch.tensor([checkpoint.spec.class_names.index(p.label) for p in photos])
-        self.variants = {
+        self.parts = [p.part for p in photos]
+        self.variants: dict[str, tuple[InferencePrecision, torch.nn.Module]] = {
             precision.name + suffix: (precision, model)
             for precision, (suffix, model) in itertools.product(
                 candidate_precisions(self.device), (("", as_trained), ("+folded_bn", folded))
             )
         }
+        #: OpenVINO's compiled networks by name, with the streams they run at once.
+        self.compiled: dict[str, tuple[CompiledNetwork, int]] = {}
+        if self.device.type == "cpu":
+            self.compiled = compiled_variants(folded, checkpoint, self.lanes.lanes)
+        self._requests = threading.local()
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.variants, *self.compiled]
 
     def forward(self, name: str, batch: torch.Tensor) -> torch.Tensor:
+        if name in self.compiled:
+            # An inference request serves one thread at a time: one per thread that runs the variant.
+            networks = self._requests.__dict__.setdefault("networks", {})
+            if name not in networks:
+                networks[name] = self.compiled[name][0].for_lane()
+            return networks[name](batch).logits
         precision, model = self.variants[name]
         # Each precision as named, at every batch size (the service's own rule for small batches aside).
         dtype = precision.dtype
@@ -148,11 +174,17 @@ class Ceiling:
         with torch.inference_mode(), cast:
             return model(precision.inputs(batch.to(self.device))).float().cpu()
 
-    def accuracy(self) -> dict[str, float]:
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        """Top-1 of each variant on all the photos and on each data set's."""
         accuracy = {}
-        for name in self.variants:
+        parts = sorted(set(self.parts) - {""})
+        for name in self.names:
             predicted = torch.cat([self.forward(name, chunk).argmax(1) for chunk in self.inputs.split(64)])
-            accuracy[name] = float((predicted == self.labels).float().mean())
+            right = predicted == self.labels
+            accuracy[name] = {"all": float(right.float().mean())}
+            for part in parts:
+                chosen = torch.tensor([p == part for p in self.parts])
+                accuracy[name][part] = float(right[chosen].float().mean())
         return accuracy
 
     def measure(
@@ -164,10 +196,14 @@ class Ceiling:
         lanes: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for name in self.variants if only is None else [only]:
+        for name in self.names if only is None else [only]:
             for batch_size in batch_sizes:
                 batch = self.inputs[:batch_size]
-                for count in lanes or sorted({1, self.lanes.lanes}):
+                counts = lanes or sorted({1, self.lanes.lanes})
+                if name in self.compiled:
+                    # A compiled variant runs as many requests at once as it has streams.
+                    counts = lanes or [self.compiled[name][1]]
+                for count in counts:
                     photos_per_s = (
                         self._one_at_a_time(name, batch, rounds)
                         if count == 1
@@ -210,18 +246,48 @@ class Ceiling:
             torch.set_num_threads(before)  # the lanes' count also set the process's default
 
 
+def compiled_variants(
+    folded: torch.nn.Module, checkpoint: Checkpoint, lanes: int
+) -> dict[str, tuple[CompiledNetwork, int]]:
+    """``folded`` compiled by OpenVINO in fp32 and (where the CPU has it) bf16, as one stream on every
+    core and as one stream per lane; none where it does not compile (said on stderr)."""
+    cores = usable_cores()
+    dtypes: list[torch.dtype | None] = [None, torch.bfloat16] if cpu_has_native_bf16() else [None]
+    compiled: dict[str, tuple[CompiledNetwork, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-openvino-") as cache:
+        for dtype, streams in itertools.product(dtypes, sorted({1, lanes})):
+            options = RuntimeOptions(
+                "openvino", Path(cache), streams=streams, threads=max(1, cores // streams)
+            )
+            try:
+                network = compile_model(
+                    folded,
+                    input_size=checkpoint.spec.input_size,
+                    sha256=checkpoint.sha256,
+                    options=options,
+                    dtype=dtype,
+                )
+            except RuntimeUnavailableError as error:
+                print(f"OpenVINO: {error}", file=sys.stderr)
+                return {}
+            name = f"openvino-{network.precision}" + (f" x{streams} streams" if streams > 1 else "")
+            compiled[name] = (network, streams)
+    return compiled
+
+
 # --- 2. servers and load ------------------------------------------------------------------------
 
 
 @contextmanager
 def running(
-    command: list[str], port: int, env: dict[str, str], log: Path | None = None
+    command: list[str], port: int, env: dict[str, str], log: Path | None = None, cwd: Path | None = None
 ) -> Iterator[psutil.Process]:
-    """The server ``command`` starts, once it answers; its output goes to ``log`` (stderr included) if
-    given, else stdout is dropped."""
+    """The server ``command`` starts (in ``cwd``), once it answers; its output goes to ``log`` (stderr
+    included) if given, else stdout is dropped."""
     output = open(log, "wb") if log is not None else None  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         command,
+        cwd=cwd,
         env={**os.environ, **env},
         stdout=output or subprocess.DEVNULL,
         stderr=output if output is not None else None,
@@ -401,7 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--ceiling-rounds", type=int, default=5)
     parser.add_argument("--memory", type=int, nargs=2, default=[100, 1000], metavar=("FIRST", "THEN"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "memory", "request-path"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "torch", "memory", "request-path"])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier version of the service (git worktree add), served beside this one",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -420,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "accuracy": ceiling.accuracy(),
         "best": max(ceiling_rows, key=lambda row: row["photos_per_s"]),
     }
+    result["ceiling"]["compiled_over_eager"] = compiled_over_eager(ceiling_rows, ceiling.compiled)
     print(json.dumps(result["ceiling"], indent=2), flush=True)
     best = result["ceiling"]["best"]
 
@@ -427,6 +499,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"TRASHCAM_MODEL_PATH": str(args.checkpoint.resolve()), "TRASHCAM_VAR_DIR": var}
         ours_command = trashcam_command(piece_commands("127.0.0.1", OURS_PORT)["api"])
         servers = {"ours": (stack.enter_context(running(ours_command, OURS_PORT, env)), OURS_PORT)}
+        if "torch" not in args.skip:
+            torch_env = {**env, "TRASHCAM_INFERENCE_BACKEND": "torch"}
+            torch_command = trashcam_command(piece_commands("127.0.0.1", TORCH_PORT)["api"])
+            torch_server = stack.enter_context(running(torch_command, TORCH_PORT, torch_env))
+            servers[EAGER] = (torch_server, TORCH_PORT)
+        if args.baseline is not None:
+            # An earlier checkout's own code, imported ahead of this installation's (``-m`` puts the
+            # working folder first on the path), on this installation's packages.
+            baseline_command = [sys.executable, "-m", "app", "api", "--host", "127.0.0.1"]
+            baseline_command += ["--port", str(BASELINE_PORT)]
+            baseline_env = {**env, "TRASHCAM_VAR_DIR": str(Path(var) / "baseline")}
+            baseline = running(baseline_command, BASELINE_PORT, baseline_env, cwd=args.baseline)
+            servers[BASELINE] = (stack.enter_context(baseline), BASELINE_PORT)
         if "peer" not in args.skip:
             peer_command = [sys.executable, "-m", "bench.naive_peer", "--checkpoint", str(args.checkpoint)]
             peer_command += ["--port", str(PEER_PORT)]
@@ -486,8 +571,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def compiled_over_eager(rows: list[dict[str, Any]], compiled: Iterable[str]) -> dict[str, float]:
+    """At each batch size, the best compiled variant's photos/s over the best eager one's."""
+    out = {}
+    for batch in sorted({row["batch"] for row in rows}):
+        at = [row for row in rows if row["batch"] == batch]
+        ours = [row["photos_per_s"] for row in at if row["precision"] in compiled]
+        eager = [row["photos_per_s"] for row in at if row["precision"] not in compiled]
+        if ours and eager:
+            out[f"batch {batch}"] = max(ours) / max(eager)
+    return out
+
+
+#: The servers ours is compared with, by the name their ratios use.
+COMPARED = {"baseline checkout": BASELINE, "torch backend": EAGER, "peer": "naive peer"}
+
+
 def ratios(load: list[dict[str, Any]], ceiling_photos_per_s: float) -> dict[str, float]:
-    """Ours against the ceiling and the peer, per endpoint and number of clients."""
+    """Ours against the ceiling and each server it is compared with, per endpoint and number of
+    clients: photos/s (higher is better for ours) and median latency (lower is)."""
     by = {(row["server"], row["endpoint"], row["clients"]): row for row in load}
     out: dict[str, float] = {}
     for (server, endpoint, clients), row in by.items():
@@ -495,12 +597,12 @@ def ratios(load: list[dict[str, Any]], ceiling_photos_per_s: float) -> dict[str,
             continue
         if endpoint == "classify":
             out[f"classify {clients} clients / ceiling"] = row["photos_per_s"] / ceiling_photos_per_s
-        peer = by.get(("naive peer", endpoint, clients))
-        if peer is not None:
-            out[f"{endpoint} {clients} clients / peer (photos/s)"] = (
-                row["photos_per_s"] / peer["photos_per_s"]
-            )
-            out[f"{endpoint} {clients} clients / peer (p50)"] = row["p50_ms"] / peer["p50_ms"]
+        for label, other_name in COMPARED.items():
+            other = by.get((other_name, endpoint, clients))
+            if other is not None:
+                prefix = f"{endpoint} {clients} clients / {label}"
+                out[f"{prefix} (photos/s)"] = row["photos_per_s"] / other["photos_per_s"]
+                out[f"{prefix} (p50)"] = row["p50_ms"] / other["p50_ms"]
     return out
 
 
