@@ -352,21 +352,24 @@ class Predictor:
         return self.feature_bank.routes_to_base(features.detach().float().cpu())
 
     def _explains_from_features(self, method: str, layer: str | None) -> bool:
-        """Whether ``method`` on ``layer`` is computed from the runtime's forward pass alone: a method of
-        activations and gradients (:data:`FEATURE_MAP_METHODS`), on the last stage, whose gradients
-        follow from the pooled linear head."""
-        if self.runtime is None or method not in FEATURE_MAP_METHODS:
+        """Whether ``method`` on ``layer`` runs on the runtime's forward passes alone: a method of
+        activations and gradients (:data:`FEATURE_MAP_METHODS`), whose gradients follow from the pooled
+        linear head, or of activations and forward passes (:data:`PER_CHANNEL_METHODS`), on the last
+        stage."""
+        if self.runtime is None or method not in FEATURE_MAP_METHODS | PER_CHANNEL_METHODS:
             return False
         return layer is None or resolve_layer(self.model, layer) is resolve_layer(self.model, None)
 
     def _explain_on_runtime(
         self, batch: Tensor, method: str, targets: Sequence[int | None] | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Heatmaps, logits, explained classes and pooled features from the runtime's one forward pass."""
+        """Heatmaps, logits, explained classes and pooled features from the runtime: one forward pass, and
+        for a per-channel method its passes over the masked copies."""
         assert self.runtime is not None
         out = self.runtime(batch)
         explained = resolve_targets(out.logits, targets)
-        cam = get_cam_method(method)(self.model, None)
+        runtime = self.runtime
+        cam = get_cam_method(method)(self.model, None, forward=lambda inputs: runtime(inputs).logits)
         gradients = None
         if cam.uses_gradients:
             gradients = head_gradients(self.runtime.head, explained, out.features.shape)

@@ -12,7 +12,8 @@ from models.cam.registry import get_cam_method, list_cam_methods, register_cam
 PER_CHANNEL_METHODS = frozenset({"scorecam"})
 #: Methods that need only the explained layer's activations and the gradients of the target scores with
 #: respect to them: for the last stage of a model with a pooled linear head, both come from a forward
-#: pass alone (``models.runtime.head_gradients``).
+#: pass alone (``models.runtime.head_gradients``). The per-channel methods need the activations and
+#: forward passes, which a compiled network runs too.
 FEATURE_MAP_METHODS = frozenset(list_cam_methods()) - PER_CHANNEL_METHODS
 
 

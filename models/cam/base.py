@@ -6,7 +6,7 @@ layer's activation. :class:`BaseCAM` owns everything else: the hook, the forward
 target class, the gradient, the ReLU, upsampling to the input size and per-image scaling to [0, 1].
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -83,9 +83,18 @@ class BaseCAM:
     #: Whether the method needs d(score)/d(activation). EigenCAM does not, and skips the backward.
     uses_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        forward: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         self.model = model
         self.layer = resolve_layer(model, layer)
+        #: The logits of a batch, for methods that run forward passes of their own (Score-CAM): the
+        #: model's own, or the same network compiled elsewhere (``models.runtime``).
+        self.forward: Callable[[Tensor], Tensor] = forward or model
 
     def __call__(self, images: Tensor, targets: Targets = None) -> CamOutput:
         if images.dim() != 4:

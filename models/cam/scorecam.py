@@ -35,5 +35,5 @@ class ScoreCAM(BaseCAM):
             for start in range(0, masks.shape[0], self.batch_size):
                 chunk = masks[start : start + self.batch_size, None] * image[None]
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
-                scores[index, start : start + chunk.shape[0]] = self.model(chunk)[:, targets[index]]
+                scores[index, start : start + chunk.shape[0]] = self.forward(chunk)[:, targets[index]]
         return scores.softmax(dim=1)
