@@ -76,6 +76,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-nohold-60epochs": {"forgetting_limit": 1.0, "epochs": 60, "early_stop": 20},
     # The last epoch's weights kept instead of the epoch with the best accuracy on ~15 validation photos.
     "recipe-nohold-last": {"forgetting_limit": 1.0, "keep_epoch": "last"},
+    # The site's photos at the size they were stored at (144 px) instead of the base's 112 px: paper and
+    # plastic on one tray differ in texture more than in shape (FixRes, Touvron et al. 2019, fine-tunes
+    # at a larger size than it trained at).
+    "recipe-nohold-144px": {"forgetting_limit": 1.0, "input_size": 144},
 }
 
 
