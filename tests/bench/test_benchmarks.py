@@ -43,9 +43,27 @@ def test_ratios_compare_ours_with_the_ceiling_and_the_peer() -> None:
         },
         {"server": "ours", "endpoint": "explain", "clients": 1, "photos_per_s": 12.0, "p50_ms": 80.0},
         {"server": "naive peer", "endpoint": "explain", "clients": 1, "photos_per_s": 4.0, "p50_ms": 240.0},
+        {
+            "server": "ours, torch",
+            "endpoint": "classify",
+            "clients": 32,
+            "photos_per_s": 20.0,
+            "p50_ms": 150.0,
+        },
+        {
+            "server": "ours, baseline checkout",
+            "endpoint": "classify",
+            "clients": 32,
+            "photos_per_s": 10.0,
+            "p50_ms": 400.0,
+        },
     ]
     assert ratios(load, 40.0) == {
         "classify 32 clients / ceiling": 0.75,
+        "classify 32 clients / baseline checkout (photos/s)": 3.0,
+        "classify 32 clients / baseline checkout (p50)": 0.25,
+        "classify 32 clients / torch backend (photos/s)": 1.5,
+        "classify 32 clients / torch backend (p50)": pytest.approx(2 / 3),
         "classify 32 clients / peer (photos/s)": 2.0,
         "classify 32 clients / peer (p50)": 0.5,
         "explain 1 clients / peer (photos/s)": 3.0,

@@ -1,0 +1,110 @@
+"""What a request costs the server outside the model: ``trashcam api`` serving a trivial model (a
+4-channel simple CNN at the checkpoint's input size and classes), ``clients`` concurrent clients on
+``/classify``, server CPU a photo; against an earlier checkout of the service served the same way, the
+two measured in turn, so that the machine's load falls on both alike.
+
+    git worktree add ../trashcam-6b1a129 6b1a129
+    python -m bench.request_path --checkpoint weights/se_resnet50/model.pt \\
+        --manifest weights/se_resnet50/manifest.json --data trashnet=data/trashnet-112.tar.gz \\
+        --data extra=$DATA_ROOT/waste-extra-144.tar.gz --baseline ../trashcam-6b1a129 \\
+        --out docs/performance/request-path.json
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.cli import piece_commands, trashcam_command
+from bench.photos import load_photos
+from bench.service_load import load, running, trivial_checkpoint
+from models.machine import machine_line
+
+OURS_PORT = 8110
+BASELINE_PORT = 8111
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier version (git worktree add)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    photos = load_photos(args.manifest, args.data, "test")
+    rows: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-request-path-") as var:
+        trivial = trivial_checkpoint(args.checkpoint, Path(var) / "trivial.pt")
+        servers: list[tuple[str, list[str], int, Path | None]] = [
+            ("ours", trashcam_command(piece_commands("127.0.0.1", OURS_PORT)["api"]), OURS_PORT, None)
+        ]
+        if args.baseline is not None:
+            # The checkout's own code, imported ahead of this installation's (``-m`` puts the working
+            # folder first on the path), on this installation's packages.
+            command = [
+                sys.executable,
+                "-m",
+                "app",
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(BASELINE_PORT),
+            ]
+            servers.append(("baseline checkout", command, BASELINE_PORT, args.baseline))
+        for round_index in range(args.rounds):
+            for name, command, port, cwd in (
+                servers[round_index % len(servers) :] + servers[: round_index % len(servers)]
+            ):
+                env = {"TRASHCAM_MODEL_PATH": str(trivial), "TRASHCAM_VAR_DIR": str(Path(var) / name)}
+                with running(command, port, env, cwd=cwd) as process:
+                    url = f"http://127.0.0.1:{port}/classify"
+                    timed = asyncio.run(
+                        load(
+                            url,
+                            photos,
+                            clients=args.clients,
+                            requests=args.requests,
+                            warmup=100,
+                            server=process,
+                        )
+                    )
+                row = {
+                    "photos_per_s": timed.answered / timed.seconds,
+                    "server_cpu_ms_per_photo": 1000 * timed.server_cpu / max(1, timed.answered),
+                    "loadgen_cpu_ms_per_photo": 1000 * timed.own_cpu / max(1, timed.answered),
+                    "errors": timed.errors,
+                }
+                rows.setdefault(name, []).append(row)
+                print(name, json.dumps(row), flush=True)
+    result: dict[str, Any] = {
+        "command": "python -m bench.request_path " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_line(),
+        "clients": args.clients,
+        "rounds": rows,
+        "median": {
+            name: {key: statistics.median(row[key] for row in group) for key in group[0]}
+            for name, group in rows.items()
+        },
+    }
+    print(json.dumps(result["median"], indent=2))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
