@@ -81,8 +81,8 @@ class Classification(BaseModel):
     inference_ms: float = Field(description="model time of the batch this image was computed in")
     batch_size: int = Field(description="images in that batch (concurrent requests are batched together)")
     backend: str = Field(
-        description="what ran the forward pass: 'openvino' (compiled) or 'torch' (eager; explanations that "
-        "need backward passes or a forward pass per channel always run there)",
+        description="what ran the forward pass: 'openvino' (compiled) or 'torch' (eager; explanations of "
+        "a layer other than the last stage always run there)",
         examples=["openvino"],
     )
 

@@ -225,9 +225,11 @@ class InferenceService:
         the request prepared for that predictor already, off the event loop with its decoding."""
         # The model is chosen when the request arrives, and the request finishes on it even if another
         # begins serving meanwhile: its input was prepared for this one's size and normalisation.
-        chosen = predictor or self.manager.predictor
         if isinstance(image, Tensor):
-            return Prepared(image, chosen)
+            if predictor is None:
+                raise TypeError("a prepared input needs the predictor it was prepared for")
+            return Prepared(image, predictor)
+        chosen = predictor or self.manager.predictor
         return Prepared(await run_in_threadpool(chosen.prepare, image), chosen)
 
     async def fingerprint(

@@ -525,6 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             trivial_command = trashcam_command(piece_commands("127.0.0.1", TRIVIAL_PORT)["api"])
             trivial_server = stack.enter_context(running(trivial_command, TRIVIAL_PORT, trivial_env))
             servers[TRIVIAL] = (trivial_server, TRIVIAL_PORT)
+        # What runs each server's model, as it says itself (/ready answers 503 without workers, with
+        # the same body): a model that fell back to torch would otherwise pass for a compiled one.
+        result["backends"] = {
+            name: httpx2.get(f"http://127.0.0.1:{port}/ready", timeout=10).json().get("backend", "torch")
+            for name, (_, port) in servers.items()
+            if name != "naive peer"
+        }
+        print(result["backends"], flush=True)
         rows: dict[tuple[str, str, int], list[LoadResult]] = {}
         ceilings: list[float] = []
         # Every round measures each configuration once, the servers in turn, and the ceiling again, so

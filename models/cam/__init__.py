@@ -12,9 +12,10 @@ from models.cam.registry import get_cam_method, list_cam_methods, register_cam
 PER_CHANNEL_METHODS = frozenset({"scorecam"})
 #: Methods that need only the explained layer's activations and the gradients of the target scores with
 #: respect to them: for the last stage of a model with a pooled linear head, both come from a forward
-#: pass alone (``models.runtime.head_gradients``). The per-channel methods need the activations and
-#: forward passes, which a compiled network runs too.
-FEATURE_MAP_METHODS = frozenset(list_cam_methods()) - PER_CHANNEL_METHODS
+#: pass alone (``models.runtime.head_gradients``). Named one by one: a method added later runs on eager
+#: until it is shown to need nothing else. The per-channel methods need the activations and forward
+#: passes, which a compiled network runs too.
+FEATURE_MAP_METHODS = frozenset({"gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "eigencam"})
 
 
 def compute_cam(

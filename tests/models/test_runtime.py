@@ -4,6 +4,7 @@ closed-form CAMs against eager's backward passes, the cache, and the fallback to
 import io
 import logging
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 import models
 from core.settings import Settings
 from models import runtime
-from models.cam import FEATURE_MAP_METHODS, PER_CHANNEL_METHODS
+from models.cam import FEATURE_MAP_METHODS, PER_CHANNEL_METHODS, list_cam_methods
 from models.checkpoint import ModelSpec
 from models.fusion import fold_batch_norms
 from models.precision import choose_precision
@@ -135,12 +136,24 @@ def test_fingerprints_on_the_runtime_are_the_eager_fp32_hashes(
     assert got.backends[0] == "openvino"
 
 
-def test_each_lane_has_its_own_inference_request(compiled_auto: Predictor, photos: list[Image.Image]) -> None:
-    lane = compiled_auto.replica(1)
-    assert lane.runtime is not None
-    assert compiled_auto.runtime is not None
-    assert lane.runtime is not compiled_auto.runtime
-    assert torch.equal(lane.classify(photos).probabilities, compiled_auto.classify(photos).probabilities)
+def test_lanes_run_side_by_side_each_on_its_own_inference_request(
+    compiled_auto: Predictor, photos: list[Image.Image]
+) -> None:
+    lanes = [compiled_auto.replica(index) for index in range(3)]
+    runtimes = [lane.runtime for lane in lanes]
+    assert all(runtime is not None for runtime in runtimes)
+    assert len({id(runtime._requests) for runtime in runtimes if runtime is not None}) == 3
+    expected = compiled_auto.classify(photos).probabilities
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda lane: [lane.classify(photos) for _ in range(4)], lanes))
+    for runs in results:
+        for scores in runs:
+            assert torch.equal(scores.probabilities, expected)
+
+
+def test_every_cam_method_is_either_of_the_feature_map_or_per_channel() -> None:
+    assert set(list_cam_methods()) == FEATURE_MAP_METHODS | PER_CHANNEL_METHODS
+    assert not FEATURE_MAP_METHODS & PER_CHANNEL_METHODS
 
 
 def small_resnet(seed: int = 0) -> ResNet:
@@ -208,6 +221,43 @@ def test_an_unreadable_cache_is_converted_again(tmp_path: Path, monkeypatch: pyt
     calls = counting_conversions(monkeypatch)
     compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
     assert len(calls) == 1
+    # ... and cached again in its place: the next start reads it.
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 1
+
+
+def test_the_same_weights_at_another_input_size_are_another_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = counting_conversions(monkeypatch)
+    model = small_resnet()
+    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled = compile_model(model, input_size=96, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    assert len(calls) == 2
+    assert compiled(torch.randn(1, 3, 96, 96)).logits.shape == (1, 6)
+
+
+def test_a_network_that_fails_to_compile_or_cache_is_a_reason_to_run_on_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuses(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: no CPU plugin")
+
+    monkeypatch.setattr(runtime._Compiled, "compiled", refuses)
+    with pytest.raises(RuntimeUnavailableError, match=r"OpenVINO could not run the model: .*no CPU plugin"):
+        compile_model(small_resnet(), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    monkeypatch.undo()
+
+    def cannot_write(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Can't open bin file for writing")
+
+    monkeypatch.setattr(runtime, "_save", cannot_write)
+    with caplog.at_level(logging.WARNING, logger="models.runtime"):
+        compiled = compile_model(
+            small_resnet(), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None
+        )
+    assert compiled(torch.randn(1, 3, 64, 64)).logits.shape == (1, 6)
+    assert "the conversion is not cached (the next start converts again)" in caplog.text
 
 
 def small_predictor(cache: Path | None) -> Predictor:

@@ -366,7 +366,10 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
     # Photos of the site's classes through the site's camera stay the site model's, mostly.
     site_pair, site_to_base = accuracy(unseen_site_photos, SITE_CLASSES)
     assert site_to_base <= 0.2
-    assert site_pair >= 0.9
+    # ... and the pair answers them as well as the site model alone: routing costs the site nothing. (The
+    # site model's own score moves by a photo of the 20 with the CPU's kernels: 0.85 on an AVX512 EPYC.)
+    assert site_pair >= accuracy_on(best, unseen_site_photos, SITE_CLASSES) - 0.05
+    assert site_pair >= 0.8
 
 
 def test_without_routing_the_bank_marks_no_margin(base_run: Path, site_photos: Path, tmp_path: Path) -> None:
