@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from bench.photos import add_checkpoint_and_photos
 from models.checkpoint import build_model, load_checkpoint
 from models.fingerprint import embed, hamming, hash_bits
 from models.similarity import INDEX_FILE, FingerprintIndex
@@ -62,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
+    add_checkpoint_and_photos(parser)
     parser.add_argument("--index", type=Path, help=f"default: {INDEX_FILE} beside the checkpoint")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)

@@ -1,5 +1,6 @@
 """Real photos for the benchmarks: the files of one split of a run's manifest, as stored."""
 
+import argparse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,13 @@ class Photo:
     label: str
     #: The data set it comes from, where the manifest has several (its path's first folder).
     part: str = ""
+
+
+def add_checkpoint_and_photos(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark of a checkpoint on the photos of its run's manifest."""
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
 
 
 def load_photos(manifest: Path, data: list[str] | None, split: str = "test") -> list[Photo]:

@@ -18,12 +18,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from app.cli import piece_commands, trashcam_command
-from bench.photos import load_photos
-from bench.service_load import load, running, trivial_checkpoint
-from models.machine import machine_line
+from bench.photos import add_checkpoint_and_photos, load_photos
+from bench.record import run_record, write_json
+from bench.service_load import checkout_api, load, running, trivial_checkpoint
 
 OURS_PORT = 8110
 BASELINE_PORT = 8111
@@ -33,9 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
+    add_checkpoint_and_photos(parser)
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier version (git worktree add)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=1000, help="requests per measurement")
@@ -51,19 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("ours", trashcam_command(piece_commands("127.0.0.1", OURS_PORT)["api"]), OURS_PORT, None)
         ]
         if args.baseline is not None:
-            # The checkout's own code, imported ahead of this installation's (``-m`` puts the working
-            # folder first on the path), on this installation's packages.
-            command = [
-                sys.executable,
-                "-m",
-                "app",
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(BASELINE_PORT),
-            ]
-            servers.append(("baseline checkout", command, BASELINE_PORT, args.baseline))
+            servers.append(("baseline checkout", checkout_api(BASELINE_PORT), BASELINE_PORT, args.baseline))
         for round_index in range(args.rounds):
             for name, command, port, cwd in (
                 servers[round_index % len(servers) :] + servers[: round_index % len(servers)]
@@ -89,20 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 rows.setdefault(name, []).append(row)
                 print(name, json.dumps(row), flush=True)
-    result: dict[str, Any] = {
-        "command": "python -m bench.request_path " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_line(),
-        "clients": args.clients,
-        "rounds": rows,
-        "median": {
-            name: {key: statistics.median(row[key] for row in group) for key in group[0]}
-            for name, group in rows.items()
-        },
+    medians = {
+        name: {key: statistics.median(row[key] for row in group) for key in group[0]}
+        for name, group in rows.items()
     }
-    print(json.dumps(result["median"], indent=2))
+    print(json.dumps(medians, indent=2))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        record = run_record(
+            "bench.request_path", argv, torch.device("cpu"), clients=args.clients, rounds=rows, median=medians
+        )
+        write_json(args.out, record)
     return 0
 
 

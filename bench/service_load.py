@@ -55,7 +55,7 @@ from PIL import Image
 import models
 from app.cli import piece_commands, trashcam_command
 from app.lanes import plan_lanes
-from bench.photos import Photo, load_photos
+from bench.photos import Photo, add_checkpoint_and_photos, load_photos
 from models.checkpoint import Checkpoint, ModelSpec, build_model, load_checkpoint, save_checkpoint
 from models.fusion import fold_batch_norms
 from models.machine import machine_line, usable_cores
@@ -314,6 +314,13 @@ def running(
             output.close()
 
 
+def checkout_api(port: int) -> list[str]:
+    """``trashcam api`` of the checkout it runs in (``running(..., cwd=CHECKOUT)``): ``-m`` puts the
+    working folder first on the path, so the checkout's own code is imported ahead of this
+    installation's, on this installation's packages."""
+    return [sys.executable, "-m", "app", "api", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -456,9 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--data", action="append", help="where the manifest's data set is now")
+    add_checkpoint_and_photos(parser)
     parser.add_argument("--split", default="test")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=160, help="requests per measurement")
@@ -505,12 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch_server = stack.enter_context(running(torch_command, TORCH_PORT, torch_env))
             servers[EAGER] = (torch_server, TORCH_PORT)
         if args.baseline is not None:
-            # An earlier checkout's own code, imported ahead of this installation's (``-m`` puts the
-            # working folder first on the path), on this installation's packages.
-            baseline_command = [sys.executable, "-m", "app", "api", "--host", "127.0.0.1"]
-            baseline_command += ["--port", str(BASELINE_PORT)]
             baseline_env = {**env, "TRASHCAM_VAR_DIR": str(Path(var) / "baseline")}
-            baseline = running(baseline_command, BASELINE_PORT, baseline_env, cwd=args.baseline)
+            baseline = running(checkout_api(BASELINE_PORT), BASELINE_PORT, baseline_env, cwd=args.baseline)
             servers[BASELINE] = (stack.enter_context(baseline), BASELINE_PORT)
         if "peer" not in args.skip:
             peer_command = [sys.executable, "-m", "bench.naive_peer", "--checkpoint", str(args.checkpoint)]

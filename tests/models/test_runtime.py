@@ -21,7 +21,13 @@ from models.fusion import fold_batch_norms
 from models.precision import choose_precision
 from models.predictor import Predictor
 from models.resnet import ResNet
-from models.runtime import NETWORK_FILE, RuntimeOptions, RuntimeUnavailableError, compile_model
+from models.runtime import (
+    NETWORK_FILE,
+    CompiledNetwork,
+    RuntimeOptions,
+    RuntimeUnavailableError,
+    compile_model,
+)
 from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SHIPPED = Settings().shipped_model_path
@@ -168,6 +174,13 @@ def options(cache: Path) -> RuntimeOptions:
     return RuntimeOptions("openvino", cache, streams=1, threads=1)
 
 
+def compiled_in(
+    cache: Path, model: ResNet, *, input_size: int = 64, sha256: str = "a" * 64
+) -> CompiledNetwork:
+    """``model`` compiled in fp32 with its conversion cached in ``cache``, as the weights ``sha256``."""
+    return compile_model(model, input_size=input_size, sha256=sha256, options=options(cache), dtype=None)
+
+
 def counting_conversions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     convert = runtime._convert
@@ -185,13 +198,13 @@ def test_a_conversion_is_cached_by_weights_and_runtime_version(
 ) -> None:
     calls = counting_conversions(monkeypatch)
     model = small_resnet()
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
+    compiled_in(tmp_path, model)
     assert len(calls) == 1  # the second start read the cache
     # New weights are a new key; so is a new OpenVINO.
-    compile_model(small_resnet(1), input_size=64, sha256="b" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, small_resnet(1), sha256="b" * 64)
     monkeypatch.setattr(runtime, "openvino_version", lambda: "2099.1.0")
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
     assert len(calls) == 3
     assert len(list((tmp_path / "openvino").glob(f"*/{NETWORK_FILE}"))) == 3
 
@@ -200,29 +213,29 @@ def test_a_cached_conversion_of_other_weights_is_converted_again_not_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The cache of sha "a" holds another model's conversion (a damaged or swapped cache).
-    compile_model(small_resnet(1), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, small_resnet(1))
     calls = counting_conversions(monkeypatch)
     model = small_resnet(0)
-    compiled = compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled = compiled_in(tmp_path, model)
     assert len(calls) == 1
     probe = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(compiled(probe, exact=True).logits, model(probe), atol=1e-4)
     # ... and the good conversion replaced the bad one.
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
     assert len(calls) == 1
 
 
 def test_an_unreadable_cache_is_converted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = small_resnet()
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
     (network,) = (tmp_path / "openvino").glob(f"*/{NETWORK_FILE}")
     network.write_text("<net>truncated")
     calls = counting_conversions(monkeypatch)
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
     assert len(calls) == 1
     # ... and cached again in its place: the next start reads it.
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
     assert len(calls) == 1
 
 
@@ -231,8 +244,8 @@ def test_the_same_weights_at_another_input_size_are_another_conversion(
 ) -> None:
     calls = counting_conversions(monkeypatch)
     model = small_resnet()
-    compile_model(model, input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
-    compiled = compile_model(model, input_size=96, sha256="a" * 64, options=options(tmp_path), dtype=None)
+    compiled_in(tmp_path, model)
+    compiled = compiled_in(tmp_path, model, input_size=96)
     assert len(calls) == 2
     assert compiled(torch.randn(1, 3, 96, 96)).logits.shape == (1, 6)
 
@@ -245,7 +258,7 @@ def test_a_network_that_fails_to_compile_or_cache_is_a_reason_to_run_on_torch(
 
     monkeypatch.setattr(runtime._Compiled, "compiled", refuses)
     with pytest.raises(RuntimeUnavailableError, match=r"OpenVINO could not run the model: .*no CPU plugin"):
-        compile_model(small_resnet(), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None)
+        compiled_in(tmp_path, small_resnet())
     monkeypatch.undo()
 
     def cannot_write(*args: object, **kwargs: object) -> None:
@@ -253,9 +266,7 @@ def test_a_network_that_fails_to_compile_or_cache_is_a_reason_to_run_on_torch(
 
     monkeypatch.setattr(runtime, "_save", cannot_write)
     with caplog.at_level(logging.WARNING, logger="models.runtime"):
-        compiled = compile_model(
-            small_resnet(), input_size=64, sha256="a" * 64, options=options(tmp_path), dtype=None
-        )
+        compiled = compiled_in(tmp_path, small_resnet())
     assert compiled(torch.randn(1, 3, 64, 64)).logits.shape == (1, 6)
     assert "the conversion is not cached (the next start converts again)" in caplog.text
 
