@@ -227,6 +227,10 @@ class FingerprintPublic(BaseModel):
         description="64-bit deep-feature perceptual hash, 16 hex digits (see models.fingerprint)",
         examples=["e819e35e31897c69"],
     )
+    backend: str = Field(
+        description="what ran the forward pass, in fp32 either way: 'openvino' (compiled) or 'torch' (eager)",
+        examples=["openvino"],
+    )
 
 
 class NeighbourPublic(BaseModel):

@@ -35,7 +35,10 @@ async def fingerprint_image(
     photo = await read_image(file, settings, predictor.prepare, min_side=predictor.spec.input_size)
     outcome = await service.fingerprint(photo.inputs, predictor=predictor)
     return FingerprintPublic(
-        filename=file.filename, model=model_ref(outcome.predictor), hash=hash_hex(outcome.hash)
+        filename=file.filename,
+        model=model_ref(outcome.predictor),
+        hash=hash_hex(outcome.hash),
+        backend=outcome.backend,
     )
 
 
@@ -78,6 +81,7 @@ async def similar_images(
         filename=file.filename,
         model=model_ref(predictor),
         hash=hash_hex(outcome.hash),
+        backend=outcome.backend,
         label=names[max(range(len(names)), key=lambda i: outcome.probabilities[i])],
         unsure=outcome.unsure,
         by=by,
