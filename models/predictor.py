@@ -169,8 +169,8 @@ class Predictor:
 
     @property
     def backend(self) -> str:
-        """What runs its forward passes: "openvino" or "torch" (explanations that need backward passes
-        run on torch either way; each result says which ran it)."""
+        """What runs its forward passes: "openvino" or "torch" (explanations of a layer other than the
+        last stage run on torch either way; each result says which ran it)."""
         return "torch" if self.runtime is None else self.runtime.name
 
     def replica(self, lane: int) -> "Predictor":
@@ -232,8 +232,11 @@ class Predictor:
 
     def inputs(self, images: Sequence[Image.Image] | Tensor) -> Tensor:
         """A batch on the model's device and in its layout, from photos or from :meth:`prepare`'s
-        tensors stacked."""
+        tensors stacked. The compiled runtime reads the default layout: channels-last would be a copy
+        there and a copy back."""
         batch = images if isinstance(images, Tensor) else torch.stack([self.prepare(i) for i in images])
+        if self.runtime is not None:
+            return batch.to(self.device).contiguous()
         return self.precision.inputs(batch.to(self.device))
 
     def scores(self, logits: Tensor, embeddings: Tensor | None = None, *, backend: str = "torch") -> Scores:

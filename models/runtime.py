@@ -2,7 +2,8 @@
 
 OpenVINO's CPU plugin compiles the whole network ahead of time (fused kernels, bf16 where the CPU has
 bf16 instructions, a thread pool of its own); on a 2-core AMD EPYC with AVX512-BF16 it ran the shipped
-SE-ResNet-50 several times faster than eager bf16 (docs/PERFORMANCE.md, ``python -m bench.runtime_speed``).
+SE-ResNet-50 2.5x as fast as eager's best at batch 1 and 1.45x at batch 32 (docs/PERFORMANCE.md,
+``python -m bench.service_load``).
 The converted network returns everything serving needs from one pass: the logits, the last stage's
 feature map and its global average (the embedding of :mod:`models.fingerprint`).
 
@@ -12,10 +13,10 @@ respect to the last stage's output is that class's weight row divided by H*W at 
 gradients, are computed from the feature map the runtime returns, with no backward pass. Which models
 have such a head is checked on a probe input (:func:`linear_head`), not assumed from their names.
 
-A converted network is cached under ``cache_dir`` keyed by the checkpoint's sha256, OpenVINO's version
-and this module's output format, so a restart reads it in a fraction of a second instead of converting
-again (about 10 s), and new weights or a new OpenVINO never read a stale one. Every load is checked
-against the eager model on the probe input, so a damaged cache is converted again rather than served.
+A converted network is cached under ``cache_dir`` keyed by the checkpoint's sha256, the input size,
+OpenVINO's version and this module's output format, so a restart reads it instead of converting again,
+and new weights or a new OpenVINO never read a stale one. Every load is checked against the eager
+model on the probe input, so a damaged cache is converted again rather than served.
 """
 
 import logging
