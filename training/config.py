@@ -98,7 +98,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Several sources at once, for photos that do not look like the training set: the strong recipe,
     # with sampling that lets small classes and sources count, grayscale and blur against a camera's
     # colour and focus, and objects of plain-background photos pasted onto other photos' backgrounds so
-    # that the white posterboard stops being a cue. The site source is held out by default.
+    # that the white posterboard stops being a cue. The two sites (sd, a camera over a sorting bin, and
+    # er, street litter) are held out by default.
     "general": {
         **STRONG,
         "class_balance": 0.5,
@@ -107,7 +108,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "blur": 0.2,
         "paste_background": 0.5,
         "plain_sources": ("trashnet",),
-        "holdout_sources": ("sd",),
+        "holdout_sources": ("sd", "er"),
     },
     # From a trained model's weights (``init_from``), on an operator's own few hundred photos.
     "finetune": FINETUNE,
@@ -124,6 +125,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine"]
 AutoAugment = Literal["trivial", "rand"]
 ClassChoice = Literal["base", "data"]
+Pipeline = Literal["loader", "device"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -291,6 +293,13 @@ class TrainConfig(BaseModel):
         description="with a replay manifest and the base's classes: serve the model beside its base, "
         "each photo nearer the base's training photos than the data's answered by the base",
     )
+    pipeline: Pipeline = Field(
+        "loader",
+        description="how training photos reach the network: 'loader' decodes and augments each photo "
+        "every epoch in loader processes; 'device' decodes every photo once into a uint8 tensor on the "
+        "training device and augments whole batches there, channels-last (for a GPU; without background "
+        "paste or replay)",
+    )
     device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
     workers: int | None = Field(None, ge=0, description="data-loader processes (default: sized to the CPUs)")
 
@@ -326,6 +335,14 @@ class TrainConfig(BaseModel):
             (
                 self.replay_manifest is not None or not self.replay_data,
                 "replay_data says where a replay manifest's data sets are: give replay_manifest",
+            ),
+            (
+                self.pipeline == "loader" or self.paste_background == 0,
+                "the device pipeline has no background paste: set paste_background to 0",
+            ),
+            (
+                self.pipeline == "loader" or self.replay == 0,
+                "the device pipeline does not replay a base model's photos: set replay to 0",
             ),
         ]
         for ok, message in checks:

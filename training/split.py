@@ -86,21 +86,43 @@ def stratified_split(
 
 
 def read_source_tags(root: Path) -> dict[str, str]:
-    """Photo path (relative to the class root) -> source tag, from the root's :data:`SOURCE_TAGS_FILE`
-    (columns ``path`` and ``source``); empty when there is none."""
+    """Photo path (relative to the class root) -> source tag, from the root's :data:`SOURCE_TAGS_FILE`;
+    empty when there is none."""
     path = root / SOURCE_TAGS_FILE
     if not path.is_file():
         return {}
     return parse_source_tags(path.read_text(encoding="utf-8"), str(path))
 
 
+#: The columns a :data:`SOURCE_TAGS_FILE` may name a photo's path by (waste-extra-144 says ``path``,
+#: waste-extra2-144 ``file``).
+PATH_COLUMNS = ("path", "file")
+
+
 def parse_source_tags(text: str, where: str = SOURCE_TAGS_FILE) -> dict[str, str]:
-    """Photo path -> source tag, from the text of a :data:`SOURCE_TAGS_FILE` (read at ``where``)."""
+    """Photo path -> source tag, from the text of a :data:`SOURCE_TAGS_FILE` (read at ``where``).
+
+    A path that starts with the archive's top folder (``waste-extra2-144/metal/x.jpg``) is also listed
+    without it (``metal/x.jpg``), as paths are relative to the class root everywhere else.
+    """
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or not {"path", "source"} <= set(reader.fieldnames):
-        logger.warning("%s: no 'path' and 'source' columns; photos are not tagged by source", where)
+    columns = set(reader.fieldnames or ())
+    path_column = next((name for name in PATH_COLUMNS if name in columns), None)
+    if path_column is None or "source" not in columns:
+        logger.warning(
+            "%s: no 'path' (or 'file') and 'source' columns; photos are not tagged by source", where
+        )
         return {}
-    return {row["path"]: row["source"] for row in reader if row["path"] and row["source"]}
+    tags: dict[str, str] = {}
+    for row in reader:
+        path, source = row[path_column], row["source"]
+        if not path or not source:
+            continue
+        tags[path] = source
+        parts = path.split("/")
+        if len(parts) > 2:
+            tags.setdefault("/".join(parts[1:]), source)
+    return tags
 
 
 @dataclass(frozen=True)
@@ -450,12 +472,18 @@ def create_mixed_manifest(
 
 
 def _check_holdout(parts: Sequence[DataSetSplit], holdout: Collection[str]) -> None:
+    """Refuse a hold-out of which no data set has a photo (a misspelt source would be trained on);
+    where some of the held-out sources have photos and others none, log the ones with none (a recipe
+    holds out every known site, and a run need not have every site's data set)."""
     found = {tag for part in parts for tag in part.manifest.holdout}
     missing = sorted(set(holdout) - found)
-    if missing:
-        tags = sorted({item.source for part in parts for item in part.manifest.items if item.source})
+    if not missing:
+        return
+    tags = sorted({item.source for part in parts for item in part.manifest.items if item.source})
+    if not found:
         known = ", ".join(tags) or "none"
         raise DataError(f"no photos of the held-out sources {missing}; the data sets' sources: {known}")
+    logger.warning("no photos of the held-out sources %s: nothing of them to hold out", missing)
 
 
 def manifest_data_root(

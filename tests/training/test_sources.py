@@ -28,6 +28,7 @@ from training.split import (
     load_manifest,
     manifest_data_root,
     parse_data_sets,
+    parse_source_tags,
     save_manifest,
     split_counts,
 )
@@ -81,6 +82,31 @@ def test_a_held_out_source_that_no_data_set_has_is_refused(tmp_path: Path) -> No
     folder = make_tagged_folder(tmp_path / "extra", {"web": 4})
     with pytest.raises(DataError, match=r"held-out sources \['sd'\]"):
         create_manifest(folder, tmp_path / "cache", seed=0, fractions=DEFAULT_SPLIT, holdout=["sd"])
+
+
+def test_a_held_out_source_that_one_run_lacks_is_logged_when_another_is_held_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_tagged_folder(tmp_path / "extra", {"web": 4, "sd": 4})
+    manifest, _ = create_manifest(
+        folder, tmp_path / "cache", seed=0, fractions=DEFAULT_SPLIT, holdout=["sd", "er"]
+    )
+    assert manifest.holdout == ("sd",)
+    assert set(manifest.select_sources("holdout", "")) == {"sd"}
+    assert "held-out sources ['er']" in caplog.text
+
+
+def test_a_manifest_that_names_photos_by_file_from_the_archives_top_folder_tags_them() -> None:
+    text = (
+        "file,class,source\n"
+        "waste-extra2-144/metal/rv__a.jpg,metal,rv\n"
+        "waste-extra2-144/glass/er__b.jpg,glass,er\n"
+    )
+    tags = parse_source_tags(text)
+    assert tags["metal/rv__a.jpg"] == "rv"
+    assert tags["glass/er__b.jpg"] == "er"
+    assert parse_source_tags("path,source\nmetal/a.jpg,aj\n") == {"metal/a.jpg": "aj"}
+    assert parse_source_tags("name,origin\nmetal/a.jpg,aj\n") == {}
 
 
 def test_trashnets_split_is_unchanged_alone_and_mixed(tmp_path: Path) -> None:
@@ -283,7 +309,7 @@ def test_the_cli_trains_on_two_data_sets_and_evaluates_the_held_out_site(tmp_pat
 
 def test_recipes_that_hold_out_a_source_say_so() -> None:
     config = make_config("general", data=("a=x", "b=y"), out="o")
-    assert config.holdout_sources == ("sd",)
+    assert config.holdout_sources == ("sd", "er")
     assert config.to_dict()["data"] == ["a=x", "b=y"]
     assert type(config).from_dict(config.to_dict()) == config
 
