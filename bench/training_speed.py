@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 
 from models import create_model
 from training.config import make_config
-from training.data import default_workers
+from training.data import Batches, default_workers
 from training.engine import _Run, split_data
 
 WARMUP = 2
@@ -63,7 +63,7 @@ class PlainDataset(Dataset[tuple[torch.Tensor, int]]):
             return self.transform(image.convert("RGB")), label
 
 
-def endless(loader: DataLoader[Any]) -> Iterator[Any]:
+def endless(loader: Batches) -> Iterator[Any]:
     while True:
         yield from loader
 

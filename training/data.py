@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -53,6 +54,15 @@ class Loading:
     device: torch.device
     batch_size: int = 64
     workers: int | None = None
+
+
+class Batches(Protocol):
+    """What a training or evaluation pass goes through: a ``DataLoader``, or batches made on the device
+    (``training.device_data``); each item starts with the images and their labels."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class DataError(Exception):

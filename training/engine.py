@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from models import create_model
 from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -22,15 +21,20 @@ from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
 from training.config import TrainConfig
 from training.data import (
+    Batches,
     EpochShuffleSampler,
     ImageDataset,
     Loading,
     Prepare,
+    Sample,
     TaggedDataset,
     WeightedEpochSampler,
     balance_weights,
+    default_workers,
     make_loader,
 )
+from training.device_augment import DeviceAugment
+from training.device_data import DeviceEvalBatches, DeviceTrainBatches, decode_photos
 from training.evaluation import (
     eval_loader,
     predict,
@@ -251,6 +255,8 @@ class _Run:
         prepare = background_paste(config, root, [path for path, _ in train_samples], sources)
         balance = {"class_balance": config.class_balance, "source_balance": config.source_balance}
         self.sampler: EpochShuffleSampler
+        self.train_loader: Batches
+        self.val_loader: Batches
         own_count = len(train_samples)
         if self.replay is not None:
             # The replayed photos' paths are absolute, so one dataset (and one root) serves both.
@@ -272,6 +278,9 @@ class _Run:
             self.sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
+        if config.pipeline == "device":
+            self._build_device_batches(root, train_samples)
+            return
         transform = build_train_transform(config)
         train_set = (
             ImageDataset(root, train_samples, transform, prepare=prepare)
@@ -291,6 +300,34 @@ class _Run:
             remap_labels(manifest.select("val"), manifest.class_names, self.class_names),
             self.loading,
         )
+
+    def _build_device_batches(self, root: Path, train_samples: list[Sample]) -> None:
+        """The device pipeline (``training.device_data``): each split decoded once, batches made on the
+        device, and the network channels-last to take them."""
+        config, workers = self.config, self.loading.workers
+        decode_workers = default_workers(self.device) if workers is None else workers
+        started = time.perf_counter()
+        train = decode_photos(root, train_samples, config.input_size, workers=decode_workers)
+        val_samples = remap_labels(self.manifest.select("val"), self.manifest.class_names, self.class_names)
+        val = decode_photos(root, val_samples, config.input_size, workers=decode_workers)
+        logger.info(
+            "decoded %d training and %d validation photos onto %s in %.1fs",
+            len(train),
+            len(val),
+            self.device,
+            time.perf_counter() - started,
+        )
+        self.train_loader = DeviceTrainBatches(
+            train.to(self.device),
+            self.sampler,
+            batch_size=config.batch_size,
+            augment=DeviceAugment(config),
+            seed=config.seed,
+        )
+        self.val_loader = DeviceEvalBatches(
+            val.to(self.device), batch_size=config.batch_size, mean=config.mean, std=config.std
+        )
+        self.model.to(memory_format=torch.channels_last)
 
     def _units(self, epochs: int) -> int:
         return epochs * (len(self.train_loader) + len(self.val_loader))
@@ -404,7 +441,7 @@ class _Run:
         self._freeze_backbone(self.epoch < self.config.freeze_epochs)
         done = self._units(self.epoch)
         loss_sum, correct, seen = 0.0, 0, 0
-        loader: DataLoader[tuple[torch.Tensor, int]] = self.train_loader
+        loader = self.train_loader
         for step, batch in enumerate(loader, start=1):
             images, labels = batch[0], batch[1].to(self.device, non_blocking=True)
             replayed = batch[2] if len(batch) > 2 else None

@@ -22,7 +22,7 @@ from models.checkpoint import build_model as build_checkpoint_model
 from models.files import write_json
 from models.precision import autocast
 from models.transforms import build_eval_transform
-from training.data import DataError, ImageDataset, Loading, Photos, Sample, make_loader
+from training.data import Batches, DataError, ImageDataset, Loading, Photos, Sample, make_loader
 from training.report import (
     FloatArray,
     IntArray,
@@ -61,7 +61,7 @@ class Predictions:
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, int]],
+    loader: Batches,
     *,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,

@@ -67,6 +67,7 @@ USER_OPTIONS = (
     "early_stop",
     "keep_epoch",
     "sure_target_accuracy",
+    "pipeline",
     "device",
     "workers",
 )
