@@ -318,8 +318,9 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
 ) -> None:
     site_photos, unseen_site_photos = site_camera
     others = tuple(name for name in CLASS_NAMES if name not in SITE_CLASSES)
-    # A high rate and no replay share to speak of: the site model alone forgets the other classes. (At
-    # 4e-3 to 5e-3 the first epochs diverge on these few photos and eight do not bring it back.)
+    # A high rate and no replay share to speak of: the site model alone forgets the other classes. (From
+    # 3e-3 up the first epochs can diverge on these few photos, by the CPU's kernels: at 3e-3 on a Xeon
+    # with AMX it got 60% of its own training photos; at 4e-3 to 5e-3 eight epochs do not bring it back.)
     best = finetune(
         base_run,
         site_photos,
@@ -328,7 +329,7 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
         replay=0.05,
         replay_distill=0.0,
         early_stop=0,
-        lr=3e-3,
+        lr=2e-3,
     ).with_name("best.pt")
     assert load_checkpoint(best).spec.recipe["route"] is True
     bank = FeatureBank.load(best.parent / OOD_FILE)
@@ -367,7 +368,7 @@ def test_a_replayed_run_serves_beside_its_base_and_the_pair_keeps_what_the_site_
     site_pair, site_to_base = accuracy(unseen_site_photos, SITE_CLASSES)
     assert site_to_base <= 0.2
     # ... and the pair answers them as well as the site model alone: routing costs the site nothing. (The
-    # site model's own score moves by a photo of the 20 with the CPU's kernels: 0.85 on an AVX512 EPYC.)
+    # site model's own score moves by a photo of the 20 with the CPU's kernels.)
     assert site_pair >= accuracy_on(best, unseen_site_photos, SITE_CLASSES) - 0.05
     assert site_pair >= 0.8
 
