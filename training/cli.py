@@ -53,6 +53,7 @@ from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
 from training.config import DEFAULT_SPLIT, RECIPES, TrainConfig, make_config
 from training.data import DataError, Loading, Photos
+from training.distributed import launch, launched
 from training.engine import RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import SUMS_FILE, refresh_exported
@@ -162,6 +163,16 @@ def _add_loading_args(parser: argparse.ArgumentParser) -> None:
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     add_options(parser, RUNTIME_OPTIONS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    launch = parser.add_argument_group(
+        "several processes (torchrun's flags; training.distributed)",
+        "train in N processes on this host (DDP: gloo on CPUs, NCCL with a GPU each), and on NNODES hosts "
+        "when each runs the same command with its own --node-rank",
+    )
+    launch.add_argument("--nproc-per-node", type=int, default=1, metavar="N")
+    launch.add_argument("--nnodes", type=int, default=1)
+    launch.add_argument("--node-rank", type=int, default=0)
+    launch.add_argument("--master-addr", default="127.0.0.1", help="rank 0's host")
+    launch.add_argument("--master-port", type=int, default=29500)
     parser.add_argument(
         "--kill-after-epoch",
         type=int,
@@ -314,13 +325,32 @@ def _finish(result: TrainResult) -> int:
     return 0 if result.status == "completed" else 3
 
 
+def _launched_elsewhere(args: argparse.Namespace) -> int | None:
+    """With several processes asked for and none started yet: start them under torchrun and return
+    its exit status; else ``None`` (this process trains)."""
+    if (args.nproc_per_node, args.nnodes) == (1, 1) or launched():
+        return None
+    return launch(
+        args.argv,
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+    )
+
+
 def _progress(args: argparse.Namespace) -> tuple[TqdmProgress, ProgressCallback]:
-    bar = TqdmProgress(enabled=not args.no_progress)
+    # One bar for the run: rank 0's, when several processes train it.
+    bar = TqdmProgress(enabled=not args.no_progress and os.environ.get("RANK", "0") == "0")
     kill = None if args.kill_after_epoch is None else kill_after_epoch(args.kill_after_epoch)
     return bar, _callbacks(bar, kill)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    status = _launched_elsewhere(args)
+    if status is not None:
+        return status
     options = given_options(args)
     if args.model_kwargs is not None and not isinstance(args.model_kwargs, dict):
         raise ValueError("--model-kwargs must be a JSON object")
@@ -345,6 +375,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    status = _launched_elsewhere(args)
+    if status is not None:
+        return status
     bar, callback = _progress(args)
     try:
         return _finish(
@@ -535,7 +568,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # Of several processes training one run, rank 0 tells what happens; the others only what goes wrong.
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with logging_redirect_tqdm():
             if args.command in MODULE_COMMANDS:

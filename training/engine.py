@@ -35,6 +35,20 @@ from training.data import (
 )
 from training.device_augment import DeviceAugment
 from training.device_data import DeviceEvalBatches, DeviceTrainBatches, decode_photos
+from training.distributed import (
+    RankShard,
+    World,
+    barrier,
+    from_writer,
+    join_world,
+    leave_world,
+    rank_batch_size,
+    rank_device,
+    share_buffers,
+    sum_over_ranks,
+    sync_batch_norms,
+    wrap_model,
+)
 from training.evaluation import (
     eval_loader,
     predict,
@@ -161,11 +175,15 @@ class _Run:
         callback: ProgressCallback | None,
         *,
         resuming: bool = False,
+        world: World | None = None,
     ) -> None:
-        self.config, self.manifest, self.callback = config, manifest, callback
+        self.world = world or World()
+        # Only rank 0 reports progress (and so hears a cancellation): every rank stops with it.
+        self.config, self.manifest = config, manifest
+        self.callback = callback if self.world.writer else None
         self.out = Path(config.out)
         self.folder = RunFolder(self.out)
-        self.device = select_device(config.device)
+        self.device = rank_device(select_device(config.device), self.world)
         self.amp = amp_dtype(self.device, config.amp)
         self.loading = Loading(self.device, config.batch_size, config.workers)
         if self.device.type == "cuda":
@@ -201,7 +219,7 @@ class _Run:
                 list(transfer.kept_classes),
                 list(transfer.new_classes),
             )
-        self.model.to(self.device)
+        self.model = sync_batch_norms(self.model, self.world, self.device).to(self.device)
         self.spec = model_spec(
             config,
             manifest,
@@ -214,6 +232,9 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.criterion = build_criterion(config)
+        # What the optimiser steps through: the model, under DDP when several processes train it.
+        self.trained: nn.Module = self.model
+        self._trained_frozen: bool | None = None
         self.batch_mix = build_batch_mix(config, len(self.class_names))
         self._replayed: torch.Tensor | None = None
         self.epoch = 0
@@ -278,6 +299,10 @@ class _Run:
             self.sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
+        self.rank_batch_size = rank_batch_size(config.batch_size, self.world)
+        self.rank_sampler: EpochShuffleSampler = (
+            RankShard(self.sampler, self.world, config.batch_size) if self.world.distributed else self.sampler
+        )
         if config.pipeline == "device":
             self._build_device_batches(root, train_samples)
             return
@@ -289,10 +314,10 @@ class _Run:
         )
         self.train_loader = make_loader(
             train_set,
-            batch_size=config.batch_size,
+            batch_size=self.rank_batch_size,
             device=self.device,
             workers=config.workers,
-            sampler=self.sampler,
+            sampler=self.rank_sampler,
         )
         self.val_loader = eval_loader(
             self.spec,
@@ -319,8 +344,8 @@ class _Run:
         )
         self.train_loader = DeviceTrainBatches(
             train.to(self.device),
-            self.sampler,
-            batch_size=config.batch_size,
+            self.rank_sampler,
+            batch_size=self.rank_batch_size,
             augment=DeviceAugment(config),
             seed=config.seed,
         )
@@ -402,7 +427,7 @@ class _Run:
         # Mixed batches train on class probabilities; accuracy still counts each image's own label.
         images, targets = (images, labels) if self.batch_mix is None else self.batch_mix(images, labels)
         loss, logits = train_step(
-            self.model,
+            self.trained,
             images,
             targets,
             optimizer=self.optimizer,
@@ -438,7 +463,12 @@ class _Run:
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         # Epochs are counted from 1: epoch self.epoch + 1 runs now.
-        self._freeze_backbone(self.epoch < self.config.freeze_epochs)
+        frozen = self.epoch < self.config.freeze_epochs
+        self._freeze_backbone(frozen)
+        if frozen != self._trained_frozen:
+            # DDP reduces the parameters that train when it wraps the model: wrapped again on a change.
+            self.trained = wrap_model(self.model, self.world, self.device)
+            self._trained_frozen = frozen
         done = self._units(self.epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         loader = self.train_loader
@@ -451,7 +481,8 @@ class _Run:
             seen += len(labels)
             metrics = {"loss": loss_sum / seen, "accuracy": correct / seen}
             self._report("train", step, len(loader), metrics, done + step)
-        return {"loss": loss_sum / seen, "accuracy": correct / seen}
+        loss_sum, correct_sum, seen_sum = sum_over_ranks([loss_sum, correct, seen], self.world, self.device)
+        return {"loss": loss_sum / seen_sum, "accuracy": correct_sum / seen_sum}
 
     def val_epoch(self) -> dict[str, float]:
         done = self._units(self.epoch) + len(self.train_loader)
@@ -466,13 +497,19 @@ class _Run:
 
     def run_epoch(self) -> None:
         epoch = self.epoch + 1
-        # Reseeding from (seed, epoch) makes the epoch independent of the process that runs it.
-        seed_everything(derive_seed(self.config.seed, "epoch", epoch))
-        self.sampler.set_epoch(epoch)
+        # Reseeding from (seed, epoch) makes the epoch independent of the process that runs it; each rank
+        # of several draws its dropout and batch mixing from a stream of its own.
+        rank = (self.world.rank,) if self.world.distributed else ()
+        seed_everything(derive_seed(self.config.seed, "epoch", epoch, *rank))
+        self.rank_sampler.set_epoch(epoch)
         started = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train = self.train_epoch()
-        val = self.val_epoch()
+        # Validated once, by rank 0 with its statistics, and its figures given to every rank: early
+        # stopping and the kept epoch are decided alike everywhere.
+        share_buffers(self.model, self.world)
+        nothing = {"loss": float("nan"), "accuracy": float("nan")}
+        val = from_writer(self.val_epoch() if self.world.writer else nothing, self.world, self.device)
         record = {
             "epoch": epoch,
             "train_loss": train["loss"],
@@ -486,9 +523,13 @@ class _Run:
         self.history.append(record)
         if self.config.keep_epoch == "last" or val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
-            self.save_model(BEST_FILE, record)
+            if self.world.writer:
+                self.save_model(BEST_FILE, record)
+        if not self.world.writer:
+            return
         if not self.environment_recorded:
-            record_environment(self.folder.environment, epoch, environment(self.device, self.amp))
+            process = {**environment(self.device, self.amp), "processes": self.world.size}
+            record_environment(self.folder.environment, epoch, process)
             self.environment_recorded = True
         # The resume file goes last: a kill before it only repeats this epoch, deterministically.
         save_resume_state(self.folder.resume, self.state())
@@ -572,7 +613,8 @@ def _fit(run: _Run, root: Path) -> TrainResult:
                 run.epoch,
                 run.config.early_stop,
             )
-        test_accuracy = finish_run(run, root)
+        # The finish (calibration, index, feature bank, test report) is rank 0's alone.
+        test_accuracy = finish_run(run, root) if run.world.writer else None
     except TrainingCancelled:
         logger.info("training cancelled; resumable from epoch %d", run.epoch)
         return TrainResult("cancelled", run.out, run.epoch, run.best_val_accuracy, run.best_epoch)
@@ -622,8 +664,33 @@ def _pin_base(config: TrainConfig) -> TrainConfig:
 def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> TrainResult:
     """Start a new run in ``config.out``: split the data set, train, checkpoint, report.
 
-    Raises :class:`RunExistsError` if the folder already holds a run (use :func:`resume`).
+    Raises :class:`RunExistsError` if the folder already holds a run (use :func:`resume`). Started by
+    torchrun (``training.distributed``), rank 0 splits the data and writes the run's files; the other
+    ranks read them once it has.
     """
+    world = join_world(select_device(config.device))
+    try:
+        if world.writer:
+            started = prepare_run(config, callback)
+            if isinstance(started, TrainResult):
+                return started
+            config, manifest, root = started
+        barrier(world)
+        if not world.writer:
+            folder = RunFolder(Path(config.out))
+            config = TrainConfig.from_dict(read_json(folder.config))
+            manifest = load_manifest(folder.manifest)
+            root = manifest_data_root(manifest, folder.data, verify=False)
+        return _fit(_Run(config, manifest, root, callback, world=world), root)
+    finally:
+        leave_world(world)
+
+
+def prepare_run(
+    config: TrainConfig, callback: ProgressCallback | None = None
+) -> tuple[TrainConfig, AnyManifest, Path] | TrainResult:
+    """A new run's folder with its config and split written: the config as recorded, the split and the
+    folder its paths are relative to; or the result of a run cancelled before it started."""
     out = Path(config.out)
     folder = RunFolder(out)
     if folder.holds_run():
@@ -647,7 +714,7 @@ def train(config: TrainConfig, *, callback: ProgressCallback | None = None) -> T
     logger.info(
         "split %s: %s", config.data, {split: sum(row.values()) for split, row in manifest.counts().items()}
     )
-    return _fit(_Run(config, manifest, root, callback), root)
+    return config, manifest, root
 
 
 def resume(
@@ -670,6 +737,23 @@ def resume(
     """
     out = Path(out_dir)
     folder = RunFolder(out)
+    world = join_world(select_device(device))
+    try:
+        return _resume(out, folder, world, callback=callback, device=device, workers=workers, epochs=epochs)
+    finally:
+        leave_world(world)
+
+
+def _resume(
+    out: Path,
+    folder: RunFolder,
+    world: World,
+    *,
+    callback: ProgressCallback | None,
+    device: str | None,
+    workers: int | None,
+    epochs: int | None,
+) -> TrainResult:
     state = load_resume_state(folder.resume) if folder.resume.exists() else None
     if state is None and not folder.config.is_file():
         raise ResumeError(f"{out}: no run to resume (no {folder.resume.name} or {folder.config.name})")
@@ -683,12 +767,13 @@ def resume(
         if epochs <= done:
             raise ResumeError(f"{out}: {done} epochs are done already; --epochs must be more")
         config = config.replace(epochs=epochs)
-        write_json(folder.config, config.to_dict())
+        if world.writer:
+            write_json(folder.config, config.to_dict())
     manifest = load_manifest(folder.manifest)
     if state is not None and manifest.digest != state.manifest_digest:
         raise ResumeError(f"{out}: manifest does not match the resume file")
-    root = manifest_data_root(manifest, folder.data)
-    run = _Run(config, manifest, root, callback, resuming=state is not None)
+    root = manifest_data_root(manifest, folder.data, verify=world.writer)
+    run = _Run(config, manifest, root, callback, resuming=state is not None, world=world)
     if state is not None:
         run.load(state)
     logger.info("resuming %s after epoch %d of %d", out, run.epoch, config.epochs)
