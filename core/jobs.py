@@ -91,6 +91,9 @@ class TrainingParams(BaseModel):
     #: How the data was given, for people: ``upload:photos.zip, data_root:sets/bins``.
     source: str
     make_default: bool = False
+    #: Processes the worker trains the run in, started by torchrun (``training.distributed``). A record
+    #: without it (an older one) trains in one.
+    processes: int = Field(1, ge=1, le=64)
 
     def public(self) -> dict[str, Any]:
         shown = self.model_dump(mode="json")

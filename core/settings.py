@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(
         10, ge=1, description="jobs of one key queued or running at once; past it a new one is 429"
     )
+    max_training_processes: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="the most processes one training job may ask to train in (DDP under torchrun, on the "
+        "worker's host: a GPU each where it has GPUs, else a share of its cores)",
+    )
     max_job_bytes_per_key: int = Field(
         20 * 1024**3,
         ge=1,

@@ -30,6 +30,7 @@ from models.predictor import Predictor
 from training.archive import ArchiveError, extract_archive
 from training.engine import resume, train
 from training.split import parse_data_sets
+from worker.processes import train_in_processes
 from worker.progress import JobProgress, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -103,11 +104,14 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         data = params.config.data
         entries = [data] if isinstance(data, str) else list(data)
         check_confined([path for _, path in parse_data_sets(entries)], settings.resolved_data_root)
-        if run.config.exists():
+        # Built and checked when the job was created; the run goes where the job's folder is now.
+        config = params.config.replace(out=str(run.path))
+        if params.processes > 1:
+            result = train_in_processes(config, params.processes, callback)
+        elif run.config.exists():
             result = resume(run.path, callback=callback)
         else:
-            # Built and checked when the job was created; the run goes where the job's folder is now.
-            result = train(params.config.replace(out=str(run.path)), callback=callback)
+            result = train(config, callback=callback)
         if holding.lease.lost.is_set():
             raise LeaseLost(job_id)
         if result.status == "cancelled":

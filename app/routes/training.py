@@ -31,6 +31,7 @@ from models import list_models
 from models.registry import validate_model_options
 from models.store import ModelNotFoundError, ModelStore, validate_name
 from training.config import RECIPES, TrainConfig, make_config
+from training.distributed import World, rank_batch_size
 from training.options import TrainingOptions
 from training.replay import find_replay_data
 from training.run_folder import MANIFEST_FILE
@@ -135,6 +136,16 @@ def resolve_base(
     return resolved
 
 
+def refuse_process_count(processes: int, batch_size: int, most: int) -> None:
+    """422 for more processes than the service allows, or a batch that does not split over them."""
+    if processes > most:
+        raise unprocessable(f"processes: at most {most} on this service (TRASHCAM_MAX_TRAINING_PROCESSES)")
+    try:
+        rank_batch_size(batch_size, World(size=processes))
+    except ValueError as error:
+        raise unprocessable(str(error)) from None
+
+
 @router.post(
     "",
     status_code=202,
@@ -181,6 +192,16 @@ async def create_training_job(
         ),
     ] = None,
     make_default: Annotated[bool, Form(description="serve the trained model once it is registered")] = False,
+    processes: Annotated[
+        int,
+        Form(
+            ge=1,
+            le=64,
+            description="processes the worker trains in (DDP under torchrun on its host: a GPU each where "
+            "it has GPUs, else a share of its cores); the batch is split over them, so batch_size must "
+            "be a multiple; at most the service's TRASHCAM_MAX_TRAINING_PROCESSES",
+        ),
+    ] = 1,
     model: Annotated[
         str | None,
         Form(
@@ -235,10 +256,13 @@ async def create_training_job(
         except ValueError as error:
             raise unprocessable(str(error)) from None
         await run_in_threadpool(refuse_unknown_holdout, config.data, config.holdout_sources)
+        refuse_process_count(processes, config.batch_size, settings.max_training_processes)
     except BaseException:
         discard(folder)
         raise
-    params = TrainingParams(name=registered_name, config=config, source=source, make_default=make_default)
+    params = TrainingParams(
+        name=registered_name, config=config, source=source, make_default=make_default, processes=processes
+    )
     job = await run_in_threadpool(enqueue, jobs, submit, params, job_id, settings, caller.name)
     response.headers["Location"] = f"/train/{job.id}"
     return job_public(job)

@@ -57,10 +57,18 @@ def test_training_needs_an_api_key(client: TestClient, dataset_zip: bytes) -> No
 def test_training_job_from_an_uploaded_archive(
     client: TestClient, submitted: FakeSubmitter, dataset_zip: bytes, settings: Settings
 ) -> None:
-    form = {"model": "simple_cnn", "epochs": "1", "batch_size": "4", "input_size": "32", "name": "tiny-waste"}
+    form = {
+        "model": "simple_cnn",
+        "epochs": "1",
+        "batch_size": "4",
+        "input_size": "32",
+        "name": "tiny-waste",
+        "processes": "2",
+    }
     response = client.post("/train", files={"file": ("data.zip", dataset_zip)}, data=form, headers=KEY)
     assert response.status_code == 202, response.text
     job = response.json()
+    assert job["params"]["processes"] == 2
     assert response.headers["location"] == f"/train/{job['id']}"
     assert (job["kind"], job["state"], job["progress"]) == ("training", "queued", 0.0)
     # The planned epochs show from the start; none has begun.
@@ -79,6 +87,7 @@ def test_training_job_from_an_uploaded_archive(
     (queued,) = submitted.jobs
     assert isinstance(queued.params, TrainingParams)
     assert queued.params.config.out == str(settings.jobs_dir / job["id"] / "run")
+    assert queued.params.processes == 2
     assert [j.id for j in submitted.jobs] == [job["id"]]
     assert (settings.jobs_dir / job["id"] / "upload.zip").read_bytes() == dataset_zip
     assert client.get(f"/train/{job['id']}").json()["id"] == job["id"]
@@ -160,6 +169,9 @@ def test_unknown_jobs_are_404(client: TestClient) -> None:
         ({"split": ["0.8", "0.2"]}, 422, "split"),
         ({"split": ["0.8", "0.0", "0.2"]}, 422, "positive train and val fractions"),
         ({"split": ["0.8", "0.3", "0.1"]}, 422, "split fractions must sum to 1"),
+        ({"processes": "9"}, 422, "processes: at most 8 on this service"),
+        ({"processes": "0"}, 422, "processes: Input should be greater than or equal to 1"),
+        ({"processes": "3", "batch_size": "8"}, 422, "batch_size 8 does not split over 3 processes"),
     ],
 )
 def test_bad_training_requests(

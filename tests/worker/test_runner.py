@@ -1,5 +1,7 @@
 import io
 import json
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,10 @@ TINY: dict[str, Any] = {
 }
 
 
-def training_job(jobs: JobStore, data: Path) -> str:
-    config = make_config(data=str(data), out="elsewhere", **TINY)
-    job = jobs.create(TrainingParams(name="tiny", config=config, source="test", make_default=True))
-    return job.id
+def training_job(jobs: JobStore, data: Path, *, processes: int = 1, **changes: Any) -> str:
+    config = make_config(data=str(data), out="elsewhere", **{**TINY, **changes})
+    params = TrainingParams(name="tiny", config=config, source="test", make_default=True, processes=processes)
+    return jobs.create(params).id
 
 
 def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
@@ -56,6 +58,48 @@ def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Sett
     # Running a finished job again (a redelivered message) changes nothing.
     assert run_training_job(job_id, settings).state == "succeeded"
     assert [v.version for v in store.versions("tiny")] == ["v1"]
+
+
+def test_a_job_asking_for_two_processes_trains_in_them_and_registers_its_model(
+    jobs: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5), processes=2)
+    job = run_training_job(job_id, settings)
+    assert job.state == "succeeded", job.error
+    assert (job.epoch, job.epochs, job.progress) == (2, 2, 1.0)
+    assert [record["epoch"] for record in job.history] == [1, 2]
+    assert job.result["model"] == {"name": "tiny", "version": "v1"}
+    assert job.result["test_accuracy"] is not None
+    run = jobs.folder(job_id) / "run"
+    assert json.loads((run / "environment.json").read_text())[0]["processes"] == 2
+    store = ModelStore(settings.models_dir)
+    assert store.get("tiny").spec.metrics["test_accuracy"] == job.result["test_accuracy"]
+
+
+def test_a_job_in_two_processes_stops_them_when_cancelled_and_keeps_its_run(
+    jobs: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5), processes=2, epochs=40)
+
+    def cancel_after_the_first_epoch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and jobs.get(job_id).epoch < 1:
+            time.sleep(0.2)
+        jobs.request_cancel(job_id)
+
+    canceller = threading.Thread(target=cancel_after_the_first_epoch)
+    canceller.start()
+    started = time.monotonic()
+    job = run_training_job(job_id, settings)
+    canceller.join()
+    assert job.state == "cancelled"
+    assert 1 <= job.epoch < 40
+    assert time.monotonic() - started < 100
+    # No process of the run is left: nothing writes its history any more.
+    history = (jobs.folder(job_id) / "run" / "history.json").read_text()
+    time.sleep(2.5)
+    assert (jobs.folder(job_id) / "run" / "history.json").read_text() == history
+    assert (jobs.folder(job_id) / "run" / "resume.pt").is_file()
 
 
 def test_a_job_another_worker_holds_is_left_alone(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:

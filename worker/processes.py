@@ -1,0 +1,116 @@
+"""A training job's run in several processes: torchrun started by the worker, the run's progress read
+from its history as rank 0 writes it, and a cancellation or a lost lease stopping every process.
+
+The run is prepared here (its split and config written, as ``trashcam-train train`` does on rank 0)
+and trained by ``trashcam-train resume --nproc-per-node N``, so a job retried after a crash goes on from
+its last epoch as a job of one process does.
+"""
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import load_checkpoint
+from models.files import read_json
+from training.config import TrainConfig
+from training.distributed import launch_command
+from training.engine import TrainResult, prepare_run
+from training.progress import Progress, ProgressCallback, TrainingCancelled
+from training.run_folder import RunFolder
+
+logger = logging.getLogger(__name__)
+
+#: How often the worker reads the run's history and asks whether the job was cancelled.
+POLL_SECONDS = 1.0
+#: How long the processes have to stop after SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 10.0
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now, for the processes' rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _history(folder: RunFolder) -> list[dict[str, Any]]:
+    return list(read_json(folder.history)) if folder.history.is_file() else []
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to torchrun and its processes (their own session), then SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _result(folder: RunFolder, out: Path) -> TrainResult:
+    """How the run ended, from the files rank 0 wrote."""
+    metrics = load_checkpoint(folder.best).spec.metrics
+    report = read_json(folder.report) if folder.report.is_file() else None
+    return TrainResult(
+        "completed",
+        out,
+        len(_history(folder)),
+        float(metrics["val_accuracy"]),
+        int(metrics["epoch"]),
+        None if report is None else float(report["accuracy"]),
+    )
+
+
+def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCallback) -> TrainResult:
+    """Train (or go on training) the run in ``config.out`` in ``processes`` processes on this host.
+
+    ``callback`` hears each epoch once rank 0 has checkpointed it, and is asked about once a second
+    between them, so that a cancellation (``TrainingCancelled`` from it) stops the processes within
+    seconds; the run then resumes from its last epoch.
+    """
+    out = Path(config.out)
+    folder = RunFolder(out)
+    if not folder.holds_run():
+        prepared = prepare_run(config, callback)
+        if isinstance(prepared, TrainResult):
+            return prepared
+    epochs = int(read_json(folder.config)["epochs"])
+    reported = len(_history(folder))
+    command = launch_command(
+        ["resume", f"--out={out}", "--no-progress"], nproc_per_node=processes, master_port=free_port()
+    )
+    logger.info("training %s in %d processes: %s", out, processes, " ".join(command))
+    process = subprocess.Popen(command, start_new_session=True)
+    try:
+        while process.poll() is None:
+            time.sleep(POLL_SECONDS)
+            history = _history(folder)
+            for record in history[reported:]:
+                callback(Progress("epoch", int(record["epoch"]), epochs, 1, 1, dict(record)))
+            reported = len(history)
+            callback(Progress("prepare", reported, epochs, 0, 0))
+    except TrainingCancelled:
+        # A lost lease is a cancellation too; the caller tells the two apart by the lease.
+        _stop(process)
+        logger.info("training of %s stopped after epoch %d", out, reported)
+        return TrainResult("cancelled", out, reported, -1.0, 0)
+    finally:
+        if process.poll() is None:
+            _stop(process)
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"the {processes} training processes stopped with status {process.returncode} after epoch "
+            f"{reported}; running the job again goes on from there"
+        )
+    for record in _history(folder)[reported:]:
+        callback(Progress("epoch", int(record["epoch"]), epochs, 1, 1, dict(record)))
+    return _result(folder, out)
