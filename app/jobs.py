@@ -40,7 +40,7 @@ from training.archive import (
     read_members,
 )
 from training.data import find_class_root
-from training.split import SOURCE_TAGS_FILE, parse_data_sets, parse_source_tags
+from training.split import SOURCE_TAGS_FILE, holdout_refused, parse_data_sets, parse_source_tags
 
 _CHUNK = 1 << 20
 
@@ -343,8 +343,9 @@ def data_set_sources(path: Path) -> set[str] | None:
 
 
 def refuse_unknown_holdout(data: str | tuple[str, ...], holdout: Sequence[str]) -> None:
-    """422 when a held-out source is tagged on no photo of the job's data sets: the run would hold out
-    nothing (a misspelt name), which the worker would find only after the job waited its turn."""
+    """422 when no held-out source is tagged on a photo of the job's data sets (``holdout_refused``):
+    the run would hold out nothing (a misspelt name), which the worker would find only after the job
+    waited its turn."""
     if not holdout:
         return
     entries = [data] if isinstance(data, str) else list(data)
@@ -360,7 +361,7 @@ def refuse_unknown_holdout(data: str | tuple[str, ...], holdout: Sequence[str]) 
             return  # the worker reads it, and says so if a held-out source has no photos
         found |= sources
     missing = sorted(set(holdout) - found)
-    if missing:
+    if holdout_refused(holdout, found):
         known = ", ".join(sorted(found)) or f"none (no {SOURCE_TAGS_FILE} tags the photos)"
         raise unprocessable(f"holdout: no photos of {missing}; the data sets' sources: {known}")
 

@@ -87,11 +87,19 @@ def stratified_split(
 
 def read_source_tags(root: Path) -> dict[str, str]:
     """Photo path (relative to the class root) -> source tag, from the root's :data:`SOURCE_TAGS_FILE`;
-    empty when there is none."""
+    empty when there is none. A path that starts with a folder that is not one of the root's (the
+    archive's top folder, as ``waste-extra2-144/metal/x.jpg``) is read without it."""
     path = root / SOURCE_TAGS_FILE
     if not path.is_file():
         return {}
-    return parse_source_tags(path.read_text(encoding="utf-8"), str(path))
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise rename the first column.
+    tags = parse_source_tags(path.read_text(encoding="utf-8-sig"), str(path))
+    folders = {child.name for child in root.iterdir() if child.is_dir()}
+    relative: dict[str, str] = {}
+    for name, source in tags.items():
+        first, _, rest = name.partition("/")
+        relative[rest if rest.count("/") >= 1 and first not in folders else name] = source
+    return relative
 
 
 #: The columns a :data:`SOURCE_TAGS_FILE` may name a photo's path by (waste-extra-144 says ``path``,
@@ -100,12 +108,9 @@ PATH_COLUMNS = ("path", "file")
 
 
 def parse_source_tags(text: str, where: str = SOURCE_TAGS_FILE) -> dict[str, str]:
-    """Photo path -> source tag, from the text of a :data:`SOURCE_TAGS_FILE` (read at ``where``).
-
-    A path that starts with the archive's top folder (``waste-extra2-144/metal/x.jpg``) is also listed
-    without it (``metal/x.jpg``), as paths are relative to the class root everywhere else.
-    """
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    """Photo path, as the file gives it -> source tag, from the text of a :data:`SOURCE_TAGS_FILE`
+    (read at ``where``)."""
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     columns = set(reader.fieldnames or ())
     path_column = next((name for name in PATH_COLUMNS if name in columns), None)
     if path_column is None or "source" not in columns:
@@ -119,9 +124,6 @@ def parse_source_tags(text: str, where: str = SOURCE_TAGS_FILE) -> dict[str, str
         if not path or not source:
             continue
         tags[path] = source
-        parts = path.split("/")
-        if len(parts) > 2:
-            tags.setdefault("/".join(parts[1:]), source)
     return tags
 
 
@@ -255,7 +257,15 @@ def build_manifest(
     ``holdout`` sources it has set aside) and record the result."""
     tags = read_source_tags(folder.root)
     sources = [tags.get(path) for path, _ in folder.samples] if tags else None
-    held_out = sorted(set(holdout) & set(tags.values()))
+    matched = {source for source in sources or () if source is not None}
+    listed_only = sorted((set(holdout) & set(tags.values())) - matched)
+    if listed_only:
+        # Its photos would be trained on untagged: never hold out less than the tags file says.
+        raise DataError(
+            f"{SOURCE_TAGS_FILE} lists photos of the held-out sources {listed_only}, but none of its paths "
+            f"names a photo of the data set"
+        )
+    held_out = sorted(set(holdout) & matched)
     splits = stratified_split(
         folder.samples, folder.class_names, fractions=fractions, seed=seed, sources=sources, holdout=holdout
     )
@@ -471,16 +481,22 @@ def create_mixed_manifest(
     return MixedManifest(tuple(parts), class_names, mixed_digest(parts, class_names)), cache_dir
 
 
+def holdout_refused(holdout: Collection[str], found: Collection[str]) -> bool:
+    """Whether a hold-out is refused: none of its sources is among those the data sets tag (``found``),
+    so a misspelt source would be trained on. Where some are found and others not, the others are only
+    missing from this run: a recipe holds out every known site, and a run need not have every site's
+    data set."""
+    return bool(holdout) and not set(holdout) & set(found)
+
+
 def _check_holdout(parts: Sequence[DataSetSplit], holdout: Collection[str]) -> None:
-    """Refuse a hold-out of which no data set has a photo (a misspelt source would be trained on);
-    where some of the held-out sources have photos and others none, log the ones with none (a recipe
-    holds out every known site, and a run need not have every site's data set)."""
+    """Refuse a hold-out by :func:`holdout_refused`; log its sources that have no photos here."""
     found = {tag for part in parts for tag in part.manifest.holdout}
     missing = sorted(set(holdout) - found)
     if not missing:
         return
     tags = sorted({item.source for part in parts for item in part.manifest.items if item.source})
-    if not found:
+    if holdout_refused(holdout, found):
         known = ", ".join(tags) or "none"
         raise DataError(f"no photos of the held-out sources {missing}; the data sets' sources: {known}")
     logger.warning("no photos of the held-out sources %s: nothing of them to hold out", missing)

@@ -216,6 +216,10 @@ def test_an_unknown_held_out_source_is_422_in_the_request(
     accepted = client.post("/train", data=data, files=files, headers=KEY)
     assert accepted.status_code == 202, accepted.text
     assert len(submitted.jobs) == 1
+    # A site this run's data lacks, beside one it has, is held out of nothing: the general recipe
+    # holds out both known sites.
+    both = client.post("/train", data={**data, "holdout": ["site", "er"]}, files=files, headers=KEY)
+    assert both.status_code == 202, both.text
 
 
 def test_listing_training_jobs_is_paged(client: TestClient, submitted: FakeSubmitter, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from training.split import (
     manifest_data_root,
     parse_data_sets,
     parse_source_tags,
+    read_source_tags,
     save_manifest,
     split_counts,
 )
@@ -96,17 +97,33 @@ def test_a_held_out_source_that_one_run_lacks_is_logged_when_another_is_held_out
     assert "held-out sources ['er']" in caplog.text
 
 
-def test_a_manifest_that_names_photos_by_file_from_the_archives_top_folder_tags_them() -> None:
-    text = (
-        "file,class,source\n"
+def test_a_manifest_that_names_photos_by_file_from_the_archives_top_folder_tags_them(tmp_path: Path) -> None:
+    for name in ("metal", "glass"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "manifest.csv").write_text(
+        "\ufefffile,class,source\n"  # a byte-order mark, as a spreadsheet writes it
         "waste-extra2-144/metal/rv__a.jpg,metal,rv\n"
         "waste-extra2-144/glass/er__b.jpg,glass,er\n"
+        "metal/sub/c.jpg,metal,tp\n",
+        encoding="utf-8",
     )
-    tags = parse_source_tags(text)
-    assert tags["metal/rv__a.jpg"] == "rv"
-    assert tags["glass/er__b.jpg"] == "er"
+    # The archive's top folder is not a class folder: read without it; a class folder's own sub-folder is.
+    assert read_source_tags(tmp_path) == {
+        "metal/rv__a.jpg": "rv",
+        "glass/er__b.jpg": "er",
+        "metal/sub/c.jpg": "tp",
+    }
     assert parse_source_tags("path,source\nmetal/a.jpg,aj\n") == {"metal/a.jpg": "aj"}
     assert parse_source_tags("name,origin\nmetal/a.jpg,aj\n") == {}
+
+
+def test_a_held_out_source_whose_listed_paths_name_no_photo_is_refused(tmp_path: Path) -> None:
+    folder = make_tagged_folder(tmp_path / "extra", {"web": 4, "sd": 2})
+    tags = (folder / "manifest.csv").read_text()
+    # er's rows point nowhere: its photos would be trained on as untagged ones.
+    (folder / "manifest.csv").write_text(tags + "glass/er__renamed.png,er\n")
+    with pytest.raises(DataError, match=r"lists photos of the held-out sources \['er'\]"):
+        create_manifest(folder, tmp_path / "cache", seed=0, fractions=DEFAULT_SPLIT, holdout=["sd", "er"])
 
 
 def test_trashnets_split_is_unchanged_alone_and_mixed(tmp_path: Path) -> None:
