@@ -292,7 +292,8 @@ def default_workers(device: torch.device) -> int:
 
     On the CPU one core is left to the training itself, which needs it more than decoding does.
     """
-    cpus = usable_cores()
+    # Processes of one run on this host (torchrun's LOCAL_WORLD_SIZE) share its cores.
+    cpus = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(8, cpus if device.type == "cuda" else max(1, cpus - 1))
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from models.machine import usable_cores
 from training.data import EpochShuffleSampler
 
 #: The flags of ``trashcam-train train/resume`` that say how to start the processes, not what to train.
@@ -52,20 +53,25 @@ class World:
 
 def join_world(device: torch.device) -> World:
     """The process group that torchrun started this process in (``WORLD_SIZE``, ``RANK``,
-    ``LOCAL_RANK``), joined; a world of one when there is none."""
+    ``LOCAL_RANK``), joined; a world of one when there is none. On GPUs each process takes its own
+    (by local rank) before it joins, so that no collective lands on GPU 0 for every rank."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    local_rank = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ["LOCAL_RANK"]))
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:
     """The device of this rank: its own GPU (by local rank) when the run trains on GPUs."""
     if device.type != "cuda" or not world.distributed:
         return device
-    torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)
 
 
@@ -207,11 +213,35 @@ def launch_command(
     ]
 
 
+def launch_environment(nproc_per_node: int) -> dict[str, str]:
+    """This process's environment for the processes torchrun starts: each computes on its share of the
+    usable cores (torchrun would give each one thread), unless ``OMP_NUM_THREADS`` says otherwise."""
+    environment = dict(os.environ)
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc_per_node)))
+    return environment
+
+
 def launched() -> bool:
     """Whether this process was started by torchrun (and so trains as one rank of several)."""
     return "LOCAL_RANK" in os.environ
 
 
-def launch(argv: Sequence[str], **options: int | str) -> int:
+def launch(
+    argv: Sequence[str],
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+) -> int:
     """Run ``trashcam-train ARGV`` under torchrun; its exit status."""
-    return subprocess.run(launch_command(argv, **options), check=False).returncode  # type: ignore[arg-type]
+    command = launch_command(
+        argv,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+    )
+    return subprocess.run(command, env=launch_environment(nproc_per_node), check=False).returncode

@@ -178,7 +178,8 @@ class _Run:
         world: World | None = None,
     ) -> None:
         self.world = world or World()
-        # Only rank 0 reports progress (and so hears a cancellation): every rank stops with it.
+        # Only rank 0 reports progress (and so hears a cancellation); its exit ends the others under
+        # torchrun, and the run resumes from the last epoch.
         self.config, self.manifest = config, manifest
         self.callback = callback if self.world.writer else None
         self.out = Path(config.out)
@@ -191,11 +192,17 @@ class _Run:
         seed_everything(derive_seed(config.seed, "init"))
         self.class_names = run_classes(config, manifest)
         self.model = create_model(config.model, num_classes=len(self.class_names), **config.model_kwargs)
-        self.replay = (
-            None
-            if config.replay_manifest is None or config.replay == 0
-            else load_replay(config.replay_manifest, config.replay_data, self.folder.replay, self.class_names)
-        )
+        self.replay = None
+        if config.replay_manifest is not None and config.replay > 0:
+            # Rank 0 extracts and checks the replayed photos; the others find them once it has.
+            replay_manifest, replay_data = config.replay_manifest, config.replay_data
+            if self.world.writer:
+                self.replay = load_replay(replay_manifest, replay_data, self.folder.replay, self.class_names)
+            barrier(self.world)
+            if not self.world.writer:
+                self.replay = load_replay(
+                    replay_manifest, replay_data, self.folder.replay, self.class_names, verify=False
+                )
         # The base model, when its outputs are distilled: on the new photos when it has no photos of its
         # own to replay, or on the replayed photos.
         self.teacher: tuple[nn.Module, tuple[list[int], list[int]]] | None = None
@@ -333,7 +340,12 @@ class _Run:
         decode_workers = default_workers(self.device) if workers is None else workers
         started = time.perf_counter()
         train = decode_photos(root, train_samples, config.input_size, workers=decode_workers)
-        val_samples = remap_labels(self.manifest.select("val"), self.manifest.class_names, self.class_names)
+        # Rank 0 alone validates.
+        val_samples = (
+            remap_labels(self.manifest.select("val"), self.manifest.class_names, self.class_names)
+            if self.world.writer
+            else []
+        )
         val = decode_photos(root, val_samples, config.input_size, workers=decode_workers)
         logger.info(
             "decoded %d training and %d validation photos onto %s in %.1fs",
@@ -347,7 +359,8 @@ class _Run:
             self.rank_sampler,
             batch_size=self.rank_batch_size,
             augment=DeviceAugment(config),
-            seed=config.seed,
+            # Each rank draws its own augmentations: a global batch gets one draw a photo.
+            seed=derive_seed(config.seed, "rank", self.world.rank) if self.world.distributed else config.seed,
         )
         self.val_loader = DeviceEvalBatches(
             val.to(self.device), batch_size=config.batch_size, mean=config.mean, std=config.std
@@ -737,7 +750,9 @@ def resume(
     """
     out = Path(out_dir)
     folder = RunFolder(out)
-    world = join_world(select_device(device))
+    # The group's backend follows the device the run trains on: the one given, else the run's own.
+    saved_device = read_json(folder.config).get("device") if folder.config.is_file() else None
+    world = join_world(select_device(device or saved_device))
     try:
         return _resume(out, folder, world, callback=callback, device=device, workers=workers, epochs=epochs)
     finally:
@@ -772,7 +787,11 @@ def _resume(
     manifest = load_manifest(folder.manifest)
     if state is not None and manifest.digest != state.manifest_digest:
         raise ResumeError(f"{out}: manifest does not match the resume file")
-    root = manifest_data_root(manifest, folder.data, verify=world.writer)
+    # Rank 0 extracts (where the photos went with the run's data folder) and checks; the others follow.
+    root = manifest_data_root(manifest, folder.data) if world.writer else None
+    barrier(world)
+    if root is None:
+        root = manifest_data_root(manifest, folder.data, verify=False)
     run = _Run(config, manifest, root, callback, resuming=state is not None, world=world)
     if state is not None:
         run.load(state)

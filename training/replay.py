@@ -66,14 +66,20 @@ def _moved(manifest: AnyManifest, data: Sequence[str]) -> str | dict[str, str] |
 
 
 def load_replay(
-    manifest_path: str | os.PathLike[str], data: Sequence[str], cache_dir: Path, class_names: Sequence[str]
+    manifest_path: str | os.PathLike[str],
+    data: Sequence[str],
+    cache_dir: Path,
+    class_names: Sequence[str],
+    *,
+    verify: bool = True,
 ) -> Replay:
     """The train (and val) split of the base's manifest, its data sets found (``data``: where they are now, as
-    ``NAME=PATH``) and checked against their digests, relabelled to ``class_names`` by name. Photos of
-    classes the run does not have are left out."""
+    ``NAME=PATH``) and checked against their digests (``verify``), relabelled to ``class_names`` by name.
+    Photos of classes the run does not have are left out."""
     manifest = load_manifest(Path(manifest_path))
     # Absolute: the photos are joined to the run's own data root, which a relative path would lead into.
-    root = manifest_data_root(manifest, cache_dir, source=_moved(manifest, data)).resolve()
+    located = manifest_data_root(manifest, cache_dir, source=_moved(manifest, data), verify=verify)
+    root = located.resolve()
 
     def relabelled(split: str) -> tuple[list[Sample], list[str]]:
         samples, sources = [], []
