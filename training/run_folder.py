@@ -8,6 +8,7 @@ become silent data loss or silent disk growth; everything that reads or writes a
     resume.pt          state after the last epoch     history.json    per-epoch metrics (lr: at the
                                                                       epoch's first step)
     environment.json   the hardware and precision of each process that trained it, from its first epoch
+    processes.log      the output of the processes, when a job trained it in several
     best.pt, final.pt  models.checkpoint files        loss_curve.png, accuracy_curve.png
     index.npz          best.pt's hashes and embeddings of the training photos (models.similarity)
     ood.npz            best.pt's features of the training photos and its validation scores (models.ood)
@@ -25,6 +26,8 @@ from models.similarity import INDEX_FILE
 CONFIG_FILE, MANIFEST_FILE, RESUME_FILE = "config.json", "manifest.json", "resume.pt"
 HISTORY_FILE, BEST_FILE, FINAL_FILE = "history.json", "best.pt", "final.pt"
 ENVIRONMENT_FILE = "environment.json"
+#: What the processes of a run trained in several wrote (``worker.processes``).
+PROCESSES_LOG_FILE = "processes.log"
 REPORT_FILE = "report.json"
 CONFUSION_FILE, RISK_COVERAGE_FILE = "confusion_matrix.png", "risk_coverage.png"
 LOSS_CURVE_FILE, ACCURACY_CURVE_FILE = "loss_curve.png", "accuracy_curve.png"
@@ -74,6 +77,10 @@ class RunFolder:
     @property
     def environment(self) -> Path:
         return self.path / ENVIRONMENT_FILE
+
+    @property
+    def processes_log(self) -> Path:
+        return self.path / PROCESSES_LOG_FILE
 
     @property
     def best(self) -> Path:

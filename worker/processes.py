@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models.checkpoint import load_checkpoint
 from models.files import read_json
+from models.predictor import select_device
 from training.config import TrainConfig
-from training.distributed import launch_command
+from training.distributed import launch_command, launch_environment
 from training.engine import TrainResult, prepare_run
 from training.progress import Progress, ProgressCallback, TrainingCancelled
 from training.run_folder import RunFolder
@@ -27,8 +30,11 @@ logger = logging.getLogger(__name__)
 
 #: How often the worker reads the run's history and asks whether the job was cancelled.
 POLL_SECONDS = 1.0
-#: How long the processes have to stop after SIGTERM before they are killed.
-STOP_GRACE_SECONDS = 10.0
+#: How long the processes have to stop after SIGTERM before they are killed: longer than torchrun's own
+#: 30 s for closing its processes.
+STOP_GRACE_SECONDS = 45.0
+#: How much of the processes' output a failed job's error quotes, read from how much of its end.
+ERROR_TAIL_BYTES, LOG_READ_BYTES = 2000, 256 * 1024
 
 
 def free_port() -> int:
@@ -70,6 +76,27 @@ def _result(folder: RunFolder, out: Path) -> TrainResult:
     )
 
 
+def _what_they_said(path: Path) -> str:
+    """The processes' error lines (each rank logs the same once), else the end of their output."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - LOG_READ_BYTES))
+        text = handle.read().decode("utf-8", errors="replace")
+    errors = [line.split(" ERROR ", 1)[1] for line in text.splitlines() if " ERROR " in line]
+    said = "\n".join(dict.fromkeys(errors)) if errors else text.strip()
+    return said[-ERROR_TAIL_BYTES:]
+
+
+def _check_devices(config: TrainConfig, processes: int) -> None:
+    """Refuse more processes than the host has GPUs, where the run trains on GPUs (a GPU each)."""
+    device = select_device(config.device)
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise ValueError(
+            f"{processes} processes asked for, and this worker's host has {torch.cuda.device_count()} GPUs"
+        )
+
+
 def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCallback) -> TrainResult:
     """Train (or go on training) the run in ``config.out`` in ``processes`` processes on this host.
 
@@ -79,6 +106,7 @@ def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCa
     """
     out = Path(config.out)
     folder = RunFolder(out)
+    _check_devices(config, processes)
     if not folder.holds_run():
         prepared = prepare_run(config, callback)
         if isinstance(prepared, TrainResult):
@@ -89,15 +117,20 @@ def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCa
         ["resume", f"--out={out}", "--no-progress"], nproc_per_node=processes, master_port=free_port()
     )
     logger.info("training %s in %d processes: %s", out, processes, " ".join(command))
-    process = subprocess.Popen(command, start_new_session=True)
+    with open(folder.processes_log, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            env=launch_environment(processes),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         while process.poll() is None:
             time.sleep(POLL_SECONDS)
-            history = _history(folder)
-            for record in history[reported:]:
-                callback(Progress("epoch", int(record["epoch"]), epochs, 1, 1, dict(record)))
-            reported = len(history)
+            reported = _report_epochs(folder, reported, epochs, callback)
             callback(Progress("prepare", reported, epochs, 0, 0))
+        reported = _report_epochs(folder, reported, epochs, callback)
     except TrainingCancelled:
         # A lost lease is a cancellation too; the caller tells the two apart by the lease.
         _stop(process)
@@ -109,8 +142,14 @@ def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCa
     if process.returncode != 0:
         raise RuntimeError(
             f"the {processes} training processes stopped with status {process.returncode} after epoch "
-            f"{reported}; running the job again goes on from there"
+            f"{reported}; they said:\n{_what_they_said(folder.processes_log)}"
         )
-    for record in _history(folder)[reported:]:
-        callback(Progress("epoch", int(record["epoch"]), epochs, 1, 1, dict(record)))
     return _result(folder, out)
+
+
+def _report_epochs(folder: RunFolder, reported: int, epochs: int, callback: ProgressCallback) -> int:
+    """Tell ``callback`` of the epochs rank 0 has recorded since the ``reported`` first; how many now."""
+    history = _history(folder)
+    for record in history[reported:]:
+        callback(Progress("epoch", int(record["epoch"]), epochs, 1, 1, dict(record)))
+    return len(history)

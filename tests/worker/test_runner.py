@@ -102,6 +102,19 @@ def test_a_job_in_two_processes_stops_them_when_cancelled_and_keeps_its_run(
     assert (jobs.folder(job_id) / "run" / "resume.pt").is_file()
 
 
+def test_a_job_whose_processes_fail_records_what_they_said(
+    jobs: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    # Batches of 8 do not split over 3 processes; each process says so, and the job records it.
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5), processes=3)
+    job = run_training_job(job_id, settings)
+    assert job.state == "failed"
+    assert job.error is not None
+    assert "3 training processes stopped with status" in job.error
+    assert "batch_size 8 does not split over 3 processes" in job.error
+    assert str(tmp_path) not in job.error  # the server's folders stay private
+
+
 def test_a_job_another_worker_holds_is_left_alone(jobs: JobStore, settings: Settings, tmp_path: Path) -> None:
     job_id = training_job(jobs, tmp_path / "missing")
     lease = jobs.lease(job_id, 30)
