@@ -6,6 +6,8 @@
 - ours: the training run's own objects (``training.engine``: its loader with the recipe's augmentation,
   sampler and workers, its optimizer, loss, batch mixing and precision), each batch through the
   step an epoch takes (``train_batch``);
+- ours, device pipeline: the same run with ``pipeline="device"`` (``training.device_data``: the photos
+  decoded once, batches augmented in this process, channels-last), with ``--device-pipeline``;
 - plain: the loop one writes first: ``transforms.v2`` random-resized crops and flips, a ``DataLoader``
   with as many workers, AdamW and cross-entropy in fp32, no autocast.
 
@@ -97,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device-pipeline", action="store_true", help="also time the device pipeline")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -139,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         contenders = {
             "ours": (endless(ours.train_loader), our_step),
+        }
+        if args.device_pipeline:
+            on_device = _Run(config.replace(pipeline="device"), manifest, root, None)
+            on_device.model.train()
+
+            def device_step(images: torch.Tensor, labels: torch.Tensor) -> None:
+                on_device.train_batch(images, labels)
+
+            contenders["ours, device pipeline"] = (endless(on_device.train_loader), device_step)
+        contenders |= {
             "plain fp32 eager": (endless(plain_loader), plain_step),
         }
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
@@ -173,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results = result["results"]
     result["ours_vs_plain"] = results["ours"]["photos_per_s"] / results["plain fp32 eager"]["photos_per_s"]
+    if args.device_pipeline:
+        device_rate = results["ours, device pipeline"]["photos_per_s"]
+        result["device_pipeline_vs_ours"] = device_rate / results["ours"]["photos_per_s"]
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
