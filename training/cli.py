@@ -53,7 +53,7 @@ from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
 from training.config import DEFAULT_SPLIT, RECIPES, TrainConfig, make_config
 from training.data import DataError, Loading, Photos
-from training.distributed import launch, launched
+from training.distributed import Launch, launched
 from training.engine import RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
 from training.export import SUMS_FILE, refresh_exported
@@ -330,14 +330,8 @@ def _launched_elsewhere(args: argparse.Namespace) -> int | None:
     its exit status; else ``None`` (this process trains)."""
     if (args.nproc_per_node, args.nnodes) == (1, 1) or launched():
         return None
-    return launch(
-        args.argv,
-        nproc_per_node=args.nproc_per_node,
-        nnodes=args.nnodes,
-        node_rank=args.node_rank,
-        master_addr=args.master_addr,
-        master_port=args.master_port,
-    )
+    processes = Launch(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    return processes.run(args.argv)
 
 
 def _progress(args: argparse.Namespace) -> tuple[TqdmProgress, ProgressCallback]:

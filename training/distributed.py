@@ -187,61 +187,45 @@ def without_launch_flags(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-def launch_command(
-    argv: Sequence[str],
-    *,
-    nproc_per_node: int,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
-) -> list[str]:
-    """The torchrun command that runs ``trashcam-train ARGV`` in ``nproc_per_node`` processes here (and
-    as many on each of ``nnodes`` hosts)."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc_per_node}",
-        f"--nnodes={nnodes}",
-        f"--node-rank={node_rank}",
-        f"--master-addr={master_addr}",
-        f"--master-port={master_port}",
-        "-m",
-        "training.cli",
-        *without_launch_flags(argv),
-    ]
+@dataclass(frozen=True)
+class Launch:
+    """How to start the processes of one run with torchrun: ``nproc_per_node`` here, and as many on
+    each of ``nnodes`` hosts, which meet at rank 0's ``master_addr:master_port``."""
 
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
 
-def launch_environment(nproc_per_node: int) -> dict[str, str]:
-    """This process's environment for the processes torchrun starts: each computes on its share of the
-    usable cores (torchrun would give each one thread), unless ``OMP_NUM_THREADS`` says otherwise."""
-    environment = dict(os.environ)
-    environment.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc_per_node)))
-    return environment
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The torchrun command that runs ``trashcam-train ARGV`` (less :data:`LAUNCH_FLAGS`)."""
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={self.nproc_per_node}",
+            f"--nnodes={self.nnodes}",
+            f"--node-rank={self.node_rank}",
+            f"--master-addr={self.master_addr}",
+            f"--master-port={self.master_port}",
+            "-m",
+            "training.cli",
+            *without_launch_flags(argv),
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment for the processes torchrun starts: each computes on its share of
+        the usable cores (torchrun would give each one thread), unless ``OMP_NUM_THREADS`` is set."""
+        environment = dict(os.environ)
+        environment.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // self.nproc_per_node)))
+        return environment
+
+    def run(self, argv: Sequence[str]) -> int:
+        """Run ``trashcam-train ARGV`` under torchrun; its exit status."""
+        return subprocess.run(self.command(argv), env=self.environment(), check=False).returncode
 
 
 def launched() -> bool:
     """Whether this process was started by torchrun (and so trains as one rank of several)."""
     return "LOCAL_RANK" in os.environ
-
-
-def launch(
-    argv: Sequence[str],
-    *,
-    nproc_per_node: int,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
-) -> int:
-    """Run ``trashcam-train ARGV`` under torchrun; its exit status."""
-    command = launch_command(
-        argv,
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-    )
-    return subprocess.run(command, env=launch_environment(nproc_per_node), check=False).returncode

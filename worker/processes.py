@@ -21,7 +21,7 @@ from models.checkpoint import load_checkpoint
 from models.files import read_json
 from models.predictor import select_device
 from training.config import TrainConfig
-from training.distributed import launch_command, launch_environment
+from training.distributed import Launch
 from training.engine import TrainResult, prepare_run
 from training.progress import Progress, ProgressCallback, TrainingCancelled
 from training.run_folder import RunFolder
@@ -113,14 +113,13 @@ def train_in_processes(config: TrainConfig, processes: int, callback: ProgressCa
             return prepared
     epochs = int(read_json(folder.config)["epochs"])
     reported = len(_history(folder))
-    command = launch_command(
-        ["resume", f"--out={out}", "--no-progress"], nproc_per_node=processes, master_port=free_port()
-    )
+    launch = Launch(nproc_per_node=processes, master_port=free_port())
+    command = launch.command(["resume", f"--out={out}", "--no-progress"])
     logger.info("training %s in %d processes: %s", out, processes, " ".join(command))
     with open(folder.processes_log, "ab") as log:
         process = subprocess.Popen(
             command,
-            env=launch_environment(processes),
+            env=launch.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

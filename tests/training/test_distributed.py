@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.machine import usable_cores
 from tests.training.helpers import checkpoint_weights, run_cli
 from training.data import EpochShuffleSampler, WeightedEpochSampler
-from training.distributed import RankShard, World, launch_command, rank_batch_size, without_launch_flags
+from training.distributed import Launch, RankShard, World, rank_batch_size, without_launch_flags
 
 
 def free_port() -> int:
@@ -57,14 +58,21 @@ def test_a_batch_that_does_not_split_evenly_is_refused() -> None:
         rank_batch_size(12, World(rank=0, size=5))
 
 
-def test_the_launcher_runs_the_same_command_under_torchrun_without_its_own_flags() -> None:
+def test_the_launcher_runs_the_same_command_under_torchrun_without_its_own_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     argv = ["train", "--data=x", "--nproc-per-node", "2", "--nnodes=1", "--out", "runs/a", "--master-port=1"]
     assert without_launch_flags(argv) == ["train", "--data=x", "--out", "runs/a"]
-    command = launch_command(argv, nproc_per_node=2, master_port=29511)
+    command = Launch(nproc_per_node=2, master_port=29511).command(argv)
     assert command[1:3] == ["-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in command
     assert "--master-port=29511" in command
     assert command[-6:] == ["-m", "training.cli", "train", "--data=x", "--out", "runs/a"]
+    # Each process computes on its share of the cores, unless the environment says otherwise.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert Launch(nproc_per_node=2).environment()["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert Launch(nproc_per_node=2).environment()["OMP_NUM_THREADS"] == "3"
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
