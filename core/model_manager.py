@@ -15,7 +15,7 @@ from models.checkpoint import CheckpointError
 from models.machine import usable_cores
 from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeOptions, forget_conversions
 from models.store import CHECKPOINT_FILE, ModelInUseError, ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ class ModelManager:
 
     def delete(self, name: str, version: str) -> ModelVersion:
         """Delete a stored version, under the swap lock, so no promotion of it lands meanwhile
-        (``ModelInUseError`` for the built-in model, the default and the version serving here)."""
+        (``ModelInUseError`` for the built-in model, the default and the version serving here), and
+        the compiled networks of its weights once no stored version has them."""
         with self._swap:
             serving = self._predictor
             if serving is not None and (serving.name, serving.version) == (name, version):
@@ -231,7 +232,12 @@ class ModelManager:
                         f"{serving.version} passes to its base: promote another one first"  # type: ignore[union-attr]
                     )
                 base = base.base
-            return self.store.delete(name, version)
+            deleted = self.store.delete(name, version)
+        # Its compiled network goes too, unless another stored version has the same weights.
+        cache = self.runtime.cache_dir
+        if cache is not None and all(other.sha256 != deleted.sha256 for other in self.store.all_versions()):
+            forget_conversions(cache, deleted.sha256)
+        return deleted
 
     def stored_predictor(self, ref: str) -> Predictor:
         """A stored version (``name:version``, or ``name`` for its newest now), for comparisons: the

@@ -21,6 +21,7 @@ model on the probe input, so a damaged cache is converted again rather than serv
 
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -153,11 +154,29 @@ def _precision_hint(dtype: torch.dtype | None) -> str:
     raise RuntimeUnavailableError(f"no OpenVINO CPU precision for {dtype}")
 
 
+def _conversions(cache_dir: Path) -> Path:
+    return cache_dir / "openvino"
+
+
 def _cache_folder(cache_dir: Path, sha256: str, input_size: int, version: str) -> Path:
     """The folder of one conversion: the weights, the input size it was traced at (fixed in the network),
     OpenVINO's version and this module's output format."""
     safe_version = "".join(c if c.isalnum() or c in ".-_" else "_" for c in version)
-    return cache_dir / "openvino" / f"{sha256}-{input_size}px-{safe_version}-format{CACHE_FORMAT}"
+    return _conversions(cache_dir) / f"{sha256}-{input_size}px-{safe_version}-format{CACHE_FORMAT}"
+
+
+def forget_conversions(cache_dir: Path, sha256: str) -> int:
+    """Remove every cached conversion of the weights ``sha256`` (each input size, OpenVINO version and
+    format; about 100 MB each for SE-ResNet-50); how many were removed. For when the last stored model
+    with those weights is deleted."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not a sha256: {sha256!r}")
+    folder = _conversions(cache_dir)
+    removed = 0
+    for entry in folder.glob(f"{sha256}-*") if folder.is_dir() else ():
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def _convert(model: nn.Module, head: nn.Linear, input_size: int) -> Any:

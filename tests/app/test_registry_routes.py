@@ -110,6 +110,29 @@ def test_versions_can_be_deleted_but_not_the_builtin_or_the_serving_one(
     assert client.delete("/models/site-a/v2", headers=KEY).status_code == 409
 
 
+def test_deleting_the_last_version_with_some_weights_removes_their_compiled_networks(
+    client: TestClient, store: ModelStore, fresh: Settings
+) -> None:
+    conversions = fresh.runtime_cache / "openvino"
+    first, second = store.get("site-a", "v1"), store.get("site-a", "v2")
+    store.add("site-b", first.path)  # the same weights as site-a:v1, under another name
+
+    def cached(sha256: str) -> Path:
+        folder = conversions / f"{sha256}-32px-2026.4.1-format1"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.xml").write_text("<net/>")
+        return folder
+
+    first_cache, second_cache = cached(first.sha256), cached(second.sha256)
+    assert client.delete("/models/site-a/v2", headers=KEY).status_code == 204
+    assert not second_cache.exists()
+    # site-b:v1 still has site-a:v1's weights: their network stays until the last of them goes.
+    assert client.delete("/models/site-a/v1", headers=KEY).status_code == 204
+    assert first_cache.exists()
+    assert client.delete("/models/site-b/v1", headers=KEY).status_code == 204
+    assert not first_cache.exists()
+
+
 @pytest.mark.parametrize("route", ["/classify", "/explain", "/fingerprint"])
 def test_every_inference_route_answers_with_the_version_it_is_asked_for(
     client: TestClient, store: ModelStore, route: str
