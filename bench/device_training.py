@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.record import run_record, write_json
 from models import create_model
 from models.files import read_json
+from models.predictor import select_device
 from training.config import make_config
 from training.data import find_class_root, resolve_source
 from training.engine import train
@@ -177,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_record(
         MODULE,
         args.argv,
-        torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+        select_device(config.device),
         model=model,
         epochs=result.epochs_completed,
         batch_size=config.batch_size,

@@ -1,6 +1,6 @@
 """Preprocessing built from a model's spec: the only place images become model inputs."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -10,6 +10,33 @@ from models.checkpoint import ModelSpec
 # ImageNet statistics, the conventional default; a checkpoint records whichever it was trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def square_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, S, S): squashed to the square with PIL's antialiased bilinear,
+    the pixels evaluation and serving see."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(size, size, 3).permute(2, 0, 1)
+
+
+class PixelScaling:
+    """uint8 pixels (any leading dimensions, channels third from last) -> normalised floats, on
+    ``device``: ``(x / 255 - mean) / std`` as one multiply-add."""
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], device: torch.device | None = None
+    ) -> None:
+        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+        self._scale = 1.0 / (255.0 * std_tensor)
+        self._shift = -mean_tensor / std_tensor
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self._shift, pixels.float(), self._scale)
 
 
 class EvalTransform:
@@ -23,20 +50,10 @@ class EvalTransform:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.size = spec.input_size
-        std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
-        # (x / 255 - mean) / std  ==  x * scale + shift
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = -mean / std
+        self.scaling = PixelScaling(spec.mean, spec.std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-        chw = pixels.view(self.size, self.size, 3).permute(2, 0, 1)
-        return torch.addcmul(self._shift, chw.float(), self._scale)
+        return self.scaling(square_pixels(image, self.size))
 
 
 def build_eval_transform(spec: ModelSpec) -> Callable[[Image.Image], torch.Tensor]:

@@ -2,20 +2,21 @@
 
 The loader path (``training.data``) decodes and augments every photo again in every epoch; on a GPU
 that is the bottleneck, not the network. Here each split's photos are decoded once, at the network's
-input size with the resize that evaluation and serving use (``models.transforms``), and kept as one
-``(N, 3, S, S)`` uint8 tensor on the device (16 thousand photos at 112 px take 0.6 GB). Training batches
-follow the run's sampler, so class and source balance and the resumable order are the loader path's,
-and are augmented on the device by ``training.device_augment``.
+input size with the resize that evaluation and serving use (``models.transforms.square_pixels``), and
+kept as one ``(N, 3, S, S)`` uint8 tensor on the device (16 thousand photos at 112 px take 0.6 GB).
+Training batches follow the run's sampler, so class and source balance and the resumable order are the
+loader path's, and are augmented on the device by ``training.device_augment``.
 """
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from models.transforms import PixelScaling, square_pixels
 from training.data import EpochShuffleSampler, ImageDataset, Sample
 from training.device_augment import DeviceAugment
 from training.seeding import derive_seed
@@ -38,22 +39,9 @@ class PhotoTensor:
         return PhotoTensor(self.pixels.to(device), self.labels.to(device))
 
 
-class _SquarePixels:
-    """RGB PIL image -> uint8 tensor ``(3, S, S)``, resized as ``models.transforms.EvalTransform`` does."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous()
-
-
 def decode_photos(root: Path, samples: Sequence[Sample], size: int, *, workers: int) -> PhotoTensor:
     """Every photo of ``samples`` decoded once, in ``workers`` loader processes (0: this one)."""
-    dataset = ImageDataset(root, samples, _SquarePixels(size))
+    dataset = ImageDataset(root, samples, functools.partial(square_pixels, size=size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=DECODE_BATCH, num_workers=workers)
     pixels = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.int64)
@@ -108,11 +96,7 @@ class DeviceEvalBatches:
         std: Sequence[float],
     ) -> None:
         self.photos, self.batch_size = photos, batch_size
-        device = photos.pixels.device
-        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        # (x / 255 - mean) / std  ==  x * scale + shift, as EvalTransform computes it.
-        self.scale = 1.0 / (255.0 * std_tensor)
-        self.shift = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) / std_tensor
+        self.scaling = PixelScaling(mean, std, photos.pixels.device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.photos) / self.batch_size)
@@ -121,5 +105,5 @@ class DeviceEvalBatches:
         for pixels, labels in zip(
             self.photos.pixels.split(self.batch_size), self.photos.labels.split(self.batch_size), strict=True
         ):
-            images = torch.addcmul(self.shift, pixels.float(), self.scale)
+            images = self.scaling(pixels)
             yield images.contiguous(memory_format=torch.channels_last), labels

@@ -282,7 +282,7 @@ class _Run:
         # Paste only ever mixes the run's own photos: it knows their paths relative to the root.
         prepare = background_paste(config, root, [path for path, _ in train_samples], sources)
         balance = {"class_balance": config.class_balance, "source_balance": config.source_balance}
-        self.sampler: EpochShuffleSampler
+        sampler: EpochShuffleSampler
         self.train_loader: Batches
         self.val_loader: Batches
         own_count = len(train_samples)
@@ -300,15 +300,16 @@ class _Run:
             # An epoch draws about every photo of the run's own once, and the replayed share beside them.
             size = round(len(train_samples) / (1 - config.replay))
             train_samples = [*train_samples, *self.replay.samples]
-            self.sampler = WeightedEpochSampler(weights, seed=config.seed, size=size)
+            sampler = WeightedEpochSampler(weights, seed=config.seed, size=size)
         elif config.class_balance > 0 or config.source_balance > 0:
             weights = balance_weights([label for _, label in train_samples], sources, **balance)
-            self.sampler = WeightedEpochSampler(weights, seed=config.seed)
+            sampler = WeightedEpochSampler(weights, seed=config.seed)
         else:
-            self.sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
+            sampler = EpochShuffleSampler(len(train_samples), seed=config.seed)
         self.rank_batch_size = rank_batch_size(config.batch_size, self.world)
-        self.rank_sampler: EpochShuffleSampler = (
-            RankShard(self.sampler, self.world, config.batch_size) if self.world.distributed else self.sampler
+        # This process's draws: all of them, or its share of each global batch among several.
+        self.sampler = (
+            RankShard(sampler, self.world, config.batch_size) if self.world.distributed else sampler
         )
         if config.pipeline == "device":
             self._build_device_batches(root, train_samples)
@@ -324,7 +325,7 @@ class _Run:
             batch_size=self.rank_batch_size,
             device=self.device,
             workers=config.workers,
-            sampler=self.rank_sampler,
+            sampler=self.sampler,
         )
         self.val_loader = eval_loader(
             self.spec,
@@ -356,7 +357,7 @@ class _Run:
         )
         self.train_loader = DeviceTrainBatches(
             train.to(self.device),
-            self.rank_sampler,
+            self.sampler,
             batch_size=self.rank_batch_size,
             augment=DeviceAugment(config),
             # Each rank draws its own augmentations: a global batch gets one draw a photo.
@@ -514,7 +515,7 @@ class _Run:
         # of several draws its dropout and batch mixing from a stream of its own.
         rank = (self.world.rank,) if self.world.distributed else ()
         seed_everything(derive_seed(self.config.seed, "epoch", epoch, *rank))
-        self.rank_sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         started = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train = self.train_epoch()

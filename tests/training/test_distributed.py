@@ -2,7 +2,6 @@
 processes on the CPU (gloo) against one."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,7 @@ from models.machine import usable_cores
 from tests.training.helpers import checkpoint_weights, run_cli
 from training.data import EpochShuffleSampler, WeightedEpochSampler
 from training.distributed import Launch, RankShard, World, rank_batch_size, without_launch_flags
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from worker.processes import free_port
 
 
 def shards(sampler: EpochShuffleSampler, size: int, batch: int) -> list[list[int]]:
