@@ -11,10 +11,12 @@
    thread with torch's default threads, and, where the service runs more than one lane
    (``app.lanes``), also as many batches side by side as it has lanes, each on a thread of its own
    with the lanes' thread count. On a CPU, the same network compiled by OpenVINO (``models.runtime``)
-   in each precision: one request at a time on every core (one stream), and as many at once as the
-   service has lanes (a stream each). The best of all is the ceiling.
+   in each precision (and the int8 network beside the checkpoint, where ``trashcam-train quantize`` wrote
+   one): one request at a time on every core (one stream), and as many at once as the service has lanes
+   (a stream each). The best of all is the ceiling.
 2. The service, started with the command users run (``trashcam api``), on each inference backend
-   (``TRASHCAM_INFERENCE_BACKEND``: "ours" is the default, "ours, torch" eager PyTorch), and the naive
+   (``TRASHCAM_INFERENCE_BACKEND``: "ours" is the default, "ours, torch" eager PyTorch; where the
+   checkpoint has an int8 network, "ours" serves it and "ours, no int8" does not), and the naive
    peer (``bench/naive_peer.py``), with the same checkpoint, one after the other: ``clients`` concurrent
    clients each send one photo a request, ``--requests`` requests in all after a warm-up. Photos/s,
    latency percentiles, errors, the CPU that the server and this load generator used (they share the
@@ -60,7 +62,14 @@ from models.checkpoint import Checkpoint, ModelSpec, build_model, load_checkpoin
 from models.fusion import fold_batch_norms
 from models.machine import machine_line, usable_cores
 from models.precision import InferencePrecision, cpu_has_native_bf16
-from models.runtime import CompiledNetwork, RuntimeOptions, RuntimeUnavailableError, compile_model
+from models.runtime import (
+    INT8,
+    QUANTIZED_RECORD,
+    CompiledNetwork,
+    RuntimeOptions,
+    RuntimeUnavailableError,
+    compile_model,
+)
 from models.transforms import build_eval_transform
 
 OURS_PORT = 8100
@@ -73,6 +82,8 @@ BASELINE = "ours, baseline checkout"
 TRIVIAL = "ours, trivial model"
 #: The service with its forward passes on eager PyTorch (TRASHCAM_INFERENCE_BACKEND=torch).
 EAGER = "ours, torch"
+NO_INT8 = "ours, no int8"
+INT8_PORT = 8105
 
 
 def trivial_checkpoint(checkpoint: Path, path: Path) -> Path:
@@ -153,7 +164,7 @@ class Ceiling:
         #: OpenVINO's compiled networks by name, with the streams they run at once.
         self.compiled: dict[str, tuple[CompiledNetwork, int]] = {}
         if self.device.type == "cpu":
-            self.compiled = compiled_variants(folded, checkpoint, self.lanes.lanes)
+            self.compiled = compiled_variants(folded, checkpoint, self.lanes.lanes, checkpoint_path.parent)
         self._requests = threading.local()
 
     @property
@@ -247,17 +258,20 @@ class Ceiling:
 
 
 def compiled_variants(
-    folded: torch.nn.Module, checkpoint: Checkpoint, lanes: int
+    folded: torch.nn.Module, checkpoint: Checkpoint, lanes: int, folder: Path
 ) -> dict[str, tuple[CompiledNetwork, int]]:
-    """``folded`` compiled by OpenVINO in fp32 and (where the CPU has it) bf16, as one stream on every
-    core and as one stream per lane; none where it does not compile (said on stderr)."""
+    """``folded`` compiled by OpenVINO in fp32 and (where the CPU has it) bf16, and the int8 network
+    stored in ``folder`` for its weights where there is one, each as one stream on every core and as one
+    stream per lane; none where it does not compile (said on stderr)."""
     cores = usable_cores()
     dtypes: list[torch.dtype | None] = [None, torch.bfloat16] if cpu_has_native_bf16() else [None]
+    # None: the int8 network, whatever the precision it falls back to when there is none.
+    kinds: list[tuple[torch.dtype | None, bool]] = [(dtype, False) for dtype in dtypes] + [(None, True)]
     compiled: dict[str, tuple[CompiledNetwork, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as cache:
-        for dtype, streams in itertools.product(dtypes, sorted({1, lanes})):
+        for (dtype, int8), streams in itertools.product(kinds, sorted({1, lanes})):
             options = RuntimeOptions(
-                "openvino", Path(cache), streams=streams, threads=max(1, cores // streams)
+                "openvino", Path(cache), streams=streams, threads=max(1, cores // streams), int8=int8
             )
             try:
                 network = compile_model(
@@ -266,10 +280,13 @@ def compiled_variants(
                     sha256=checkpoint.sha256,
                     options=options,
                     dtype=dtype,
+                    quantized_in=folder,
                 )
             except RuntimeUnavailableError as error:
                 print(f"OpenVINO: {error}", file=sys.stderr)
                 return {}
+            if int8 and network.precision != INT8:
+                continue  # no int8 network for these weights
             name = f"openvino-{network.precision}" + (f" x{streams} streams" if streams > 1 else "")
             compiled[name] = (network, streams)
     return compiled
@@ -472,7 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--ceiling-rounds", type=int, default=5)
     parser.add_argument("--memory", type=int, nargs=2, default=[100, 1000], metavar=("FIRST", "THEN"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["peer", "torch", "memory", "request-path"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["peer", "torch", "int8", "memory", "request-path"]
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -504,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"TRASHCAM_MODEL_PATH": str(args.checkpoint.resolve()), "TRASHCAM_VAR_DIR": var}
         ours_command = trashcam_command(piece_commands("127.0.0.1", OURS_PORT)["api"])
         servers = {"ours": (stack.enter_context(running(ours_command, OURS_PORT, env)), OURS_PORT)}
+        if (args.checkpoint.parent / QUANTIZED_RECORD).is_file() and "int8" not in args.skip:
+            int8_env = {**env, "TRASHCAM_INFERENCE_INT8": "false"}
+            int8_command = trashcam_command(piece_commands("127.0.0.1", INT8_PORT)["api"])
+            servers[NO_INT8] = (stack.enter_context(running(int8_command, INT8_PORT, int8_env)), INT8_PORT)
         if "torch" not in args.skip:
             torch_env = {**env, "TRASHCAM_INFERENCE_BACKEND": "torch"}
             torch_command = trashcam_command(piece_commands("127.0.0.1", TORCH_PORT)["api"])
@@ -528,12 +551,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             servers[TRIVIAL] = (trivial_server, TRIVIAL_PORT)
         # What runs each server's model, as it says itself (/ready answers 503 without workers, with
         # the same body): a model that fell back to torch would otherwise pass for a compiled one.
-        result["backends"] = {
-            name: httpx2.get(f"http://127.0.0.1:{port}/ready", timeout=10).json().get("backend", "torch")
+        ready = {
+            name: httpx2.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()
             for name, (_, port) in servers.items()
             if name != "naive peer"
         }
-        print(result["backends"], flush=True)
+        result["backends"] = {name: body.get("backend", "torch") for name, body in ready.items()}
+        result["precisions"] = {name: body.get("precision") for name, body in ready.items()}
+        print(result["backends"], result["precisions"], flush=True)
         rows: dict[tuple[str, str, int], list[LoadResult]] = {}
         ceilings: list[float] = []
         # Every round measures each configuration once, the servers in turn, and the ceiling again, so
@@ -593,7 +618,7 @@ def compiled_over_eager(rows: list[dict[str, Any]], compiled: Iterable[str]) -> 
 
 
 #: The servers ours is compared with, by the name their ratios use.
-COMPARED = {"baseline checkout": BASELINE, "torch backend": EAGER, "peer": "naive peer"}
+COMPARED = {"baseline checkout": BASELINE, "torch backend": EAGER, "no int8": NO_INT8, "peer": "naive peer"}
 
 
 def ratios(load: list[dict[str, Any]], ceiling_photos_per_s: float) -> dict[str, float]:

@@ -95,6 +95,7 @@ class ModelManager:
             cache_dir=settings.runtime_cache,
             streams=streams,
             threads=threads or max(1, usable_cores() // streams),
+            int8=settings.inference_int8,
         )
         return cls(
             store=store or model_store(settings),

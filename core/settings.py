@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="where models converted for OpenVINO are kept, by their weights' sha256 and "
         "OpenVINO's version, so a restart does not convert again (None: <var_dir>/cache)",
     )
+    inference_int8: bool = Field(
+        True,
+        description="on OpenVINO, serve a model's int8 network where one is stored beside its checkpoint "
+        "for its weights (made by `trashcam-train quantize`, which keeps it only within 0.5 points of "
+        "fp32 top-1); false: the compiled network at the inference precision",
+    )
 
     # "Unsure" answers: over the thresholds in each model's calibration (None: the model's own).
     unsure_min_probability: float | None = Field(

@@ -117,7 +117,9 @@ class Predictor:
         self.model = model.to(device).eval().requires_grad_(False)
         fold_batch_norms(self.model)
         #: The forward pass compiled for OpenVINO (None: the model runs on torch eager alone).
-        self.runtime = _compiled(self.model, spec, sha256, name, version, device, self.precision, runtime)
+        self.runtime = _compiled(
+            self.model, spec, sha256, path, name, version, device, self.precision, runtime
+        )
         self.spec = spec
         self.name = name
         self.version = version
@@ -166,6 +168,12 @@ class Predictor:
             precision=precision,
             runtime=runtime,
         )
+
+    @property
+    def served_precision(self) -> str:
+        """The precision its forward passes run in: the compiled network's ("int8", "bf16", "f32") or
+        torch's (``InferencePrecision.name``)."""
+        return self.precision.name if self.runtime is None else self.runtime.precision
 
     @property
     def backend(self) -> str:
@@ -471,19 +479,26 @@ def _compiled(
     model: nn.Module,
     spec: ModelSpec,
     sha256: str,
+    path: str | None,
     name: str,
     version: str,
     device: torch.device,
     precision: InferencePrecision,
     options: RuntimeOptions | None,
 ) -> CompiledNetwork | None:
-    """``model`` compiled for OpenVINO where ``options`` ask for it on ``device``; None (torch), with one
-    log line saying why, where it cannot run there."""
+    """``model`` compiled for OpenVINO where ``options`` ask for it on ``device`` (its int8 network where
+    one is stored beside its checkpoint at ``path``); None (torch), with one log line saying why, where it
+    cannot run there."""
     if options is None or not options.compiled_on(device):
         return None
     try:
         return compile_model(
-            model, input_size=spec.input_size, sha256=sha256, options=options, dtype=precision.dtype
+            model,
+            input_size=spec.input_size,
+            sha256=sha256,
+            options=options,
+            dtype=precision.dtype,
+            quantized_in=None if path is None else Path(path).parent,
         )
     except RuntimeUnavailableError as error:
         logger.warning("%s:%s runs on torch: %s", name, version, error)

@@ -17,6 +17,11 @@ A converted network is cached under ``cache_dir`` keyed by the checkpoint's sha2
 OpenVINO's version and this module's output format, so a restart reads it instead of converting again,
 and new weights or a new OpenVINO never read a stale one. Every load is checked against the eager
 model on the probe input, so a damaged cache is converted again rather than served.
+
+A model may also have an int8 network stored beside its checkpoint (``int8.xml``, made from training
+photos by ``trashcam-train quantize``, :mod:`training.quantize`, which keeps it only when it loses
+little accuracy): where it does and ``int8`` is on, it serves in place of the conversion, which still
+runs what must be exact (fingerprints).
 """
 
 import logging
@@ -36,6 +41,8 @@ from torch import Tensor, nn
 
 from models.cam.base import resolve_layer
 from models.cam.hooks import ActivationCapture
+from models.checkpoint import file_sha256
+from models.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +59,15 @@ OUTPUT_NAMES = ("logits", "features", "embeddings")
 #: How far the runtime's fp32 logits may be from eager's on the probe input, relative to their size.
 PARITY_TOLERANCE = 1e-3
 #: ... and its logits at the serving precision: bf16 moved them by under 1% of their size on the shipped
-#: model; a network converted wrong moves them by their whole size.
+#: model, int8 by 2%; a network converted wrong moves them by their whole size.
 SERVED_TOLERANCE = 0.1
+#: A model's int8 network, stored beside its checkpoint (OpenVINO writes its weights beside it, ``.bin``).
+QUANTIZED_NETWORK = "int8.xml"
+#: ... and its record: the weights it was made from, the digests of its files, how it was made and what
+#: it scored. Written last, so a network without one is not read.
+QUANTIZED_RECORD = "int8.json"
+#: The precision name of a quantized network.
+INT8 = "int8"
 
 
 class RuntimeUnavailableError(RuntimeError):
@@ -63,14 +77,16 @@ class RuntimeUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How a model manager runs its models: which ``backend``, where converted networks are cached, and
-    how many inference requests run at once (``streams``, one per inference lane) on how many threads
-    each."""
+    """How a model manager runs its models: which ``backend``, where converted networks are cached, how
+    many inference requests run at once (``streams``, one per inference lane) on how many threads each,
+    and whether a model's stored int8 network serves."""
 
     backend: str = "torch"
     cache_dir: Path | None = None
     streams: int = 1
     threads: int = 1
+    #: Serve a model's int8 network (:data:`QUANTIZED_NETWORK`) where one is stored for its weights.
+    int8: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -179,7 +195,8 @@ def forget_conversions(cache_dir: Path, sha256: str) -> int:
     return removed
 
 
-def _convert(model: nn.Module, head: nn.Linear, input_size: int) -> Any:
+def convert_network(model: nn.Module, head: nn.Linear, input_size: int) -> Any:
+    """``model`` with its ``head`` as an OpenVINO network of :data:`OUTPUT_NAMES`, any batch size."""
     import openvino as ov
 
     with warnings.catch_warnings():
@@ -214,26 +231,32 @@ def _save(network: Any, folder: Path) -> None:
 
 
 class _Compiled:
-    """One converted network shared by every lane: compiled once per precision, on first use."""
+    """One converted network (and its int8 version, where given) shared by every lane: compiled once per
+    precision, on first use."""
 
-    def __init__(self, network: Any, options: RuntimeOptions, dtype: torch.dtype | None) -> None:
+    def __init__(
+        self, network: Any, options: RuntimeOptions, dtype: torch.dtype | None, quantized: Any = None
+    ) -> None:
         import openvino as ov
 
         self.core = ov.Core()
         self.network = network
+        self.quantized = quantized
         self.options = options
-        self.hint = _precision_hint(dtype)
+        self.hint = INT8 if quantized is not None else _precision_hint(dtype)
         self._by_hint: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def compiled(self, hint: str) -> Any:
+        network = self.quantized if hint == INT8 else self.network
         with self._lock:
             if hint not in self._by_hint:
                 self._by_hint[hint] = self.core.compile_model(
-                    self.network,
+                    network,
                     "CPU",
                     {
-                        "INFERENCE_PRECISION_HINT": hint,
+                        # What int8 does not cover runs in fp32: as fast as bf16 there, and closer to eager.
+                        "INFERENCE_PRECISION_HINT": "f32" if hint == INT8 else hint,
                         # One stream per inference lane, so that lanes run side by side as on torch.
                         "NUM_STREAMS": str(self.options.streams),
                         "INFERENCE_NUM_THREADS": str(self.options.streams * self.options.threads),
@@ -286,6 +309,33 @@ def openvino_version() -> str:
     return str(ov.get_version())
 
 
+def read_quantized(folder: Path, sha256: str) -> Any:
+    """The int8 network stored in ``folder`` for the weights ``sha256``; None when there is none, or it
+    was made from other weights, or its files are not the ones its record names (said in the log)."""
+    record_path = folder / QUANTIZED_RECORD
+    if not sha256 or not record_path.is_file():
+        return None
+    network_path = folder / QUANTIZED_NETWORK
+    try:
+        record = read_json(record_path)
+        if record.get("model_sha256") != sha256:
+            logger.warning("%s: made from other weights than %s, not served", record_path, sha256[:12])
+            return None
+        for path, key in (
+            (network_path, "network_sha256"),
+            (network_path.with_suffix(".bin"), "weights_sha256"),
+        ):
+            if file_sha256(path) != record.get(key):
+                logger.warning("%s: not the file its record %s names, not served", path, record_path.name)
+                return None
+        import openvino as ov
+
+        return ov.Core().read_model(network_path)
+    except (OSError, ValueError, AttributeError, RuntimeError, ImportError) as error:
+        logger.warning("%s: unreadable int8 network, not served: %s", folder, error)
+        return None
+
+
 def compile_model(
     model: nn.Module,
     *,
@@ -293,17 +343,25 @@ def compile_model(
     sha256: str,
     options: RuntimeOptions,
     dtype: torch.dtype | None,
+    quantized_in: Path | None = None,
 ) -> CompiledNetwork:
     """``model`` (in eval mode, batch norms folded) on OpenVINO at the precision of ``dtype``: read from
     the cache, else converted and cached; compiled and checked against eager here, so that no request
-    waits for it. ``RuntimeUnavailableError`` says why it cannot run there."""
+    waits for it. Where ``options.int8`` is on and ``quantized_in`` (the checkpoint's folder) holds an int8
+    network of these weights, that one serves. ``RuntimeUnavailableError`` says why it cannot run there."""
     head = linear_head(model, input_size)
     version = openvino_version()
     folder = None
     if options.cache_dir is not None and sha256:
         folder = _cache_folder(options.cache_dir, sha256, input_size, version)
+    quantized = None
+    if options.int8 and quantized_in is not None:
+        quantized = read_quantized(quantized_in, sha256)
     try:
-        return _compile_checked(model, head, input_size, options, dtype, folder)
+        compiled = _compile_checked(model, head, input_size, options, dtype, folder)
+        if quantized is not None:
+            compiled = _with_quantized(compiled, quantized, model, input_size)
+        return compiled
     except RuntimeUnavailableError:
         raise
     except Exception as error:  # OpenVINO raises RuntimeError and others for what it cannot compile or run
@@ -327,12 +385,14 @@ def _compile_checked(
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)  # unreadable or wrong: replaced below
     try:
-        network = _convert(model, head, input_size)
+        network = convert_network(model, head, input_size)
     except Exception as error:  # the converter raises many kinds of error for what it cannot trace
         raise RuntimeUnavailableError(f"OpenVINO could not convert the model: {error}") from error
     compiled = CompiledNetwork(_Compiled(network, options, dtype), head)
     if not _answers_as_eager(compiled, model, input_size):
-        raise RuntimeUnavailableError("the converted model's logits differ from eager's on a probe input")
+        raise RuntimeUnavailableError(
+            f"the converted model's logits ({compiled.precision}) differ from eager's on a probe input"
+        )
     if folder is not None:
         try:
             _save(network, folder)
@@ -340,6 +400,23 @@ def _compile_checked(
             logger.warning(
                 "%s: the conversion is not cached (the next start converts again): %s", folder, error
             )
+    return compiled
+
+
+def _with_quantized(
+    compiled: CompiledNetwork, quantized: Any, model: nn.Module, input_size: int
+) -> CompiledNetwork:
+    """``compiled`` serving its int8 network ``quantized`` (its conversion still runs what must be
+    exact), where int8 answers as eager does on the probe input; else ``compiled`` as it is, logged."""
+    shared = compiled._compiled
+    candidate = CompiledNetwork(_Compiled(shared.network, shared.options, None, quantized), compiled.head)
+    try:
+        if _answers_as_eager(candidate, model, input_size):
+            return candidate
+        why = "its logits differ from eager's on a probe input"
+    except RuntimeError as error:  # OpenVINO's error for a network it cannot compile or run
+        why = str(error)
+    logger.warning("the int8 network does not serve (%s): serving %s", why, shared.hint)
     return compiled
 
 

@@ -9,6 +9,8 @@ trashcam-train calibrate --checkpoint weights/se_resnet50/model.pt --manifest \
     weights/se_resnet50/manifest.json --data data/trashnet-112.tar.gz
 trashcam-train ood --checkpoint weights/se_resnet50/model.pt --manifest \
     weights/se_resnet50/manifest.json --data trashnet=data/trashnet-112.tar.gz --data extra=EXTRA
+trashcam-train quantize --checkpoint weights/se_resnet50/model.pt --manifest \
+    weights/se_resnet50/manifest.json --data trashnet=data/trashnet-112.tar.gz --data extra=EXTRA
 trashcam-train speed --model resnet50 --batch-size 32 --input-size 128
 trashcam-train export --run runs/se --out weights/se_resnet50
 trashcam-train explanations faithfulness --checkpoint runs/se/best.pt --manifest runs/se/manifest.json
@@ -46,9 +48,10 @@ from models.files import DiskFullError
 from models.ood import DEFAULT_BANK_PHOTOS, DEFAULT_K, OOD_FILE
 from models.precision import DTYPES
 from models.predictor import select_device
+from models.runtime import QUANTIZED_NETWORK, RuntimeUnavailableError
 from models.similarity import INDEX_FILE
 from models.store import CHECKPOINT_FILE, SPEC_FILE
-from training import explanations, export, interpolate, results
+from training import explanations, export, interpolate, quantize, results
 from training.archive import ArchiveError
 from training.calibrate import calibrate_checkpoint
 from training.config import DEFAULT_SPLIT, RECIPES, TrainConfig, make_config
@@ -56,11 +59,12 @@ from training.data import DataError, Loading, Photos
 from training.distributed import Launch, launched
 from training.engine import RunExistsError, TrainResult, resume, train
 from training.evaluation import evaluate_checkpoint, write_report
-from training.export import SUMS_FILE, refresh_exported
+from training.export import SUMS_FILE, refresh_exported, write_checksums
 from training.index import build_index
 from training.ood import build_feature_bank
 from training.options import RUNTIME_OPTIONS, USER_OPTIONS, add_options, given_options
 from training.progress import Progress, ProgressCallback
+from training.quantize import QuantizationRefusedError
 from training.run_folder import DATA_DIR, MANIFEST_FILE
 from training.speed import time_train_steps
 from training.split import ALL_SPLITS, DEFAULT_SOURCE, AnyManifest, create_manifest, manifest_and_root
@@ -75,8 +79,10 @@ USER_ERRORS = (
     CheckpointError,
     DataError,
     DiskFullError,
+    QuantizationRefusedError,
     ResumeError,
     RunExistsError,
+    RuntimeUnavailableError,
     ValueError,
 )
 
@@ -297,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of sure validation answers that must be right",
     )
     _add_loading_args(ood)
+    quantizer = commands.add_parser(
+        "quantize",
+        help=f"write an int8 network for OpenVINO beside a checkpoint ({QUANTIZED_NETWORK}), if it keeps "
+        "its test top-1",
+        description=quantize.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_photo_args(quantizer)
+    quantize.add_arguments(quantizer)
+    _add_loading_args(quantizer)
     speed = commands.add_parser("speed", help="time training steps per precision")
     speed.add_argument("--model", default="resnet50", choices=list_models())
     speed.add_argument("--batch-size", type=int, default=32)
@@ -525,6 +541,30 @@ def cmd_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    quantize.check_arguments(args)
+    with tempfile.TemporaryDirectory(prefix="trashcam-quantize-") as scratch:
+        manifest, root = _split_of(args, Path(scratch))
+        test = manifest.select("test")
+        # Each data set of a mixed manifest is checked on its own (its paths start with its name).
+        several = len(getattr(manifest, "parts", ())) > 1
+        accuracy = quantize.quantize(
+            args.checkpoint,
+            root=root,
+            calibration=manifest.select("train"),
+            test=test,
+            test_sets=[Path(path).parts[0] if several else "all" for path, _ in test],
+            loading=_loading(args),
+            photos=args.photos,
+            seed=args.seed,
+            max_drop=args.max_drop,
+        )
+    if (args.checkpoint.parent / SUMS_FILE).is_file():
+        write_checksums(args.checkpoint.parent)  # an exported folder lists every file it holds
+    sys.stdout.write(quantize.summary(accuracy, args.checkpoint.parent))
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     timings = [
@@ -556,6 +596,7 @@ COMMANDS = {
     "calibrate": cmd_calibrate,
     "index": cmd_index,
     "ood": cmd_ood,
+    "quantize": cmd_quantize,
     "speed": cmd_speed,
 }
 

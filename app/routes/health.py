@@ -68,7 +68,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         redis=redis_ok,
         workers=workers,
         device=str(service.manager.device),
-        precision=service.manager.precision.name,
+        precision=service.manager.predictor.served_precision if loaded else service.manager.precision.name,
         # Before a model loads, what was asked for; after, what runs it.
         backend=service.manager.predictor.backend if loaded else settings.inference_backend,
         lanes=service.lanes.plan.name,

@@ -183,13 +183,13 @@ def compiled_in(
 
 def counting_conversions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    convert = runtime._convert
+    convert = runtime.convert_network
 
     def counted(*args: object) -> object:
         calls.append(1)
         return convert(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runtime, "_convert", counted)
+    monkeypatch.setattr(runtime, "convert_network", counted)
     return calls
 
 
@@ -295,7 +295,7 @@ def test_a_model_that_does_not_convert_runs_on_torch_with_one_log_line(
     def fails(*args: object) -> object:
         raise RuntimeError("unsupported operation aten::frobnicate")
 
-    monkeypatch.setattr(runtime, "_convert", fails)
+    monkeypatch.setattr(runtime, "convert_network", fails)
     spec_model = small_resnet()
     spec = ModelSpec(
         arch="se_resnet50", class_names=tuple("abcdef"), input_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD
