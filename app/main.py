@@ -30,7 +30,7 @@ from app.serving import (
     ExpensiveRefusedError,
     InferenceService,
 )
-from core.jobs import JobStore
+from core.jobs import JobStore, NewerRecordError
 from core.model_manager import ModelManager, NoModelError, model_store
 from core.queue import create_celery, submit
 from core.recovery import recover_orphans
@@ -172,6 +172,12 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(NewerRecordError)
+    async def newer_record(request: Request, error: Exception) -> JSONResponse:
+        """A job record of a newer version of the service (a rolling deploy under way): this replica
+        must not rewrite it; an upgraded one can."""
+        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_409_CONFLICT)
 
     labels = path_labels(app.state.settings)
 

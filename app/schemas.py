@@ -16,6 +16,16 @@ class ModelRef(BaseModel):
     version: str = Field(examples=["v3"])
 
 
+class ServingModel(ModelRef):
+    """The model a replica serves, down to its weights: replicas behind one address can be told apart
+    while a new default reaches them."""
+
+    sha256: str = Field(
+        description="the weights' digest",
+        examples=["80757b6a53bd029cbee1db224ee18a980d9316d70b0a463ca787d8b90850ea61"],
+    )
+
+
 class ClassProbability(BaseModel):
     label: str = Field(examples=["glass"])
     probability: float = Field(ge=0.0, le=1.0, examples=[0.91])
@@ -160,7 +170,7 @@ class HealthPublic(BaseModel):
 
 class ReadyPublic(BaseModel):
     ready: bool
-    model: ModelRef | None
+    model: ServingModel | None
     model_source: str = Field(
         description="why this model serves: the store's default, else the configured model "
         "(TRASHCAM_MODEL_PATH), else the shipped one; the API and every worker follow the same rule",

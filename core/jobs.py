@@ -8,9 +8,16 @@ work happens (a training run's checkpoints, a heatmap batch's inputs and zip). A
 through a :class:`JobLease`: a Redis lock that a heartbeat keeps alive while the job runs, and a
 heartbeat file in the job's folder that outlives a Redis restart, so that a job whose lock Redis lost is
 not taken for one whose worker died.
+
+Every record says which layout wrote it (``format``, :data:`JOB_FORMAT`), so that versions of the service
+can run side by side during a rolling deploy: a worker that meets a record of a newer format puts the job
+back for a newer worker (:class:`NewerRecordError`) instead of failing it, and no older version rewrites
+such a record. Reading is lenient: a record that today's limits refuse (a limit tightened since it was
+written, a parameter a newer version added) is read as it was stored rather than made unreadable.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,7 +33,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from redis.lock import Lock
 
 from core.job_folder import RUN_DIR, JobFolder
@@ -50,8 +67,70 @@ INSTANCE_KEY = "trashcam:instance"
 PHOTO_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))
 
 
+#: The layout of the job records this version writes: 1, records written before they said theirs; 2, this
+#: field added. Raised whenever a change to the record would mislead an older version that read it.
+JOB_FORMAT = 2
+#: The format of a record that does not say.
+UNVERSIONED_FORMAT = 1
+
+
 class JobNotFoundError(LookupError):
     pass
+
+
+class NewerRecordError(RuntimeError):
+    """The job's record was written by a newer version of the service: this one must neither run it nor
+    rewrite it (a newer worker will)."""
+
+    def __init__(self, job_id: str, found: int) -> None:
+        super().__init__(
+            f"job {job_id}: its record is format {found}, newer than this version's {JOB_FORMAT}; "
+            "left for a worker of a newer version"
+        )
+        self.job_id = job_id
+        self.found = found
+
+
+def record_format(data: Any) -> int:
+    """The format a stored record (parsed JSON) says it has; :data:`UNVERSIONED_FORMAT` when it says
+    none, or nothing readable."""
+    value = data.get("format") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED_FORMAT
+
+
+@functools.cache
+def _option_type(name: str) -> TypeAdapter[Any]:
+    """A training option's type without its limits (pydantic keeps those in the field's metadata)."""
+    return TypeAdapter(TrainConfig.model_fields[name].annotation or Any)
+
+
+def _stored_value(name: str, value: Any) -> Any:
+    """A stored training option as its type reads it (a list of a tuple's items as a tuple), within
+    today's limits or not; as stored when its type no longer reads it."""
+    try:
+        return _option_type(name).validate_python(value)
+    except ValidationError:
+        return value
+
+
+def _stored_training_params(data: Any) -> "TrainingParams":
+    """Training parameters as a record stored them, without today's limits: what was valid when the job
+    was created stays readable after a limit is tightened, and a parameter that a newer version added is
+    left out. Only for reading records; new jobs are validated in full."""
+    params = dict(data)
+    config = params.get("config")
+    if not isinstance(config, dict):
+        raise ValueError("a training record's params have no config")
+    known = {
+        key: _stored_value(key, value) for key, value in config.items() if key in TrainConfig.model_fields
+    }
+    return TrainingParams.model_construct(
+        name=str(params.get("name", "")),
+        config=TrainConfig.model_construct(**known),
+        source=str(params.get("source", "")),
+        make_default=bool(params.get("make_default", False)),
+        processes=int(params.get("processes", 1)),
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +205,8 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
 
     id: str
+    #: The layout of the record (:data:`JOB_FORMAT`); a record read from an older one is saved in this one.
+    format: int = JOB_FORMAT
     params: JobParams
     #: The name of the API key that started it.
     submitted_by: str | None = None
@@ -157,7 +238,10 @@ class Job(BaseModel):
     @classmethod
     def _upgrade(cls, data: Any) -> Any:
         """Records written before job parameters were typed: the kind stood beside them, and a training
-        job kept its recipe, options and data apart instead of its whole config."""
+        job kept its recipe, options and data apart instead of its whole config. A record that says no
+        format is of the first."""
+        if isinstance(data, dict) and "format" not in data:
+            data = {**data, "format": UNVERSIONED_FORMAT}
         if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
             return data
         params = dict(data["params"])
@@ -173,6 +257,21 @@ class Job(BaseModel):
             params.setdefault("source", "")
         return {**data, "params": params}
 
+    @field_validator("params", mode="wrap")
+    @classmethod
+    def _stored_params(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """Read from a store (``context={"stored": True}``), training parameters that today's limits
+        refuse are taken as they were stored (:func:`_stored_training_params`)."""
+        try:
+            return handler(value)
+        except ValidationError:
+            stored = isinstance(info.context, dict) and info.context.get("stored")
+            if not (stored and isinstance(value, dict) and value.get("kind") == "training"):
+                raise
+            params = _stored_training_params(value)
+            logger.warning("a stored training job's parameters are outside today's limits; read as stored")
+            return params
+
     @property
     def kind(self) -> JobKind:
         return self.params.kind
@@ -187,6 +286,11 @@ class Job(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> "Job":
         return cls.model_validate_json(text)
+
+    @classmethod
+    def from_stored(cls, text: str | bytes) -> "Job":
+        """A record as a store holds it, read leniently (see :meth:`_stored_params`)."""
+        return cls.model_validate_json(text, context={"stored": True})
 
 
 def new_job_id() -> str:
@@ -240,6 +344,11 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
+        """Write the record (in this version's format); :class:`NewerRecordError` for a record of a newer
+        format, which this version would write back without what it does not know."""
+        if job.format > JOB_FORMAT:
+            raise NewerRecordError(job.id, job.format)
+        job.format = JOB_FORMAT
         job.updated_at = time.time()
         text = job.to_json()
         atomic_write_bytes(self.files(job.id).record, text.encode())
@@ -334,7 +443,7 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         path = self.files(job_id).record
         try:
-            job = Job.from_json(path.read_bytes())
+            job = Job.from_stored(path.read_bytes())
         except FileNotFoundError:
             raise JobNotFoundError(f"no job {job_id!r}") from None
         except (ValueError, TypeError) as error:
@@ -372,7 +481,8 @@ class JobStore:
             return job
         atomic_write_bytes(self.files(job_id).cancel_marker, b"cancel requested\n")
         job.cancel_requested = True
-        if job.state == "queued" and not self.locked(job_id):
+        # A newer version's record is left to it: its worker finds the marker and cancels the job.
+        if job.state == "queued" and not self.locked(job_id) and job.format <= JOB_FORMAT:
             job.state, job.finished_at = "cancelled", time.time()
             self.save(job)
         return job
@@ -410,6 +520,8 @@ class JobStore:
                 job = self.get(job_id)
             except JobNotFoundError:
                 continue
+            if job.format > JOB_FORMAT:
+                continue  # a newer version's record: its own workers and replicas recover it
             if job.finished:  # a row behind its record: it would hold its key's place
                 self.update_index(job, measure=True, force=True)
                 continue

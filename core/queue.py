@@ -15,6 +15,9 @@ from core.settings import Settings, get_settings
 
 TRAIN_TASK = "trashcam.train"
 HEATMAPS_TASK = "trashcam.explain_batch"
+#: How long a job that a worker of an older version put back waits before it is offered again (to any
+#: worker on its queue: during a rolling deploy, soon one of the newer version).
+NEWER_RECORD_RETRY_SECONDS = 30
 
 
 @dataclass(frozen=True)

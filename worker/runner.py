@@ -14,11 +14,13 @@ from core.explain import explanation
 from core.imaging import BadImageError, decode_image
 from core.job_folder import RESULT_MANIFEST, SPENT_AFTER_TRAINING, JobFolder
 from core.jobs import (
+    JOB_FORMAT,
     PHOTO_SUFFIXES,
     HeatmapParams,
     Job,
     JobLease,
     JobStore,
+    NewerRecordError,
     TrainingParams,
 )
 from core.model_manager import ModelManager, model_store
@@ -56,12 +58,20 @@ def held(
 ) -> Iterator[Held | None]:
     """The job, leased to this worker and marked running; None if it is finished, cancelled or held
     elsewhere. The outcome is saved at the end (a failure with its error) unless the lease no longer
-    holds the job, in which case the worker now holding it records it."""
+    holds the job, in which case the worker now holding it records it. :class:`NewerRecordError`, with
+    the job untouched, when a newer version of the service wrote its record."""
     lease = jobs.lease(job_id, lease_seconds)
     if not lease.acquire():
         yield None
         return
-    job = jobs.get(job_id)  # read again now that no one else can write it
+    try:
+        job = jobs.get(job_id)  # read again now that no one else can write it
+    except BaseException:
+        lease.release()
+        raise
+    if job.format > JOB_FORMAT:
+        lease.release()
+        raise NewerRecordError(job_id, job.format)
     try:
         if job.finished:
             yield None

@@ -4,11 +4,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, MetricsDep, ServiceDep, SettingsDep
-from app.routes.inference_views import model_ref
-from app.schemas import HealthPublic, ReadyPublic
+from app.schemas import HealthPublic, ReadyPublic, ServingModel
 from core.heartbeat import live_workers
 from core.jobs import JOB_KINDS, JOB_STATES
 from core.queue import queue_of
+from models.predictor import Predictor
 
 router = APIRouter(tags=["health"])
 
@@ -30,10 +30,18 @@ def read_health() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
+def serving_model(predictor: Predictor) -> ServingModel:
+    return ServingModel(name=predictor.name, version=predictor.version, sha256=predictor.sha256)
+
+
 #: What /ready answers while Redis is down.
 NOT_READY_EXAMPLE = {
     "ready": False,
-    "model": {"name": "se_resnet50", "version": "builtin"},
+    "model": {
+        "name": "se_resnet50",
+        "version": "builtin",
+        "sha256": "80757b6a53bd029cbee1db224ee18a980d9316d70b0a463ca787d8b90850ea61",
+    },
     "model_source": "the shipped model se_resnet50:builtin: no default is set",
     "redis": False,
     "workers": {"training": 1, "heatmaps": 1},
@@ -63,7 +71,7 @@ async def read_ready(service: ServiceDep, settings: SettingsDep, response: Respo
         response.status_code = 503
     return ReadyPublic(
         ready=not problems,
-        model=model_ref(service.manager.predictor) if loaded else None,
+        model=serving_model(service.manager.predictor) if loaded else None,
         model_source=service.manager.source,
         redis=redis_ok,
         workers=workers,

@@ -8,6 +8,7 @@ from app.lanes import plan_lanes
 from core.heartbeat import ALIVE_SECONDS as HEARTBEAT_ALIVE_SECONDS
 from core.heartbeat import heartbeat_path
 from core.settings import Settings
+from models.checkpoint import load_checkpoint
 from models.precision import choose_precision
 from tests.app.conftest import png_bytes
 
@@ -46,6 +47,14 @@ def test_ready_when_model_loaded_and_redis_answers(client: TestClient, settings:
         "detail": None,
     }
     assert response.json()["precision"].endswith("+channels_last")
+    # Which weights serve, so that replicas behind one address can be told apart.
+    assert settings.model_path is not None
+    checkpoint = load_checkpoint(settings.model_path)
+    assert response.json()["model"] == {
+        "name": settings.model_path.stem,
+        "version": checkpoint.sha256[:12],
+        "sha256": checkpoint.sha256,
+    }
 
 
 def test_ready_is_503_when_redis_is_unreachable(client: TestClient, settings: Settings) -> None:

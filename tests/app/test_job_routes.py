@@ -1,5 +1,6 @@
 import errno
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from core.job_folder import JobFolder
-from core.jobs import JobStore, TrainingParams
+from core.jobs import JOB_FORMAT, JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
 from tests.training.helpers import make_image_folder
@@ -391,6 +392,22 @@ def test_a_finished_job_is_purged_on_request_and_a_running_one_is_not(
     assert purged.json()["pruned_at"] is not None
     assert not upload.exists()
     assert client.get(f"/train/{job['id']}").json()["state"] == "succeeded"  # the record stays
+
+
+def test_a_record_a_newer_version_wrote_is_shown_and_cancelled_but_not_rewritten(
+    client: TestClient, dataset_zip: bytes, settings: Settings
+) -> None:
+    job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
+    path = settings.jobs_dir / job["id"] / "job.json"
+    newer = {**json.loads(path.read_text()), "format": JOB_FORMAT + 1, "state": "succeeded"}
+    path.write_text(json.dumps(newer))
+    shown = client.get(f"/train/{job['id']}")
+    assert (shown.status_code, shown.json()["state"]) == (200, "succeeded")
+    refused = client.delete(f"/train/{job['id']}", params={"purge": "true"}, headers=KEY)
+    assert refused.status_code == 409
+    assert "newer than this version's" in refused.json()["detail"]
+    assert (settings.jobs_dir / job["id"] / "upload.zip").is_file()  # nothing was removed
+    assert json.loads(path.read_text()) == newer
 
 
 def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, dataset_zip: bytes) -> None:

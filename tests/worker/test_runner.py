@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.exceptions import Retry
 from PIL import Image
 
-from core.jobs import HeatmapParams, JobStore, TrainingParams
+import worker.tasks.heatmaps
+import worker.tasks.training
+from core.jobs import JOB_FORMAT, HeatmapParams, JobStore, NewerRecordError, TrainingParams
+from core.queue import NEWER_RECORD_RETRY_SECONDS
 from core.settings import Settings
 from models.predictor import Predictor
 from models.store import ModelStore
@@ -247,3 +251,45 @@ def test_a_data_root_link_changed_after_submission_fails_the_job(
     assert job.error == (
         "DataOutsideRootError: photos now holds links that lead outside the data root: glass/extra.png"
     )
+
+
+@pytest.mark.parametrize("kind", ["training", "heatmaps"])
+def test_a_job_whose_record_a_newer_version_wrote_is_put_back_untouched(
+    kind: str, jobs: JobStore, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = (
+        training_params()
+        if kind == "training"
+        else HeatmapParams(method="gradcam", colormap="jet", alpha=0.5)
+    )
+    job = jobs.create(params)
+    path = jobs.folder(job.id) / "job.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": JOB_FORMAT + 1}))
+    before = path.read_bytes()
+
+    def run() -> object:
+        if kind == "training":
+            return run_training_job(job.id, settings)
+        return run_heatmap_job(job.id, settings, lambda: pytest.fail("no model is needed"))
+
+    with pytest.raises(NewerRecordError):
+        run()
+    assert path.read_bytes() == before
+    assert not jobs.locked(job.id)
+    assert jobs.heartbeat(job.id) is None
+    # The Celery task puts its message back, for a worker of the newer version, and does not fail it.
+    task = worker.tasks.training.train_model if kind == "training" else worker.tasks.heatmaps.explain_batch
+    module = worker.tasks.training if kind == "training" else worker.tasks.heatmaps
+    monkeypatch.setattr(module, "get_settings", lambda: settings)
+    retries: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retries.append(options)
+        return Retry("put back")
+
+    monkeypatch.setattr(task, "retry", retry)
+    with pytest.raises(Retry):
+        task(job.id)
+    assert [(r["countdown"], r["max_retries"]) for r in retries] == [(NEWER_RECORD_RETRY_SECONDS, None)]
+    assert isinstance(retries[0]["exc"], NewerRecordError)
+    assert path.read_bytes() == before

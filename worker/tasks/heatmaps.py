@@ -1,7 +1,8 @@
 from celery import Task
 
+from core.jobs import NewerRecordError
 from core.model_manager import ModelManager
-from core.queue import HEATMAPS_TASK
+from core.queue import HEATMAPS_TASK, NEWER_RECORD_RETRY_SECONDS
 from core.settings import get_settings
 from models.predictor import Predictor
 from worker.celery_app import celery_app
@@ -23,5 +24,9 @@ class PredictorTask(Task):  # type: ignore[misc]
 
 @celery_app.task(name=HEATMAPS_TASK, bind=True, base=PredictorTask)
 def explain_batch(self: PredictorTask, job_id: str) -> str:
-    """Run heatmap batch job ``job_id``; returns its final state."""
-    return run_heatmap_job(job_id, get_settings(), self.predictor).state
+    """Run heatmap batch job ``job_id``; returns its final state. A job whose record a newer version of the
+    service wrote is put back on the queue, untouched, for a worker of that version."""
+    try:
+        return run_heatmap_job(job_id, get_settings(), self.predictor).state
+    except NewerRecordError as error:
+        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS, max_retries=None) from None

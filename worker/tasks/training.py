@@ -1,6 +1,7 @@
 from celery import Task
 
-from core.queue import TRAIN_TASK
+from core.jobs import NewerRecordError
+from core.queue import NEWER_RECORD_RETRY_SECONDS, TRAIN_TASK
 from core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.runner import run_training_job
@@ -8,5 +9,9 @@ from worker.runner import run_training_job
 
 @celery_app.task(name=TRAIN_TASK, bind=True)
 def train_model(self: Task, job_id: str) -> str:
-    """Run training job ``job_id``; returns its final state."""
-    return run_training_job(job_id, get_settings()).state
+    """Run training job ``job_id``; returns its final state. A job whose record a newer version of the
+    service wrote is put back on the queue, untouched, for a worker of that version."""
+    try:
+        return run_training_job(job_id, get_settings()).state
+    except NewerRecordError as error:
+        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS, max_retries=None) from None

@@ -1,0 +1,99 @@
+"""Job records of several versions of the service side by side (a rolling deploy): every record says its
+format, an older version neither runs nor rewrites a newer record, and past records stay readable after
+today's limits are tightened."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.jobs import JOB_FORMAT, UNVERSIONED_FORMAT, JobStore, NewerRecordError, TrainingParams
+from core.recovery import recover_orphans
+from core.retention import prune_finished_jobs
+from tests.core.conftest import training_params
+
+
+def stored(jobs: JobStore, job_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((jobs.folder(job_id) / "job.json").read_text())
+    return data
+
+
+def rewrite(jobs: JobStore, job_id: str, **changes: Any) -> None:
+    """The record as another version of the service would have written it."""
+    path = jobs.folder(job_id) / "job.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def newer_record(jobs: JobStore, **changes: Any) -> str:
+    """A queued training job whose record a newer version wrote: a format ahead of this one, a field and
+    a training option that this version does not know."""
+    job = jobs.create(training_params())
+    record = stored(jobs, job.id)
+    record["params"]["config"]["stochastic_depth"] = 0.1
+    rewrite(jobs, job.id, format=JOB_FORMAT + 1, priority="high", params=record["params"], **changes)
+    return job.id
+
+
+def test_every_record_says_its_format(jobs: JobStore) -> None:
+    job = jobs.create(training_params())
+    assert stored(jobs, job.id)["format"] == JOB_FORMAT
+
+
+def test_a_record_without_a_format_is_of_the_first_and_saved_in_todays(jobs: JobStore) -> None:
+    job = jobs.create(training_params())
+    record = stored(jobs, job.id)
+    del record["format"]
+    (jobs.folder(job.id) / "job.json").write_text(json.dumps(record))
+    old = jobs.get(job.id)
+    assert old.format == UNVERSIONED_FORMAT
+    jobs.save(old)
+    assert stored(jobs, job.id)["format"] == JOB_FORMAT
+
+
+def test_a_newer_record_reads_but_is_never_rewritten(jobs: JobStore) -> None:
+    job_id = newer_record(jobs)
+    before = (jobs.folder(job_id) / "job.json").read_bytes()
+    job = jobs.get(job_id)
+    assert (job.format, job.state) == (JOB_FORMAT + 1, "queued")
+    with pytest.raises(NewerRecordError, match=f"format {JOB_FORMAT + 1}, newer than this version's"):
+        jobs.save(job)
+    # A cancel leaves its marker, which the newer version's worker heeds, and the record as it was.
+    assert jobs.request_cancel(job_id).cancel_requested
+    assert (jobs.folder(job_id) / "job.json").read_bytes() == before
+
+
+def test_an_older_version_neither_recovers_nor_prunes_a_newer_record(jobs: JobStore) -> None:
+    # Queued on a Redis instance that is gone: an orphan, for the version that wrote it.
+    job_id = newer_record(jobs, queued_on="an earlier redis")
+    resubmitted: list[str] = []
+    assert recover_orphans(jobs, lambda job: resubmitted.append(job.id)) == []
+    assert resubmitted == []
+    finished = newer_record(jobs, state="succeeded", finished_at=1.0)
+    before = (jobs.folder(finished) / "job.json").read_bytes()
+    assert prune_finished_jobs(jobs, retention_seconds=0) == []
+    assert (jobs.folder(finished) / "job.json").read_bytes() == before
+    assert stored(jobs, job_id)["format"] == JOB_FORMAT + 1
+
+
+def test_a_limit_tightened_since_never_makes_a_past_job_unreadable(jobs: JobStore) -> None:
+    job = jobs.create(training_params(epochs=40))
+    record = stored(jobs, job.id)
+    # Written when epochs went to 5,000 and a job could ask for 128 processes; today's limits are lower.
+    record["params"]["config"]["epochs"] = 5000
+    record["params"]["processes"] = 128
+    rewrite(jobs, job.id, params=record["params"], state="succeeded")
+    past = jobs.get(job.id)
+    assert isinstance(past.params, TrainingParams)
+    assert (past.params.config.epochs, past.params.processes, past.state) == (5000, 128, "succeeded")
+    assert past.params.public()["config"]["epochs"] == 5000
+    assert [listed.id for listed in jobs.all()] == [job.id]
+    # New jobs still meet today's limits.
+    with pytest.raises(ValueError, match="epochs"):
+        training_params(epochs=5000)
+
+
+def test_what_is_not_a_job_record_stays_unreadable(jobs: JobStore, tmp_path: Path) -> None:
+    job = jobs.create(training_params())
+    rewrite(jobs, job.id, params={"kind": "training", "name": "x"})  # no config at all
+    assert [listed.id for listed in jobs.all()] == []
