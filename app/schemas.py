@@ -183,8 +183,10 @@ class ReadyPublic(BaseModel):
     )
     device: str = Field(description="where models infer", examples=["cpu", "cuda"])
     precision: str = Field(
-        description="the number format and layout models infer in, chosen for the device",
-        examples=["fp32+channels_last", "bf16+channels_last"],
+        description="the number format models infer in, chosen for the device: on torch with its layout, "
+        "compiled (backend 'openvino') 'fp32', 'bf16' or 'int8' (the model's int8 network, "
+        "TRASHCAM_INFERENCE_INT8)",
+        examples=["bf16+channels_last", "bf16", "int8"],
     )
     backend: str = Field(
         description="what runs the serving model's forward passes: 'openvino' or 'torch' (TRASHCAM_INFERENCE_"

@@ -98,6 +98,19 @@ def record_format(data: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED_FORMAT
 
 
+def _stored_format(path: Path) -> int:
+    """The format the record at ``path`` says it has, read as plain JSON."""
+    try:
+        return record_format(json.loads(path.read_bytes()))
+    except (OSError, ValueError):
+        return UNVERSIONED_FORMAT
+
+
+def _from_store(info: ValidationInfo) -> bool:
+    """Whether a record is being read from a store (:meth:`Job.from_stored`), not built anew."""
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
+
 @functools.cache
 def _option_type(name: str) -> TypeAdapter[Any]:
     """A training option's type without its limits (pydantic keeps those in the field's metadata)."""
@@ -236,11 +249,11 @@ class Job(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _upgrade(cls, data: Any) -> Any:
+    def _upgrade(cls, data: Any, info: ValidationInfo) -> Any:
         """Records written before job parameters were typed: the kind stood beside them, and a training
-        job kept its recipe, options and data apart instead of its whole config. A record that says no
-        format is of the first."""
-        if isinstance(data, dict) and "format" not in data:
+        job kept its recipe, options and data apart instead of its whole config. A stored record that
+        says no format is of the first."""
+        if _from_store(info) and isinstance(data, dict) and "format" not in data:
             data = {**data, "format": UNVERSIONED_FORMAT}
         if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
             return data
@@ -265,12 +278,9 @@ class Job(BaseModel):
         try:
             return handler(value)
         except ValidationError:
-            stored = isinstance(info.context, dict) and info.context.get("stored")
-            if not (stored and isinstance(value, dict) and value.get("kind") == "training"):
+            if not (_from_store(info) and isinstance(value, dict) and value.get("kind") == "training"):
                 raise
-            params = _stored_training_params(value)
-            logger.warning("a stored training job's parameters are outside today's limits; read as stored")
-            return params
+            return _stored_training_params(value)
 
     @property
     def kind(self) -> JobKind:
@@ -346,6 +356,8 @@ class JobStore:
     def save(self, job: Job) -> None:
         """Write the record (in this version's format); :class:`NewerRecordError` for a record of a newer
         format, which this version would write back without what it does not know."""
+        # Checked on the record as read: a newer version that rewrites it between this version's read
+        # and this write is overwritten, as a worker's save and a cancel can overwrite each other.
         if job.format > JOB_FORMAT:
             raise NewerRecordError(job.id, job.format)
         job.format = JOB_FORMAT
@@ -401,7 +413,7 @@ class JobStore:
                 # file, and the next pass reads it again.
                 try:
                     self.update_index(self.get(job_id), measure=True, mtime_ns=mtime, force=True)
-                except JobNotFoundError as error:
+                except (JobNotFoundError, NewerRecordError) as error:
                     logger.warning("skipping %s: %s", job_id, error)
                     continue
                 changed += 1
@@ -425,7 +437,7 @@ class JobStore:
         for job_id in ids:
             try:
                 found.append(self.get(job_id))
-            except JobNotFoundError as error:  # removed since the page was read
+            except (JobNotFoundError, NewerRecordError) as error:  # removed since, or unreadable here
                 logger.warning("skipping %s: %s", job_id, error)
         return found, total
 
@@ -441,12 +453,18 @@ class JobStore:
         return self.index.usage(submitted_by)
 
     def get(self, job_id: str) -> Job:
+        """The job's record; :class:`JobNotFoundError` when there is none or it cannot be read, and
+        :class:`NewerRecordError` when a newer version wrote it in a way this one cannot read."""
         path = self.files(job_id).record
         try:
             job = Job.from_stored(path.read_bytes())
         except FileNotFoundError:
             raise JobNotFoundError(f"no job {job_id!r}") from None
         except (ValueError, TypeError) as error:
+            # A newer version's record that this one cannot parse (a new state, say) is that version's
+            # to handle, not a record lost.
+            if _stored_format(path) > JOB_FORMAT:
+                raise NewerRecordError(job_id, _stored_format(path)) from None
             raise JobNotFoundError(f"job {job_id!r} has an unreadable record: {error}") from None
         job.cancel_requested = job.cancel_requested or self.cancel_requested(job_id)
         return job
@@ -458,7 +476,7 @@ class JobStore:
             if _ID.fullmatch(folder.name) and JobFolder(folder).record.is_file():
                 try:
                     yield self.get(folder.name)
-                except JobNotFoundError as error:
+                except (JobNotFoundError, NewerRecordError) as error:
                     logger.warning("skipping %s: %s", folder.name, error)
 
     def redis_instance(self) -> str:
@@ -518,7 +536,7 @@ class JobStore:
         for job_id in self.index.ids_in(ACTIVE_STATES):
             try:
                 job = self.get(job_id)
-            except JobNotFoundError:
+            except (JobNotFoundError, NewerRecordError):
                 continue
             if job.format > JOB_FORMAT:
                 continue  # a newer version's record: its own workers and replicas recover it

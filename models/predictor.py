@@ -171,9 +171,11 @@ class Predictor:
 
     @property
     def served_precision(self) -> str:
-        """The precision its forward passes run in: the compiled network's ("int8", "bf16", "f32") or
-        torch's (``InferencePrecision.name``)."""
-        return self.precision.name if self.runtime is None else self.runtime.precision
+        """The precision its forward passes run in, named as torch's are (``InferencePrecision.name``:
+        "fp32", "bf16+channels_last") or, compiled, "fp32", "bf16" or "int8"."""
+        if self.runtime is None:
+            return self.precision.name
+        return {"f32": "fp32"}.get(self.runtime.precision, self.runtime.precision)
 
     @property
     def backend(self) -> str:

@@ -24,6 +24,7 @@ little accuracy): where it does and ``int8`` is on, it serves in place of the co
 runs what must be exact (fingerprints).
 """
 
+import copy
 import logging
 import os
 import re
@@ -247,6 +248,13 @@ class _Compiled:
         self._by_hint: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def with_quantized(self, quantized: Any) -> "_Compiled":
+        """This network serving ``quantized`` instead: what it compiled already (its fp32, for what must
+        be exact) is shared, not compiled again."""
+        serving = copy.copy(self)  # the same core, compiled networks and lock
+        serving.quantized, serving.hint = quantized, INT8
+        return serving
+
     def compiled(self, hint: str) -> Any:
         network = self.quantized if hint == INT8 else self.network
         with self._lock:
@@ -409,7 +417,7 @@ def _with_quantized(
     """``compiled`` serving its int8 network ``quantized`` (its conversion still runs what must be
     exact), where int8 answers as eager does on the probe input; else ``compiled`` as it is, logged."""
     shared = compiled._compiled
-    candidate = CompiledNetwork(_Compiled(shared.network, shared.options, None, quantized), compiled.head)
+    candidate = CompiledNetwork(shared.with_quantized(quantized), compiled.head)
     try:
         if _answers_as_eager(candidate, model, input_size):
             return candidate

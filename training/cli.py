@@ -551,6 +551,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         accuracy = quantize.quantize(
             args.checkpoint,
             root=root,
+            class_names=manifest.class_names,
             calibration=manifest.select("train"),
             test=test,
             test_sets=[Path(path).parts[0] if several else "all" for path, _ in test],

@@ -39,7 +39,7 @@ from models.runtime import (
     openvino_version,
 )
 from training.data import Loading, Sample
-from training.evaluation import eval_loader
+from training.evaluation import eval_loader, remap_labels
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def quantize(
     checkpoint_path: Path,
     *,
     root: Path,
+    class_names: Sequence[str],
     calibration: Sequence[Sample],
     test: Sequence[Sample],
     test_sets: Sequence[str],
@@ -101,8 +102,9 @@ def quantize(
     max_drop: float = DEFAULT_MAX_DROP,
 ) -> Accuracy:
     """Quantize the model of ``checkpoint_path`` on ``photos`` of the ``calibration`` samples (drawn with
-    ``seed``), compare it with the fp32 conversion on the ``test`` samples (``test_sets`` names each
-    one's data set), and write it beside the checkpoint, or raise :class:`QuantizationRefusedError`."""
+    ``seed``), compare it with the fp32 conversion on the ``test`` samples (labelled by ``class_names``,
+    the data's; ``test_sets`` names each one's data set), and write it beside the checkpoint, or raise
+    :class:`QuantizationRefusedError`."""
     try:
         import nncf
     except ImportError:
@@ -113,6 +115,8 @@ def quantize(
         raise ValueError("quantizing needs training photos to calibrate on and test photos to check")
     checkpoint = load_checkpoint(checkpoint_path)
     spec = checkpoint.spec
+    # The data's labels in the model's class order (a model may order its classes otherwise).
+    test = remap_labels(test, class_names, spec.class_names)
     model = build_model(checkpoint, source=str(checkpoint_path)).eval()
     fold_batch_norms(model)  # as the service runs it
     network = convert_network(model, linear_head(model, spec.input_size), spec.input_size)

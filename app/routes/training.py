@@ -45,6 +45,8 @@ def job_public(job: Job) -> JobPublic:
 
 
 def find_job(jobs: JobStore, job_id: str, kind: JobKind) -> Job:
+    """The job, 404 when there is no such job of ``kind`` (409, through the app's handler, when a newer
+    version wrote its record in a way this one cannot read)."""
     try:
         job = jobs.get(job_id)
     except JobNotFoundError:

@@ -399,7 +399,13 @@ def test_a_record_a_newer_version_wrote_is_shown_and_cancelled_but_not_rewritten
 ) -> None:
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
     path = settings.jobs_dir / job["id"] / "job.json"
-    newer = {**json.loads(path.read_text()), "format": JOB_FORMAT + 1, "state": "succeeded"}
+    queued = {**json.loads(path.read_text()), "format": JOB_FORMAT + 1}
+    path.write_text(json.dumps(queued))
+    cancelled = client.delete(f"/train/{job['id']}", headers=KEY)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["cancel_requested"] is True  # the marker, which the newer worker heeds
+    assert json.loads(path.read_text()) == queued
+    newer = {**queued, "state": "succeeded"}
     path.write_text(json.dumps(newer))
     shown = client.get(f"/train/{job['id']}")
     assert (shown.status_code, shown.json()["state"]) == (200, "succeeded")
@@ -408,6 +414,11 @@ def test_a_record_a_newer_version_wrote_is_shown_and_cancelled_but_not_rewritten
     assert "newer than this version's" in refused.json()["detail"]
     assert (settings.jobs_dir / job["id"] / "upload.zip").is_file()  # nothing was removed
     assert json.loads(path.read_text()) == newer
+    # One it cannot even parse (a state it does not know) is the newer version's, not missing.
+    path.write_text(json.dumps({**newer, "state": "paused"}))
+    unreadable = client.get(f"/train/{job['id']}")
+    assert unreadable.status_code == 409
+    assert "newer than this version's" in unreadable.json()["detail"]
 
 
 def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, dataset_zip: bytes) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.jobs import JOB_FORMAT, UNVERSIONED_FORMAT, JobStore, NewerRecordError, TrainingParams
+from core.jobs import JOB_FORMAT, UNVERSIONED_FORMAT, Job, JobStore, NewerRecordError, TrainingParams
 from core.recovery import recover_orphans
 from core.retention import prune_finished_jobs
 from tests.core.conftest import training_params
@@ -37,7 +37,20 @@ def newer_record(jobs: JobStore, **changes: Any) -> str:
 
 def test_every_record_says_its_format(jobs: JobStore) -> None:
     job = jobs.create(training_params())
+    assert job.format == JOB_FORMAT
     assert stored(jobs, job.id)["format"] == JOB_FORMAT
+    assert Job(id="a" * 32, params=training_params()).format == JOB_FORMAT
+
+
+def test_a_newer_record_this_version_cannot_parse_is_the_newer_versions_not_lost(jobs: JobStore) -> None:
+    readable = jobs.create(training_params())
+    job_id = newer_record(jobs, state="paused")  # a state this version does not know
+    with pytest.raises(NewerRecordError):
+        jobs.get(job_id)
+    # Listings and recovery go on without it.
+    assert [job.id for job in jobs.all()] == [readable.id]
+    assert [job.id for job in jobs.page("training", limit=10)[0]] == [readable.id]
+    assert recover_orphans(jobs, lambda job: None) == [readable.id]  # never queued: resubmitted
 
 
 def test_a_record_without_a_format_is_of_the_first_and_saved_in_todays(jobs: JobStore) -> None:

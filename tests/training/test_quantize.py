@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from core.settings import Settings
+from models import runtime
 from models.checkpoint import file_sha256, load_checkpoint
 from models.precision import choose_precision
 from models.predictor import Predictor
@@ -28,6 +29,8 @@ SHIPPED = Settings().shipped_model_path
 TRASHNET = Path(__file__).resolve().parents[2] / "data" / "trashnet-112.tar.gz"
 CPU = torch.device("cpu")
 PER_CLASS = 8
+#: What a compiled model serves in without its int8 network: this CPU's precision, without a layout.
+UNQUANTIZED = choose_precision(CPU).name.split("+")[0]
 
 
 def trashnet_folder(root: Path) -> Path:
@@ -159,8 +162,29 @@ def test_an_int8_network_of_other_weights_or_damaged_is_not_served(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="models.runtime"):
         predictor = served(damaged, tmp_path / "cache")
-    assert (predictor.backend, predictor.served_precision) == ("openvino", choose_precision(CPU).name[:4])
+    assert (predictor.backend, predictor.served_precision) == (
+        "openvino",
+        choose_precision(CPU).name.split("+")[0],
+    )
     assert "not the file its record int8.json names" in caplog.text
+
+
+def test_an_int8_network_that_answers_unlike_eager_is_not_served(
+    quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checked = runtime._answers_as_eager
+
+    def int8_answers_otherwise(compiled: runtime.CompiledNetwork, *args: object) -> bool:
+        return compiled.precision != INT8 and checked(compiled, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "_answers_as_eager", int8_answers_otherwise)
+    with caplog.at_level(logging.WARNING, logger="models.runtime"):
+        predictor = served(quantized, tmp_path)
+    assert (predictor.backend, predictor.served_precision) == (
+        "openvino",
+        choose_precision(CPU).name.split("+")[0],
+    )
+    assert "the int8 network does not serve (its logits differ from eager's on a probe input)" in caplog.text
 
 
 def test_the_gate_refuses_an_int8_network_that_loses_accuracy() -> None:

@@ -22,11 +22,12 @@ class PredictorTask(Task):  # type: ignore[misc]
         return self._manager.predictor
 
 
-@celery_app.task(name=HEATMAPS_TASK, bind=True, base=PredictorTask)
+# Put back as often as it takes (a retry's max_retries=None would mean Celery's default of 3).
+@celery_app.task(name=HEATMAPS_TASK, bind=True, base=PredictorTask, max_retries=None)
 def explain_batch(self: PredictorTask, job_id: str) -> str:
     """Run heatmap batch job ``job_id``; returns its final state. A job whose record a newer version of the
     service wrote is put back on the queue, untouched, for a worker of that version."""
     try:
         return run_heatmap_job(job_id, get_settings(), self.predictor).state
     except NewerRecordError as error:
-        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS, max_retries=None) from None
+        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None

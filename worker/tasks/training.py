@@ -7,11 +7,12 @@ from worker.celery_app import celery_app
 from worker.runner import run_training_job
 
 
-@celery_app.task(name=TRAIN_TASK, bind=True)
+# Put back as often as it takes (a retry's max_retries=None would mean Celery's default of 3).
+@celery_app.task(name=TRAIN_TASK, bind=True, max_retries=None)
 def train_model(self: Task, job_id: str) -> str:
     """Run training job ``job_id``; returns its final state. A job whose record a newer version of the
     service wrote is put back on the queue, untouched, for a worker of that version."""
     try:
         return run_training_job(job_id, get_settings()).state
     except NewerRecordError as error:
-        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS, max_retries=None) from None
+        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
