@@ -208,7 +208,11 @@ def test_a_corrupt_default_falls_back_to_its_last_good_version(
     settings.model_path = None
     with TestClient(create_app(settings)) as client:
         ready = client.get("/ready").json()
-        assert ready["model"] == {"name": "waste", "version": "v1"}
+        assert ready["model"] == {
+            "name": "waste",
+            "version": "v1",
+            "sha256": stored.get("waste", "v1").sha256,
+        }
         assert "model waste:v2 cannot be loaded" in ready["detail"]
         assert str(settings.models_dir) not in ready["detail"]
         response = client.post("/classify", files={"file": ("p.png", png_bytes(), "image/png")})
@@ -260,7 +264,11 @@ def test_one_rule_decides_what_serves_in_the_api_after_a_restart_and_in_the_work
         assert client.get("/ready").json()["model_source"] == "model waste:v1: the store's default"
     with TestClient(create_app(settings)) as restarted:
         ready = restarted.get("/ready").json()
-        assert ready["model"] == {"name": "waste", "version": "v1"}
+        assert ready["model"] == {
+            "name": "waste",
+            "version": "v1",
+            "sha256": stored.get("waste", "v1").sha256,
+        }
         assert ready["model_source"] == "model waste:v1: the store's default"
     worker = serving_manager(settings)
     assert (worker.predictor.name, worker.predictor.version) == ("waste", "v1")
