@@ -91,19 +91,15 @@ class NewerRecordError(RuntimeError):
         self.found = found
 
 
-def record_format(data: Any) -> int:
-    """The format a stored record (parsed JSON) says it has; :data:`UNVERSIONED_FORMAT` when it says
-    none, or nothing readable."""
-    value = data.get("format") if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED_FORMAT
-
-
 def _stored_format(path: Path) -> int:
-    """The format the record at ``path`` says it has, read as plain JSON."""
+    """The format the record at ``path`` says it has, read as plain JSON; :data:`UNVERSIONED_FORMAT`
+    when it says none, or nothing readable."""
     try:
-        return record_format(json.loads(path.read_bytes()))
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return UNVERSIONED_FORMAT
+    value = data.get("format") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED_FORMAT
 
 
 def _from_store(info: ValidationInfo) -> bool:
@@ -112,37 +108,37 @@ def _from_store(info: ValidationInfo) -> bool:
 
 
 @functools.cache
-def _option_type(name: str) -> TypeAdapter[Any]:
-    """A training option's type without its limits (pydantic keeps those in the field's metadata)."""
-    return TypeAdapter(TrainConfig.model_fields[name].annotation or Any)
+def _field_type(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """A field's type without its limits (pydantic keeps those in the field's metadata)."""
+    return TypeAdapter(model.model_fields[name].annotation or Any)
 
 
-def _stored_value(name: str, value: Any) -> Any:
-    """A stored training option as its type reads it (a list of a tuple's items as a tuple), within
-    today's limits or not; as stored when its type no longer reads it."""
-    try:
-        return _option_type(name).validate_python(value)
-    except ValidationError:
-        return value
+def _stored_fields(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``data`` that ``model`` has fields for, each as its type reads it (a list of a
+    tuple's items as a tuple), within today's limits or not; as stored when its type no longer reads it."""
+    fields = {}
+    for name, value in data.items():
+        if name in model.model_fields:
+            try:
+                fields[name] = _field_type(model, name).validate_python(value)
+            except ValidationError:
+                fields[name] = value
+    return fields
 
 
-def _stored_training_params(data: Any) -> "TrainingParams":
+def _stored_training_params(data: dict[str, Any]) -> "TrainingParams":
     """Training parameters as a record stored them, without today's limits: what was valid when the job
     was created stays readable after a limit is tightened, and a parameter that a newer version added is
-    left out. Only for reading records; new jobs are validated in full."""
-    params = dict(data)
-    config = params.get("config")
+    left out. Only for reading records; new jobs are validated in full, and a job runs only within the
+    limits (:meth:`TrainingParams.within_limits`)."""
+    config = data.get("config")
     if not isinstance(config, dict):
         raise ValueError("a training record's params have no config")
-    known = {
-        key: _stored_value(key, value) for key, value in config.items() if key in TrainConfig.model_fields
-    }
+    fields = _stored_fields(TrainingParams, {key: value for key, value in data.items() if key != "config"})
+    # A record always names its model and source; should one not, it still reads, as before they were typed.
     return TrainingParams.model_construct(
-        name=str(params.get("name", "")),
-        config=TrainConfig.model_construct(**known),
-        source=str(params.get("source", "")),
-        make_default=bool(params.get("make_default", False)),
-        processes=int(params.get("processes", 1)),
+        **{"name": "", "source": "", **fields},
+        config=TrainConfig.model_construct(**_stored_fields(TrainConfig, config)),
     )
 
 
@@ -186,6 +182,14 @@ class TrainingParams(BaseModel):
     #: Processes the worker trains the run in, started by torchrun (``training.distributed``). A record
     #: without it (an older one) trains in one.
     processes: int = Field(1, ge=1, le=64)
+
+    def within_limits(self) -> "TrainingParams":
+        """These parameters validated against today's limits (a record read as stored may be outside
+        them): ``ValueError`` naming what is outside."""
+        try:
+            return TrainingParams.model_validate(self.model_dump())
+        except ValidationError as error:
+            raise ValueError(f"the job's parameters are outside this version's limits: {error}") from None
 
     def public(self) -> dict[str, Any]:
         shown = self.model_dump(mode="json")
@@ -287,6 +291,11 @@ class Job(BaseModel):
         return self.params.kind
 
     @property
+    def from_newer_version(self) -> bool:
+        """Whether a newer version of the service wrote the record: this one must not run or rewrite it."""
+        return self.format > JOB_FORMAT
+
+    @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
@@ -358,7 +367,7 @@ class JobStore:
         format, which this version would write back without what it does not know."""
         # Checked on the record as read: a newer version that rewrites it between this version's read
         # and this write is overwritten, as a worker's save and a cancel can overwrite each other.
-        if job.format > JOB_FORMAT:
+        if job.from_newer_version:
             raise NewerRecordError(job.id, job.format)
         job.format = JOB_FORMAT
         job.updated_at = time.time()
@@ -463,8 +472,9 @@ class JobStore:
         except (ValueError, TypeError) as error:
             # A newer version's record that this one cannot parse (a new state, say) is that version's
             # to handle, not a record lost.
-            if _stored_format(path) > JOB_FORMAT:
-                raise NewerRecordError(job_id, _stored_format(path)) from None
+            stored_format = _stored_format(path)
+            if stored_format > JOB_FORMAT:
+                raise NewerRecordError(job_id, stored_format) from None
             raise JobNotFoundError(f"job {job_id!r} has an unreadable record: {error}") from None
         job.cancel_requested = job.cancel_requested or self.cancel_requested(job_id)
         return job
@@ -500,7 +510,7 @@ class JobStore:
         atomic_write_bytes(self.files(job_id).cancel_marker, b"cancel requested\n")
         job.cancel_requested = True
         # A newer version's record is left to it: its worker finds the marker and cancels the job.
-        if job.state == "queued" and not self.locked(job_id) and job.format <= JOB_FORMAT:
+        if job.state == "queued" and not self.locked(job_id) and not job.from_newer_version:
             job.state, job.finished_at = "cancelled", time.time()
             self.save(job)
         return job
@@ -538,8 +548,8 @@ class JobStore:
                 job = self.get(job_id)
             except (JobNotFoundError, NewerRecordError):
                 continue
-            if job.format > JOB_FORMAT:
-                continue  # a newer version's record: its own workers and replicas recover it
+            if job.from_newer_version:
+                continue  # its own workers and replicas recover it
             if job.finished:  # a row behind its record: it would hold its key's place
                 self.update_index(job, measure=True, force=True)
                 continue

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core.jobs import JOB_FORMAT, Job, JobStore, NewerRecordError, folder_bytes
+from core.jobs import Job, JobStore, NewerRecordError, folder_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) 
     """Remove a finished job's bulky files (or those of ``only``, folder-relative); bytes freed."""
     if not job.finished:
         raise ValueError(f"job {job.id} is {job.state}: only finished jobs are pruned")
-    if job.format > JOB_FORMAT:
+    if job.from_newer_version:
         raise NewerRecordError(job.id, job.format)  # the version that wrote it prunes it
     folder = jobs.files(job.id)
     paths = folder.bulky() if only is None else [path for path in folder.matching(only) if path.exists()]
@@ -54,8 +54,8 @@ def prune_finished_jobs(jobs: JobStore, *, retention_seconds: float, now: float 
     for job in jobs.all():
         if not job.finished or job.pruned_at is not None or job.finished_at is None:
             continue
-        if job.format > JOB_FORMAT:
-            continue  # a newer version's record: that version prunes it
+        if job.from_newer_version:
+            continue  # that version prunes it
         if now - job.finished_at < retention_seconds:
             continue
         try:

@@ -9,14 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from core.confinement import check_confined
 from core.explain import explanation
 from core.imaging import BadImageError, decode_image
 from core.job_folder import RESULT_MANIFEST, SPENT_AFTER_TRAINING, JobFolder
 from core.jobs import (
-    JOB_FORMAT,
     PHOTO_SUFFIXES,
     HeatmapParams,
     Job,
@@ -71,7 +68,7 @@ def held(
     except BaseException:
         lease.release()
         raise
-    if job.format > JOB_FORMAT:
+    if job.from_newer_version:
         lease.release()
         if job.finished:
             yield None  # nothing left to do, and nothing this version may write
@@ -104,14 +101,6 @@ def held(
         lease.release()
 
 
-def within_limits(params: TrainingParams) -> TrainingParams:
-    """``params`` validated against today's limits: ``ValueError`` naming what is outside them."""
-    try:
-        return TrainingParams.model_validate(params.model_dump())
-    except ValidationError as error:
-        raise ValueError(f"the job's parameters are outside this version's limits: {error}") from None
-
-
 def run_training_job(job_id: str, settings: Settings) -> Job:
     """Train (or resume) the job's run, then register its best checkpoint as a new model version."""
     jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
@@ -122,7 +111,7 @@ def run_training_job(job_id: str, settings: Settings) -> Job:
         if not isinstance(params, TrainingParams):
             raise TypeError(f"job {job_id} is a {params.kind} job, not a training job")
         # A record is read as stored even where today's limits refuse it; it runs only within them.
-        params = within_limits(params)
+        params = params.within_limits()
         run = jobs.files(job_id).run
         callback = JobProgress(jobs, job, holding.lease)
         # The data root's links may have changed since the job was submitted: checked again here.
