@@ -4,6 +4,8 @@ trashcam serve                 # Redis (if none answers), both workers (kept run
 trashcam api [--host H --port P]
 trashcam worker --queue training|heatmaps
 trashcam ping --queue training|heatmaps   # exit 0 when this host's worker of that queue is alive
+trashcam db upgrade            # the database's schema to this version's (every piece also does it)
+trashcam db import             # a var dir written before the database, into it (once; nothing removed)
 """
 
 import argparse
@@ -25,8 +27,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.connections import quiet_floods, server_options
+from core.database import open_database, redact_password
 from core.heartbeat import heartbeat_path, is_alive
-from core.jobs import JOB_KINDS, JobKind
+from core.importing import import_var_dir
+from core.jobs import JOB_KINDS, JobKind, JobStore
+from core.model_manager import model_store
 from core.queue import KINDS_OF_JOBS, queue_of
 from core.settings import get_settings
 
@@ -183,6 +188,7 @@ def serve(host: str, port: int) -> None:
     Ctrl-C stops every one of them."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     settings = get_settings()
+    open_database(settings.database)  # its schema brought up to date once, before the pieces start
     redis_server = ensure_redis(settings.redis_url)
     workers = Supervisor(("training-worker", "heatmap-worker"))
     workers.start()
@@ -207,7 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", choices=JOB_KINDS, required=True)
     ping = commands.add_parser("ping", help="exit 0 when this host's worker of a queue is alive, else 1")
     ping.add_argument("--queue", choices=JOB_KINDS, required=True)
+    db = commands.add_parser("db", help="the SQL database of jobs and models (TRASHCAM_DATABASE_URL)")
+    db.add_argument(
+        "action",
+        choices=("upgrade", "import"),
+        help="upgrade: the schema to this version's; import: a var dir written before the database",
+    )
     return parser
+
+
+def database_command(action: str) -> None:
+    settings = get_settings()
+    database = open_database(settings.database)  # brings the schema up to date
+    if action == "upgrade":
+        print(f"{redact_password(database.url)}: schema up to date")  # noqa: T201 - the command's answer
+        return
+    report = import_var_dir(settings, JobStore.from_settings(settings), model_store(settings))
+    print(report.summary())  # noqa: T201 - the command's answer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -224,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"trashcam: invalid settings: {problems}") from None
     if args.command == "ping":
         sys.exit(0 if worker_alive(args.queue) else 1)
+    if args.command == "db":
+        database_command(args.action)
+        return
     if args.command == "serve":
         serve(args.host, args.port)
     elif args.command == "api":

@@ -15,9 +15,9 @@ from app.metrics import Metrics
 from app.security import API_KEY_HEADER, check_api_key
 from app.serving import InferenceService
 from core.jobs import JobStore
+from core.model_store import ModelStore
 from core.review import ReviewStore
 from core.settings import ApiKey, Settings
-from models.store import ModelStore
 
 
 async def settings_of_app(request: Request) -> Settings:

@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +11,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,6 +30,7 @@ from app.serving import (
     ExpensiveRefusedError,
     InferenceService,
 )
+from core.database import unavailable as database_unavailable
 from core.jobs import JobStore, NewerRecordError
 from core.model_manager import ModelManager, NoModelError, model_store
 from core.queue import create_celery, submit
@@ -44,6 +45,8 @@ from models.predictor import select_device
 logger = logging.getLogger(__name__)
 
 MODEL_REFRESH_SECONDS = 2.0
+#: Seconds a client is told to wait while the database cannot be reached (a restart takes a few).
+DATABASE_RETRY_AFTER_S = 5
 
 
 async def follow_default_model(app: FastAPI) -> None:
@@ -100,11 +103,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_batch=app.state.metrics.observe_batch,
         max_expensive=settings.max_expensive_explanations,
     )
-    # Records that a crash or an older version left out of the job index, before anything counts them.
-    try:
-        await run_in_threadpool(app.state.jobs.reconcile)
-    except (sqlite3.Error, OSError):
-        logger.exception("could not bring the job index in line with the records; will retry")
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
         app.state.metrics.model_loads.inc()
@@ -149,7 +147,7 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
     app.state.store = model_store(app.state.settings)
     app.state.metrics = Metrics(app.state.settings.drift_window_seconds)
     app.state.review = ReviewStore(app.state.settings.review_dir)
-    app.state.jobs = JobStore.from_url(app.state.settings.redis_url, app.state.settings.jobs_dir)
+    app.state.jobs = JobStore.from_settings(app.state.settings)
     app.state.submitter = submitter or celery_submitter(app.state.settings)
 
     @app.exception_handler(NoModelError)
@@ -178,6 +176,20 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         """A job record of a newer version of the service (a rolling deploy under way): this replica
         must not rewrite it; an upgraded one can."""
         return JSONResponse({"detail": str(error)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, error: Exception) -> JSONResponse:
+        """The database down or restarting: 503, try again shortly; nothing was written. Any other
+        database error is the service's fault: 500."""
+        if database_unavailable(error):
+            logger.warning("the database cannot be reached: %s", error)
+            return JSONResponse(
+                {"detail": "the database cannot be reached now; try again shortly"},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+            )
+        logger.error("database error", exc_info=error)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     labels = path_labels(app.state.settings)
 

@@ -5,7 +5,6 @@ nothing), and when the job is recorded, with the upload's size counted, under a 
 requests of one key at once cannot both take its last place.
 """
 
-import sqlite3
 import threading
 
 from fastapi import HTTPException, status
@@ -25,14 +24,7 @@ def check_job_quota(
     """503 when the queues are full, 429 when the key has too many jobs queued or running, or its jobs'
     folders (with ``adding_bytes`` more) would hold more than its share of the disk."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
-    try:
-        queued, usage = jobs.queued_count(), jobs.usage(key_name)
-    except sqlite3.Error as error:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the job index cannot be read now ({error}); try again later",
-            headers={"Retry-After": "5"},
-        ) from None
+    queued, usage = jobs.queued_count(), jobs.usage(key_name)  # a database down is 503 (app.main)
     if queued >= settings.max_queued_jobs:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -288,7 +288,7 @@ def jobs(base_url: str, key: str, var: Path, redis_url: str, *, rapid: int, reco
     rapid_s = time.perf_counter() - started
 
     # Finished training records, as a service that has run for a while holds.
-    store = JobStore.from_url(redis_url, var / "jobs")
+    store = JobStore.from_url(redis_url, var / "jobs", f"sqlite:///{var / 'trashcam.sqlite3'}")
     params = TrainingParams.model_validate(
         {"name": "x", "config": {"data": "d", "out": "o"}, "source": "bench"}
     )

@@ -46,8 +46,9 @@ from typing import Any
 import httpx2
 
 from bench.retained import retained_accuracy
+from core.model_store import ModelStore
 from core.settings import Settings
-from models.store import CHECKPOINT_FILE, ModelStore
+from models.store import CHECKPOINT_FILE
 from training.split import AnyManifest, manifest_and_root
 
 API_KEY = "operator-story-key-0123456789"
@@ -277,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bases = dict(item.split("=", 1) for item in args.base)
     with tempfile.TemporaryDirectory(prefix="operator-story-") as scratch:
         var = Path(scratch) / "var"
-        store = ModelStore(var / "models")
+        store = ModelStore(var / "models", f"sqlite:///{var / 'trashcam.sqlite3'}")
         registered = {name: store.add(name, checkpoint) for name, checkpoint in bases.items()}
         retained = None
         if args.retained_manifest is not None:

@@ -1,6 +1,6 @@
-"""A worker's heartbeat: a file under the var dir that the worker touches every few seconds, from a
-thread of its own, so that a health check sees a worker as alive while it runs a long task too (a
-training worker's solo pool answers no Celery ping until its task ends)."""
+"""A worker's heartbeat: a file under the artifact root (which every host mounts) that the worker
+touches every few seconds, from a thread of its own, so that a health check sees a worker as alive while
+it runs a long task too (a training worker's solo pool answers no Celery ping until its task ends)."""
 
 import contextlib
 import threading
@@ -16,7 +16,7 @@ ALIVE_SECONDS = 60.0
 
 def heartbeat_path(settings: Settings, node: str) -> Path:
     """The file of the Celery worker named ``node`` (``training@host``)."""
-    return settings.var_dir / "workers" / f"{node}.alive"
+    return settings.artifacts / "workers" / f"{node}.alive"
 
 
 class Heartbeat:
@@ -54,5 +54,5 @@ def is_alive(path: Path, max_age: float = ALIVE_SECONDS) -> bool:
 
 def live_workers(settings: Settings, queue: str) -> list[str]:
     """The Celery node names (``training@host``) of the workers on ``queue`` whose heartbeat is fresh."""
-    folder = settings.var_dir / "workers"
+    folder = settings.artifacts / "workers"
     return sorted(path.stem for path in folder.glob(f"{queue}@*.alive") if is_alive(path))

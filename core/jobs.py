@@ -1,13 +1,13 @@
-"""Job records kept in Redis (fast, shared) and on disk (durable), so that neither a restarted API, a
-crashed worker nor a restarted Redis loses a job's state.
+"""Job records in the SQL database (:mod:`core.database`), which every API replica and worker shares,
+so that neither a restarted API, a crashed worker, a restarted Redis nor another host loses a job's state.
 
-A record lives at ``<jobs_dir>/<id>/job.json`` (the authority) and under the Redis key
-``trashcam:job:<id>`` (a copy for whoever reads Redis). A cancellation is a separate marker file that
-only the API writes, so a worker saving progress can never undo it. The job's folder is also where its
-work happens (a training run's checkpoints, a heatmap batch's inputs and zip). A worker holds a job
-through a :class:`JobLease`: a Redis lock that a heartbeat keeps alive while the job runs, and a
-heartbeat file in the job's folder that outlives a Redis restart, so that a job whose lock Redis lost is
-not taken for one whose worker died.
+A record is one row of ``jobs``: the record itself as JSON, and what is asked of many jobs at once (kind,
+state, whose, the bytes its folder holds). A cancellation is a column that only a cancel sets, so a
+worker saving progress can never undo it. The job's folder, under the artifact root, is where its work
+happens (a training run's checkpoints, a heatmap batch's inputs and zip). A worker holds a job through a
+:class:`JobLease`: a Redis lock that a heartbeat keeps alive while the job runs, and a heartbeat row
+that outlives a Redis restart, so that a job whose lock Redis lost is not taken for one whose worker
+died.
 
 Every record says which layout wrote it (``format``, :data:`JOB_FORMAT`), so that versions of the service
 can run side by side during a rolling deploy: a worker that meets a record of a newer format puts the job
@@ -18,19 +18,17 @@ written, a parameter a newer version added) is read as it was stored rather than
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import redis
 from pydantic import (
@@ -45,21 +43,27 @@ from pydantic import (
     model_validator,
 )
 from redis.lock import Lock
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
+from core import database
+from core.database import Database, open_database
 from core.job_folder import RUN_DIR, JobFolder
-from core.job_index import ACTIVE_STATES, IndexedJob, JobIndex, Usage
-from models.files import atomic_write_bytes
 from training.config import TrainConfig, make_config
 from training.data import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 JobKind = Literal["training", "heatmaps"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 JOB_KINDS: tuple[JobKind, ...] = ("training", "heatmaps")
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", *FINAL_STATES)
+#: States of a job that holds a place in a queue or a worker.
+ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 _ID = re.compile(r"[0-9a-f]{32}")
 logger = logging.getLogger(__name__)
-KEY_PREFIX = "trashcam:job:"
 LOCK_PREFIX = "trashcam:lock:"
 #: A random id that Redis holds while it runs; a new one after a restart means queues were lost.
 INSTANCE_KEY = "trashcam:instance"
@@ -89,17 +93,6 @@ class NewerRecordError(RuntimeError):
         )
         self.job_id = job_id
         self.found = found
-
-
-def _stored_format(path: Path) -> int:
-    """The format the record at ``path`` says it has, read as plain JSON; :data:`UNVERSIONED_FORMAT`
-    when it says none, or nothing readable."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return UNVERSIONED_FORMAT
-    value = data.get("format") if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else UNVERSIONED_FORMAT
 
 
 def _from_store(info: ValidationInfo) -> bool:
@@ -144,7 +137,7 @@ def _stored_training_params(data: dict[str, Any]) -> "TrainingParams":
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a job's heartbeat file says: who holds the job, and for how long a beat counts."""
+    """What a job's heartbeat says: who holds the job, and for how long a beat counts."""
 
     holder: str
     ttl: float
@@ -153,16 +146,6 @@ class Heartbeat:
     @property
     def fresh(self) -> bool:
         return self.age < self.ttl
-
-
-def read_heartbeat(path: Path) -> Heartbeat | None:
-    """The heartbeat in ``path``; None if there is none (or it cannot be read, as if there were none)."""
-    try:
-        written, text = path.stat().st_mtime, path.read_text()
-        data = json.loads(text)
-        return Heartbeat(str(data["holder"]), float(data["ttl"]), time.time() - written)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 #: TrainConfig fields that name the server's files: never shown by the API.
@@ -316,6 +299,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_job_id(text: str) -> bool:
+    return bool(_ID.fullmatch(text))
+
+
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under ``path`` (or of ``path`` itself); links inside are never followed."""
     if path.is_symlink() or path.is_file():
@@ -328,15 +315,84 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one key's jobs hold now."""
+
+    active: int
+    disk_bytes: int
+
+
+class HeartbeatRow:
+    """The row of one job's heartbeat: which worker holds the job, renewed while it works on it. A row,
+    not a Redis key, so that it outlives a Redis restart (which drops every lock while the workers go on),
+    and not a file, so that no host needs another's disk to know who holds a job."""
+
+    def __init__(self, database: Database, job_id: str) -> None:
+        self.database = database
+        self.job_id = job_id
+
+    def read(self) -> Heartbeat | None:
+        """The heartbeat; None if there is none (or the database cannot be read, as if there were none:
+        no one can take a job whose heartbeat nobody can read either)."""
+        table = database.job_heartbeats
+        try:
+            with self.database.read() as db:
+                row = db.execute(
+                    select(table.c.holder, table.c.ttl, table.c.beat_at).where(table.c.job_id == self.job_id)
+                ).first()
+        except SQLAlchemyError:
+            logger.warning("could not read job %s's heartbeat", self.job_id, exc_info=True)
+            return None
+        return None if row is None else Heartbeat(row.holder, row.ttl, time.time() - row.beat_at)
+
+    def write(self, holder: str, ttl: float) -> None:
+        table = database.job_heartbeats
+        statement = self.database.insert(table).values(
+            job_id=self.job_id, holder=holder, ttl=ttl, beat_at=time.time()
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.job_id],
+            set_={
+                "holder": statement.excluded.holder,
+                "ttl": statement.excluded.ttl,
+                "beat_at": statement.excluded.beat_at,
+            },
+        )
+        try:
+            with self.database.write() as db:
+                db.execute(statement)
+        except SQLAlchemyError:
+            logger.warning("could not write job %s's heartbeat", self.job_id, exc_info=True)
+
+    def remove(self, holder: str | None = None) -> None:
+        """Remove the row (only ``holder``'s, when given)."""
+        table = database.job_heartbeats
+        condition = table.c.job_id == self.job_id
+        if holder is not None:
+            condition = condition & (table.c.holder == holder)
+        with contextlib.suppress(SQLAlchemyError), self.database.write() as db:
+            db.execute(delete(table).where(condition))
+
+
 class JobStore:
-    def __init__(self, client: redis.Redis, jobs_dir: str | os.PathLike[str]) -> None:
+    """Job records in the SQL database (:mod:`core.database`), one row each, and each job's files in a
+    folder of its own under ``jobs_dir`` (on the artifact root, which every host mounts)."""
+
+    def __init__(self, client: redis.Redis, jobs_dir: str | os.PathLike[str], database_url: str) -> None:
         self.redis = client
         self.jobs_dir = Path(jobs_dir)
-        self.index = JobIndex(self.jobs_dir)
+        self.database = open_database(database_url)
 
     @classmethod
-    def from_url(cls, url: str, jobs_dir: str | os.PathLike[str]) -> "JobStore":
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), jobs_dir)
+    def from_url(cls, url: str, jobs_dir: str | os.PathLike[str], database_url: str) -> "JobStore":
+        return cls(
+            redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), jobs_dir, database_url
+        )
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "JobStore":
+        return cls.from_url(settings.redis_url, settings.jobs_dir, settings.database)
 
     def folder(self, job_id: str) -> Path:
         if not _ID.fullmatch(job_id):
@@ -364,130 +420,156 @@ class JobStore:
 
     def save(self, job: Job) -> None:
         """Write the record (in this version's format); :class:`NewerRecordError` for a record of a newer
-        format, which this version would write back without what it does not know."""
-        # Checked on the record as read: a newer version that rewrites it between this version's read
-        # and this write is overwritten, as a worker's save and a cancel can overwrite each other.
+        format, which this version would write back without what it does not know, whether it was
+        read so or a newer version rewrote it since."""
         if job.from_newer_version:
             raise NewerRecordError(job.id, job.format)
         job.format = JOB_FORMAT
         job.updated_at = time.time()
-        text = job.to_json()
-        atomic_write_bytes(self.files(job.id).record, text.encode())
         # Measured when the folder stops changing for a while: submitted, finished, pruned.
-        self.update_index(job, measure=job.state == "queued" or job.finished)
-        try:
-            self.redis.set(KEY_PREFIX + job.id, text)
-        except redis.RedisError:
-            logger.warning("could not copy job %s to Redis; its file is up to date", job.id)
+        measured = folder_bytes(self.folder(job.id)) if job.state == "queued" or job.finished else None
+        table = database.jobs
+        statement = self.database.insert(table).values(
+            id=job.id,
+            kind=job.kind,
+            state=job.state,
+            format=job.format,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            submitted_by=job.submitted_by,
+            disk_bytes=measured or 0,
+            cancel_requested=False,
+            record=job.to_json(),
+        )
+        changed = ["kind", "state", "format", "created_at", "updated_at", "submitted_by", "record"]
+        if measured is not None:
+            changed.append("disk_bytes")
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={name: statement.excluded[name] for name in changed},
+            where=table.c.format <= JOB_FORMAT,
+        )
+        with self.database.write() as db:
+            if db.execute(statement).rowcount == 0:
+                found = db.execute(select(table.c.format).where(table.c.id == job.id)).scalar_one()
+                raise NewerRecordError(job.id, found)
 
-    def update_index(
-        self, job: Job, *, measure: bool, mtime_ns: int | None = None, force: bool = False
-    ) -> None:
-        """Write ``job``'s row of the index (with its folder's size now, if ``measure``; ``mtime_ns``:
-        the modification time of the record it was read from). The record is the authority: a row that
-        cannot be written is mended by :meth:`reconcile`."""
-        folder = self.folder(job.id)
-        try:
-            mtime = mtime_ns if mtime_ns is not None else JobFolder(folder).record.stat().st_mtime_ns
-            self.index.record(
-                IndexedJob(
-                    id=job.id,
-                    kind=job.kind,
-                    state=job.state,
-                    created_at=job.created_at,
-                    submitted_by=job.submitted_by,
-                    disk_bytes=folder_bytes(folder) if measure else None,
-                    record_mtime_ns=mtime,
-                    updated_at=job.updated_at,
-                ),
-                force=force,
+    def measure(self, job: Job) -> None:
+        """Measure the job's folder again (after its files were removed): what the key's quota counts."""
+        table = database.jobs
+        with self.database.write() as db:
+            db.execute(
+                update(table).where(table.c.id == job.id).values(disk_bytes=folder_bytes(self.folder(job.id)))
             )
-        except (sqlite3.Error, OSError):
-            logger.warning("could not index job %s; its record is up to date", job.id, exc_info=True)
-
-    def reconcile(self) -> int:
-        """Bring the index in line with the records on disk: rows for records it lacks or that changed
-        since their row was written, none for records that are gone. How many rows changed."""
-        indexed = self.index.mtimes()
-        on_disk: dict[str, int] = {}
-        if self.jobs_dir.is_dir():
-            for folder in self.jobs_dir.iterdir():
-                if _ID.fullmatch(folder.name):
-                    with contextlib.suppress(FileNotFoundError):
-                        on_disk[folder.name] = JobFolder(folder).record.stat().st_mtime_ns
-        changed = 0
-        for job_id, mtime in on_disk.items():
-            if indexed.get(job_id) != mtime:
-                # The time read before the record: a save in between leaves the row older than the
-                # file, and the next pass reads it again.
-                try:
-                    self.update_index(self.get(job_id), measure=True, mtime_ns=mtime, force=True)
-                except (JobNotFoundError, NewerRecordError) as error:
-                    logger.warning("skipping %s: %s", job_id, error)
-                    continue
-                changed += 1
-        for job_id in indexed.keys() - on_disk.keys():
-            self.index.forget(job_id)
-            changed += 1
-        return changed
 
     def discard(self, job_id: str) -> None:
         """Remove a job that never ran (its queue was unreachable, its upload refused): folder and row."""
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
-        with contextlib.suppress(sqlite3.Error):
-            self.index.forget(job_id)
+        with self.database.write() as db:
+            db.execute(delete(database.jobs).where(database.jobs.c.id == job_id))
+            db.execute(delete(database.job_heartbeats).where(database.job_heartbeats.c.job_id == job_id))
 
     def page(
         self, kind: JobKind, *, limit: int, offset: int = 0, order: Literal["oldest", "newest"] = "oldest"
     ) -> tuple[list[Job], int]:
         """One page of ``kind``'s jobs by submission time, and how many there are in all."""
-        ids, total = self.index.page(kind, limit=limit, offset=offset, order=order)
-        found = []
-        for job_id in ids:
-            try:
-                found.append(self.get(job_id))
-            except (JobNotFoundError, NewerRecordError) as error:  # removed since, or unreadable here
-                logger.warning("skipping %s: %s", job_id, error)
-        return found, total
+        table = database.jobs
+        by = (
+            (table.c.created_at, table.c.id)
+            if order == "oldest"
+            else (table.c.created_at.desc(), table.c.id.desc())
+        )
+        with self.database.read() as db:
+            rows = db.execute(
+                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested)
+                .where(table.c.kind == kind)
+                .order_by(*by)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            total = db.execute(
+                select(func.count()).select_from(table).where(table.c.kind == kind)
+            ).scalar_one()
+        return self._readable(rows), int(total)
 
     def counts(self) -> dict[tuple[str, str], int]:
-        """How many jobs there are of each (kind, state), from the index."""
-        return self.index.counts()
+        """How many jobs there are of each (kind, state)."""
+        table = database.jobs
+        with self.database.read() as db:
+            rows = db.execute(
+                select(table.c.kind, table.c.state, func.count()).group_by(table.c.kind, table.c.state)
+            )
+            return {(kind, state): int(count) for kind, state, count in rows}
 
     def queued_count(self) -> int:
-        return self.index.queued()
+        table = database.jobs
+        with self.database.read() as db:
+            return int(
+                db.execute(
+                    select(func.count()).select_from(table).where(table.c.state == "queued")
+                ).scalar_one()
+            )
 
     def usage(self, submitted_by: str | None) -> Usage:
         """What one key's jobs hold: how many are queued or running, and their folders' bytes."""
-        return self.index.usage(submitted_by)
+        table = database.jobs
+        whose = (
+            table.c.submitted_by.is_(None) if submitted_by is None else table.c.submitted_by == submitted_by
+        )
+        with self.database.read() as db:
+            active = db.execute(
+                select(func.count()).select_from(table).where(whose, table.c.state.in_(ACTIVE_STATES))
+            ).scalar_one()
+            disk = db.execute(
+                select(func.coalesce(func.sum(table.c.disk_bytes), 0)).where(whose)
+            ).scalar_one()
+        return Usage(int(active), int(disk))
 
     def get(self, job_id: str) -> Job:
         """The job's record; :class:`JobNotFoundError` when there is none or it cannot be read, and
         :class:`NewerRecordError` when a newer version wrote it in a way this one cannot read."""
-        path = self.files(job_id).record
+        self.folder(job_id)  # refuses what is not a job id
+        table = database.jobs
+        with self.database.read() as db:
+            row = db.execute(
+                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested).where(
+                    table.c.id == job_id
+                )
+            ).first()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return self._parse(row)
+
+    def _parse(self, row: Any) -> Job:
         try:
-            job = Job.from_stored(path.read_bytes())
-        except FileNotFoundError:
-            raise JobNotFoundError(f"no job {job_id!r}") from None
+            job = Job.from_stored(row.record)
         except (ValueError, TypeError) as error:
             # A newer version's record that this one cannot parse (a new state, say) is that version's
             # to handle, not a record lost.
-            stored_format = _stored_format(path)
-            if stored_format > JOB_FORMAT:
-                raise NewerRecordError(job_id, stored_format) from None
-            raise JobNotFoundError(f"job {job_id!r} has an unreadable record: {error}") from None
-        job.cancel_requested = job.cancel_requested or self.cancel_requested(job_id)
+            if row.format > JOB_FORMAT:
+                raise NewerRecordError(row.id, row.format) from None
+            raise JobNotFoundError(f"job {row.id!r} has an unreadable record: {error}") from None
+        job.cancel_requested = job.cancel_requested or bool(row.cancel_requested)
         return job
 
+    def _readable(self, rows: Sequence[Any]) -> list[Job]:
+        found = []
+        for row in rows:
+            try:
+                found.append(self._parse(row))
+            except (JobNotFoundError, NewerRecordError) as error:  # unreadable here
+                logger.warning("skipping %s: %s", row.id, error)
+        return found
+
     def all(self) -> Iterator[Job]:
-        if not self.jobs_dir.is_dir():
-            return
-        for folder in sorted(self.jobs_dir.iterdir()):
-            if _ID.fullmatch(folder.name) and JobFolder(folder).record.is_file():
-                try:
-                    yield self.get(folder.name)
-                except (JobNotFoundError, NewerRecordError) as error:
-                    logger.warning("skipping %s: %s", folder.name, error)
+        table = database.jobs
+        with self.database.read() as db:
+            ids = db.execute(select(table.c.id).order_by(table.c.id)).scalars().all()
+        for job_id in ids:
+            try:
+                yield self.get(job_id)
+            except (JobNotFoundError, NewerRecordError) as error:
+                logger.warning("skipping %s: %s", job_id, error)
 
     def redis_instance(self) -> str:
         """The running Redis server's instance id (created by whoever asks first after a start)."""
@@ -507,52 +589,53 @@ class JobStore:
         job = self.get(job_id)
         if job.finished:
             return job
-        atomic_write_bytes(self.files(job_id).cancel_marker, b"cancel requested\n")
+        table = database.jobs
+        with self.database.write() as db:
+            db.execute(update(table).where(table.c.id == job_id).values(cancel_requested=True))
         job.cancel_requested = True
-        # A newer version's record is left to it: its worker finds the marker and cancels the job.
+        # A newer version's record is left to it: its worker finds the flag and cancels the job.
         if job.state == "queued" and not self.locked(job_id) and not job.from_newer_version:
             job.state, job.finished_at = "cancelled", time.time()
             self.save(job)
         return job
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.files(job_id).cancel_marker.is_file()
+        table = database.jobs
+        with self.database.read() as db:
+            return bool(db.execute(select(table.c.cancel_requested).where(table.c.id == job_id)).scalar())
 
     # Ownership -----------------------------------------------------------------------------------
     def lease(self, job_id: str, ttl_seconds: int) -> "JobLease":
-        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, self.files(job_id).heartbeat)
+        self.folder(job_id)
+        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, HeartbeatRow(self.database, job_id))
 
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
 
     def heartbeat(self, job_id: str) -> Heartbeat | None:
-        """The job's heartbeat file: which worker last showed it was alive and working on it, and when."""
-        return read_heartbeat(self.files(job_id).heartbeat)
+        """The job's heartbeat: which worker last showed it was alive and working on it, and when."""
+        return HeartbeatRow(self.database, job_id).read()
 
     def orphans(self) -> list[Job]:
         """Unfinished jobs that nothing is working on and that no queue holds any more.
 
-        A running job lost its worker when neither its lock nor its heartbeat file is fresh (the file
-        says how long its beats count, so the workers' settings decide, not the reader's); the file
-        matters after a Redis restart, which drops every lock while the workers go on (each takes its
-        lock back at its next beat). A queued job whose message
-        went to an earlier Redis instance lost that message when Redis restarted (it keeps nothing on
-        disk). Either is safe to submit again: training resumes from its last checkpoint and heatmap
-        batches are recomputed.
+        A running job lost its worker when neither its lock nor its heartbeat is fresh (the row says how
+        long its beats count, so the workers' settings decide, not the reader's); the row matters after
+        a Redis restart, which drops every lock while the workers go on (each takes its lock back at its
+        next beat). A queued job whose message went to an earlier Redis instance lost that message when
+        Redis restarted (it keeps nothing on disk). Either is safe to submit again: training resumes from
+        its last checkpoint and heatmap batches are recomputed.
         """
         instance = self.redis_instance()
-        self.reconcile()  # records that an older version, or a crash, left out of the index
+        table = database.jobs
+        with self.database.read() as db:
+            rows = db.execute(
+                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested).where(
+                    table.c.state.in_(ACTIVE_STATES), table.c.format <= JOB_FORMAT
+                )
+            ).all()
         found = []
-        for job_id in self.index.ids_in(ACTIVE_STATES):
-            try:
-                job = self.get(job_id)
-            except (JobNotFoundError, NewerRecordError):
-                continue
-            if job.from_newer_version:
-                continue  # its own workers and replicas recover it
-            if job.finished:  # a row behind its record: it would hold its key's place
-                self.update_index(job, measure=True, force=True)
-                continue
+        for job in self._readable(rows):
             if job.state == "running":
                 beat = self.heartbeat(job.id)
                 if not self.locked(job.id) and not (beat is not None and beat.fresh):
@@ -564,21 +647,21 @@ class JobStore:
 
 class JobLease:
     """A Redis lock on one job, kept alive by a heartbeat thread while the job runs, which also renews
-    the job's heartbeat file (its holder and time to live).
+    the job's heartbeat row (its holder and time to live).
 
-    Only one lease holds a job: the lock is refused while another holder's heartbeat file is fresh,
+    Only one lease holds a job: the lock is refused while another holder's heartbeat is fresh,
     since after a Redis restart that holder still runs and takes its lock back at its next beat.
-    ``lost`` is set when another holder's file appears (this worker stalled past the time to live and
+    ``lost`` is set when another holder's heartbeat appears (this worker stalled past the time to live and
     the job was given to another); the job's work should then stop, writing nothing.
     """
 
-    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int, heartbeat_file: Path) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int, heartbeat: HeartbeatRow) -> None:
         # Not thread-local: the heartbeat thread extends the lock the job's thread acquired.
         self._redis = client
         self._key = key
         self._lock = Lock(client, key, timeout=ttl_seconds, blocking=False, thread_local=False)
         self.ttl = ttl_seconds
-        self.heartbeat_file = heartbeat_file
+        self.heartbeat = heartbeat
         self.holder = uuid.uuid4().hex
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -597,15 +680,11 @@ class JobLease:
         return True
 
     def _held_elsewhere(self) -> bool:
-        beat = read_heartbeat(self.heartbeat_file)
+        beat = self.heartbeat.read()
         return beat is not None and beat.holder != self.holder and beat.fresh
 
     def _write_heartbeat(self) -> None:
-        record = json.dumps({"holder": self.holder, "ttl": self.ttl})
-        try:
-            atomic_write_bytes(self.heartbeat_file, record.encode())
-        except OSError:
-            logger.warning("could not write the job's heartbeat file %s", self.heartbeat_file, exc_info=True)
+        self.heartbeat.write(self.holder, self.ttl)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -616,8 +695,9 @@ class JobLease:
                 self._lock.reacquire()
             except redis.exceptions.LockNotOwnedError:
                 # Redis lost the lock (a restart): take it back if it is free. If another worker has it,
-                # it is about to give it up (this file is fresh), or it took the job over when this one
-                # stalled, and its file says so at the next beat; either way this file is not renewed.
+                # it is about to give it up (this heartbeat is fresh), or it took the job over when this
+                # one stalled, and its heartbeat says so at the next beat; either way this one is not
+                # renewed.
                 # A Redis that fails the attempt itself (still starting) is Redis down, as below.
                 try:
                     if not self._lock.acquire(blocking=False):
@@ -625,13 +705,13 @@ class JobLease:
                 except redis.RedisError:
                     logger.warning("could not take a job lease back; retrying", exc_info=True)
             except redis.RedisError:
-                # Redis is down, so no one can take the lock: the file shows that the work goes on.
+                # Redis is down, so no one can take the lock: the heartbeat shows that the work goes on.
                 logger.warning("could not renew a job lease; retrying", exc_info=True)
             self._write_heartbeat()
 
     def holds(self) -> bool:
-        """Whether this lease still holds the job, asked of the file and Redis now, not at the next beat:
-        no other holder's fresh file, and the lock this lease's or free (Redis lost it)."""
+        """Whether this lease still holds the job, asked of the database and Redis now, not at the next
+        beat: no other holder's fresh heartbeat, and the lock this lease's or free (Redis lost it)."""
         if self.lost.is_set() or self._held_elsewhere():
             return False
         try:
@@ -643,8 +723,6 @@ class JobLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        beat = read_heartbeat(self.heartbeat_file)
-        if beat is not None and beat.holder == self.holder:
-            self.heartbeat_file.unlink(missing_ok=True)
+        self.heartbeat.remove(self.holder)
         with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
             self._lock.release()

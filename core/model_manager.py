@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from core.model_store import ModelStore
 from core.settings import Settings
 from models.calibration import Thresholds
 from models.checkpoint import CheckpointError
@@ -16,7 +17,7 @@ from models.machine import usable_cores
 from models.precision import InferencePrecision, choose_precision
 from models.predictor import Predictor, select_device
 from models.runtime import RuntimeOptions, forget_conversions
-from models.store import CHECKPOINT_FILE, ModelInUseError, ModelStore, ModelVersion
+from models.store import CHECKPOINT_FILE, ModelInUseError, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class NothingToRollBackError(LookupError):
 
 def model_store(settings: Settings) -> ModelStore:
     """The store of the service's models, with the shipped model as its built-in version."""
-    return ModelStore(settings.models_dir, builtin=settings.shipped_model_path)
+    return ModelStore(settings.models_dir, settings.database, builtin=settings.shipped_model_path)
 
 
 class ModelManager:

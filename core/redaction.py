@@ -11,6 +11,7 @@ def path_labels(settings: Settings) -> dict[str, str]:
         str(settings.resolved_data_root): "<data root>",
         str(settings.jobs_dir): "<jobs>",
         str(settings.models_dir): "<models>",
+        str(settings.artifacts): "<artifacts>",
         str(settings.var_dir): "<var>",
         str(PROJECT_ROOT): "",
     }

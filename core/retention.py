@@ -43,7 +43,7 @@ def prune_job(jobs: JobStore, job: Job, *, only: tuple[str, ...] | None = None) 
     for path in paths:
         freed += folder_bytes(path)
         remove(path)
-    jobs.update_index(job, measure=True)  # what the key's quota counts
+    jobs.measure(job)  # what the key's quota counts
     return freed
 
 

@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     model_path: Path | None = None
     shipped_model_path: Path = SHIPPED_MODEL_DIR / CHECKPOINT_FILE
     var_dir: Path = PROJECT_ROOT / "var"
+    database_url: str | None = Field(
+        None,
+        description="the SQL database of job records, job leases and the model registry (SQLAlchemy URL; "
+        "postgresql+psycopg://... for several hosts); None: SQLite at <var_dir>/trashcam.sqlite3, one host",
+    )
+    artifact_root: Path | None = Field(
+        None,
+        description="the folder of every job's files, stored models and reviewed photos; every host of one "
+        "service mounts the same one (None: <var_dir>)",
+    )
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     inference_lanes: int | None = Field(
         None,
@@ -264,8 +274,19 @@ class Settings(BaseSettings):
         )
 
     @property
+    def database(self) -> str:
+        """The database URL in use: the setting, else SQLite in the var dir."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'trashcam.sqlite3').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_root if self.artifact_root is not None else self.var_dir
+
+    @property
     def models_dir(self) -> Path:
-        return self.var_dir / "models"
+        return self.artifacts / "models"
 
     @property
     def runtime_cache(self) -> Path:
@@ -273,11 +294,11 @@ class Settings(BaseSettings):
 
     @property
     def review_dir(self) -> Path:
-        return self.var_dir / "review"
+        return self.artifacts / "review"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.var_dir / "jobs"
+        return self.artifacts / "jobs"
 
     @property
     def resolved_data_root(self) -> Path:

@@ -39,6 +39,6 @@ def _recover_lost_jobs(**_: object) -> None:
     """A starting worker resubmits jobs whose worker died or whose queue message Redis lost."""
     settings = get_settings()
     recover_orphans(
-        JobStore.from_url(settings.redis_url, settings.jobs_dir),
+        JobStore.from_settings(settings),
         lambda job: submit(celery_app, job),
     )

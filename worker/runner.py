@@ -103,7 +103,7 @@ def held(
 
 def run_training_job(job_id: str, settings: Settings) -> Job:
     """Train (or resume) the job's run, then register its best checkpoint as a new model version."""
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
         if holding is None:
             return jobs.get(job_id)
@@ -271,7 +271,7 @@ def unpack_inputs(folder: JobFolder, settings: Settings) -> None:
 
 def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[], Predictor]) -> Job:
     """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest."""
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
         if holding is None:
             return jobs.get(job_id)

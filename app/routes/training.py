@@ -25,11 +25,12 @@ from app.serving import InferenceService
 from app.uploads import refuse_repeated
 from core.job_folder import JobFolder
 from core.jobs import Job, JobKind, JobNotFoundError, JobStore, TrainingParams, new_job_id
+from core.model_store import ModelStore
 from core.retention import prune_job
 from core.settings import PROJECT_ROOT, Settings
 from models import list_models
 from models.registry import validate_model_options
-from models.store import ModelNotFoundError, ModelStore, validate_name
+from models.store import ModelNotFoundError, validate_name
 from training.config import RECIPES, TrainConfig, make_config
 from training.distributed import World, rank_batch_size
 from training.options import TrainingOptions

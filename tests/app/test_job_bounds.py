@@ -4,8 +4,6 @@ index, not every record."""
 
 import csv
 import io
-import json
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.main import create_app
-from core.jobs import JobStore, TrainingParams
+from core.jobs import JobStore
 from core.retention import prune_job
 from core.settings import ApiKey, Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
@@ -46,7 +44,7 @@ def batch(client: TestClient, key: str = API_KEY) -> int:
 
 @pytest.fixture
 def jobs(settings: Settings) -> JobStore:
-    return JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    return JobStore.from_settings(settings)
 
 
 def bounded(settings: Settings, **limits: object) -> Settings:
@@ -243,29 +241,6 @@ def test_listing_training_jobs_is_paged(client: TestClient, submitted: FakeSubmi
     assert client.get("/train", params={"limit": 0}).status_code == 422
     assert client.get("/train", params={"limit": 100_000}).status_code == 422
     assert client.get("/train", params={"offset": 10**20}).status_code == 422  # past SQLite's integers
-
-
-def test_the_index_follows_records_it_did_not_see_written(jobs: JobStore, settings: Settings) -> None:
-    """Records an older version wrote, or that a crash left unindexed, are found; removed ones dropped."""
-    job = jobs.create(
-        TrainingParams.model_validate(
-            {"name": "x", "config": {"data": "d", "out": "o"}, "source": "upload:d.zip"}
-        )
-    )
-    path = jobs.folder(job.id) / "job.json"
-    record = json.loads(path.read_text())
-    record["state"] = "running"
-    written = path.stat().st_mtime_ns
-    path.write_text(json.dumps(record))
-    os.utime(path, ns=(written + 10**9, written + 10**9))  # as a later save, on any file system's clock
-    assert jobs.counts() == {("training", "queued"): 1}
-    assert jobs.reconcile() == 1
-    assert jobs.counts() == {("training", "running"): 1}
-    assert jobs.reconcile() == 0  # nothing changed since
-    (jobs.folder(job.id) / "job.json").unlink()
-    jobs.folder(job.id).rmdir()
-    assert jobs.reconcile() == 1
-    assert jobs.counts() == {}
 
 
 def test_metrics_count_jobs_from_the_index(client: TestClient, settings: Settings) -> None:

@@ -15,6 +15,7 @@ from core.job_folder import JobFolder
 from core.jobs import JOB_FORMAT, JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, png_bytes
+from tests.core.conftest import store_record, stored_record
 from tests.training.helpers import make_image_folder
 from training.archive import ArchiveError
 from worker.runner import unpack_inputs
@@ -365,7 +366,7 @@ def test_bad_heatmap_batches(
 
 def test_cancelling_a_finished_job_is_409(client: TestClient, dataset_zip: bytes, settings: Settings) -> None:
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     record = jobs.get(job["id"])
     record.state = "succeeded"
     jobs.save(record)
@@ -383,7 +384,7 @@ def test_a_finished_job_is_purged_on_request_and_a_running_one_is_not(
     refused = client.delete(f"/train/{job['id']}", params={"purge": "true"}, headers=KEY)
     assert refused.status_code == 409
     assert "cancel it first" in refused.json()["detail"]
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     record = jobs.get(job["id"])
     record.state = "succeeded"
     jobs.save(record)
@@ -398,24 +399,24 @@ def test_a_record_a_newer_version_wrote_is_shown_and_cancelled_but_not_rewritten
     client: TestClient, dataset_zip: bytes, settings: Settings
 ) -> None:
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
-    path = settings.jobs_dir / job["id"] / "job.json"
-    queued = {**json.loads(path.read_text()), "format": JOB_FORMAT + 1}
-    path.write_text(json.dumps(queued))
+    jobs = JobStore.from_settings(settings)
+    queued = {**json.loads(stored_record(jobs, job["id"])), "format": JOB_FORMAT + 1}
+    store_record(jobs, job["id"], queued)
     cancelled = client.delete(f"/train/{job['id']}", headers=KEY)
     assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["cancel_requested"] is True  # the marker, which the newer worker heeds
-    assert json.loads(path.read_text()) == queued
+    assert cancelled.json()["cancel_requested"] is True  # the flag, which the newer worker heeds
+    assert json.loads(stored_record(jobs, job["id"])) == queued
     newer = {**queued, "state": "succeeded"}
-    path.write_text(json.dumps(newer))
+    store_record(jobs, job["id"], newer, state="succeeded")
     shown = client.get(f"/train/{job['id']}")
     assert (shown.status_code, shown.json()["state"]) == (200, "succeeded")
     refused = client.delete(f"/train/{job['id']}", params={"purge": "true"}, headers=KEY)
     assert refused.status_code == 409
     assert "newer than this version's" in refused.json()["detail"]
     assert (settings.jobs_dir / job["id"] / "upload.zip").is_file()  # nothing was removed
-    assert json.loads(path.read_text()) == newer
+    assert json.loads(stored_record(jobs, job["id"])) == newer
     # One it cannot even parse (a state it does not know) is the newer version's, not missing.
-    path.write_text(json.dumps({**newer, "state": "paused"}))
+    store_record(jobs, job["id"], {**newer, "state": "paused"}, state="paused")
     unreadable = client.get(f"/train/{job['id']}")
     assert unreadable.status_code == 409
     assert "newer than this version's" in unreadable.json()["detail"]
@@ -431,7 +432,7 @@ def test_an_unreachable_queue_is_503_and_keeps_nothing(settings: Settings, datas
     assert "job queue is unreachable" in response.json()["detail"]
     assert int(response.headers["retry-after"]) > 0
     assert job_folders(settings) == []
-    assert JobStore.from_url(settings.redis_url, settings.jobs_dir).counts() == {}
+    assert JobStore.from_settings(settings).counts() == {}
 
 
 def test_a_body_declared_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
@@ -492,7 +493,7 @@ def test_a_pruned_batch_result_is_410(client: TestClient, settings: Settings) ->
 
     files = [("files", ("a.png", png_bytes(), "image/png"))]
     job = client.post("/explain/batch", files=files, headers=KEY).json()
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     record = jobs.get(job["id"])
     record.state, record.finished_at = "succeeded", 0.0
     jobs.save(record)
@@ -520,7 +521,7 @@ def test_a_diverged_job_is_shown_with_null_metrics(
 ) -> None:
     """JSON has no NaN: a diverged run's loss is answered as null, and the job stays listed."""
     job = client.post("/train", files={"file": ("data.zip", dataset_zip)}, headers=KEY).json()
-    jobs = JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    jobs = JobStore.from_settings(settings)
     record = jobs.get(job["id"])
     record.state, record.metrics = "running", {"train_loss": float("nan"), "train_accuracy": 0.25}
     jobs.save(record)

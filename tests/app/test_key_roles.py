@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.main import create_app
+from core.model_manager import model_store
 from core.settings import ApiKey, Settings
-from models.store import ModelStore
 from tests.app.conftest import FakeSubmitter, tiny_checkpoint
 from tests.app.test_job_routes import zip_of_folder
 from tests.training.helpers import make_image_folder
@@ -30,7 +30,7 @@ def client(settings: Settings, submitted: FakeSubmitter, tmp_path: Path) -> Iter
     # A fresh install: the shipped model serves, so a rollback has a stored version to go back to.
     settings.model_path = None
     settings.shipped_model_path = tiny_checkpoint(tmp_path / "weights" / "net" / "model.pt", seed=7)
-    ModelStore(settings.models_dir).add("waste", tiny_checkpoint(tmp_path / "w.pt", seed=3))
+    model_store(settings).add("waste", tiny_checkpoint(tmp_path / "w.pt", seed=3))
     with TestClient(create_app(settings, submitter=submitted)) as test_client:
         yield test_client
 

@@ -6,15 +6,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from core.model_manager import model_store
+from core.model_store import ModelStore
 from core.settings import Settings
-from models.store import ModelStore
 from tests.app.conftest import API_KEY, png_bytes, tiny_checkpoint
 from worker.runner import serving_manager
 
 
 @pytest.fixture
 def stored(settings: Settings, tmp_path: Path) -> ModelStore:
-    store = ModelStore(settings.models_dir)
+    store = model_store(settings)
     store.add("waste", tiny_checkpoint(tmp_path / "a.pt", seed=1), report={"accuracy": 0.5})
     store.add("waste", tiny_checkpoint(tmp_path / "b.pt", seed=2))
     store.add("other", tiny_checkpoint(tmp_path / "c.pt", seed=3, classes=("a", "b")))

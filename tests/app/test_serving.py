@@ -5,7 +5,7 @@ from PIL import Image
 
 from app.serving import InferenceService
 from core.model_manager import ModelManager
-from models.store import ModelStore
+from core.model_store import ModelStore
 from tests.app.conftest import tiny_checkpoint
 
 
@@ -14,7 +14,7 @@ def test_two_loaded_models_with_the_same_weights_never_share_a_batch(tmp_path: P
     is answered by the one it was sent to, even when both wait for the same batch."""
     checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
     manager = ModelManager(
-        store=ModelStore(tmp_path / "models"),
+        store=ModelStore(tmp_path / "models", f"sqlite:///{tmp_path / 'db.sqlite3'}"),
         explicit_path=checkpoint,
         shipped_path=tmp_path / "none.pt",
         device_name="cpu",

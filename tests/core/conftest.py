@@ -1,10 +1,13 @@
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import select, update
 
+from core import database
 from core.jobs import HeatmapParams, JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import TEST_REDIS_URL
@@ -31,7 +34,7 @@ def clear_jobs(url: str) -> None:
 def jobs(settings: Settings) -> Iterator[JobStore]:
     """A job store that starts empty (other tests' jobs may be left in the test database)."""
     clear_jobs(settings.redis_url)
-    yield JobStore.from_url(settings.redis_url, settings.jobs_dir)
+    yield JobStore.from_settings(settings)
     clear_jobs(settings.redis_url)
 
 
@@ -43,3 +46,39 @@ def training_params(name: str = "x", **config: Any) -> TrainingParams:
 
 
 HEATMAPS = HeatmapParams(method="gradcam", colormap="jet", alpha=0.5)
+
+
+def stored_record(jobs: JobStore, job_id: str) -> str:
+    """A job's record as its row holds it."""
+    with jobs.database.read() as db:
+        text: str = db.execute(
+            select(database.jobs.c.record).where(database.jobs.c.id == job_id)
+        ).scalar_one()
+    return text
+
+
+def store_record(
+    jobs: JobStore, job_id: str, record: dict[str, Any] | str, *, state: str | None = None
+) -> None:
+    """Write a job's row as another version of the service (or a damaged store) would leave it: the
+    record's text, and the format (and state) it says, beside it."""
+    text = record if isinstance(record, str) else json.dumps(record)
+    columns: dict[str, Any] = {"record": text}
+    if isinstance(record, dict) and isinstance(record.get("format"), int):
+        columns["format"] = record["format"]
+    if state is not None:
+        columns["state"] = state
+    with jobs.database.write() as db:
+        db.execute(update(database.jobs).where(database.jobs.c.id == job_id).values(**columns))
+
+
+def insert_record(jobs: JobStore, record: dict[str, Any]) -> None:
+    """A row for a record that an older version of the service wrote, as ``trashcam db import`` makes
+    it (``core.importing``)."""
+    from core.importing import record_columns
+
+    row = record_columns(record["id"], json.dumps(record))
+    assert row is not None
+    jobs.folder(record["id"]).mkdir(parents=True, exist_ok=True)
+    with jobs.database.write() as db:
+        db.execute(database.jobs.insert().values(**row, record=json.dumps(record)))

@@ -11,18 +11,17 @@ import pytest
 from core.jobs import JOB_FORMAT, UNVERSIONED_FORMAT, Job, JobStore, NewerRecordError, TrainingParams
 from core.recovery import recover_orphans
 from core.retention import prune_finished_jobs
-from tests.core.conftest import training_params
+from tests.core.conftest import store_record, stored_record, training_params
 
 
 def stored(jobs: JobStore, job_id: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((jobs.folder(job_id) / "job.json").read_text())
+    data: dict[str, Any] = json.loads(stored_record(jobs, job_id))
     return data
 
 
 def rewrite(jobs: JobStore, job_id: str, **changes: Any) -> None:
     """The record as another version of the service would have written it."""
-    path = jobs.folder(job_id) / "job.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    store_record(jobs, job_id, {**stored(jobs, job_id), **changes}, state=changes.get("state"))
 
 
 def newer_record(jobs: JobStore, **changes: Any) -> str:
@@ -57,7 +56,7 @@ def test_a_record_without_a_format_is_of_the_first_and_saved_in_todays(jobs: Job
     job = jobs.create(training_params())
     record = stored(jobs, job.id)
     del record["format"]
-    (jobs.folder(job.id) / "job.json").write_text(json.dumps(record))
+    store_record(jobs, job.id, record)
     old = jobs.get(job.id)
     assert old.format == UNVERSIONED_FORMAT
     jobs.save(old)
@@ -66,14 +65,24 @@ def test_a_record_without_a_format_is_of_the_first_and_saved_in_todays(jobs: Job
 
 def test_a_newer_record_reads_but_is_never_rewritten(jobs: JobStore) -> None:
     job_id = newer_record(jobs)
-    before = (jobs.folder(job_id) / "job.json").read_bytes()
+    before = stored_record(jobs, job_id)
     job = jobs.get(job_id)
     assert (job.format, job.state) == (JOB_FORMAT + 1, "queued")
     with pytest.raises(NewerRecordError, match=f"format {JOB_FORMAT + 1}, newer than this version's"):
         jobs.save(job)
-    # A cancel leaves its marker, which the newer version's worker heeds, and the record as it was.
+    # A cancel sets its flag, which the newer version's worker heeds, and leaves the record as it was.
     assert jobs.request_cancel(job_id).cancel_requested
-    assert (jobs.folder(job_id) / "job.json").read_bytes() == before
+    assert stored_record(jobs, job_id) == before
+
+
+def test_a_record_a_newer_version_rewrote_since_it_was_read_is_not_overwritten(jobs: JobStore) -> None:
+    job = jobs.create(training_params())
+    read_before = jobs.get(job.id)
+    rewrite(jobs, job.id, format=JOB_FORMAT + 1, epoch=7)  # a newer worker saved it meanwhile
+    read_before.epoch = 1
+    with pytest.raises(NewerRecordError):
+        jobs.save(read_before)
+    assert stored(jobs, job.id)["epoch"] == 7
 
 
 def test_an_older_version_neither_recovers_nor_prunes_a_newer_record(jobs: JobStore) -> None:
@@ -83,9 +92,9 @@ def test_an_older_version_neither_recovers_nor_prunes_a_newer_record(jobs: JobSt
     assert recover_orphans(jobs, lambda job: resubmitted.append(job.id)) == []
     assert resubmitted == []
     finished = newer_record(jobs, state="succeeded", finished_at=1.0)
-    before = (jobs.folder(finished) / "job.json").read_bytes()
+    before = stored_record(jobs, finished)
     assert prune_finished_jobs(jobs, retention_seconds=0) == []
-    assert (jobs.folder(finished) / "job.json").read_bytes() == before
+    assert stored_record(jobs, finished) == before
     assert stored(jobs, job_id)["format"] == JOB_FORMAT + 1
 
 

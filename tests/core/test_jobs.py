@@ -1,4 +1,3 @@
-import json
 import math
 import threading
 import time
@@ -8,21 +7,21 @@ import pytest
 import redis
 
 from core.jobs import (
-    KEY_PREFIX,
     LOCK_PREFIX,
+    HeartbeatRow,
     HeatmapParams,
     JobNotFoundError,
     JobStore,
     TrainingParams,
 )
-from tests.core.conftest import HEATMAPS, training_params
+from tests.core.conftest import HEATMAPS, insert_record, store_record, stored_record, training_params
 
 
-def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
+def test_a_job_survives_a_redis_restart(jobs: JobStore) -> None:
     job = jobs.create(training_params())
     job.epoch, job.state = 3, "running"
     jobs.save(job)
-    jobs.redis.delete(KEY_PREFIX + job.id)  # as after a Redis restart
+    jobs.redis.flushdb()  # Redis keeps nothing on disk: a restart loses every key
     restored = jobs.get(job.id)
     assert (restored.state, restored.epoch) == ("running", 3)
 
@@ -30,26 +29,28 @@ def test_a_job_survives_losing_its_redis_copy(jobs: JobStore) -> None:
 def test_a_job_is_saved_while_redis_is_down(jobs: JobStore) -> None:
     job = jobs.create(HEATMAPS)
     offline = JobStore(
-        redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2), jobs.jobs_dir
+        redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2),
+        jobs.jobs_dir,
+        jobs.database.url,
     )
     job.state = "running"
-    offline.save(job)  # the file, which every reader uses, is up to date
+    offline.save(job)  # the database, which every reader uses, is up to date
     assert jobs.get(job.id).state == "running"
 
 
 def test_an_unreadable_record_is_skipped_not_fatal(jobs: JobStore) -> None:
     good = jobs.create(training_params())
     broken = jobs.create(training_params())
-    (jobs.folder(broken.id) / "job.json").write_text("{not json")
+    store_record(jobs, broken.id, "{not json")
     assert [job.id for job in jobs.all()] == [good.id]
+    assert [job.id for job in jobs.page("training", limit=10)[0]] == [good.id]
     with pytest.raises(JobNotFoundError, match="unreadable record"):
         jobs.get(broken.id)
 
 
 def test_fields_from_another_version_are_ignored(jobs: JobStore) -> None:
     job = jobs.create(training_params())
-    path = jobs.folder(job.id) / "job.json"
-    path.write_text(path.read_text().replace('"attempts"', '"priority": 5, "attempts"'))
+    store_record(jobs, job.id, stored_record(jobs, job.id).replace('"attempts"', '"priority": 5, "attempts"'))
     assert jobs.get(job.id).id == job.id
 
 
@@ -87,7 +88,7 @@ def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
     job = jobs.create(training_params())
     lease = jobs.lease(job.id, 1)
     assert lease.acquire()
-    # Another worker holds the lock for an instant (it refuses the job: this lease's file is fresh):
+    # Another worker holds the lock for an instant (it refuses the job: this lease's heartbeat is fresh):
     # the lease is not lost for that, and takes its lock back once it is free.
     jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
     time.sleep(0.5)
@@ -96,20 +97,22 @@ def test_a_lease_taken_by_another_worker_is_lost(jobs: JobStore) -> None:
     time.sleep(0.5)
     assert jobs.locked(job.id)
     assert lease.holds()
-    # Another worker takes the job over (the lock and its own heartbeat file, which it writes on every
-    # beat as a holder does; a beat of this lease already under way may write over its first): this
-    # lease is lost.
+    # Another worker takes the job over (the lock and its own heartbeat, which it writes on every beat
+    # as a holder does; a beat of this lease already under way may write over its first): this lease
+    # is lost.
     jobs.redis.set(LOCK_PREFIX + job.id, "someone-else")
-    heartbeat = jobs.files(job.id).heartbeat
+    heartbeat = HeartbeatRow(jobs.database, job.id)
     deadline = time.monotonic() + 3
     while not lease.lost.is_set() and time.monotonic() < deadline:
-        heartbeat.write_text(json.dumps({"holder": "someone-else", "ttl": 30}))
+        heartbeat.write("someone-else", 30)
         lease.lost.wait(0.1)
     assert lease.lost.is_set()
     assert not lease.holds()
     lease.release()
     assert jobs.redis.get(LOCK_PREFIX + job.id) == b"someone-else"  # not released by the loser
-    assert heartbeat.is_file()  # nor the new holder's file
+    beat = jobs.heartbeat(job.id)  # nor the new holder's heartbeat
+    assert beat is not None
+    assert beat.holder == "someone-else"
 
 
 def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
@@ -129,7 +132,7 @@ def test_orphans_are_jobs_nothing_works_on(jobs: JobStore) -> None:
     assert {job.id for job in jobs.orphans()} == {running_lost.id}
 
     jobs.redis.flushdb()  # a Redis restart: queues, locks and the instance id are gone
-    # The running job's worker still beats: its heartbeat file, not the lost lock, says so.
+    # The running job's worker still beats: its heartbeat, not the lost lock, says so.
     assert {job.id for job in jobs.orphans()} == {running_lost.id, queued.id}
     jobs.mark_queued(queued)  # resubmitted to the new instance
     assert queued.id not in {job.id for job in jobs.orphans()}
@@ -142,9 +145,9 @@ def test_a_worker_that_stops_beating_leaves_an_orphan(jobs: JobStore) -> None:
     jobs.save(job)
     lease = jobs.lease(job.id, 1)
     assert lease.acquire()
-    lease._stop.set()  # the worker dies: no more beats, neither to Redis nor to the file
+    lease._stop.set()  # the worker dies: no more beats, neither to Redis nor to the database
     jobs.redis.flushdb()
-    assert jobs.orphans() == []  # its file is still fresh
+    assert jobs.orphans() == []  # its heartbeat is still fresh
     time.sleep(1.2)
     assert [orphan.id for orphan in jobs.orphans()] == [job.id]
 
@@ -185,9 +188,7 @@ def test_a_record_from_before_typed_parameters_still_reads(jobs: JobStore) -> No
             "make_default": True,
         },
     }
-    folder = jobs.folder(old["id"])
-    folder.mkdir(parents=True)
-    (folder / "job.json").write_text(json.dumps(old))
+    insert_record(jobs, old)
     job = jobs.get(old["id"])
     assert isinstance(job.params, TrainingParams)
     assert (job.kind, job.state, job.params.name, job.params.make_default) == (
@@ -204,8 +205,7 @@ def test_a_record_from_before_typed_parameters_still_reads(jobs: JobStore) -> No
         "kind": "heatmaps",
         "params": {"method": "layercam", "alpha": 0.4, "colormap": "jet"},
     }
-    jobs.folder(heatmaps["id"]).mkdir()
-    (jobs.folder(heatmaps["id"]) / "job.json").write_text(json.dumps(heatmaps))
+    insert_record(jobs, heatmaps)
     assert jobs.get(heatmaps["id"]).params == HeatmapParams(method="layercam", alpha=0.4, colormap="jet")
 
 
@@ -220,16 +220,16 @@ def test_a_diverged_runs_nan_metrics_read_back(jobs: JobStore) -> None:
     assert [j.id for j in jobs.all()] == [job.id]
 
 
-def test_a_superseded_lease_leaves_the_new_holders_file_and_record(jobs: JobStore) -> None:
+def test_a_superseded_lease_leaves_the_new_holders_heartbeat_and_lock(jobs: JobStore) -> None:
     """A worker that stalled past the time to live, and whose job another worker then took: when it
-    wakes after a Redis restart it must not take the lock back, nor remove the new holder's file."""
+    wakes after a Redis restart it must not take the lock back, nor remove the new holder's heartbeat."""
     job = jobs.create(training_params())
     first = jobs.lease(job.id, 1)
     assert first.acquire()
     first._stop.set()  # the worker stalls: its beats stop
     assert first._heartbeat is not None
     first._heartbeat.join()
-    time.sleep(1.2)  # its lock and its file expire
+    time.sleep(1.2)  # its lock and its heartbeat expire
     second = jobs.lease(job.id, 30)
     assert second.acquire()
     jobs.redis.flushdb()  # Redis restarts: the new holder's lock is gone too

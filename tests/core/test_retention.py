@@ -46,7 +46,6 @@ def test_old_finished_jobs_lose_their_bulky_files_and_keep_their_record(
     assert prune_finished_jobs(jobs, retention_seconds=7 * DAY) == [old]
     folder = jobs.folder(old)
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "job.json",
         "run/config.json",
         "run/history.json",
         "run/manifest.json",

@@ -132,10 +132,12 @@ def test_a_model_is_trained_followed_and_served_from_the_training_page(
 def test_two_stored_models_explain_the_same_photo_side_by_side(
     page: Page, system: System, trashnet_photos: Path, tmp_path: Path
 ) -> None:
-    from models.store import ModelStore
+    from core.model_manager import model_store
+    from core.settings import Settings
     from tests.app.conftest import tiny_checkpoint
 
-    ModelStore(system.root / "var" / "models").add("compare-me", tiny_checkpoint(tmp_path / "c.pt", seed=5))
+    store = model_store(Settings(var_dir=system.root / "var"))
+    store.add("compare-me", tiny_checkpoint(tmp_path / "c.pt", seed=5))
     photo = sorted((trashnet_photos / "paper").glob("*.jpg"))[0]
     page.goto("/ui")
     page.get_by_label("Drop a photo here, or choose one (on a phone: take one)").set_input_files(photo)

@@ -16,6 +16,6 @@ def test_a_model_name_with_a_newline_is_refused(name: str) -> None:
 
 
 def test_a_job_id_with_a_newline_is_not_found(tmp_path: Path) -> None:
-    jobs = JobStore.from_url("redis://127.0.0.1:6379/15", tmp_path)
+    jobs = JobStore.from_url("redis://127.0.0.1:6379/15", tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
     with pytest.raises(JobNotFoundError):
         jobs.get("0123456789abcdef0123456789abcdef\n")

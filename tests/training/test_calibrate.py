@@ -127,14 +127,14 @@ def test_too_few_photos_to_fit_on_are_refused_and_nothing_is_written(
 def test_calibrating_a_stored_version_updates_what_the_store_shows(
     calibrated_run: TrainResult, tmp_path: Path
 ) -> None:
-    from models.store import ModelStore
+    from core.model_store import ModelStore
 
     run = calibrated_run.out_dir
     plain = tmp_path / "plain.pt"
     original = load_checkpoint(run / "best.pt")
     spec = type(original.spec).from_dict({**original.spec.to_dict(), "calibration": {}})
     save_checkpoint(plain, original.state_dict, spec)
-    store = ModelStore(tmp_path / "models")
+    store = ModelStore(tmp_path / "models", f"sqlite:///{tmp_path / 'db.sqlite3'}")
     version = store.add("site", plain)
     assert version.spec.calibration == {}
     args = [

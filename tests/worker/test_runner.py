@@ -13,12 +13,12 @@ from PIL import Image
 import worker.tasks.heatmaps
 import worker.tasks.training
 from core.jobs import JOB_FORMAT, HeatmapParams, JobStore, NewerRecordError, TrainingParams
+from core.model_manager import model_store
 from core.queue import NEWER_RECORD_RETRY_SECONDS
 from core.settings import Settings
 from models.predictor import Predictor
-from models.store import ModelStore
 from tests.app.conftest import png_bytes, tiny_checkpoint
-from tests.core.conftest import training_params
+from tests.core.conftest import store_record, stored_record, training_params
 from tests.training.helpers import make_image_folder
 from training.config import make_config
 from training.progress import Progress, TrainingCancelled
@@ -50,7 +50,7 @@ def test_a_training_job_registers_a_model_version(jobs: JobStore, settings: Sett
     assert len(job.history) == 2
     assert {"train_loss", "val_accuracy"} <= set(job.history[0])
     assert job.result["model"] == {"name": "tiny", "version": "v1"}
-    store = ModelStore(settings.models_dir)
+    store = model_store(settings)
     assert store.default() is not None
     assert store.get("tiny").spec.metrics["test_accuracy"] == job.result["test_accuracy"]
     assert not jobs.locked(job_id)
@@ -76,7 +76,7 @@ def test_a_job_asking_for_two_processes_trains_in_them_and_registers_its_model(
     assert job.result["test_accuracy"] is not None
     run = jobs.folder(job_id) / "run"
     assert json.loads((run / "environment.json").read_text())[0]["processes"] == 2
-    store = ModelStore(settings.models_dir)
+    store = model_store(settings)
     assert store.get("tiny").spec.metrics["test_accuracy"] == job.result["test_accuracy"]
 
 
@@ -263,9 +263,8 @@ def test_a_job_whose_record_a_newer_version_wrote_is_put_back_untouched(
         else HeatmapParams(method="gradcam", colormap="jet", alpha=0.5)
     )
     job = jobs.create(params)
-    path = jobs.folder(job.id) / "job.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format": JOB_FORMAT + 1}))
-    before = path.read_bytes()
+    store_record(jobs, job.id, {**json.loads(stored_record(jobs, job.id)), "format": JOB_FORMAT + 1})
+    before = stored_record(jobs, job.id)
 
     def run() -> object:
         if kind == "training":
@@ -274,7 +273,7 @@ def test_a_job_whose_record_a_newer_version_wrote_is_put_back_untouched(
 
     with pytest.raises(NewerRecordError):
         run()
-    assert path.read_bytes() == before
+    assert stored_record(jobs, job.id) == before
     assert not jobs.locked(job.id)
     assert jobs.heartbeat(job.id) is None
     # The Celery task puts its message back, for a worker of the newer version, and does not fail it.
@@ -294,7 +293,7 @@ def test_a_job_whose_record_a_newer_version_wrote_is_put_back_untouched(
     assert isinstance(retries[0]["exc"], NewerRecordError)
     # As often as it takes: Celery's default would give up after 3 and drop the message.
     assert task.max_retries is None
-    assert path.read_bytes() == before
+    assert stored_record(jobs, job.id) == before
 
 
 @pytest.mark.parametrize("change", [{"state": "paused"}, {"state": "cancelled", "finished_at": 1.0}])
@@ -302,15 +301,15 @@ def test_a_newer_record_this_version_cannot_parse_or_that_has_finished_is_not_fa
     change: dict[str, Any], jobs: JobStore, settings: Settings
 ) -> None:
     job = jobs.create(training_params())
-    path = jobs.folder(job.id) / "job.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format": JOB_FORMAT + 1, **change}))
-    before = path.read_bytes()
+    newer = {**json.loads(stored_record(jobs, job.id)), "format": JOB_FORMAT + 1, **change}
+    store_record(jobs, job.id, newer, state=change["state"])
+    before = stored_record(jobs, job.id)
     if change["state"] == "paused":  # a state this version does not know: put back, not "not found"
         with pytest.raises(NewerRecordError):
             run_training_job(job.id, settings)
     else:  # finished: nothing to do and nothing to write, so nothing is put back either
         assert run_training_job(job.id, settings).state == "cancelled"
-    assert path.read_bytes() == before
+    assert stored_record(jobs, job.id) == before
     assert not jobs.locked(job.id)
 
 
@@ -318,10 +317,9 @@ def test_a_job_stored_beyond_todays_limits_is_failed_not_run(
     jobs: JobStore, settings: Settings, tmp_path: Path
 ) -> None:
     job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5))
-    path = jobs.folder(job_id) / "job.json"
-    record = json.loads(path.read_text())
+    record = json.loads(stored_record(jobs, job_id))
     record["params"]["processes"] = 128  # allowed once, over today's limit of 64
-    path.write_text(json.dumps(record))
+    store_record(jobs, job_id, record)
     assert jobs.get(job_id).params.processes == 128  # type: ignore[union-attr]
     job = run_training_job(job_id, settings)
     assert job.state == "failed"

@@ -1,0 +1,236 @@
+"""The service's SQL database: job records, the heartbeats of the workers holding jobs, and the model
+registry's metadata, shared by every API replica and worker (SQLAlchemy 2, Alembic migrations).
+
+``TRASHCAM_DATABASE_URL`` names it. The embedded default is SQLite in the var dir, for one host;
+PostgreSQL (``postgresql+psycopg://...``) serves several. Every process brings the schema up to date on
+its first use of a database, one process at a time, so the two commands that set the service up stay two.
+"""
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    false,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+#: Any key that PostgreSQL's advisory lock takes: the one all processes migrating one database agree on.
+_MIGRATION_LOCK = 0x7472617368  # "trash"
+
+metadata = MetaData()
+
+#: One row a job: the record (``core.jobs.Job`` as JSON) and what is asked of many jobs at once.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    #: The record's layout (``core.jobs.JOB_FORMAT``): no version rewrites a newer one's row.
+    Column("format", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("submitted_by", String(200)),
+    #: The job folder's size when last measured (submitted, finished, pruned), in bytes.
+    Column("disk_bytes", BigInteger, nullable=False, server_default="0"),
+    #: Set only by a cancel, never by a record's save, so a worker saving progress cannot undo one.
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("record", Text, nullable=False),
+    Index("jobs_by_kind", "kind", "created_at", "id"),
+    Index("jobs_by_key", "submitted_by", "state"),
+    Index("jobs_by_state", "state"),
+)
+
+#: Which worker holds a job, renewed every third of ``ttl`` while it works on it (``core.jobs.JobLease``).
+job_heartbeats = Table(
+    "job_heartbeats",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("ttl", Float, nullable=False),
+    #: The writer's clock (``time.time()``): the hosts' clocks are assumed kept in step (NTP).
+    Column("beat_at", Float, nullable=False),
+)
+
+#: A stored model version; its files are under the artifact root (``models.store``).
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("spec", Text, nullable=False),
+    #: The modification time of the version's ``spec.json`` that ``sha256`` and ``spec`` were read from.
+    Column("spec_mtime_ns", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+)
+
+#: The version that serves by default: at most one row, ``slot`` 1.
+default_model = Table(
+    "default_model",
+    metadata,
+    Column("slot", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(16), nullable=False),
+)
+
+#: Every change of the default, which a rollback reads.
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("by", String(200)),
+    Column("from_ref", String(96)),
+    Column("to_ref", String(96), nullable=False),
+    Column("reason", String(64), nullable=False),
+)
+
+
+class Database:
+    """An engine on one database whose schema is up to date, with the two kinds of connection the
+    stores use: :meth:`read` and :meth:`write`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # pool_pre_ping: a connection that a restarted PostgreSQL dropped is replaced before it is used.
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            # A file opens in microseconds: no pool, so no descriptors held between uses and none
+            # carried across a fork.
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            options["poolclass"] = NullPool
+        self.engine: Engine = create_engine(url, **options)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        upgrade(self)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction, committed at the end. On SQLite it takes the write lock at once: a transaction
+        that read first and wrote later could otherwise fail at once, instead of waiting, when another
+        process wrote in between."""
+        with self.engine.begin() as connection:
+            if self.is_sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+
+    def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        """``INSERT`` with ``ON CONFLICT`` (an upsert), in the database's own dialect."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    # WAL lets readers go on while one process writes; the file keeps it. NORMAL syncs at checkpoints,
+    # which WAL keeps consistent after a crash.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(database: Database) -> None:
+    """Bring the schema to the newest migration; processes that start together take turns."""
+    with _migration_lock(database) as connection:
+        command.upgrade(alembic_config(connection), "head")
+        connection.commit()
+
+
+@contextlib.contextmanager
+def _migration_lock(database: Database) -> Iterator[Connection]:
+    if not database.is_sqlite:
+        with database.engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+        return
+    path = make_url(database.url).database
+    lock_path = Path(f"{path}.migrating") if path and path != ":memory:" else None
+    with contextlib.ExitStack() as stack:
+        if lock_path is not None:
+            lock = stack.enter_context(open(lock_path, "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield stack.enter_context(database.engine.connect())
+
+
+_databases: dict[str, Database] = {}
+_databases_lock = threading.Lock()
+
+
+def open_database(url: str) -> Database:
+    """The process's one :class:`Database` for ``url`` (made, and migrated, on first use)."""
+    with _databases_lock:
+        if url not in _databases:
+            _databases[url] = Database(url)
+        return _databases[url]
+
+
+def _after_fork() -> None:
+    # A forked child (a Celery pool process) must not use its parent's pooled connections: it opens its own.
+    for database in _databases.values():
+        database.engine.dispose(close=False)
+
+
+def redact_password(url: str) -> str:
+    """``url`` as it may be shown: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached now (down, restarting), not a bad query."""
+    return isinstance(error, DBAPIError) and (error.connection_invalidated or _is_operational(error))
+
+
+def _is_operational(error: DBAPIError) -> bool:
+    return type(error.orig).__name__ in {"OperationalError", "InterfaceError"}
+
+
+os.register_at_fork(after_in_child=_after_fork)
