@@ -17,6 +17,19 @@ def too_large(message: str) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
 
 
+#: Seconds a client is told to wait while the database cannot be reached (a restart takes a few).
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_down() -> HTTPException:
+    """503 for a request that needs the database while it cannot be reached (down, restarting)."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the database cannot be reached now; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def check_cam_options(method: str, colormap: str) -> None:
     """422 listing the valid values if ``method`` or ``colormap`` is unknown."""
     if method not in list_cam_methods():

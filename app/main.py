@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
+from app.errors import database_down
 from app.jobs import JobSubmitter
 from app.lanes import plan_lanes
 from app.limits import RequestGate
@@ -45,8 +46,6 @@ from models.predictor import select_device
 logger = logging.getLogger(__name__)
 
 MODEL_REFRESH_SECONDS = 2.0
-#: Seconds a client is told to wait while the database cannot be reached (a restart takes a few).
-DATABASE_RETRY_AFTER_S = 5
 
 
 async def follow_default_model(app: FastAPI) -> None:
@@ -183,11 +182,8 @@ def create_app(settings: Settings | None = None, *, submitter: JobSubmitter | No
         database error is the service's fault: 500."""
         if database_unavailable(error):
             logger.warning("the database cannot be reached: %s", error)
-            return JSONResponse(
-                {"detail": "the database cannot be reached now; try again shortly"},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
-            )
+            down = database_down()
+            return JSONResponse({"detail": down.detail}, status_code=down.status_code, headers=down.headers)
         logger.error("database error", exc_info=error)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 

@@ -8,7 +8,10 @@ requests of one key at once cannot both take its last place.
 import threading
 
 from fastapi import HTTPException, status
+from sqlalchemy.exc import SQLAlchemyError
 
+from app.errors import database_down
+from core.database import unavailable
 from core.jobs import JobStore
 from core.settings import Settings
 
@@ -24,7 +27,13 @@ def check_job_quota(
     """503 when the queues are full, 429 when the key has too many jobs queued or running, or its jobs'
     folders (with ``adding_bytes`` more) would hold more than its share of the disk."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
-    queued, usage = jobs.queued_count(), jobs.usage(key_name)  # a database down is 503 (app.main)
+    try:
+        queued, usage = jobs.queued_count(), jobs.usage(key_name)
+    except SQLAlchemyError as error:
+        # Also checked before the app's routes (app.limits), where its error handlers do not reach.
+        if unavailable(error):
+            raise database_down() from None
+        raise
     if queued >= settings.max_queued_jobs:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

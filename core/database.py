@@ -213,6 +213,14 @@ def open_database(url: str) -> Database:
         return _databases[url]
 
 
+def dispose_database(url: str) -> None:
+    """Close the process's connections to ``url`` and forget it (a database about to be dropped)."""
+    with _databases_lock:
+        database = _databases.pop(url, None)
+    if database is not None:
+        database.dispose()
+
+
 def _after_fork() -> None:
     # A forked child (a Celery pool process) must not use its parent's pooled connections: it opens its own.
     for database in _databases.values():

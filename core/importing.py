@@ -71,9 +71,14 @@ def _import_jobs(jobs_dir: Path, jobs: JobStore, report: ImportReport) -> None:
         row["cancel_requested"] = bool(row["cancel_requested"]) or (folder / CANCEL_MARKER).is_file()
         row["disk_bytes"] = folder_bytes(folder)
         # The record as it was written (a newer version's stays that version's to read).
-        statement = jobs.database.insert(table).values(**row, record=text).on_conflict_do_nothing()
+        statement = (
+            jobs.database.insert(table)
+            .values(**row, record=text)
+            .on_conflict_do_nothing()
+            .returning(table.c.id)
+        )
         with jobs.database.write() as db:
-            imported = db.execute(statement).rowcount
+            imported = db.execute(statement).first() is not None
         if imported:
             report.jobs += 1
         else:

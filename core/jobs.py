@@ -429,7 +429,7 @@ class JobStore:
         # Measured when the folder stops changing for a while: submitted, finished, pruned.
         measured = folder_bytes(self.folder(job.id)) if job.state == "queued" or job.finished else None
         table = database.jobs
-        statement = self.database.insert(table).values(
+        insert = self.database.insert(table).values(
             id=job.id,
             kind=job.kind,
             state=job.state,
@@ -444,13 +444,14 @@ class JobStore:
         changed = ["kind", "state", "format", "created_at", "updated_at", "submitted_by", "record"]
         if measured is not None:
             changed.append("disk_bytes")
-        statement = statement.on_conflict_do_update(
+        statement = insert.on_conflict_do_update(
             index_elements=[table.c.id],
-            set_={name: statement.excluded[name] for name in changed},
+            set_={name: insert.excluded[name] for name in changed},
             where=table.c.format <= JOB_FORMAT,
-        )
+        ).returning(table.c.id)
         with self.database.write() as db:
-            if db.execute(statement).rowcount == 0:
+            # No row back: the stored one is newer (the driver's rowcount does not say so on every one).
+            if db.execute(statement).first() is None:
                 found = db.execute(select(table.c.format).where(table.c.id == job.id)).scalar_one()
                 raise NewerRecordError(job.id, found)
 

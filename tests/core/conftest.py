@@ -11,13 +11,25 @@ from core import database
 from core.jobs import HeatmapParams, JobStore, TrainingParams
 from core.settings import Settings
 from tests.app.conftest import TEST_REDIS_URL
+from tests.databases import postgres_database
 from training.config import make_config
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each store test runs on both databases: SQLite (the default: None) and PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
         var_dir=tmp_path / "var",
+        database_url=database_url,
         shipped_model_path=tmp_path / "none.pt",
         redis_url=TEST_REDIS_URL,
         job_lock_seconds=30,
