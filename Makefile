@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench redis chromium
+.PHONY: install serve test lint bench redis postgres chromium nginx
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,20 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The stores' tests run on PostgreSQL too, in databases of their own on the local server; start it if it
+# is installed and not running.
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || service postgresql start
+
+# The replicas' test puts Debian's nginx in front of two API processes; install it if it is missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light)
+
 # The web pages' tests drive Debian's Chromium; install it if it is missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: lint redis chromium
+test: lint redis postgres chromium nginx
 	$(BIN)/pytest
 
 # The speed benchmarks of docs/PERFORMANCE.md (about half an hour on 2 CPU cores). The shipped model's

@@ -1,0 +1,194 @@
+"""Two API replicas on two ports with local dirs of their own, nginx in front of them, two training
+workers and a heatmap worker, one PostgreSQL database, one Redis and one shared artifact root: real
+processes over loopback, each started as docker-compose.yml starts it (bench.deployment)."""
+
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from bench.deployment import Deployment
+from core.model_manager import model_store
+from core.settings import Settings
+from tests.app.conftest import API_KEY, tiny_checkpoint
+from tests.databases import postgres_database
+from tests.integration.conftest import zip_folder
+
+pytestmark = pytest.mark.integration
+KEY = {"X-API-Key": API_KEY}
+REPLICAS = ("api-a", "api-b")
+#: A tiny model at 32 px: seconds an epoch on a CPU.
+TINY = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4", "input_size": "32"}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is_file():
+        pytest.fail("nginx is needed for this test: `make test` installs Debian's package")
+    root = tmp_path_factory.mktemp("deployment")
+    with postgres_database() as url:
+        deployed = Deployment.create(
+            root,
+            database_url=url,
+            shipped_model=tiny_checkpoint(root / "shipped.pt"),
+            api_keys=f'["{API_KEY}"]',
+            job_lock_seconds="5",
+            job_recovery_interval_seconds="1",
+        )
+        try:
+            for name in REPLICAS:
+                deployed.start_api(name)
+            deployed.start_nginx(REPLICAS)
+            deployed.start_worker("training-worker", "training-1")
+            deployed.start_worker("training-worker", "training-2")
+            deployed.start_worker("heatmap-worker", "heatmaps-1")
+            yield deployed
+        finally:
+            deployed.stop()
+
+
+def client(deployment: Deployment, name: str | None = None) -> httpx2.Client:
+    return httpx2.Client(base_url=deployment.url(name), timeout=60)
+
+
+def wait_for_job(api: httpx2.Client, url: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = api.get(url).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} never reached {states}; last: {job}")
+
+
+class Load:
+    """Clients that classify a photo through nginx, one request after another each, until stopped; every
+    answer's status and time is kept."""
+
+    def __init__(self, url: str, photo: bytes, clients: int) -> None:
+        self.url, self.photo = url, photo
+        self.answers: list[tuple[float, int]] = []  # (monotonic time, status; 0: no answer)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+    def _run(self) -> None:
+        with httpx2.Client(base_url=self.url, timeout=30) as api:
+            while not self._stop.is_set():
+                try:
+                    status = api.post("/classify", files={"file": ("a.jpg", self.photo)}).status_code
+                except httpx2.HTTPError:
+                    status = 0
+                self.answers.append((time.monotonic(), status))
+
+    def failed_after(self, moment: float) -> list[tuple[float, int]]:
+        return [(at, status) for at, status in self.answers if at >= moment and status != 200]
+
+
+def photo_bytes(trashnet_photos: Path) -> bytes:
+    return sorted((trashnet_photos / "glass").glob("*.jpg"))[0].read_bytes()
+
+
+def test_a_job_submitted_through_one_replica_is_followed_and_cancelled_through_the_other(
+    deployment: Deployment, trashnet_photos: Path
+) -> None:
+    with client(deployment, "api-a") as a, client(deployment, "api-b") as b:
+        created = a.post(
+            "/train",
+            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
+            data={**TINY, "epochs": "500"},
+            headers=KEY,
+        )
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        assert job_id in [job["id"] for job in b.get("/train").json()]
+        assert wait_for_job(b, f"/train/{job_id}", {"running"})["state"] == "running"
+        assert b.delete(f"/train/{job_id}", headers=KEY).json()["cancel_requested"] is True
+        assert (
+            wait_for_job(a, f"/train/{job_id}", {"cancelled", "failed", "succeeded"})["state"] == "cancelled"
+        )
+
+
+def test_a_new_default_on_one_replica_reaches_the_other_within_5_s_and_no_request_fails(
+    deployment: Deployment, trashnet_photos: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=deployment.env["TRASHCAM_DATABASE_URL"],
+        artifact_root=Path(deployment.env["TRASHCAM_ARTIFACT_ROOT"]),
+        var_dir=tmp_path / "var",
+    )
+    version = model_store(settings).add("site-a", tiny_checkpoint(tmp_path / "site.pt", seed=7))
+    with client(deployment, "api-a") as a, client(deployment, "api-b") as b:
+        with Load(deployment.url(), photo_bytes(trashnet_photos), clients=4) as load:
+            time.sleep(1)
+            switched = a.put(
+                "/models/default", json={"name": "site-a", "version": version.version}, headers=KEY
+            )
+            assert switched.status_code == 200, switched.text
+            started = time.monotonic()
+            while b.get("/ready").json()["model"]["sha256"] != version.sha256:
+                assert time.monotonic() - started < 5, "replica B still serves the old model after 5 s"
+                time.sleep(0.1)
+            time.sleep(1)
+        assert load.answers, "the load sent nothing"
+        assert load.failed_after(0) == []
+        answered = a.post("/classify", files={"file": ("a.jpg", photo_bytes(trashnet_photos))}).json()
+        assert answered["results"][0]["model"]["version"] == version.version
+
+
+def test_a_worker_killed_mid_job_is_taken_over_by_the_other_and_the_job_ends_once(
+    deployment: Deployment, trashnet_photos: Path
+) -> None:
+    with client(deployment) as api:
+        created = api.post(
+            "/train",
+            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
+            data={**TINY, "epochs": "6", "name": "survivor"},
+            headers=KEY,
+        )
+        url = created.headers["location"]
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 120
+        while api.get(url).json()["epoch"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        holder = next(name for name in ("training-1", "training-2") if job_id in deployment.log(name))
+        deployment.kill(holder)  # SIGKILL mid-run: no clean shutdown, no acknowledgement
+        job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=240)
+        other = "training-2" if holder == "training-1" else "training-1"
+        assert job["state"] == "succeeded", (job["error"], deployment.log(other))
+        assert job["attempts"] >= 2
+        assert [record["epoch"] for record in job["history"]][-1] == 6
+        assert job_id in deployment.log(other)
+        assert len(api.get("/models/survivor").json()) == 1  # registered once
+        deployment.start_worker("training-worker", holder)
+
+
+def test_killing_a_replica_under_load_fails_no_request_after_the_first_second(
+    deployment: Deployment, trashnet_photos: Path
+) -> None:
+    with Load(deployment.url(), photo_bytes(trashnet_photos), clients=4) as load:
+        time.sleep(2)
+        killed_at = time.monotonic()
+        deployment.kill("api-a", signal.SIGKILL)
+        time.sleep(6)
+    assert [status for at, status in load.answers if at > killed_at + 1]  # it went on
+    assert load.failed_after(killed_at + 1) == []
+    deployment.start_api("api-a")  # back on its port: nginx sends it requests again
+    with client(deployment, "api-a") as a:
+        assert a.get("/ready").status_code == 200
