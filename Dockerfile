@@ -21,7 +21,8 @@ COPY worker ./worker
 RUN pip install .
 COPY weights ./weights
 
-RUN useradd --system --home-dir /var/lib/trashcam --create-home trashcam
+RUN useradd --system --home-dir /var/lib/trashcam --create-home trashcam \
+    && mkdir -p /srv/artifacts && chown trashcam /srv/artifacts
 USER trashcam
 EXPOSE 8000
 CMD ["trashcam", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench redis postgres chromium nginx
+.PHONY: install serve test lint bench redis postgres chromium nginx compose
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -38,11 +38,15 @@ postgres:
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light)
 
+# The deployment's tests validate docker-compose.yml; install Debian's docker-compose if no compose is here.
+compose:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose)
+
 # The web pages' tests drive Debian's Chromium; install it if it is missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: lint redis postgres chromium nginx
+test: lint redis postgres chromium nginx compose
 	$(BIN)/pytest
 
 # The speed benchmarks of docs/PERFORMANCE.md (about half an hour on 2 CPU cores). The shipped model's

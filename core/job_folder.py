@@ -1,8 +1,7 @@
 """A job's folder under the jobs directory: the one place that names its files.
 
-    job.json           the job's record (core.jobs)
-    cancel             a marker: cancellation was asked for
-    heartbeat          written by the worker holding the job (its holder token)
+    job.json           the job's record, in versions before the database (``trashcam db import``)
+    cancel             a marker: cancellation was asked for, in those versions
     upload.zip, ...    an uploaded archive, as uploaded (upload.tar.gz, upload.tgz, ...)
     review-SITE/       a site's reviewed photos, written out for a training job
     run/               a training job's run (training.run_folder)
@@ -25,8 +24,6 @@ from training.run_folder import RunFolder
 
 RECORD_FILE = "job.json"
 CANCEL_MARKER = "cancel"
-#: Written by the worker holding a job (its holder token) every third of the lease's time to live.
-HEARTBEAT_FILE = "heartbeat"
 RUN_DIR = "run"
 INPUTS_DIR = "inputs"
 #: An uploaded archive in a job's folder: ``upload.zip``, ``upload.tar.gz``, ...
@@ -54,18 +51,6 @@ class JobFolder:
     """The files of the job in ``path``."""
 
     path: Path
-
-    @property
-    def record(self) -> Path:
-        return self.path / RECORD_FILE
-
-    @property
-    def cancel_marker(self) -> Path:
-        return self.path / CANCEL_MARKER
-
-    @property
-    def heartbeat(self) -> Path:
-        return self.path / HEARTBEAT_FILE
 
     @property
     def run(self) -> RunFolder:

@@ -1,6 +1,10 @@
-"""Docker cannot run here, so check the deployment files against the code they start."""
+"""The deployment files against the code they start: ``docker compose config`` (or Debian's
+``docker-compose``, which ``make test`` installs when neither is here) validates the compose file, and
+Debian's nginx the shipped nginx configuration; Docker itself cannot run here."""
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -9,6 +13,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser, piece_commands, worker_command
+from bench.deployment import NGINX_MAIN, render_nginx
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +52,71 @@ def check_trashcam_command(command: list[str]) -> None:
     build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
 
 
-def test_the_services_are_api_two_workers_and_redis() -> None:
-    assert set(compose()["services"]) == {"api", "training-worker", "heatmap-worker", "redis"}
+PIECES = ["api", "api-2", "training-worker", "heatmap-worker"]
 
 
-@pytest.mark.parametrize("service", ["api", "training-worker", "heatmap-worker"])
-def test_every_command_points_at_a_real_entry_point(service: str) -> None:
+def compose_command() -> list[str]:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is here: `make test` installs Debian's")
+
+
+def test_docker_compose_config_passes() -> None:
+    done = subprocess.run(
+        [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_services_are_two_replicas_behind_nginx_two_workers_postgres_and_redis() -> None:
+    assert set(compose()["services"]) == {*PIECES, "nginx", "postgres", "redis"}
+
+
+@pytest.mark.parametrize("service", PIECES)
+def test_every_piece_shares_the_database_redis_and_the_artifact_root(service: str) -> None:
     definition = compose()["services"][service]
     check_trashcam_command(definition["command"])
     assert definition["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert definition["environment"]["TRASHCAM_REDIS_URL"].startswith("redis://redis:")
-    assert any(volume.startswith("trashcam-data:") for volume in definition["volumes"])
+    assert definition["depends_on"]["postgres"]["condition"] == "service_healthy"
+    environment = definition["environment"]
+    assert environment["TRASHCAM_REDIS_URL"].startswith("redis://redis:")
+    assert environment["TRASHCAM_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in environment["TRASHCAM_DATABASE_URL"]
+    root = environment["TRASHCAM_ARTIFACT_ROOT"]
+    assert f"trashcam-artifacts:{root}" in definition["volumes"]
+
+
+def test_nginx_sends_to_both_replicas_with_the_shipped_configuration(tmp_path: Path) -> None:
+    nginx = compose()["services"]["nginx"]
+    template = "./deploy/nginx/trashcam.conf.template:/etc/nginx/templates/trashcam.conf.template:ro"
+    assert template in nginx["volumes"]
+    assert {nginx["environment"]["TRASHCAM_API_1"], nginx["environment"]["TRASHCAM_API_2"]} == {
+        "api:8000",
+        "api-2:8000",
+    }
+    # The configuration the image makes from the template, checked by nginx itself (upstream names that
+    # only compose resolves stand in as loopback addresses).
+    values = {**nginx["environment"], "TRASHCAM_API_1": "127.0.0.1:8001", "TRASHCAM_API_2": "127.0.0.1:8002"}
+    prefix = tmp_path / "nginx"
+    (prefix / "conf.d").mkdir(parents=True)
+    (prefix / "conf.d" / "trashcam.conf").write_text(render_nginx(values))
+    (prefix / "nginx.conf").write_text(NGINX_MAIN.format(prefix=prefix))
+    nginx_binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    done = subprocess.run(
+        [nginx_binary, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_workers_serve_the_two_queues() -> None:
@@ -107,7 +166,7 @@ def test_a_training_worker_may_start_processes_of_its_own() -> None:
     assert command[command.index("--pool") + 1] in {"solo", "threads"}
 
 
-@pytest.mark.parametrize("service", ["api", "training-worker", "heatmap-worker"])
+@pytest.mark.parametrize("service", PIECES)
 def test_the_shipped_environment_is_valid_settings(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A key under 16 characters made every piece exit at start-up, and compose restart it in a loop.
     for key, value in service_environment(service, {}).items():
