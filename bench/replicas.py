@@ -33,6 +33,7 @@ from typing import Any
 import httpx2
 import torch
 from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 from bench.deployment import Deployment
 from bench.record import run_record, write_json
@@ -129,6 +130,8 @@ class Clients:
         return {
             "requests": len(chosen),
             "statuses": {str(k): v for k, v in sorted(Counter(status for _, status, _ in chosen).items())},
+            "failed_with_retry_after": sum(retry is not None for _, _, retry in failed),
+            "failed_span_s": [round(failed[0][0] - t0, 3), round(failed[-1][0] - t0, 3)] if failed else None,
             "failed": [
                 {"at_s": round(at - t0, 3), "status": status, "retry_after": retry}
                 for at, status, retry in failed
@@ -151,7 +154,8 @@ def wait_job(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     server = args.postgres
     name = f"trashcam_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    # No pool: the restart below ends every open connection.
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = f"{server}/{name}"
