@@ -149,6 +149,7 @@ class Deployment:
             "TRASHCAM_API_1": f"127.0.0.1:{self.api_ports[replicas[0]]}",
             "TRASHCAM_API_2": f"127.0.0.1:{self.api_ports[replicas[1]]}",
             "TRASHCAM_LISTEN": f"127.0.0.1:{self.nginx_port}",
+            "TRASHCAM_INFERENCE_MAX_BODY": "16m",
         }
         (prefix / "conf.d" / "trashcam.conf").write_text(render_nginx(values))
         (prefix / "nginx.conf").write_text(NGINX_MAIN.format(prefix=prefix))
@@ -173,7 +174,8 @@ class Deployment:
         process.wait(60)
 
     def log(self, name: str) -> str:
-        return (self.root / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
+        """Everything piece ``name`` has written."""
+        return (self.root / "logs" / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
         for name in [name for name in self.processes if name != "redis"] + ["redis"]:

@@ -8,6 +8,7 @@ its first use of a database, one process at a time, so the two commands that set
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -32,15 +35,21 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    func,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool
 
+logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
-#: Any key that PostgreSQL's advisory lock takes: the one all processes migrating one database agree on.
+#: Keys of PostgreSQL's advisory locks that every process agrees on: migrating the schema, and changing
+#: the model registry (its default pointer and versions).
 _MIGRATION_LOCK = 0x7472617368  # "trash"
+REGISTRY_LOCK = 0x7472617369
 
 metadata = MetaData()
 
@@ -108,7 +117,7 @@ promotions = Table(
     Column("by", String(200)),
     Column("from_ref", String(96)),
     Column("to_ref", String(96), nullable=False),
-    Column("reason", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
 )
 
 
@@ -124,6 +133,17 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # pool_pre_ping: a connection that a restarted PostgreSQL dropped is replaced before it is used.
         options: dict[str, Any] = {"pool_pre_ping": True}
+        if parsed.get_backend_name() == "postgresql":
+            # A server that stops answering (a host gone, a half-open connection) is found out in seconds,
+            # and a request waits at most pool_timeout for a connection: 503 then, not a hung thread.
+            options["connect_args"] = {
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            }
+            options["pool_timeout"] = 10
         if self.is_sqlite:
             # A file opens in microseconds: no pool, so no descriptors held between uses and none
             # carried across a fork.
@@ -148,6 +168,12 @@ class Database:
             if self.is_sqlite:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield connection
+
+    def serialize(self, connection: Connection, key: int) -> None:
+        """Take lock ``key`` until the end of ``connection``'s transaction (one of :meth:`write`): on
+        PostgreSQL an advisory lock; SQLite's write transaction is already the only one."""
+        if not self.is_sqlite:
+            connection.execute(select(func.pg_advisory_xact_lock(key)))
 
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """``INSERT`` with ``ON CONFLICT`` (an upsert), in the database's own dialect."""
@@ -175,9 +201,18 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade(database: Database) -> None:
-    """Bring the schema to the newest migration; processes that start together take turns."""
+    """Bring the schema to this version's newest migration; processes that start together take turns.
+    A schema that a newer version already migrated is left as it is: migrations only add (columns with
+    defaults, tables), so an older version still reads and writes it during a rolling deploy."""
     with _migration_lock(database) as connection:
-        command.upgrade(alembic_config(connection), "head")
+        config = alembic_config(connection)
+        known = {revision.revision for revision in ScriptDirectory.from_config(config).walk_revisions()}
+        current = MigrationContext.configure(connection).get_current_heads()
+        newer = [head for head in current if head not in known]
+        if newer:
+            logger.info("the database's schema is %s, newer than this version's: left as it is", newer)
+            return
+        command.upgrade(config, "head")
         connection.commit()
 
 
@@ -233,12 +268,13 @@ def redact_password(url: str) -> str:
 
 
 def unavailable(error: BaseException) -> bool:
-    """Whether ``error`` means the database cannot be reached now (down, restarting), not a bad query."""
-    return isinstance(error, DBAPIError) and (error.connection_invalidated or _is_operational(error))
-
-
-def _is_operational(error: DBAPIError) -> bool:
-    return type(error.orig).__name__ in {"OperationalError", "InterfaceError"}
+    """Whether ``error`` means the database cannot be reached or cannot answer now (down, restarting,
+    every pooled connection taken, a lock it waited too long for), not a bad query."""
+    if isinstance(error, PoolTimeoutError):  # no pooled connection came free in time
+        return True
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
+    )
 
 
 os.register_at_fork(after_in_child=_after_fork)

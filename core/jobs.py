@@ -332,9 +332,9 @@ class HeartbeatRow:
         self.database = database
         self.job_id = job_id
 
-    def read(self) -> Heartbeat | None:
-        """The heartbeat; None if there is none (or the database cannot be read, as if there were none:
-        no one can take a job whose heartbeat nobody can read either)."""
+    def read(self, *, strict: bool = False) -> Heartbeat | None:
+        """The heartbeat; None if there is none, or if the database cannot be read and not ``strict``
+        (a holder that goes on beating treats it so; one about to take a job must know, and raises)."""
         table = database.job_heartbeats
         try:
             with self.database.read() as db:
@@ -342,6 +342,8 @@ class HeartbeatRow:
                     select(table.c.holder, table.c.ttl, table.c.beat_at).where(table.c.job_id == self.job_id)
                 ).first()
         except SQLAlchemyError:
+            if strict:
+                raise
             logger.warning("could not read job %s's heartbeat", self.job_id, exc_info=True)
             return None
         return None if row is None else Heartbeat(row.holder, row.ttl, time.time() - row.beat_at)
@@ -418,10 +420,11 @@ class JobStore:
         self.save(job)
         return job
 
-    def save(self, job: Job) -> None:
+    def save(self, job: Job, *, if_state: JobState | None = None) -> bool:
         """Write the record (in this version's format); :class:`NewerRecordError` for a record of a newer
         format, which this version would write back without what it does not know, whether it was
-        read so or a newer version rewrote it since."""
+        read so or a newer version rewrote it since. ``if_state``: only if the stored record is still in
+        that state (False, nothing written, when it is not)."""
         if job.from_newer_version:
             raise NewerRecordError(job.id, job.format)
         job.format = JOB_FORMAT
@@ -444,16 +447,23 @@ class JobStore:
         changed = ["kind", "state", "format", "created_at", "updated_at", "submitted_by", "record"]
         if measured is not None:
             changed.append("disk_bytes")
+        condition = table.c.format <= JOB_FORMAT
+        if if_state is not None:
+            condition = condition & (table.c.state == if_state)
         statement = insert.on_conflict_do_update(
             index_elements=[table.c.id],
             set_={name: insert.excluded[name] for name in changed},
-            where=table.c.format <= JOB_FORMAT,
+            where=condition,
         ).returning(table.c.id)
         with self.database.write() as db:
-            # No row back: the stored one is newer (the driver's rowcount does not say so on every one).
-            if db.execute(statement).first() is None:
-                found = db.execute(select(table.c.format).where(table.c.id == job.id)).scalar_one()
-                raise NewerRecordError(job.id, found)
+            # No row back: the stored one is newer, or not in the state asked for (the driver's rowcount
+            # does not say so on every database).
+            if db.execute(statement).first() is not None:
+                return True
+            found = db.execute(select(table.c.format).where(table.c.id == job.id)).scalar_one()
+        if found > JOB_FORMAT:
+            raise NewerRecordError(job.id, found)
+        return False
 
     def measure(self, job: Job) -> None:
         """Measure the job's folder again (after its files were removed): what the key's quota counts."""
@@ -597,7 +607,8 @@ class JobStore:
         # A newer version's record is left to it: its worker finds the flag and cancels the job.
         if job.state == "queued" and not self.locked(job_id) and not job.from_newer_version:
             job.state, job.finished_at = "cancelled", time.time()
-            self.save(job)
+            if not self.save(job, if_state="queued"):
+                return self.get(job_id)  # a worker started it meanwhile: it hears the flag
         return job
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -669,9 +680,17 @@ class JobLease:
         self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> bool:
+        """Take the job; False when another holder has it. A database that cannot be read raises: whether
+        another worker still beats on the job cannot be known then."""
         if not self._lock.acquire(blocking=False):
             return False
-        if self._held_elsewhere():
+        try:
+            beat = self.heartbeat.read(strict=True)
+        except BaseException:
+            with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
+                self._lock.release()
+            raise
+        if beat is not None and beat.holder != self.holder and beat.fresh:
             with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
                 self._lock.release()
             return False

@@ -68,7 +68,9 @@ class ModelManager:
         #: "Unsure" thresholds from the settings, over every model's own.
         self.thresholds = thresholds or Thresholds()
         self._predictor: Predictor | None = None
-        self._seen_default: str | None = None
+        #: The default last seen, by name:version and weights (a version number reused after a deletion
+        #: names other weights).
+        self._seen_default: tuple[str, str] | None = None
         #: Stored versions loaded to compare with the serving one, oldest first.
         self._others: dict[str, Predictor] = {}
         #: The checkpoints that could not be loaded at start-up, for /ready.
@@ -132,7 +134,7 @@ class ModelManager:
         ``load_errors`` says what was skipped and :attr:`source` what serves and why.
         """
         default = self.store.default()
-        self._seen_default = default.ref if default is not None else None
+        self._seen_default = (default.ref, default.sha256) if default is not None else None
         self.load_errors = []
         for described, why, load in self._candidates(default):
             try:
@@ -181,28 +183,36 @@ class ModelManager:
         """
         with self._swap:
             default = self.store.default()
-            ref = default.ref if default is not None else None
-            if ref == self._seen_default or default is None:
-                self._seen_default = ref
+            seen = (default.ref, default.sha256) if default is not None else None
+            if seen == self._seen_default or default is None:
+                self._seen_default = seen
                 return False
+            ref = default.ref
             predictor = self._from_version(default)
-            self._predictor, self._seen_default = predictor, ref
+            self._predictor, self._seen_default = predictor, seen
             self.source = f"model {ref}: the store's default"
         logger.info("serving model %s (new default)", ref)
         return True
 
     def switch(
-        self, name: str, version: str | None, *, by: str | None = None, reason: str = "promote"
+        self,
+        name: str,
+        version: str | None,
+        *,
+        by: str | None = None,
+        reason: str = "promote",
+        after: int | None = None,
     ) -> ModelVersion:
         """Make a stored version the default and serve it; it is loaded before the swap. The promotion
-        is recorded with what served before it, ``by`` whom and why."""
+        is recorded with what served before it, ``by`` whom and why (``after``: see
+        :meth:`ModelStore.set_default`)."""
         with self._swap:
             chosen = self.store.get(name, version)
             predictor = self._from_version(chosen)
             # What it replaces is the store's default (or the built-in model): what every process that
             # follows the store serves, and what a rollback can go back to.
-            self.store.set_default(chosen.name, chosen.version, by=by, reason=reason)
-            self._predictor, self._seen_default = predictor, chosen.ref
+            self.store.set_default(chosen.name, chosen.version, by=by, reason=reason, after=after)
+            self._predictor, self._seen_default = predictor, (chosen.ref, chosen.sha256)
             self.source = f"model {chosen.ref}: the store's default"
         return chosen
 
@@ -210,13 +220,16 @@ class ModelManager:
         """Serve what served before the last promotion (a second rollback undoes the first, as
         ``kubectl rollout undo`` does). :class:`NothingToRollBackError` when there is nothing to go back
         to; ``ModelNotFoundError`` when that version has been deleted since."""
-        with self._swap:  # two rollbacks at once must not both undo the same promotion
+        # Two rollbacks at once, here or on another replica, must not both undo the same promotion: the
+        # second finds that the last promotion is no longer the one it read (DefaultChangedError).
+        with self._swap:
             promotions = self.store.promotions()
             if not promotions or promotions[-1].get("from") is None:
                 raise NothingToRollBackError("no promotion is on record to roll back")
             last = promotions[-1]
             name, _, version = str(last["from"]).partition(":")
-            return self.switch(name, version or None, by=by, reason=f"rollback of {last['to']}")
+            reason = f"rollback of {last['to']}"
+            return self.switch(name, version or None, by=by, reason=reason, after=last["id"])
 
     def delete(self, name: str, version: str) -> ModelVersion:
         """Delete a stored version, under the swap lock, so no promotion of it lands meanwhile

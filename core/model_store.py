@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from core import database
-from core.database import open_database
+from core.database import REGISTRY_LOCK, open_database
 from models.checkpoint import ModelSpec, load_checkpoint
 from models.files import atomic_open, write_json
 from models.store import (
@@ -34,6 +34,7 @@ from models.store import (
     REPORT_FILE,
     SPEC_FILE,
     VERSION_PATTERN,
+    DefaultChangedError,
     ModelInUseError,
     ModelNotFoundError,
     ModelVersion,
@@ -190,26 +191,44 @@ class ModelStore:
         *,
         by: str | None = None,
         reason: str = "promote",
-        previous: str | None = None,
+        after: int | None = None,
     ) -> ModelVersion:
         """Make a version the default and record the promotion: ``by`` whom (an API key's name),
-        ``reason``, and what it replaces (``previous``; default: the store's default before, else the
-        built-in model)."""
+        ``reason``, and what it replaces (the default before, else the built-in model). ``after``: the
+        id of the promotion this one must follow (a rollback's), :class:`DefaultChangedError` when
+        another landed first."""
         chosen = self.get(name, version)
-        if previous is None:
-            before = self.default() or self.builtin()
-            previous = before.ref if before is not None else None
-        pointer = database.default_model
+        versions, pointer, history = database.model_versions, database.default_model, database.promotions
         statement = self.database.insert(pointer).values(slot=1, name=chosen.name, version=chosen.version)
         statement = statement.on_conflict_do_update(
             index_elements=[pointer.c.slot],
             set_={"name": statement.excluded.name, "version": statement.excluded.version},
         )
-        # The pointer and its history in one transaction: every switch a rollback can undo.
+        # One registry change at a time, every replica: what is checked here still holds at the commit.
         with self.database.write() as db:
+            self.database.serialize(db, REGISTRY_LOCK)
+            if (
+                chosen.version != BUILTIN_VERSION
+                and not db.execute(
+                    select(versions.c.number).where(
+                        versions.c.name == chosen.name, versions.c.number == int(chosen.version[1:])
+                    )
+                ).first()
+            ):
+                raise ModelNotFoundError(f"{chosen.ref} was deleted meanwhile")
+            last = db.execute(select(func.max(history.c.id))).scalar()
+            if after is not None and last != after:
+                raise DefaultChangedError("the default was changed meanwhile: look again, then try again")
+            current = db.execute(select(pointer.c.name, pointer.c.version).where(pointer.c.slot == 1)).first()
+            builtin = self.builtin()
+            previous = (
+                f"{current.name}:{current.version}"
+                if current is not None
+                else (builtin.ref if builtin is not None else None)
+            )
             db.execute(statement)
             db.execute(
-                insert(database.promotions).values(
+                insert(history).values(
                     at=time.time(), by=by, from_ref=previous, to_ref=chosen.ref, reason=reason
                 )
             )
@@ -239,7 +258,14 @@ class ModelStore:
         with self.database.read() as db:
             rows = db.execute(select(table).order_by(table.c.id)).all()
         return [
-            {"at": row.at, "by": row.by, "from": row.from_ref, "to": row.to_ref, "reason": row.reason}
+            {
+                "id": row.id,
+                "at": row.at,
+                "by": row.by,
+                "from": row.from_ref,
+                "to": row.to_ref,
+                "reason": row.reason,
+            }
             for row in rows
         ]
 
@@ -251,7 +277,9 @@ class ModelStore:
             raise ModelInUseError(f"{chosen.ref} ships with the service and cannot be deleted")
         table, pointer = database.model_versions, database.default_model
         with self.database.write() as db:
-            # Checked in the transaction that deletes: a promotion cannot slip in between.
+            # Checked in the transaction that deletes, under the registry's lock: a promotion cannot slip
+            # in between.
+            self.database.serialize(db, REGISTRY_LOCK)
             current = db.execute(select(pointer.c.name, pointer.c.version).where(pointer.c.slot == 1)).first()
             if current is not None and (current.name, current.version) == (chosen.name, chosen.version):
                 raise ModelInUseError(f"{chosen.ref} is the default model: promote another one first")
@@ -265,10 +293,15 @@ class ModelStore:
         return chosen
 
     def _claim_version(self, name: str) -> Path:
+        """A new version's folder: a number no folder and no row has (a row may outlive its folder, say
+        when the database and the files were restored from different backups)."""
         parent = self.root / name
         parent.mkdir(parents=True, exist_ok=True)
         numbers = [int(m.group(1)) for p in parent.iterdir() if (m := VERSION_PATTERN.fullmatch(p.name))]
-        number = max(numbers, default=0) + 1
+        table = database.model_versions
+        with self.database.read() as db:
+            recorded = db.execute(select(func.max(table.c.number)).where(table.c.name == name)).scalar()
+        number = max([*numbers, recorded or 0]) + 1
         while True:
             folder = parent / f"v{number}"
             try:

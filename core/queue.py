@@ -18,6 +18,8 @@ HEATMAPS_TASK = "trashcam.explain_batch"
 #: How long a job that a worker of an older version put back waits before it is offered again (to any
 #: worker on its queue: during a rolling deploy, soon one of the newer version).
 NEWER_RECORD_RETRY_SECONDS = 30
+#: How long a job's message waits before it is tried again when the database could not be reached.
+DATABASE_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Freeing the disk that finished jobs hold: their uploads, extracted data, checkpoints and results.
 
-A job's record (``job.json``) and the small files that describe its run (config, split, history,
+A job's record (a row of the database) and the small files that describe its run (config, split, history,
 report, curves) stay, so ``GET /train/{id}`` still answers; a registered model lives in the model
 store, never in a job's folder, so nothing here can remove one. Running and queued jobs are never
 touched.

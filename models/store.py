@@ -27,6 +27,10 @@ class ModelNotFoundError(LookupError):
     """No model (or no such version of it) in the store."""
 
 
+class DefaultChangedError(Exception):
+    """Another change of the default landed first (a rollback must undo the last one, not an earlier)."""
+
+
 class ModelInUseError(Exception):
     """The version cannot be removed: it is built in, or it is the default."""
 

@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core.confinement import check_confined
+from core.database import unavailable
 from core.explain import explanation
 from core.imaging import BadImageError, decode_image
 from core.job_folder import RESULT_MANIFEST, SPENT_AFTER_TRAINING, JobFolder
@@ -58,7 +61,10 @@ def held(
     """The job, leased to this worker and marked running; None if it is finished, cancelled or held
     elsewhere. The outcome is saved at the end (a failure with its error) unless the lease no longer
     holds the job, in which case the worker now holding it records it. :class:`NewerRecordError`, with
-    the job untouched, when a newer version of the service wrote its record."""
+    the job untouched, when a newer version of the service wrote its record. When the database cannot
+    be reached, the job is not failed for it: its record stays as it was (running), the error is
+    raised for the task to try again, and recovery resubmits the job once its heartbeat is stale; it
+    resumes from its last checkpoint."""
     lease = jobs.lease(job_id, lease_seconds)
     if not lease.acquire():
         yield None
@@ -74,6 +80,7 @@ def held(
             yield None  # nothing left to do, and nothing this version may write
             return
         raise NewerRecordError(job_id, job.format)
+    away: SQLAlchemyError | None = None
     try:
         if job.finished:
             yield None
@@ -89,16 +96,25 @@ def held(
         yield Held(job, lease)
     except LeaseLost:
         logger.warning("job %s: lease lost; another worker carries on", job_id)
+    except SQLAlchemyError as error:
+        if not unavailable(error):
+            raise
+        logger.warning("job %s: the database cannot be reached; the job is left to be resumed", job_id)
+        away = error
     except Exception as error:
         logger.exception("job %s failed", job_id)
         job.state, job.error = "failed", _public_error(error, jobs.folder(job_id), labels or {})
     finally:
-        # Asked now, not at the lease's next beat: a worker that stalled and lost the job to another
-        # must not save its stale record over the new holder's.
-        if lease.holds():
-            job.finished_at = time.time() if job.finished else None
-            jobs.save(job)
-        lease.release()
+        try:
+            # Asked now, not at the lease's next beat: a worker that stalled and lost the job to another
+            # must not save its stale record over the new holder's.
+            if away is None and lease.holds():
+                job.finished_at = time.time() if job.finished else None
+                jobs.save(job)
+        finally:
+            lease.release()
+    if away is not None:
+        raise away
 
 
 def run_training_job(job_id: str, settings: Settings) -> Job:

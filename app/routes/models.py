@@ -10,7 +10,13 @@ from core.redaction import path_labels
 from core.settings import Settings
 from models.checkpoint import CheckpointError
 from models.files import redact
-from models.store import BUILTIN_VERSION, ModelInUseError, ModelNotFoundError, ModelVersion
+from models.store import (
+    BUILTIN_VERSION,
+    DefaultChangedError,
+    ModelInUseError,
+    ModelNotFoundError,
+    ModelVersion,
+)
 
 router = APIRouter(prefix="/models", tags=["models"], responses=error_responses(422))
 
@@ -122,7 +128,7 @@ async def rollback_default_model(service: ServiceDep, settings: SettingsDep, cal
     promotion is on record or what served before has been deleted since."""
     try:
         chosen = await run_in_threadpool(service.manager.rollback, by=caller.name)
-    except (NothingToRollBackError, ModelNotFoundError, CheckpointError) as error:
+    except (NothingToRollBackError, ModelNotFoundError, CheckpointError, DefaultChangedError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot roll back: {error}") from None
     return model_public(chosen, serving_ref(service), settings)
 

@@ -3,6 +3,8 @@ that start at once migrate it once, and two hosts with no disk in common see the
 models."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,20 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Column, MetaData, String, Table, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from core.database import alembic_config, metadata, open_database
+from core.database import alembic_config, metadata, open_database, unavailable, upgrade
 from core.jobs import JobStore
 from core.model_store import ModelStore
 from core.settings import Settings
-from models.store import ModelInUseError
+from models.store import DefaultChangedError, ModelInUseError, ModelNotFoundError
 from tests.app.conftest import tiny_checkpoint
 from tests.core.conftest import training_params
+
+#: Alembic's own table: the revision the schema is at.
+alembic_version = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
 
 
 @pytest.fixture
@@ -93,4 +101,87 @@ def test_a_spec_rewritten_in_place_is_what_the_registry_shows(settings: Settings
     meta = json.loads(spec_file.read_text())
     meta["spec"]["calibration"] = {"temperature": 1.5}
     spec_file.write_text(json.dumps(meta))  # as `trashcam-train calibrate` on the stored checkpoint
+    stat = spec_file.stat()  # a later time, on any file system's clock
+    os.utime(spec_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert store.get("site-a", "v1").spec.calibration == {"temperature": 1.5}
+
+
+def test_a_schema_a_newer_version_migrated_is_left_as_it_is(url: str) -> None:
+    database = open_database(url)
+    with database.write() as db:
+        db.execute(update(alembic_version).values(version_num="9999_newer"))
+    upgrade(database)  # a rolling deploy's older replica, starting again: no error, nothing changed
+    with database.read() as db:
+        assert db.execute(select(alembic_version.c.version_num)).scalar_one() == "9999_newer"
+
+
+def test_what_counts_as_the_database_being_away() -> None:
+    assert unavailable(OperationalError("SELECT 1", {}, Exception("server closed the connection")))
+    assert unavailable(PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"))
+    assert not unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not unavailable(ValueError("not a database error"))
+
+
+def test_a_rollback_undoes_the_promotion_it_read_or_none(settings: Settings, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", settings.database)
+    for seed in (1, 2, 3):
+        store.add("site-a", tiny_checkpoint(tmp_path / f"{seed}.pt", seed=seed))
+    store.set_default("site-a", "v1")
+    store.set_default("site-a", "v2")
+    read = store.promotions()[-1]["id"]
+    store.set_default("site-a", "v3")  # another replica promoted meanwhile
+    with pytest.raises(DefaultChangedError):
+        store.set_default("site-a", "v1", reason="rollback of site-a:v2", after=read)
+    default = store.default()
+    assert default is not None
+    assert default.ref == "site-a:v3"
+    long_name = "a" * 64  # the longest name: a rollback's reason names it, and its version
+    store.add(long_name, tiny_checkpoint(tmp_path / "long.pt", seed=9))
+    store.set_default(long_name, "v1")
+    store.set_default(
+        "site-a", "v3", reason=f"rollback of {long_name}:v1", after=store.promotions()[-1]["id"]
+    )
+    assert store.promotions()[-1]["reason"] == f"rollback of {long_name}:v1"
+
+
+def test_a_version_deleted_while_it_was_being_promoted_is_not_made_the_default(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path / "models", settings.database)
+    store.add("site-a", tiny_checkpoint(tmp_path / "1.pt", seed=1))
+    doomed = store.add("site-a", tiny_checkpoint(tmp_path / "2.pt", seed=2))
+    store.set_default("site-a", "v1")
+    other = ModelStore(tmp_path / "models", settings.database)  # another replica
+    found = store.get("site-a", "v2")
+    monkeypatch.setattr(store, "get", lambda *_, **__: found)  # read before the other's delete landed
+    other.delete("site-a", "v2")
+    with pytest.raises(ModelNotFoundError, match="deleted meanwhile"):
+        store.set_default("site-a", "v2")
+    default = other.default()
+    assert default is not None
+    assert default.ref == "site-a:v1"
+    assert not doomed.path.exists()
+
+
+def test_a_new_version_never_takes_a_number_the_database_has(settings: Settings, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", settings.database)
+    first = store.add("site-a", tiny_checkpoint(tmp_path / "1.pt", seed=1))
+    shutil.rmtree(first.path.parent)  # its files lost (restored from an older backup), its row kept
+    assert store.add("site-a", tiny_checkpoint(tmp_path / "2.pt", seed=2)).version == "v2"
+
+
+def test_a_cancel_never_overwrites_a_job_a_worker_took_meanwhile(
+    jobs: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = jobs.create(training_params())
+    taken = jobs.get(job.id)
+
+    def locked_meanwhile(job_id: str) -> bool:
+        taken.state = "running"  # a worker took it between the cancel's read and its write
+        jobs.save(taken)
+        return False  # and its lock is not seen
+
+    monkeypatch.setattr(jobs, "locked", locked_meanwhile)
+    answered = jobs.request_cancel(job.id)
+    assert (answered.state, answered.cancel_requested) == ("running", True)
+    assert jobs.get(job.id).state == "running"  # its worker hears the flag and cancels it

@@ -61,7 +61,16 @@ def old_var_dir(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '{"at": 3.0, "by": nu'
     (settings.models_dir / "promotions.jsonl").write_text(text)
-    return {"shas": shas, "files": sorted(p.as_posix() for p in settings.var_dir.rglob("*"))}
+    return {"shas": shas, "files": files_of(settings.var_dir)}
+
+
+def files_of(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None: a folder), the database's own files left out."""
+    return {
+        path.relative_to(folder).as_posix(): (path.read_bytes() if path.is_file() else None)
+        for path in sorted(folder.rglob("*"))
+        if "trashcam.sqlite3" not in path.name
+    }
 
 
 def test_an_old_var_dir_is_imported_whole_and_left_as_it_was(settings: Settings, tmp_path: Path) -> None:
@@ -88,8 +97,7 @@ def test_an_old_var_dir_is_imported_whole_and_left_as_it_was(settings: Settings,
     assert [entry["to"] for entry in store.promotions()] == ["site-a:v1", "site-a:v2"]
 
     # Nothing was removed or changed on disk; the database file is the one thing added.
-    after = sorted(p.as_posix() for p in settings.var_dir.rglob("*"))
-    assert [path for path in after if "trashcam.sqlite3" not in path] == before["files"]
+    assert files_of(settings.var_dir) == before["files"]
 
     again = import_var_dir(settings, jobs, store)
     assert (again.jobs, again.jobs_present, again.model_versions, again.model_versions_present) == (

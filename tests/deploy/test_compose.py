@@ -139,7 +139,7 @@ def test_entry_points_resolve_to_callables() -> None:
 
 def test_dockerfile_copies_every_package_and_runs_an_entry_point() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("app", "models", "training", "worker"):
+    for package in ("app", "core", "models", "training", "worker"):
         assert f"COPY {package} ./{package}" in dockerfile
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
     assert cmd is not None

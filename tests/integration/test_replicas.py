@@ -12,12 +12,14 @@ from typing import Any
 
 import httpx2
 import pytest
+from sqlalchemy.engine import make_url
 
 from bench.deployment import Deployment
 from core.model_manager import model_store
 from core.settings import Settings
 from tests.app.conftest import API_KEY, tiny_checkpoint
 from tests.databases import postgres_database
+from tests.faults import Relay
 from tests.integration.conftest import zip_folder
 
 pytestmark = pytest.mark.integration
@@ -28,29 +30,44 @@ TINY = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def database_relay() -> Iterator[tuple[Relay, str]]:
+    """A PostgreSQL database of the module's own, which every piece reaches through a relay that a test
+    cuts and restores, as a restart of the server would."""
+    with postgres_database() as url:
+        parsed = make_url(url)
+        relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
+        relay.restore()
+        try:
+            yield relay, parsed.set(port=relay.port).render_as_string(hide_password=False)
+        finally:
+            relay.cut()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, database_relay: tuple[Relay, str]
+) -> Iterator[Deployment]:
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is_file():
         pytest.fail("nginx is needed for this test: `make test` installs Debian's package")
     root = tmp_path_factory.mktemp("deployment")
-    with postgres_database() as url:
-        deployed = Deployment.create(
-            root,
-            database_url=url,
-            shipped_model=tiny_checkpoint(root / "shipped.pt"),
-            api_keys=f'["{API_KEY}"]',
-            job_lock_seconds="5",
-            job_recovery_interval_seconds="1",
-        )
-        try:
-            for name in REPLICAS:
-                deployed.start_api(name)
-            deployed.start_nginx(REPLICAS)
-            deployed.start_worker("training-worker", "training-1")
-            deployed.start_worker("training-worker", "training-2")
-            deployed.start_worker("heatmap-worker", "heatmaps-1")
-            yield deployed
-        finally:
-            deployed.stop()
+    deployed = Deployment.create(
+        root,
+        database_url=database_relay[1],
+        shipped_model=tiny_checkpoint(root / "shipped.pt"),
+        api_keys=f'["{API_KEY}"]',
+        job_lock_seconds="5",
+        job_recovery_interval_seconds="1",
+    )
+    try:
+        for name in REPLICAS:
+            deployed.start_api(name)
+        deployed.start_nginx(REPLICAS)
+        deployed.start_worker("training-worker", "training-1")
+        deployed.start_worker("training-worker", "training-2")
+        deployed.start_worker("heatmap-worker", "heatmaps-1")
+        yield deployed
+    finally:
+        deployed.stop()
 
 
 def client(deployment: Deployment, name: str | None = None) -> httpx2.Client:
@@ -69,12 +86,12 @@ def wait_for_job(api: httpx2.Client, url: str, states: set[str], timeout: float 
 
 
 class Load:
-    """Clients that classify a photo through nginx, one request after another each, until stopped; every
-    answer's status and time is kept."""
+    """Clients that classify a photo through nginx (or ask ``path``), one request after another each,
+    until stopped; every answer's time, status and Retry-After is kept."""
 
-    def __init__(self, url: str, photo: bytes, clients: int) -> None:
-        self.url, self.photo = url, photo
-        self.answers: list[tuple[float, int]] = []  # (monotonic time, status; 0: no answer)
+    def __init__(self, url: str, photo: bytes, clients: int, path: str = "/classify") -> None:
+        self.url, self.photo, self.path = url, photo, path
+        self.answers: list[tuple[float, int, str | None]] = []  # (monotonic time, status or 0, Retry-After)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -92,13 +109,18 @@ class Load:
         with httpx2.Client(base_url=self.url, timeout=30) as api:
             while not self._stop.is_set():
                 try:
-                    status = api.post("/classify", files={"file": ("a.jpg", self.photo)}).status_code
+                    if self.path == "/classify":
+                        answer = api.post("/classify", files={"file": ("a.jpg", self.photo)})
+                    else:
+                        answer = api.get(self.path)
+                    self.answers.append(
+                        (time.monotonic(), answer.status_code, answer.headers.get("retry-after"))
+                    )
                 except httpx2.HTTPError:
-                    status = 0
-                self.answers.append((time.monotonic(), status))
+                    self.answers.append((time.monotonic(), 0, None))
 
-    def failed_after(self, moment: float) -> list[tuple[float, int]]:
-        return [(at, status) for at, status in self.answers if at >= moment and status != 200]
+    def failed_after(self, moment: float) -> list[tuple[float, int, str | None]]:
+        return [answer for answer in self.answers if answer[0] >= moment and answer[1] != 200]
 
 
 def photo_bytes(trashnet_photos: Path) -> bytes:
@@ -171,12 +193,38 @@ def test_a_worker_killed_mid_job_is_taken_over_by_the_other_and_the_job_ends_onc
         deployment.kill(holder)  # SIGKILL mid-run: no clean shutdown, no acknowledgement
         job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=240)
         other = "training-2" if holder == "training-1" else "training-1"
-        assert job["state"] == "succeeded", (job["error"], deployment.log(other))
+        assert job["state"] == "succeeded", (job["error"], deployment.log(other)[-4000:])
         assert job["attempts"] >= 2
         assert [record["epoch"] for record in job["history"]][-1] == 6
         assert job_id in deployment.log(other)
         assert len(api.get("/models/survivor").json()) == 1  # registered once
         deployment.start_worker("training-worker", holder)
+
+
+def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
+    deployment: Deployment, database_relay: tuple[Relay, str], trashnet_photos: Path
+) -> None:
+    relay = database_relay[0]
+    with client(deployment) as api:
+        before = [job["id"] for job in api.get("/train").json()]
+        with (
+            Load(deployment.url(), photo_bytes(trashnet_photos), clients=2) as classifying,
+            Load(deployment.url(), b"", clients=2, path="/train") as listing,
+        ):
+            time.sleep(1)
+            cut_at = time.monotonic()
+            relay.cut()  # every connection to PostgreSQL ends, and no new one is accepted
+            time.sleep(3)
+            restored_at = time.monotonic()
+            relay.restore()
+            time.sleep(3)
+        while_away = [answer for answer in listing.answers if cut_at + 0.5 <= answer[0] < restored_at]
+        assert while_away, "no listing was answered while the database was away"
+        assert {status for _, status, _ in while_away} == {503}
+        assert {retry for _, _, retry in while_away} == {"5"}
+        assert listing.failed_after(restored_at + 2) == []
+        assert classifying.failed_after(0) == []  # classifying needs no database
+        assert [job["id"] for job in api.get("/train").json()] == before
 
 
 def test_killing_a_replica_under_load_fails_no_request_after_the_first_second(
@@ -187,7 +235,7 @@ def test_killing_a_replica_under_load_fails_no_request_after_the_first_second(
         killed_at = time.monotonic()
         deployment.kill("api-a", signal.SIGKILL)
         time.sleep(6)
-    assert [status for at, status in load.answers if at > killed_at + 1]  # it went on
+    assert [status for at, status, _ in load.answers if at > killed_at + 1]  # it went on
     assert load.failed_after(killed_at + 1) == []
     deployment.start_api("api-a")  # back on its port: nginx sends it requests again
     with client(deployment, "api-a") as a:

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 import worker.tasks.heatmaps
 import worker.tasks.training
 from core.jobs import JOB_FORMAT, HeatmapParams, JobStore, NewerRecordError, TrainingParams
 from core.model_manager import model_store
-from core.queue import NEWER_RECORD_RETRY_SECONDS
+from core.queue import DATABASE_RETRY_SECONDS, NEWER_RECORD_RETRY_SECONDS
 from core.settings import Settings
 from models.predictor import Predictor
 from tests.app.conftest import png_bytes, tiny_checkpoint
@@ -327,3 +328,62 @@ def test_a_job_stored_beyond_todays_limits_is_failed_not_run(
     assert "outside this version's limits" in job.error
     assert "processes" in job.error
     assert not (jobs.folder(job_id) / "run").exists()
+
+
+def database_away() -> OperationalError:
+    """What SQLAlchemy raises when the database's server has gone (a restart under way)."""
+    return OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_job_whose_database_goes_away_is_left_to_resume_not_failed(
+    jobs: JobStore, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5))
+
+    def away(*_: object, **__: object) -> None:
+        raise database_away()
+
+    # The run trains, then the database is gone when its model is to be registered.
+    monkeypatch.setattr("core.model_store.ModelStore.add", away)
+    with pytest.raises(OperationalError):
+        run_training_job(job_id, settings)
+    job = jobs.get(job_id)
+    assert (job.state, job.error) == ("running", None)  # not failed for the database's absence
+    assert not jobs.locked(job_id)
+    assert jobs.heartbeat(job_id) is None  # recovery can resubmit it at once
+    monkeypatch.undo()
+    again = run_training_job(job_id, settings)  # as the task's retry or recovery runs it
+    assert again.state == "succeeded", again.error
+    assert again.result["model"] == {"name": "tiny", "version": "v1"}
+    # The Celery task puts the message back for 5 s later instead of acknowledging it.
+    monkeypatch.setattr(worker.tasks.training, "get_settings", lambda: settings)
+    monkeypatch.setattr(worker.tasks.training, "run_training_job", away)
+    retries: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retries.append(options)
+        return Retry("put back")
+
+    monkeypatch.setattr(worker.tasks.training.train_model, "retry", retry)
+    with pytest.raises(Retry):
+        worker.tasks.training.train_model(job_id)
+    assert [r["countdown"] for r in retries] == [DATABASE_RETRY_SECONDS]
+
+
+def test_progress_goes_on_while_the_database_is_away(jobs: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = jobs.create(training_params())
+    lease = jobs.lease(job.id, 30)
+    assert lease.acquire()
+    progress = JobProgress(jobs, job, lease, interval=0.0)
+
+    def away(*_: object, **__: object) -> None:
+        raise database_away()
+
+    monkeypatch.setattr(jobs, "save", away)
+    monkeypatch.setattr(jobs, "cancel_requested", away)
+    progress(Progress(phase="epoch", epoch=1, epochs=3, step=0, steps=0, metrics={"train_loss": 1.0}))
+    progress(Progress(phase="prepare", epoch=1, epochs=3, step=0, steps=0))
+    monkeypatch.undo()
+    progress(Progress(phase="epoch", epoch=2, epochs=3, step=0, steps=0, metrics={"train_loss": 0.5}))
+    assert [entry["train_loss"] for entry in jobs.get(job.id).history] == [1.0, 0.5]  # caught up
+    lease.release()

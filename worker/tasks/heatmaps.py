@@ -1,8 +1,10 @@
 from celery import Task
+from sqlalchemy.exc import SQLAlchemyError
 
+from core.database import unavailable
 from core.jobs import NewerRecordError
 from core.model_manager import ModelManager
-from core.queue import HEATMAPS_TASK, NEWER_RECORD_RETRY_SECONDS
+from core.queue import DATABASE_RETRY_SECONDS, HEATMAPS_TASK, NEWER_RECORD_RETRY_SECONDS
 from core.settings import get_settings
 from models.predictor import Predictor
 from worker.celery_app import celery_app
@@ -31,3 +33,8 @@ def explain_batch(self: PredictorTask, job_id: str) -> str:
         return run_heatmap_job(job_id, get_settings(), self.predictor).state
     except NewerRecordError as error:
         raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
+    except SQLAlchemyError as error:
+        # The database away: the message comes back, not acknowledged as done with the job untouched.
+        if not unavailable(error):
+            raise
+        raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None

@@ -1,7 +1,9 @@
 from celery import Task
+from sqlalchemy.exc import SQLAlchemyError
 
+from core.database import unavailable
 from core.jobs import NewerRecordError
-from core.queue import NEWER_RECORD_RETRY_SECONDS, TRAIN_TASK
+from core.queue import DATABASE_RETRY_SECONDS, NEWER_RECORD_RETRY_SECONDS, TRAIN_TASK
 from core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.runner import run_training_job
@@ -16,3 +18,8 @@ def train_model(self: Task, job_id: str) -> str:
         return run_training_job(job_id, get_settings()).state
     except NewerRecordError as error:
         raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
+    except SQLAlchemyError as error:
+        # The database away: the message comes back, not acknowledged as done with the job untouched.
+        if not unavailable(error):
+            raise
+        raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None

@@ -62,7 +62,7 @@ def upgrade() -> None:
         sa.Column("by", sa.String(200)),
         sa.Column("from_ref", sa.String(96)),
         sa.Column("to_ref", sa.String(96), nullable=False),
-        sa.Column("reason", sa.String(64), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
     )
 
 
