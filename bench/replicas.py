@@ -235,8 +235,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             deployment.start_worker("training-worker", holder)
 
-            # 3. PostgreSQL restarted while clients list jobs.
+            # 3. PostgreSQL restarted while clients list jobs and a job trains.
             if args.postgres_restart:
+                training = a.post(
+                    "/train",
+                    files={"file": ("photos.zip", zip_of(photos))},
+                    data={**TINY, "epochs": str(args.epochs), "name": "through-the-restart"},
+                    headers=KEY,
+                )
+                training.raise_for_status()
+                training_url = training.headers["location"]
+                wait_job(a, training_url, lambda job: job["epoch"] >= 2, 300)
                 listing = Clients(deployment.url(), 4, lambda api: api.get("/train")).start()
                 time.sleep(args.phase_seconds / 2)
                 restart_at = time.monotonic()
@@ -245,12 +254,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.phase_seconds)
                 listing.stop()
                 after = listing.summary(t0, since=restart_at)
+                trained = wait_job(
+                    b, training_url, lambda job: job["state"] in {"succeeded", "failed", "cancelled"}, 600
+                )
                 record["postgres_restart"] = {
                     "command": args.postgres_restart,
                     "restart_took_s": round(restart_s, 2),
                     "listing_before": listing.summary(t0, until=restart_at),
                     "listing_since": after,
                     "jobs_after": len(a.get("/train").json()),
+                    "job_training_through_it": {
+                        "state": trained["state"],
+                        "error": trained["error"],
+                        "attempts": trained["attempts"],
+                        "last_epoch": trained["history"][-1]["epoch"] if trained["history"] else None,
+                        "versions_registered": len(b.get("/models/through-the-restart").json()),
+                    },
                 }
 
             # 4. Replica A killed under load.

@@ -206,6 +206,14 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
 ) -> None:
     relay = database_relay[0]
     with client(deployment) as api:
+        created = api.post(
+            "/train",
+            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
+            data={**TINY, "epochs": "40", "name": "through-the-outage"},
+            headers=KEY,
+        )
+        url = created.headers["location"]
+        wait_for_job(api, url, {"running"})
         before = [job["id"] for job in api.get("/train").json()]
         with (
             Load(deployment.url(), photo_bytes(trashnet_photos), clients=2) as classifying,
@@ -225,6 +233,11 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
         assert listing.failed_after(restored_at + 2) == []
         assert classifying.failed_after(0) == []  # classifying needs no database
         assert [job["id"] for job in api.get("/train").json()] == before
+        # The job that was training then goes on, or is resumed, and ends once.
+        job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=300)
+        assert job["state"] == "succeeded", job["error"]
+        assert [record["epoch"] for record in job["history"]][-1] == 40
+        assert len(api.get("/models/through-the-outage").json()) == 1
 
 
 def test_killing_a_replica_under_load_fails_no_request_after_the_first_second(
