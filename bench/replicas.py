@@ -98,7 +98,8 @@ class Clients:
 
     def __init__(self, url: str, count: int, request: Callable[[httpx2.Client], httpx2.Response]) -> None:
         self.url, self.request = url, request
-        self.answers: list[tuple[float, int, str | None]] = []  # (time, status or 0, Retry-After)
+        # (time, status or 0, Retry-After, or for no answer the client's error)
+        self.answers: list[tuple[float, int, str | None]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
 
@@ -120,8 +121,8 @@ class Clients:
                     self.answers.append(
                         (time.monotonic(), answer.status_code, answer.headers.get("retry-after"))
                     )
-                except httpx2.HTTPError:
-                    self.answers.append((time.monotonic(), 0, None))
+                except httpx2.HTTPError as error:
+                    self.answers.append((time.monotonic(), 0, type(error).__name__))
                     time.sleep(0.05)
 
     def summary(self, t0: float, since: float = float("-inf"), until: float = float("inf")) -> dict[str, Any]:
@@ -130,13 +131,18 @@ class Clients:
         return {
             "requests": len(chosen),
             "statuses": {str(k): v for k, v in sorted(Counter(status for _, status, _ in chosen).items())},
-            "failed_with_retry_after": sum(retry is not None for _, _, retry in failed),
+            "failed_with_retry_after": sum(status != 0 and retry is not None for _, status, retry in failed),
             "failed_span_s": [round(failed[0][0] - t0, 3), round(failed[-1][0] - t0, 3)] if failed else None,
             "failed": [
-                {"at_s": round(at - t0, 3), "status": status, "retry_after": retry}
-                for at, status, retry in failed
+                {"at_s": round(at - t0, 3), "status": status, _detail(status): extra}
+                for at, status, extra in failed
             ][:50],
         }
+
+
+def _detail(status: int) -> str:
+    """What the third item of an answer is: the client's error for no answer, else Retry-After."""
+    return "error" if status == 0 else "retry_after"
 
 
 def wait_job(
