@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import redis
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.connections import quiet_floods, server_options
 from core.database import open_database, redact_password
@@ -188,7 +189,6 @@ def serve(host: str, port: int) -> None:
     Ctrl-C stops every one of them."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     settings = get_settings()
-    open_database(settings.database)  # its schema brought up to date once, before the pieces start
     redis_server = ensure_redis(settings.redis_url)
     workers = Supervisor(("training-worker", "heatmap-worker"))
     workers.start()
@@ -222,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def open_database_or_exit(url: str) -> None:
+    try:
+        open_database(url)  # its schema brought up to date once, before the pieces start
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise SystemExit(f"trashcam: the database {redact_password(url)} cannot be used: {reason}") from None
+
+
 def database_command(action: str) -> None:
     settings = get_settings()
     database = open_database(settings.database)  # brings the schema up to date
@@ -246,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"trashcam: invalid settings: {problems}") from None
     if args.command == "ping":
         sys.exit(0 if worker_alive(args.queue) else 1)
+    # Every other piece needs the database: one line that says so when it cannot be reached (a
+    # supervisor starts the piece again), not a traceback from inside the server.
+    open_database_or_exit(get_settings().database)
     if args.command == "db":
         database_command(args.action)
         return

@@ -132,3 +132,19 @@ def test_the_import_command_prints_what_it_did(settings: Settings, tmp_path: Pat
     assert "model versions: 2 imported" in done.stdout
     assert "default model: site-a:v2" in done.stdout
     assert "not imported (left as it is)" in done.stdout
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {
+        "TRASHCAM_VAR_DIR": str(tmp_path / "var"),
+        "TRASHCAM_DATABASE_URL": "postgresql+psycopg://postgres:secret@127.0.0.1:1/nowhere",
+        "PATH": str(Path(sys.executable).parent),
+    }
+    command = [str(Path(sys.executable).parent / "trashcam"), "db", "upgrade"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "trashcam: the database postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere"
+    )
+    assert "Traceback" not in done.stderr
+    assert "secret" not in done.stderr
