@@ -225,16 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
 def open_database_or_exit(url: str) -> None:
     try:
         open_database(url)  # its schema brought up to date once, before the pieces start
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise SystemExit(f"trashcam: the database {redact_password(url)} cannot be used: {reason}") from None
+    except (SQLAlchemyError, ImportError, OSError, ValueError) as error:
+        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        try:
+            shown = redact_password(url)
+        except (SQLAlchemyError, ValueError):
+            shown = "TRASHCAM_DATABASE_URL (not a database URL)"
+        raise SystemExit(f"trashcam: the database {shown} cannot be used: {reason}") from None
 
 
 def database_command(action: str) -> None:
     settings = get_settings()
     database = open_database(settings.database)  # brings the schema up to date
     if action == "upgrade":
-        print(f"{redact_password(database.url)}: schema up to date")  # noqa: T201 - the command's answer
+        state = "newer than this version's, left as it is" if database.newer_schema else "up to date"
+        print(f"{redact_password(database.url)}: schema {state}")  # noqa: T201 - the command's answer
         return
     report = import_var_dir(settings, JobStore.from_settings(settings), model_store(settings))
     print(report.summary())  # noqa: T201 - the command's answer

@@ -149,7 +149,7 @@ class Deployment:
             "TRASHCAM_API_1": f"127.0.0.1:{self.api_ports[replicas[0]]}",
             "TRASHCAM_API_2": f"127.0.0.1:{self.api_ports[replicas[1]]}",
             "TRASHCAM_LISTEN": f"127.0.0.1:{self.nginx_port}",
-            "TRASHCAM_INFERENCE_MAX_BODY": "16m",
+            "TRASHCAM_INFERENCE_MAX_BODY": "321m",  # the API's own limit of a request, as compose sets it
         }
         (prefix / "conf.d" / "trashcam.conf").write_text(render_nginx(values))
         (prefix / "nginx.conf").write_text(NGINX_MAIN.format(prefix=prefix))

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,9 @@ model_versions = Table(
     #: The modification time of the version's ``spec.json`` that ``sha256`` and ``spec`` were read from.
     Column("spec_mtime_ns", BigInteger, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
+    #: When it was deleted: the row stays, so that its number is never given to other weights (a
+    #: promotion on record that names it must not come to mean them).
+    Column("deleted_at", Float),
 )
 
 #: The version that serves by default: at most one row, ``slot`` 1.
@@ -134,14 +138,18 @@ class Database:
         # pool_pre_ping: a connection that a restarted PostgreSQL dropped is replaced before it is used.
         options: dict[str, Any] = {"pool_pre_ping": True}
         if parsed.get_backend_name() == "postgresql":
-            # A server that stops answering (a host gone, a half-open connection) is found out in seconds,
-            # and a request waits at most pool_timeout for a connection: 503 then, not a hung thread.
+            # A server that stops answering (a host gone, a half-open connection) is found out in seconds:
+            # a connection not opened in 5 s, data unacknowledged for 15 s (tcp_user_timeout) or an idle
+            # connection unanswered for 25 s (keepalives) fails; a lock waited for 10 s fails; and a
+            # request waits at most pool_timeout for a connection. 503 then, not a hung thread.
             options["connect_args"] = {
                 "connect_timeout": 5,
+                "tcp_user_timeout": 15000,
                 "keepalives": 1,
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
+                "options": "-c lock_timeout=10000",
             }
             options["pool_timeout"] = 10
         if self.is_sqlite:
@@ -150,6 +158,8 @@ class Database:
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
             options["poolclass"] = NullPool
         self.engine: Engine = create_engine(url, **options)
+        #: Whether a newer version of the service migrated the schema past this version's migrations.
+        self.newer_schema = False
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         upgrade(self)
@@ -211,6 +221,7 @@ def upgrade(database: Database) -> None:
         newer = [head for head in current if head not in known]
         if newer:
             logger.info("the database's schema is %s, newer than this version's: left as it is", newer)
+            database.newer_schema = True
             return
         command.upgrade(config, "head")
         connection.commit()
@@ -272,9 +283,14 @@ def unavailable(error: BaseException) -> bool:
     every pooled connection taken, a lock it waited too long for), not a bad query."""
     if isinstance(error, PoolTimeoutError):  # no pooled connection came free in time
         return True
-    return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
-    )
+    if not isinstance(error, DBAPIError):
+        return False
+    if isinstance(error.orig, sqlite3.Error):
+        # SQLite's OperationalError also means a schema this version does not know ("no such table"):
+        # only a lock held too long, or a file that cannot be opened, is the database away.
+        message = str(error.orig)
+        return "locked" in message or "unable to open" in message or "disk I/O" in message
+    return error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -95,6 +95,17 @@ class NewerRecordError(RuntimeError):
         self.found = found
 
 
+class DatabaseAwayError(RuntimeError):
+    """The database could not be reached while this worker held the job: the job is left as it was, to
+    be tried again by the same ``holder`` (whose heartbeat the database may still hold, since it could
+    not be removed)."""
+
+    def __init__(self, job_id: str, holder: str) -> None:
+        super().__init__(f"job {job_id}: the database cannot be reached; the job is left to be resumed")
+        self.job_id = job_id
+        self.holder = holder
+
+
 def _from_store(info: ValidationInfo) -> bool:
     """Whether a record is being read from a store (:meth:`Job.from_stored`), not built anew."""
     return isinstance(info.context, dict) and bool(info.context.get("stored"))
@@ -617,9 +628,12 @@ class JobStore:
             return bool(db.execute(select(table.c.cancel_requested).where(table.c.id == job_id)).scalar())
 
     # Ownership -----------------------------------------------------------------------------------
-    def lease(self, job_id: str, ttl_seconds: int) -> "JobLease":
+    def lease(self, job_id: str, ttl_seconds: int, *, holder: str | None = None) -> "JobLease":
+        """A lease on the job, as ``holder`` (a lease of this worker's that the database's absence left
+        behind) or as a new one."""
         self.folder(job_id)
-        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, HeartbeatRow(self.database, job_id))
+        heartbeat = HeartbeatRow(self.database, job_id)
+        return JobLease(self.redis, LOCK_PREFIX + job_id, ttl_seconds, heartbeat, holder=holder)
 
     def locked(self, job_id: str) -> bool:
         return bool(self.redis.exists(LOCK_PREFIX + job_id))
@@ -648,11 +662,15 @@ class JobStore:
             ).all()
         found = []
         for job in self._readable(rows):
+            beat = self.heartbeat(job.id)
             if job.state == "running":
-                beat = self.heartbeat(job.id)
                 if not self.locked(job.id) and not (beat is not None and beat.fresh):
                     found.append(job)
             elif job.queued_on != instance:
+                found.append(job)
+            elif beat is not None and not beat.fresh and not self.locked(job.id):
+                # A worker took its message, then lost the database (and with it the message) before
+                # it could mark the job running: only its heartbeat says so.
                 found.append(job)
         return found
 
@@ -667,14 +685,22 @@ class JobLease:
     the job was given to another); the job's work should then stop, writing nothing.
     """
 
-    def __init__(self, client: redis.Redis, key: str, ttl_seconds: int, heartbeat: HeartbeatRow) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        ttl_seconds: int,
+        heartbeat: HeartbeatRow,
+        *,
+        holder: str | None = None,
+    ) -> None:
         # Not thread-local: the heartbeat thread extends the lock the job's thread acquired.
         self._redis = client
         self._key = key
         self._lock = Lock(client, key, timeout=ttl_seconds, blocking=False, thread_local=False)
         self.ttl = ttl_seconds
         self.heartbeat = heartbeat
-        self.holder = uuid.uuid4().hex
+        self.holder = holder or uuid.uuid4().hex
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None

@@ -71,7 +71,9 @@ class ModelStore:
     def names(self) -> list[str]:
         table = database.model_versions
         with self.database.read() as db:
-            stored = set(db.execute(select(table.c.name).distinct()).scalars())
+            stored = set(
+                db.execute(select(table.c.name).where(table.c.deleted_at.is_(None)).distinct()).scalars()
+            )
         builtin = self.builtin()
         return sorted(stored | ({builtin.name} if builtin is not None else set()))
 
@@ -83,7 +85,7 @@ class ModelStore:
         with self.database.read() as db:
             rows = db.execute(
                 select(table.c.number, table.c.sha256, table.c.spec, table.c.spec_mtime_ns)
-                .where(table.c.name == name)
+                .where(table.c.name == name, table.c.deleted_at.is_(None))
                 .order_by(table.c.number)
             ).all()
         stored = []
@@ -198,6 +200,7 @@ class ModelStore:
         id of the promotion this one must follow (a rollback's), :class:`DefaultChangedError` when
         another landed first."""
         chosen = self.get(name, version)
+        builtin = self.builtin()  # read before the lock: it may read the shipped checkpoint
         versions, pointer, history = database.model_versions, database.default_model, database.promotions
         statement = self.database.insert(pointer).values(slot=1, name=chosen.name, version=chosen.version)
         statement = statement.on_conflict_do_update(
@@ -211,7 +214,9 @@ class ModelStore:
                 chosen.version != BUILTIN_VERSION
                 and not db.execute(
                     select(versions.c.number).where(
-                        versions.c.name == chosen.name, versions.c.number == int(chosen.version[1:])
+                        versions.c.name == chosen.name,
+                        versions.c.number == int(chosen.version[1:]),
+                        versions.c.deleted_at.is_(None),
                     )
                 ).first()
             ):
@@ -220,7 +225,6 @@ class ModelStore:
             if after is not None and last != after:
                 raise DefaultChangedError("the default was changed meanwhile: look again, then try again")
             current = db.execute(select(pointer.c.name, pointer.c.version).where(pointer.c.slot == 1)).first()
-            builtin = self.builtin()
             previous = (
                 f"{current.name}:{current.version}"
                 if current is not None
@@ -284,9 +288,11 @@ class ModelStore:
             if current is not None and (current.name, current.version) == (chosen.name, chosen.version):
                 raise ModelInUseError(f"{chosen.ref} is the default model: promote another one first")
             db.execute(
-                delete(table).where(table.c.name == chosen.name, table.c.number == int(chosen.version[1:]))
+                update(table)
+                .where(table.c.name == chosen.name, table.c.number == int(chosen.version[1:]))
+                .values(deleted_at=time.time())
             )
-        # Renamed out of the way in one step, then removed; the number stays claimed by nothing.
+        # Renamed out of the way in one step, then removed; its row keeps its number from other weights.
         hidden = chosen.path.parent.with_name(f".deleted-{chosen.version}-{uuid.uuid4().hex[:8]}")
         chosen.path.parent.rename(hidden)
         shutil.rmtree(hidden, ignore_errors=True)

@@ -18,6 +18,7 @@ from core.imaging import BadImageError, decode_image
 from core.job_folder import RESULT_MANIFEST, SPENT_AFTER_TRAINING, JobFolder
 from core.jobs import (
     PHOTO_SUFFIXES,
+    DatabaseAwayError,
     HeatmapParams,
     Job,
     JobLease,
@@ -56,23 +57,31 @@ def _public_error(error: Exception, folder: Path, labels: Mapping[str, str]) -> 
 
 @contextmanager
 def held(
-    jobs: JobStore, job_id: str, lease_seconds: int, labels: Mapping[str, str] | None = None
+    jobs: JobStore,
+    job_id: str,
+    lease_seconds: int,
+    labels: Mapping[str, str] | None = None,
+    *,
+    holder: str | None = None,
 ) -> Iterator[Held | None]:
     """The job, leased to this worker and marked running; None if it is finished, cancelled or held
     elsewhere. The outcome is saved at the end (a failure with its error) unless the lease no longer
     holds the job, in which case the worker now holding it records it. :class:`NewerRecordError`, with
     the job untouched, when a newer version of the service wrote its record. When the database cannot
-    be reached, the job is not failed for it: its record stays as it was (running), the error is
-    raised for the task to try again, and recovery resubmits the job once its heartbeat is stale; it
-    resumes from its last checkpoint."""
-    lease = jobs.lease(job_id, lease_seconds)
+    be reached, the job is not failed for it: its record stays as it was, and
+    :class:`DatabaseAwayError` names this lease's ``holder`` for the task to try again as (its heartbeat
+    may outlive it: the database could not remove it); should no retry come, recovery resubmits the
+    job once its heartbeat is stale. Training resumes from its last checkpoint."""
+    lease = jobs.lease(job_id, lease_seconds, holder=holder)
     if not lease.acquire():
         yield None
         return
     try:
         job = jobs.get(job_id)  # read again now that no one else can write it
-    except BaseException:
+    except BaseException as error:
         lease.release()
+        if isinstance(error, SQLAlchemyError) and unavailable(error):
+            raise DatabaseAwayError(job_id, lease.holder) from error
         raise
     if job.from_newer_version:
         lease.release()
@@ -96,14 +105,13 @@ def held(
         yield Held(job, lease)
     except LeaseLost:
         logger.warning("job %s: lease lost; another worker carries on", job_id)
-    except SQLAlchemyError as error:
-        if not unavailable(error):
-            raise
-        logger.warning("job %s: the database cannot be reached; the job is left to be resumed", job_id)
-        away = error
     except Exception as error:
-        logger.exception("job %s failed", job_id)
-        job.state, job.error = "failed", _public_error(error, jobs.folder(job_id), labels or {})
+        if isinstance(error, SQLAlchemyError) and unavailable(error):
+            logger.warning("job %s: the database cannot be reached; the job is left to be resumed", job_id)
+            away = error
+        else:
+            logger.exception("job %s failed", job_id)
+            job.state, job.error = "failed", _public_error(error, jobs.folder(job_id), labels or {})
     finally:
         try:
             # Asked now, not at the lease's next beat: a worker that stalled and lost the job to another
@@ -114,13 +122,14 @@ def held(
         finally:
             lease.release()
     if away is not None:
-        raise away
+        raise DatabaseAwayError(job_id, lease.holder) from away
 
 
-def run_training_job(job_id: str, settings: Settings) -> Job:
-    """Train (or resume) the job's run, then register its best checkpoint as a new model version."""
+def run_training_job(job_id: str, settings: Settings, *, holder: str | None = None) -> Job:
+    """Train (or resume) the job's run, then register its best checkpoint as a new model version
+    (``holder``: see :func:`held`)."""
     jobs = JobStore.from_settings(settings)
-    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
+    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings), holder=holder) as holding:
         if holding is None:
             return jobs.get(job_id)
         job, params = holding.job, holding.job.params
@@ -285,10 +294,13 @@ def unpack_inputs(folder: JobFolder, settings: Settings) -> None:
     uploaded[0].unlink()
 
 
-def run_heatmap_job(job_id: str, settings: Settings, predictor_for: Callable[[], Predictor]) -> Job:
-    """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest."""
+def run_heatmap_job(
+    job_id: str, settings: Settings, predictor_for: Callable[[], Predictor], *, holder: str | None = None
+) -> Job:
+    """Explain every image of the job's inputs; write a zip of overlays, heatmaps and a manifest
+    (``holder``: see :func:`held`)."""
     jobs = JobStore.from_settings(settings)
-    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings)) as holding:
+    with held(jobs, job_id, settings.job_lock_seconds, path_labels(settings), holder=holder) as holding:
         if holding is None:
             return jobs.get(job_id)
         job, params, lease = holding.job, holding.job.params, holding.lease

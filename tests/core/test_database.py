@@ -5,6 +5,7 @@ models."""
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -113,12 +114,16 @@ def test_a_schema_a_newer_version_migrated_is_left_as_it_is(url: str) -> None:
     upgrade(database)  # a rolling deploy's older replica, starting again: no error, nothing changed
     with database.read() as db:
         assert db.execute(select(alembic_version.c.version_num)).scalar_one() == "9999_newer"
+    assert database.newer_schema
 
 
 def test_what_counts_as_the_database_being_away() -> None:
     assert unavailable(OperationalError("SELECT 1", {}, Exception("server closed the connection")))
     assert unavailable(PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"))
     assert not unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    # SQLite: a lock held too long is the database busy; a table it lacks is a schema it does not know.
+    assert unavailable(OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")))
+    assert not unavailable(OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: jobs")))
     assert not unavailable(ValueError("not a database error"))
 
 
@@ -161,6 +166,19 @@ def test_a_version_deleted_while_it_was_being_promoted_is_not_made_the_default(
     assert default is not None
     assert default.ref == "site-a:v1"
     assert not doomed.path.exists()
+
+
+def test_a_deleted_versions_number_never_names_other_weights(settings: Settings, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", settings.database)
+    store.add("site-a", tiny_checkpoint(tmp_path / "1.pt", seed=1))
+    store.add("site-a", tiny_checkpoint(tmp_path / "2.pt", seed=2))
+    store.set_default("site-a", "v2")
+    store.set_default("site-a", "v1")
+    store.delete("site-a", "v2")
+    assert store.add("site-a", tiny_checkpoint(tmp_path / "3.pt", seed=3)).version == "v3"
+    assert [v.version for v in store.versions("site-a")] == ["v1", "v3"]
+    with pytest.raises(ModelNotFoundError):  # what a rollback of the last promotion would go back to
+        store.set_default("site-a", "v2", reason="rollback of site-a:v1")
 
 
 def test_a_new_version_never_takes_a_number_the_database_has(settings: Settings, tmp_path: Path) -> None:

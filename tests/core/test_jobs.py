@@ -245,3 +245,14 @@ def test_a_superseded_lease_leaves_the_new_holders_heartbeat_and_lock(jobs: JobS
     assert second.holds()
     second.release()
     assert jobs.heartbeat(job.id) is None
+
+
+def test_a_queued_job_a_worker_took_before_losing_the_database_is_an_orphan(jobs: JobStore) -> None:
+    """Its worker took the message, wrote its heartbeat, then lost the database (and the message with
+    it) before it could mark the job running: the stale heartbeat says so."""
+    job = jobs.create(HEATMAPS)
+    jobs.mark_queued(job)
+    HeartbeatRow(jobs.database, job.id).write("a-worker-that-is-gone", 0.5)
+    assert jobs.orphans() == []  # its heartbeat is fresh: the worker may still mark it running
+    time.sleep(0.6)
+    assert [orphan.id for orphan in jobs.orphans()] == [job.id]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser, piece_commands, worker_command
+from app.limits import body_limit
 from bench.deployment import NGINX_MAIN, render_nginx
 from core.settings import Settings
 
@@ -92,6 +93,13 @@ def test_every_piece_shares_the_database_redis_and_the_artifact_root(service: st
     assert "@postgres:5432/" in environment["TRASHCAM_DATABASE_URL"]
     root = environment["TRASHCAM_ARTIFACT_ROOT"]
     assert f"trashcam-artifacts:{root}" in definition["volumes"]
+
+
+def test_nginx_buffers_what_the_api_takes_in_one_inference_request() -> None:
+    size = compose()["services"]["nginx"]["environment"]["TRASHCAM_INFERENCE_MAX_BODY"]
+    number, unit = int(size[:-1]), size[-1]
+    assert unit == "m"
+    assert number * 2**20 >= body_limit(False, Settings())  # else nginx's own 413, not the API's
 
 
 def test_nginx_sends_to_both_replicas_with_the_shipped_configuration(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 from PIL import Image
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import worker.tasks.heatmaps
 import worker.tasks.training
-from core.jobs import JOB_FORMAT, HeatmapParams, JobStore, NewerRecordError, TrainingParams
+from core.jobs import JOB_FORMAT, DatabaseAwayError, HeatmapParams, JobStore, NewerRecordError, TrainingParams
 from core.model_manager import model_store
 from core.queue import DATABASE_RETRY_SECONDS, NEWER_RECORD_RETRY_SECONDS
 from core.settings import Settings
@@ -343,21 +343,55 @@ def test_a_job_whose_database_goes_away_is_left_to_resume_not_failed(
     def away(*_: object, **__: object) -> None:
         raise database_away()
 
-    # The run trains, then the database is gone when its model is to be registered.
+    # The run trains, then the database is gone when its model is to be registered, and when the lease
+    # would remove its heartbeat.
     monkeypatch.setattr("core.model_store.ModelStore.add", away)
-    with pytest.raises(OperationalError):
+    monkeypatch.setattr("core.jobs.HeartbeatRow.remove", lambda *_, **__: None)
+    with pytest.raises(DatabaseAwayError) as raised:
         run_training_job(job_id, settings)
+    monkeypatch.undo()
     job = jobs.get(job_id)
     assert (job.state, job.error) == ("running", None)  # not failed for the database's absence
     assert not jobs.locked(job_id)
-    assert jobs.heartbeat(job_id) is None  # recovery can resubmit it at once
-    monkeypatch.undo()
-    again = run_training_job(job_id, settings)  # as the task's retry or recovery runs it
+    beat = jobs.heartbeat(job_id)
+    assert beat is not None
+    assert (beat.holder, beat.fresh) == (raised.value.holder, True)  # left behind
+    # Another worker does not take a job whose heartbeat is fresh; the task's retry, as that holder, does.
+    assert run_training_job(job_id, settings).state == "running"
+    again = run_training_job(job_id, settings, holder=raised.value.holder)
     assert again.state == "succeeded", again.error
     assert again.result["model"] == {"name": "tiny", "version": "v1"}
-    # The Celery task puts the message back for 5 s later instead of acknowledging it.
+    assert jobs.heartbeat(job_id) is None
+
+
+def test_a_database_error_that_is_not_an_outage_fails_the_job(
+    jobs: JobStore, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = training_job(jobs, make_image_folder(tmp_path / "photos", per_class=5))
+
+    def refused(*_: object, **__: object) -> None:
+        raise IntegrityError("INSERT", {}, Exception("duplicate key value"))
+
+    monkeypatch.setattr("core.model_store.ModelStore.add", refused)
+    job = run_training_job(job_id, settings)
+    assert job.state == "failed"
+    assert job.error is not None
+    assert "IntegrityError" in job.error
+    assert not jobs.locked(job_id)
+
+
+@pytest.mark.parametrize(
+    ("raised", "kwargs"),
+    [(DatabaseAwayError("0" * 32, "a-holder"), {"holder": "a-holder"}), (database_away(), None)],
+)
+def test_the_task_puts_a_job_that_met_the_database_away_back_for_5_s(
+    raised: Exception, kwargs: dict[str, str] | None, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run(*_: object, **__: object) -> None:
+        raise raised
+
     monkeypatch.setattr(worker.tasks.training, "get_settings", lambda: settings)
-    monkeypatch.setattr(worker.tasks.training, "run_training_job", away)
+    monkeypatch.setattr(worker.tasks.training, "run_training_job", run)
     retries: list[dict[str, Any]] = []
 
     def retry(**options: Any) -> Retry:
@@ -366,8 +400,8 @@ def test_a_job_whose_database_goes_away_is_left_to_resume_not_failed(
 
     monkeypatch.setattr(worker.tasks.training.train_model, "retry", retry)
     with pytest.raises(Retry):
-        worker.tasks.training.train_model(job_id)
-    assert [r["countdown"] for r in retries] == [DATABASE_RETRY_SECONDS]
+        worker.tasks.training.train_model("0" * 32)
+    assert [(r["countdown"], r.get("kwargs")) for r in retries] == [(DATABASE_RETRY_SECONDS, kwargs)]
 
 
 def test_progress_goes_on_while_the_database_is_away(jobs: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@ from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.database import unavailable
-from core.jobs import NewerRecordError
+from core.jobs import DatabaseAwayError, NewerRecordError
 from core.model_manager import ModelManager
 from core.queue import DATABASE_RETRY_SECONDS, HEATMAPS_TASK, NEWER_RECORD_RETRY_SECONDS
 from core.settings import get_settings
@@ -26,15 +26,20 @@ class PredictorTask(Task):  # type: ignore[misc]
 
 # Put back as often as it takes (a retry's max_retries=None would mean Celery's default of 3).
 @celery_app.task(name=HEATMAPS_TASK, bind=True, base=PredictorTask, max_retries=None)
-def explain_batch(self: PredictorTask, job_id: str) -> str:
+def explain_batch(self: PredictorTask, job_id: str, holder: str | None = None) -> str:
     """Run heatmap batch job ``job_id``; returns its final state. A job whose record a newer version of the
-    service wrote is put back on the queue, untouched, for a worker of that version."""
+    service wrote is put back on the queue, untouched, for a worker of that version; one that met the
+    database away comes back shortly (as the lease that held it, ``holder``, if it held it)."""
     try:
-        return run_heatmap_job(job_id, get_settings(), self.predictor).state
+        return run_heatmap_job(job_id, get_settings(), self.predictor, holder=holder).state
     except NewerRecordError as error:
         raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
+    except DatabaseAwayError as error:
+        raise self.retry(
+            exc=error, countdown=DATABASE_RETRY_SECONDS, kwargs={"holder": error.holder}
+        ) from None
     except SQLAlchemyError as error:
-        # The database away: the message comes back, not acknowledged as done with the job untouched.
+        # The database away before the job was held: the message comes back, not acknowledged.
         if not unavailable(error):
             raise
         raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None

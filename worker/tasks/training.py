@@ -2,7 +2,7 @@ from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.database import unavailable
-from core.jobs import NewerRecordError
+from core.jobs import DatabaseAwayError, NewerRecordError
 from core.queue import DATABASE_RETRY_SECONDS, NEWER_RECORD_RETRY_SECONDS, TRAIN_TASK
 from core.settings import get_settings
 from worker.celery_app import celery_app
@@ -11,15 +11,20 @@ from worker.runner import run_training_job
 
 # Put back as often as it takes (a retry's max_retries=None would mean Celery's default of 3).
 @celery_app.task(name=TRAIN_TASK, bind=True, max_retries=None)
-def train_model(self: Task, job_id: str) -> str:
+def train_model(self: Task, job_id: str, holder: str | None = None) -> str:
     """Run training job ``job_id``; returns its final state. A job whose record a newer version of the
-    service wrote is put back on the queue, untouched, for a worker of that version."""
+    service wrote is put back on the queue, untouched, for a worker of that version; one that met the
+    database away comes back shortly (as the lease that held it, ``holder``, if it held it)."""
     try:
-        return run_training_job(job_id, get_settings()).state
+        return run_training_job(job_id, get_settings(), holder=holder).state
     except NewerRecordError as error:
         raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
+    except DatabaseAwayError as error:
+        raise self.retry(
+            exc=error, countdown=DATABASE_RETRY_SECONDS, kwargs={"holder": error.holder}
+        ) from None
     except SQLAlchemyError as error:
-        # The database away: the message comes back, not acknowledged as done with the job untouched.
+        # The database away before the job was held: the message comes back, not acknowledged.
         if not unavailable(error):
             raise
         raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("spec", sa.Text, nullable=False),
         sa.Column("spec_mtime_ns", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("deleted_at", sa.Float),
     )
     op.create_table(
         "default_model",
