@@ -12,11 +12,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx2
 
@@ -43,6 +45,11 @@ http {{
 """
 
 
+#: One answer a client got: (monotonic time, status or 0 for none, Retry-After, or the client's error
+#: when none came).
+Answer = tuple[float, int, str | None]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,6 +73,67 @@ def render_nginx(values: dict[str, str]) -> str:
     if missing:
         raise ValueError(f"no value for {', '.join(sorted(missing))}")
     return re.sub(r"\$\{(TRASHCAM_[A-Z0-9_]+)\}", lambda match: values[match.group(1)], text)
+
+
+class Clients:
+    """``count`` clients that each send ``request`` one after another until stopped."""
+
+    def __init__(self, url: str, count: int, request: Callable[[httpx2.Client], httpx2.Response]) -> None:
+        self.url, self.request = url, request
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def start(self) -> "Clients":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+    def __enter__(self) -> "Clients":
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def failed(self, since: float = float("-inf"), until: float = float("inf")) -> list[Answer]:
+        """The answers that were not 200 (0: none came), in ``[since, until)``."""
+        return [answer for answer in self.answers if since <= answer[0] < until and answer[1] != 200]
+
+    def _run(self) -> None:
+        with httpx2.Client(base_url=self.url, timeout=30) as api:
+            while not self._stop.is_set():
+                try:
+                    answer = self.request(api)
+                    self.answers.append(
+                        (time.monotonic(), answer.status_code, answer.headers.get("retry-after"))
+                    )
+                except httpx2.HTTPError as error:
+                    self.answers.append((time.monotonic(), 0, type(error).__name__))
+                    time.sleep(0.05)
+
+    def summary(self, t0: float, since: float = float("-inf"), until: float = float("inf")) -> dict[str, Any]:
+        chosen = [answer for answer in self.answers if since <= answer[0] < until]
+        failed = self.failed(since, until)
+        return {
+            "requests": len(chosen),
+            "statuses": {str(k): v for k, v in sorted(Counter(status for _, status, _ in chosen).items())},
+            "failed_with_retry_after": sum(status != 0 and retry is not None for _, status, retry in failed),
+            "failed_span_s": [round(failed[0][0] - t0, 3), round(failed[-1][0] - t0, 3)] if failed else None,
+            "failed": [
+                {"at_s": round(at - t0, 3), "status": status, _detail(status): extra}
+                for at, status, extra in failed
+            ][:50],
+        }
+
+
+def _detail(status: int) -> str:
+    """What the third item of an answer is: the client's error for no answer, else Retry-After."""
+    return "error" if status == 0 else "retry_after"
 
 
 @dataclass

@@ -21,11 +21,9 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import torch
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from bench.deployment import Deployment
+from bench.deployment import Clients, Deployment
 from bench.record import run_record, write_json
 from core.database import dispose_database
 from core.model_manager import model_store
@@ -91,58 +89,6 @@ def zip_of(photos: dict[str, list[bytes]]) -> bytes:
             for number, data in enumerate(items):
                 archive.writestr(f"{label}/{number}.jpg", data)
     return buffer.getvalue()
-
-
-class Clients:
-    """``count`` clients that each send ``request`` one after another until stopped."""
-
-    def __init__(self, url: str, count: int, request: Callable[[httpx2.Client], httpx2.Response]) -> None:
-        self.url, self.request = url, request
-        # (time, status or 0, Retry-After, or for no answer the client's error)
-        self.answers: list[tuple[float, int, str | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
-
-    def start(self) -> "Clients":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
-
-    def _run(self) -> None:
-        with httpx2.Client(base_url=self.url, timeout=30) as api:
-            while not self._stop.is_set():
-                try:
-                    answer = self.request(api)
-                    self.answers.append(
-                        (time.monotonic(), answer.status_code, answer.headers.get("retry-after"))
-                    )
-                except httpx2.HTTPError as error:
-                    self.answers.append((time.monotonic(), 0, type(error).__name__))
-                    time.sleep(0.05)
-
-    def summary(self, t0: float, since: float = float("-inf"), until: float = float("inf")) -> dict[str, Any]:
-        chosen = [answer for answer in self.answers if since <= answer[0] < until]
-        failed = [answer for answer in chosen if answer[1] != 200]
-        return {
-            "requests": len(chosen),
-            "statuses": {str(k): v for k, v in sorted(Counter(status for _, status, _ in chosen).items())},
-            "failed_with_retry_after": sum(status != 0 and retry is not None for _, status, retry in failed),
-            "failed_span_s": [round(failed[0][0] - t0, 3), round(failed[-1][0] - t0, 3)] if failed else None,
-            "failed": [
-                {"at_s": round(at - t0, 3), "status": status, _detail(status): extra}
-                for at, status, extra in failed
-            ][:50],
-        }
-
-
-def _detail(status: int) -> str:
-    """What the third item of an answer is: the client's error for no answer, else Retry-After."""
-    return "error" if status == 0 else "retry_after"
 
 
 def wait_job(

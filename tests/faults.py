@@ -4,6 +4,11 @@ give it back, as a restart or a network fault would, without touching the server
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
+
+from sqlalchemy.engine import make_url
+
+from tests.databases import postgres_database
 
 
 class Relay:
@@ -61,3 +66,16 @@ class Relay:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def relayed_postgres_database() -> Iterator[tuple[Relay, str]]:
+    """A new PostgreSQL database (dropped afterwards) and the URL that reaches it through a relay."""
+    with postgres_database() as url:
+        parsed = make_url(url)
+        relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
+        relay.restore()
+        try:
+            yield relay, parsed.set(port=relay.port).render_as_string(hide_password=False)
+        finally:
+            relay.cut()

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 
 from app.main import create_app
 from tests.app.conftest import API_KEY, FakeSubmitter, api_settings, png_bytes
 from tests.app.test_job_routes import zip_of_folder
-from tests.databases import postgres_database
-from tests.faults import Relay
+from tests.faults import Relay, relayed_postgres_database
 from tests.training.helpers import make_image_folder
 
 KEY = {"X-API-Key": API_KEY}
@@ -21,14 +19,8 @@ KEY = {"X-API-Key": API_KEY}
 @pytest.fixture
 def relay() -> Iterator[tuple[Relay, str]]:
     """A PostgreSQL database of the test's own, reached through a relay the test can cut."""
-    with postgres_database() as url:
-        parsed = make_url(url)
-        relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
-        relay.restore()
-        try:
-            yield relay, parsed.set(port=relay.port).render_as_string(hide_password=False)
-        finally:
-            relay.cut()
+    with relayed_postgres_database() as relayed:
+        yield relayed
 
 
 def test_requests_that_need_the_database_are_503_while_it_is_down(

@@ -8,9 +8,8 @@ import signal
 import socket
 import subprocess
 import tarfile
-import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx2
 import pytest
 
 from app.cli import piece_commands, trashcam_command
+from bench.deployment import free_port, wait_until
 from tests.app.conftest import API_KEY, tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,21 +28,6 @@ TRASHNET = REPO_ROOT / "data" / "trashnet-112.tar.gz"
 pytestmark = pytest.mark.integration
 
 WORKERS = ("training-worker", "heatmap-worker")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
 def _says_ready(log: Path) -> bool:

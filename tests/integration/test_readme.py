@@ -13,8 +13,9 @@ import httpx2
 import pytest
 
 from app.cli import trashcam_command
+from bench.deployment import free_port, wait_until
 from tests.app.conftest import API_KEY
-from tests.integration.conftest import REPO_ROOT, TRASHNET, System, free_port, wait_until
+from tests.integration.conftest import REPO_ROOT, TRASHNET, System
 
 pytestmark = pytest.mark.integration
 

@@ -4,22 +4,19 @@ processes over loopback, each started as docker-compose.yml starts it (bench.dep
 
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy.engine import make_url
 
-from bench.deployment import Deployment
+from bench.deployment import Clients, Deployment
 from core.model_manager import model_store
 from core.settings import Settings
 from tests.app.conftest import API_KEY, tiny_checkpoint
-from tests.databases import postgres_database
-from tests.faults import Relay
+from tests.faults import Relay, relayed_postgres_database
 from tests.integration.conftest import zip_folder
 
 pytestmark = pytest.mark.integration
@@ -33,14 +30,8 @@ TINY = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4"
 def database_relay() -> Iterator[tuple[Relay, str]]:
     """A PostgreSQL database of the module's own, which every piece reaches through a relay that a test
     cuts and restores, as a restart of the server would."""
-    with postgres_database() as url:
-        parsed = make_url(url)
-        relay = Relay((parsed.host or "127.0.0.1", parsed.port or 5432))
-        relay.restore()
-        try:
-            yield relay, parsed.set(port=relay.port).render_as_string(hide_password=False)
-        finally:
-            relay.cut()
+    with relayed_postgres_database() as relayed:
+        yield relayed
 
 
 @pytest.fixture(scope="module")
@@ -85,42 +76,12 @@ def wait_for_job(api: httpx2.Client, url: str, states: set[str], timeout: float 
     raise TimeoutError(f"{url} never reached {states}; last: {job}")
 
 
-class Load:
-    """Clients that classify a photo through nginx (or ask ``path``), one request after another each,
-    until stopped; every answer's time, status and Retry-After is kept."""
+def classifying(photo: bytes) -> Callable[[httpx2.Client], httpx2.Response]:
+    return lambda api: api.post("/classify", files={"file": ("a.jpg", photo)})
 
-    def __init__(self, url: str, photo: bytes, clients: int, path: str = "/classify") -> None:
-        self.url, self.photo, self.path = url, photo, path
-        self.answers: list[tuple[float, int, str | None]] = []  # (monotonic time, status or 0, Retry-After)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
-
-    def _run(self) -> None:
-        with httpx2.Client(base_url=self.url, timeout=30) as api:
-            while not self._stop.is_set():
-                try:
-                    if self.path == "/classify":
-                        answer = api.post("/classify", files={"file": ("a.jpg", self.photo)})
-                    else:
-                        answer = api.get(self.path)
-                    self.answers.append(
-                        (time.monotonic(), answer.status_code, answer.headers.get("retry-after"))
-                    )
-                except httpx2.HTTPError:
-                    self.answers.append((time.monotonic(), 0, None))
-
-    def failed_after(self, moment: float) -> list[tuple[float, int, str | None]]:
-        return [answer for answer in self.answers if answer[0] >= moment and answer[1] != 200]
+def listing_jobs(api: httpx2.Client) -> httpx2.Response:
+    return api.get("/train")
 
 
 def photo_bytes(trashnet_photos: Path) -> bytes:
@@ -157,7 +118,7 @@ def test_a_new_default_on_one_replica_reaches_the_other_within_5_s_and_no_reques
     )
     version = model_store(settings).add("site-a", tiny_checkpoint(tmp_path / "site.pt", seed=7))
     with client(deployment, "api-a") as a, client(deployment, "api-b") as b:
-        with Load(deployment.url(), photo_bytes(trashnet_photos), clients=4) as load:
+        with Clients(deployment.url(), 4, classifying(photo_bytes(trashnet_photos))) as load:
             time.sleep(1)
             switched = a.put(
                 "/models/default", json={"name": "site-a", "version": version.version}, headers=KEY
@@ -169,7 +130,7 @@ def test_a_new_default_on_one_replica_reaches_the_other_within_5_s_and_no_reques
                 time.sleep(0.1)
             time.sleep(1)
         assert load.answers, "the load sent nothing"
-        assert load.failed_after(0) == []
+        assert load.failed(0) == []
         answered = a.post("/classify", files={"file": ("a.jpg", photo_bytes(trashnet_photos))}).json()
         assert answered["results"][0]["model"]["version"] == version.version
 
@@ -216,8 +177,8 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
         wait_for_job(api, url, {"running"})
         before = [job["id"] for job in api.get("/train").json()]
         with (
-            Load(deployment.url(), photo_bytes(trashnet_photos), clients=2) as classifying,
-            Load(deployment.url(), b"", clients=2, path="/train") as listing,
+            Clients(deployment.url(), 2, classifying(photo_bytes(trashnet_photos))) as classifications,
+            Clients(deployment.url(), 2, listing_jobs) as listing,
         ):
             time.sleep(1)
             cut_at = time.monotonic()
@@ -230,8 +191,8 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
         assert while_away, "no listing was answered while the database was away"
         assert {status for _, status, _ in while_away} == {503}
         assert {retry for _, _, retry in while_away} == {"5"}
-        assert listing.failed_after(restored_at + 2) == []
-        assert classifying.failed_after(0) == []  # classifying needs no database
+        assert listing.failed(restored_at + 2) == []
+        assert classifications.failed() == []  # classifying needs no database
         assert [job["id"] for job in api.get("/train").json()] == before
         # The job that was training then goes on, or is resumed, and ends once.
         job = wait_for_job(api, url, {"succeeded", "failed", "cancelled"}, timeout=300)
@@ -243,13 +204,13 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
 def test_killing_a_replica_under_load_fails_no_request_after_the_first_second(
     deployment: Deployment, trashnet_photos: Path
 ) -> None:
-    with Load(deployment.url(), photo_bytes(trashnet_photos), clients=4) as load:
+    with Clients(deployment.url(), 4, classifying(photo_bytes(trashnet_photos))) as load:
         time.sleep(2)
         killed_at = time.monotonic()
         deployment.kill("api-a", signal.SIGKILL)
         time.sleep(6)
     assert [status for at, status, _ in load.answers if at > killed_at + 1]  # it went on
-    assert load.failed_after(killed_at + 1) == []
+    assert load.failed(killed_at + 1) == []
     deployment.start_api("api-a")  # back on its port: nginx sends it requests again
     with client(deployment, "api-a") as a:
         assert a.get("/ready").status_code == 200

@@ -10,8 +10,9 @@ import httpx2
 import pytest
 
 from app.cli import trashcam_command
+from bench.deployment import free_port, wait_until
 from tests.app.conftest import tiny_checkpoint
-from tests.integration.conftest import REPO_ROOT, free_port, wait_until
+from tests.integration.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -1,14 +1,12 @@
 from celery import Task
-from sqlalchemy.exc import SQLAlchemyError
 
-from core.database import unavailable
-from core.jobs import DatabaseAwayError, NewerRecordError
 from core.model_manager import ModelManager
-from core.queue import DATABASE_RETRY_SECONDS, HEATMAPS_TASK, NEWER_RECORD_RETRY_SECONDS
+from core.queue import HEATMAPS_TASK
 from core.settings import get_settings
 from models.predictor import Predictor
 from worker.celery_app import celery_app
 from worker.runner import run_heatmap_job, serving_manager
+from worker.tasks.retrying import put_back
 
 
 class PredictorTask(Task):  # type: ignore[misc]
@@ -32,14 +30,8 @@ def explain_batch(self: PredictorTask, job_id: str, holder: str | None = None) -
     database away comes back shortly (as the lease that held it, ``holder``, if it held it)."""
     try:
         return run_heatmap_job(job_id, get_settings(), self.predictor, holder=holder).state
-    except NewerRecordError as error:
-        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
-    except DatabaseAwayError as error:
-        raise self.retry(
-            exc=error, countdown=DATABASE_RETRY_SECONDS, kwargs={"holder": error.holder}
-        ) from None
-    except SQLAlchemyError as error:
-        # The database away before the job was held: the message comes back, not acknowledged.
-        if not unavailable(error):
+    except Exception as error:
+        retry = put_back(self, error)
+        if retry is None:
             raise
-        raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None
+        raise retry from None

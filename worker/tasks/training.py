@@ -1,12 +1,10 @@
 from celery import Task
-from sqlalchemy.exc import SQLAlchemyError
 
-from core.database import unavailable
-from core.jobs import DatabaseAwayError, NewerRecordError
-from core.queue import DATABASE_RETRY_SECONDS, NEWER_RECORD_RETRY_SECONDS, TRAIN_TASK
+from core.queue import TRAIN_TASK
 from core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.runner import run_training_job
+from worker.tasks.retrying import put_back
 
 
 # Put back as often as it takes (a retry's max_retries=None would mean Celery's default of 3).
@@ -17,14 +15,8 @@ def train_model(self: Task, job_id: str, holder: str | None = None) -> str:
     database away comes back shortly (as the lease that held it, ``holder``, if it held it)."""
     try:
         return run_training_job(job_id, get_settings(), holder=holder).state
-    except NewerRecordError as error:
-        raise self.retry(exc=error, countdown=NEWER_RECORD_RETRY_SECONDS) from None
-    except DatabaseAwayError as error:
-        raise self.retry(
-            exc=error, countdown=DATABASE_RETRY_SECONDS, kwargs={"holder": error.holder}
-        ) from None
-    except SQLAlchemyError as error:
-        # The database away before the job was held: the message comes back, not acknowledged.
-        if not unavailable(error):
+    except Exception as error:
+        retry = put_back(self, error)
+        if retry is None:
             raise
-        raise self.retry(exc=error, countdown=DATABASE_RETRY_SECONDS) from None
+        raise retry from None
