@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.connections import quiet_floods, server_options
 from core.database import open_database, redact_password
-from core.heartbeat import heartbeat_path, is_alive
+from core.heartbeat import is_alive
 from core.importing import import_var_dir
 from core.jobs import JOB_KINDS, JobKind, JobStore
 from core.model_manager import model_store
@@ -87,7 +87,7 @@ def worker_command(kind: JobKind) -> list[str]:
 def worker_alive(kind: JobKind) -> bool:
     """Whether this host's worker of ``kind`` is alive: its heartbeat is fresh (a container's health
     check; a Celery ping would go unanswered while a training worker runs its task)."""
-    return is_alive(heartbeat_path(get_settings(), worker_name(kind, socket.gethostname())))
+    return is_alive(get_settings(), worker_name(kind, socket.gethostname()))
 
 
 def trashcam_command(args: list[str]) -> list[str]:

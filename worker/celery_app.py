@@ -8,7 +8,7 @@ Start one worker per queue, with the pool each needs (``core.queue.KINDS_OF_JOBS
 
 from celery.signals import worker_ready, worker_shutdown
 
-from core.heartbeat import Heartbeat, heartbeat_path
+from core.heartbeat import Heartbeat
 from core.jobs import JobStore
 from core.queue import get_celery, submit
 from core.recovery import recover_orphans
@@ -22,8 +22,8 @@ _heartbeats: list[Heartbeat] = []
 
 @worker_ready.connect
 def _start_heartbeat(sender: object, **_: object) -> None:
-    """The file that ``trashcam ping`` (a container's health check) reads."""
-    heartbeat = Heartbeat(heartbeat_path(get_settings(), str(getattr(sender, "hostname", "worker"))))
+    """The key that ``trashcam ping`` (a container's health check) and ``/ready`` read."""
+    heartbeat = Heartbeat(get_settings(), str(getattr(sender, "hostname", "worker")))
     heartbeat.start()
     _heartbeats.append(heartbeat)
 

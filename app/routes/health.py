@@ -60,13 +60,14 @@ NOT_READY_EXAMPLE = {
 )
 async def read_ready(service: ServiceDep, settings: SettingsDep, response: Response) -> ReadyPublic:
     """Readiness: a model is loaded, Redis (the job queue) answers and each queue has a live worker (its
-    heartbeat is fresh). 503 otherwise."""
+    heartbeat key in Redis is set). 503 otherwise."""
     redis_ok = await run_in_threadpool(redis_reachable, settings.redis_url)
     loaded = service.manager.loaded
     queues = [queue_of(kind, settings) for kind in JOB_KINDS]
     workers = {queue: len(await run_in_threadpool(live_workers, settings, queue)) for queue in queues}
     problems = [p for p, ok in (("no model loaded", loaded), ("redis unreachable", redis_ok)) if not ok]
-    problems += [f"no live worker on the {queue} queue" for queue, count in workers.items() if not count]
+    if redis_ok:  # else the workers' heartbeats cannot be read: Redis is what is wrong
+        problems += [f"no live worker on the {queue} queue" for queue, count in workers.items() if not count]
     if problems:
         response.status_code = 503
     return ReadyPublic(

@@ -1,12 +1,13 @@
-import os
 import time
+from collections.abc import Iterator
 
+import pytest
+import redis
 import torch
 from fastapi.testclient import TestClient
 
 from app.lanes import plan_lanes
-from core.heartbeat import ALIVE_SECONDS as HEARTBEAT_ALIVE_SECONDS
-from core.heartbeat import heartbeat_path
+from core.heartbeat import KEY_PREFIX, heartbeat_key
 from core.settings import Settings
 from models.checkpoint import load_checkpoint
 from models.precision import choose_precision
@@ -17,13 +18,25 @@ def test_health(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def beat(settings: Settings, node: str, age_s: float = 0.0) -> None:
-    """A worker's heartbeat file, ``age_s`` old."""
-    path = heartbeat_path(settings, node)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    then = time.time() - age_s
-    os.utime(path, (then, then))
+@pytest.fixture(autouse=True)
+def no_workers(settings: Settings) -> Iterator[None]:
+    """No worker's key but the test's own (other tests' workers beat in the same Redis database)."""
+
+    url = settings.redis_url  # a test may point the app's settings elsewhere
+
+    def clear() -> None:
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(match=f"{KEY_PREFIX}*"):
+            client.delete(key)
+
+    clear()
+    yield
+    clear()
+
+
+def beat(settings: Settings, node: str, *, expires_s: float = 60.0) -> None:
+    """A worker's heartbeat key, living ``expires_s`` more seconds."""
+    redis.Redis.from_url(settings.redis_url).set(heartbeat_key(node), "alive", px=int(expires_s * 1000))
 
 
 def test_ready_when_model_loaded_and_redis_answers(client: TestClient, settings: Settings) -> None:
@@ -69,7 +82,8 @@ def test_ready_is_503_when_redis_is_unreachable(client: TestClient, settings: Se
 def test_ready_is_503_while_a_queue_has_no_live_worker(client: TestClient, settings: Settings) -> None:
     beat(settings, "training@host-a")
     beat(settings, "training@host-b")
-    beat(settings, "heatmaps@host-a", age_s=HEARTBEAT_ALIVE_SECONDS + 5)  # killed a while ago
+    beat(settings, "heatmaps@host-a", expires_s=0.2)  # its worker killed: it stops beating
+    time.sleep(0.3)
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["workers"] == {"training": 2, "heatmaps": 0}

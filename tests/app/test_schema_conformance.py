@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from core.heartbeat import Heartbeat, heartbeat_path
+from core.heartbeat import Heartbeat
 from core.settings import Settings
 from tests.app.conftest import API_KEY, FakeSubmitter, api_settings, png_bytes
 from tests.training.helpers import make_image_folder
@@ -40,7 +40,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     settings = api_settings(Path(tmp_path_factory.mktemp("schema")))
     settings.protect_reads = True
     # A live worker on each queue, as their heartbeats say, for /ready.
-    beats = [Heartbeat(heartbeat_path(settings, f"{queue}@test")) for queue in ("training", "heatmaps")]
+    beats = [Heartbeat(settings, f"{queue}@test") for queue in ("training", "heatmaps")]
     for beat in beats:
         beat.start()
     yield create_app(settings, submitter=FakeSubmitter())

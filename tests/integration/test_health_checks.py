@@ -29,8 +29,8 @@ def test_a_running_worker_passes_its_health_check_and_a_missing_one_fails(
         command, env=system.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=False
     )
     assert alive.returncode == 0, alive.stderr
-    # Another var dir has no worker's heartbeat in it: the check fails, it does not hang or pass.
-    elsewhere = {**system.env, "TRASHCAM_VAR_DIR": str(tmp_path)}
+    # Another Redis database has no worker's heartbeat in it: the check fails, it does not hang or pass.
+    elsewhere = {**system.env, "TRASHCAM_REDIS_URL": f"redis://127.0.0.1:{system.redis_port}/1"}
     missing = subprocess.run(
         command, env=elsewhere, cwd=REPO_ROOT, capture_output=True, timeout=60, check=False
     )
