@@ -559,6 +559,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             photos=args.photos,
             seed=args.seed,
             max_drop=args.max_drop,
+            validation=manifest.select("val"),
+            max_val_drop=args.max_val_drop,
         )
     if (args.checkpoint.parent / SUMS_FILE).is_file():
         write_checksums(args.checkpoint.parent)  # an exported folder lists every file it holds

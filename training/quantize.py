@@ -6,7 +6,10 @@ trashcam-train quantize --checkpoint weights/se_resnet50/model.pt \
 
 The model is converted as the service runs it (batch norms folded, :func:`models.runtime.convert_network`),
 NNCF measures its activations on a few hundred training photos (drawn with a seed) and writes int8
-weights and activations for its convolutions and linear layers. The int8 network and the fp32
+weights and activations for its convolutions and linear layers. With ``--max-val-drop`` it does so
+under NNCF's accuracy control: layers whose int8 form costs the most top-1 on the validation photos go
+back to floating point, one at a time, until the validation top-1 is within that many points of the
+fp32 network's (a slower network, for a closer one). The int8 network and the fp32
 conversion then classify the test photos of every data set of the manifest: the int8 network is kept,
 beside the checkpoint (``int8.xml``, its ``.bin`` and the record ``int8.json``, which
 :func:`models.runtime.read_quantized` checks), only when no data set loses more than ``max_drop``
@@ -20,7 +23,7 @@ import platform
 import random
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,11 +103,14 @@ def quantize(
     photos: int = DEFAULT_CALIBRATION_PHOTOS,
     seed: int = 0,
     max_drop: float = DEFAULT_MAX_DROP,
+    validation: Sequence[Sample] = (),
+    max_val_drop: float | None = None,
 ) -> Accuracy:
     """Quantize the model of ``checkpoint_path`` on ``photos`` of the ``calibration`` samples (drawn with
     ``seed``), compare it with the fp32 conversion on the ``test`` samples (labelled by ``class_names``,
     the data's; ``test_sets`` names each one's data set), and write it beside the checkpoint, or raise
-    :class:`QuantizationRefusedError`."""
+    :class:`QuantizationRefusedError`. ``max_val_drop``: points of top-1 on the ``validation`` samples
+    that NNCF's accuracy control may lose, keeping layers in floating point until it does not."""
     try:
         import nncf
     except ImportError:
@@ -113,6 +119,8 @@ def quantize(
 
     if not calibration or not test:
         raise ValueError("quantizing needs training photos to calibrate on and test photos to check")
+    if max_val_drop is not None and not validation:
+        raise ValueError("accuracy control (--max-val-drop) needs validation photos")
     checkpoint = load_checkpoint(checkpoint_path)
     spec = checkpoint.spec
     # The data's labels in the model's class order (a model may order its classes otherwise).
@@ -123,11 +131,30 @@ def quantize(
 
     chosen = random.Random(seed).sample(list(calibration), min(photos, len(calibration)))
     calibration_batches = list(_batches(spec, root, chosen, loading))
-    quantized = nncf.quantize(
-        network,
-        nncf.Dataset([batch[i : i + 1] for batch in calibration_batches for i in range(len(batch))]),
-        subset_size=len(chosen),
+    calibration_set = nncf.Dataset(
+        [batch[i : i + 1] for batch in calibration_batches for i in range(len(batch))]
     )
+    controlled: dict[str, Any] | None = None
+    if max_val_drop is None:
+        quantized = nncf.quantize(network, calibration_set, subset_size=len(chosen))
+    else:
+        validation = remap_labels(validation, class_names, spec.class_names)
+        batches = list(_batches(spec, root, validation, loading))
+        ends = np.cumsum([len(batch) for batch in batches])
+        val_labels = np.array([label for _, label in validation])
+        items = [
+            (batch, val_labels[end - len(batch) : end]) for batch, end in zip(batches, ends, strict=True)
+        ]
+        quantized = nncf.quantize_with_accuracy_control(
+            network,
+            calibration_set,
+            nncf.Dataset(items),
+            _validation_top1,
+            max_drop=max_val_drop / 100,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(chosen),
+        )
+        controlled = {"split": "val", "photos": len(validation), "max_drop_points": max_val_drop}
 
     test_batches = list(_batches(spec, root, test, loading))
     labels = np.array([label for _, label in test])
@@ -150,12 +177,42 @@ def quantize(
         raise QuantizationRefusedError(
             f"int8 loses more than {max_drop} points of top-1, not written: {'; '.join(refused)}"
         )
-    _write(quantized, checkpoint_path.parent, checkpoint.sha256, accuracy, photos=len(chosen), seed=seed)
+    _write(
+        quantized,
+        checkpoint_path.parent,
+        checkpoint.sha256,
+        accuracy,
+        photos=len(chosen),
+        seed=seed,
+        accuracy_control=controlled,
+    )
     return accuracy
 
 
+def _validation_top1(
+    compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> tuple[float, list[float]]:
+    """NNCF's validation function: top-1 over every photo of ``items`` (batches and their labels), and
+    each batch's, by which NNCF ranks what each layer's int8 form costs."""
+    request = compiled.create_infer_request()
+    right, per_item = 0, []
+    total = 0
+    for images, labels in items:
+        hits = int((request.infer({0: images})[0].argmax(1) == labels).sum())
+        right, total = right + hits, total + len(labels)
+        per_item.append(hits / len(labels))
+    return right / max(total, 1), per_item
+
+
 def _write(
-    network: Any, folder: Path, model_sha256: str, accuracy: Accuracy, *, photos: int, seed: int
+    network: Any,
+    folder: Path,
+    model_sha256: str,
+    accuracy: Accuracy,
+    *,
+    photos: int,
+    seed: int,
+    accuracy_control: dict[str, Any] | None,
 ) -> None:
     """The int8 network and its record into ``folder``: the old record goes first and the new one comes
     last, so that a reader never takes files of one network with the record of another."""
@@ -180,6 +237,8 @@ def _write(
             "openvino": openvino_version(),
             "nncf": nncf.__version__,
             "calibration": {"split": "train", "photos": photos, "seed": seed},
+            # The validation photos and the top-1 NNCF's accuracy control kept to; None: not used.
+            "accuracy_control": accuracy_control,
             "top1_test": {"fp32": dict(accuracy.fp32), "int8": dict(accuracy.int8)},
             "test_photos": dict(accuracy.photos),
             "machine": platform.machine(),
@@ -201,6 +260,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_DROP,
         help="points of test top-1 that any data set may lose, else nothing is written",
     )
+    parser.add_argument(
+        "--max-val-drop",
+        type=float,
+        default=None,
+        help="quantize under NNCF's accuracy control: layers go back to floating point until the "
+        "validation photos' top-1 is within this many points of fp32's (slower to make, and to run)",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -208,6 +274,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--photos must be at least 1, not {args.photos}")
     if args.max_drop < 0:
         raise ValueError(f"--max-drop is points of top-1 that may be lost, at least 0, not {args.max_drop}")
+    if args.max_val_drop is not None and args.max_val_drop < 0:
+        raise ValueError(f"--max-val-drop is points of top-1, at least 0, not {args.max_val_drop}")
 
 
 def summary(accuracy: Accuracy, folder: Path) -> str:

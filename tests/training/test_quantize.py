@@ -85,6 +85,33 @@ def quantized(tmp_path_factory: pytest.TempPathFactory, manifest: Path, photos_f
     return folder
 
 
+def test_under_accuracy_control_the_validation_photos_keep_their_top1(
+    tmp_path: Path, manifest: Path, photos_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-val-drop quantizes with NNCF's accuracy control on the validation photos, and says so in the
+    record; a drop of 0 keeps the validation top-1 of fp32."""
+    folder = tmp_path / "controlled"
+    folder.mkdir()
+    shutil.copy(SHIPPED, folder / "model.pt")
+    validated: list[float] = []
+    measure = quantize._validation_top1
+
+    def recorded(compiled: object, items: object) -> tuple[float, list[float]]:
+        top1, per_item = measure(compiled, items)  # type: ignore[arg-type]
+        validated.append(top1)
+        return top1, per_item
+
+    monkeypatch.setattr(quantize, "_validation_top1", recorded)
+    args = [*command(folder / "model.pt", manifest, photos_folder), "--max-drop=100", "--max-val-drop=0"]
+    assert main(args) == 0
+    record = json.loads((folder / QUANTIZED_RECORD).read_text())
+    val_photos = len(load_manifest(manifest).select("val"))
+    assert record["accuracy_control"] == {"split": "val", "photos": val_photos, "max_drop_points": 0.0}
+    # NNCF validated the fp32 network first, then the int8 ones; the one kept is no worse.
+    assert len(validated) >= 2
+    assert validated[-1] >= validated[0]
+
+
 def served(folder: Path, cache: Path, *, int8: bool = True) -> Predictor:
     return Predictor.from_checkpoint(
         str(folder / "model.pt"),
@@ -223,7 +250,12 @@ def test_a_refused_network_is_not_written_and_the_command_says_why(
 
 
 @pytest.mark.parametrize(
-    ("flag", "message"), [("--photos=0", "--photos must be at least 1"), ("--max-drop=-1", "--max-drop is")]
+    ("flag", "message"),
+    [
+        ("--photos=0", "--photos must be at least 1"),
+        ("--max-drop=-1", "--max-drop is"),
+        ("--max-val-drop=-1", "--max-val-drop is"),
+    ],
 )
 def test_bad_arguments_are_refused(flag: str, message: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR):
