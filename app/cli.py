@@ -239,8 +239,7 @@ def database_command(action: str) -> None:
     settings = get_settings()
     database = open_database(settings.database)  # brings the schema up to date
     if action == "upgrade":
-        state = "newer than this version's, left as it is" if database.newer_schema else "up to date"
-        print(f"{redact_password(database.url)}: schema {state}")  # noqa: T201 - the command's answer
+        print(f"{redact_password(database.url)}: schema {database.schema}")  # noqa: T201 - the command's answer
         return
     report = import_var_dir(settings, JobStore.from_settings(settings), model_store(settings))
     print(report.summary())  # noqa: T201 - the command's answer

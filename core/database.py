@@ -158,8 +158,8 @@ class Database:
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
             options["poolclass"] = NullPool
         self.engine: Engine = create_engine(url, **options)
-        #: Whether a newer version of the service migrated the schema past this version's migrations.
-        self.newer_schema = False
+        #: What opening it did to the schema, for people: migrated, up to date, or newer than this version's.
+        self.schema = ""
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         upgrade(self)
@@ -221,10 +221,17 @@ def upgrade(database: Database) -> None:
         newer = [head for head in current if head not in known]
         if newer:
             logger.info("the database's schema is %s, newer than this version's: left as it is", newer)
-            database.newer_schema = True
+            database.schema = f"{', '.join(newer)}, newer than this version's: left as it is"
             return
         command.upgrade(config, "head")
         connection.commit()
+        after = MigrationContext.configure(connection).get_current_heads()
+        before = ", ".join(current) or "empty"
+        database.schema = (
+            f"up to date ({', '.join(after)})"
+            if after == current
+            else f"migrated from {before} to {', '.join(after)}"
+        )
 
 
 @contextlib.contextmanager

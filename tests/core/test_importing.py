@@ -148,3 +148,14 @@ def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(tmp_path:
     )
     assert "Traceback" not in done.stderr
     assert "secret" not in done.stderr
+
+
+def test_db_upgrade_says_what_it_did(settings: Settings) -> None:
+    env = {"TRASHCAM_VAR_DIR": str(settings.var_dir), "PATH": str(Path(sys.executable).parent)}
+    if settings.database_url is not None:
+        env["TRASHCAM_DATABASE_URL"] = settings.database_url
+    command = [str(Path(sys.executable).parent / "trashcam"), "db", "upgrade"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert first.stdout.strip().endswith("schema migrated from empty to 0001")
+    assert again.stdout.strip().endswith("schema up to date (0001)")
