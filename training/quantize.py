@@ -130,7 +130,10 @@ def quantize(
     network = convert_network(model, linear_head(model, spec.input_size), spec.input_size)
 
     chosen = random.Random(seed).sample(list(calibration), min(photos, len(calibration)))
+    # Every photo is decoded before OpenVINO and NNCF start their threads: the loader's processes are
+    # forked, and a process forked from one running those threads can crash.
     calibration_batches = list(_batches(spec, root, chosen, loading))
+    test_batches = list(_batches(spec, root, test, loading))
     calibration_set = nncf.Dataset(
         [batch[i : i + 1] for batch in calibration_batches for i in range(len(batch))]
     )
@@ -156,7 +159,6 @@ def quantize(
         )
         controlled = {"split": "val", "photos": len(validation), "max_drop_points": max_val_drop}
 
-    test_batches = list(_batches(spec, root, test, loading))
     labels = np.array([label for _, label in test])
     core = ov.Core()
     right = {
