@@ -164,22 +164,8 @@ class Deployment:
             **{f"TRASHCAM_{name.upper()}": value for name, value in settings.items()},
         }
         deployment = cls(root, env)
-        deployment._popen(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            env,
-        )
-        wait_until(lambda: _answers(redis_port), 15, "redis")
+        deployment._popen("redis", redis_command(redis_port), env)
+        wait_until(lambda: redis_answers(redis_port), 15, "redis")
         return deployment
 
     def url(self, name: str | None = None) -> str:
@@ -253,7 +239,12 @@ class Deployment:
             handle.close()
 
 
-def _answers(port: int) -> bool:
+def redis_command(port: int) -> list[str]:
+    """A Redis server of a test's or a benchmark's own on loopback ``port``, keeping nothing on disk."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")

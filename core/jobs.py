@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 from redis.lock import Lock
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import database
@@ -388,6 +388,12 @@ class HeartbeatRow:
             db.execute(delete(table).where(condition))
 
 
+def _records() -> Select[Any]:
+    """The columns a record is read from (:meth:`JobStore._parse`)."""
+    table = database.jobs
+    return select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested)
+
+
 class JobStore:
     """Job records in the SQL database (:mod:`core.database`), one row each, and each job's files in a
     folder of its own under ``jobs_dir`` (on the artifact root, which every host mounts)."""
@@ -503,11 +509,7 @@ class JobStore:
         )
         with self.database.read() as db:
             rows = db.execute(
-                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested)
-                .where(table.c.kind == kind)
-                .order_by(*by)
-                .limit(limit)
-                .offset(offset)
+                _records().where(table.c.kind == kind).order_by(*by).limit(limit).offset(offset)
             ).all()
             total = db.execute(
                 select(func.count()).select_from(table).where(table.c.kind == kind)
@@ -553,11 +555,7 @@ class JobStore:
         self.folder(job_id)  # refuses what is not a job id
         table = database.jobs
         with self.database.read() as db:
-            row = db.execute(
-                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested).where(
-                    table.c.id == job_id
-                )
-            ).first()
+            row = db.execute(_records().where(table.c.id == job_id)).first()
         if row is None:
             raise JobNotFoundError(f"no job {job_id!r}")
         return self._parse(row)
@@ -586,12 +584,8 @@ class JobStore:
     def all(self) -> Iterator[Job]:
         table = database.jobs
         with self.database.read() as db:
-            ids = db.execute(select(table.c.id).order_by(table.c.id)).scalars().all()
-        for job_id in ids:
-            try:
-                yield self.get(job_id)
-            except (JobNotFoundError, NewerRecordError) as error:
-                logger.warning("skipping %s: %s", job_id, error)
+            rows = db.execute(_records().order_by(table.c.id)).all()
+        yield from self._readable(rows)
 
     def redis_instance(self) -> str:
         """The running Redis server's instance id (created by whoever asks first after a start)."""
@@ -656,9 +650,7 @@ class JobStore:
         table = database.jobs
         with self.database.read() as db:
             rows = db.execute(
-                select(table.c.id, table.c.format, table.c.record, table.c.cancel_requested).where(
-                    table.c.state.in_(ACTIVE_STATES), table.c.format <= JOB_FORMAT
-                )
+                _records().where(table.c.state.in_(ACTIVE_STATES), table.c.format <= JOB_FORMAT)
             ).all()
         found = []
         for job in self._readable(rows):

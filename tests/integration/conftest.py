@@ -5,7 +5,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import zipfile
@@ -19,7 +18,7 @@ import httpx2
 import pytest
 
 from app.cli import piece_commands, trashcam_command
-from bench.deployment import free_port, wait_until
+from bench.deployment import free_port, redis_answers, redis_command, wait_until
 from tests.app.conftest import API_KEY, tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,29 +45,9 @@ class System:
 
     def start_redis(self) -> None:
         self.processes["redis"] = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=self._log_file("redis"),
-            stderr=subprocess.STDOUT,
+            redis_command(self.redis_port), stdout=self._log_file("redis"), stderr=subprocess.STDOUT
         )
-        wait_until(self._redis_answers, 15, "redis")
-
-    def _redis_answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        wait_until(partial(redis_answers, self.redis_port), 15, "redis")
 
     def _start(self, piece: str, name: str | None = None) -> None:
         """Start ``piece`` with the very command that docker-compose.yml and ``trashcam serve`` run (as
