@@ -8,9 +8,10 @@ gains is measured in docs/PERFORMANCE.md, "Inference lanes" (``python -m bench.l
 """
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -49,10 +50,20 @@ def plan_lanes(device: torch.device, *, lanes: int | None = None, threads: int |
     return LanePlan(lanes, threads)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lane:
     index: int
     executor: ThreadPoolExecutor
+    #: CPU seconds its thread spent running batches (written by that thread alone).
+    cpu_seconds: float = field(default=0.0)
+
+    def timed(self, function: Callable[..., Result], *args: object) -> Result:
+        """``function(*args)``, on this lane's thread, adding the CPU time it takes to :attr:`cpu_seconds`."""
+        started = time.thread_time()
+        try:
+            return function(*args)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
 
 
 class InferenceLanes:
@@ -82,6 +93,12 @@ class InferenceLanes:
             self._free.put_nowait(lane)
 
     @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the lanes' threads spent running batches: stacking inputs, the forward passes that
+        torch runs on them and scoring (a compiled runtime's forward passes run on threads of its own)."""
+        return sum(lane.cpu_seconds for lane in self._lanes)
+
+    @property
     def busy(self) -> int:
         return len(self._lanes) - self._free.qsize()
 
@@ -93,8 +110,8 @@ class InferenceLanes:
         self._free.put_nowait(lane)
 
     async def run(self, lane: Lane, function: Callable[..., Result], *args: object) -> Result:
-        """``function(*args)`` on ``lane``'s thread."""
-        return await asyncio.get_running_loop().run_in_executor(lane.executor, function, *args)
+        """``function(*args)`` on ``lane``'s thread, its CPU time counted."""
+        return await asyncio.get_running_loop().run_in_executor(lane.executor, lane.timed, function, *args)
 
     def shutdown(self) -> None:
         for lane in self._lanes:

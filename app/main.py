@@ -102,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_batch=app.state.metrics.observe_batch,
         max_expensive=settings.max_expensive_explanations,
     )
+    app.state.metrics.watch_lane_cpu(lambda: service.lanes.cpu_seconds)
     await run_in_threadpool(manager.load_initial)
     if manager.loaded:
         app.state.metrics.model_loads.inc()

@@ -1,8 +1,11 @@
 """Prometheus metrics for the API, in a registry of the app's own (so several apps can coexist)."""
 
 import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.drift import RecentAnswers, RecentAnswersCollector
@@ -71,9 +74,16 @@ class Metrics:
         )
         self.recent = RecentAnswers(drift_window_seconds, UNSURE_REASONS)
         self.registry.register(RecentAnswersCollector(self.recent))
+        self._lane_cpu = _LaneCpuCollector(lambda: 0.0)
+        self.registry.register(self._lane_cpu)
         self.serving_model = Info(
             "trashcam_serving_model", "the model that answers by default", registry=self.registry
         )
+
+    def watch_lane_cpu(self, cpu_seconds: Callable[[], float]) -> None:
+        """Expose the inference lanes' CPU seconds (``app.lanes.InferenceLanes.cpu_seconds``): beside the
+        process's own CPU, what its requests cost outside the forward passes."""
+        self._lane_cpu.cpu_seconds = cpu_seconds
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -89,6 +99,19 @@ class Metrics:
         if distance is not None:
             self.distance.observe(distance)
         self.recent.add(unsure_reasons)
+
+
+class _LaneCpuCollector(Collector):
+    def __init__(self, cpu_seconds: Callable[[], float]) -> None:
+        self.cpu_seconds = cpu_seconds
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "trashcam_inference_lane_cpu_seconds",
+            "CPU seconds the inference lanes' threads spent running batches (stacking, forward passes "
+            "torch runs, scoring; a compiled runtime's forward passes run on threads of its own)",
+            value=self.cpu_seconds(),
+        )
 
 
 class MetricsMiddleware:

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     photos = load_photos(args.manifest, args.data, "test")
-    rows: dict[str, list[dict[str, float]]] = {}
+    rows: dict[str, list[dict[str, float | None]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as var:
         trivial = trivial_checkpoint(args.checkpoint, Path(var) / "trivial.pt")
         servers: list[tuple[str, list[str], int, Path | None]] = [
@@ -72,12 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "photos_per_s": timed.answered / timed.seconds,
                     "server_cpu_ms_per_photo": 1000 * timed.server_cpu / max(1, timed.answered),
                     "loadgen_cpu_ms_per_photo": 1000 * timed.own_cpu / max(1, timed.answered),
+                    # The inference lanes run the trivial model's forward passes: the request path is
+                    # what the server spends outside them.
+                    "lane_cpu_ms_per_photo": None
+                    if timed.lane_cpu is None
+                    else 1000 * timed.lane_cpu / max(1, timed.answered),
+                    "outside_lanes_cpu_ms_per_photo": None
+                    if timed.lane_cpu is None
+                    else 1000 * (timed.server_cpu - timed.lane_cpu) / max(1, timed.answered),
                     "errors": timed.errors,
                 }
                 rows.setdefault(name, []).append(row)
                 print(name, json.dumps(row), flush=True)
     medians = {
-        name: {key: statistics.median(row[key] for row in group) for key in group[0]}
+        name: {
+            key: None if any(value is None for value in values) else statistics.median(values)  # type: ignore[type-var]
+            for key in group[0]
+            for values in [[row[key] for row in group]]
+        }
         for name, group in rows.items()
     }
     print(json.dumps(medians, indent=2))

@@ -119,6 +119,8 @@ class LoadResult:
     server_cpu_cores: float
     loadgen_cpu_cores: float
     mean_batch: float | None
+    #: The server's inference lanes' share of ``server_cpu_cores`` (None: not exposed).
+    lane_cpu_cores: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -352,6 +354,8 @@ class Timed:
     batches: list[int]
     server_cpu: float
     own_cpu: float
+    #: CPU seconds of the server's inference lanes meanwhile (None: a server that does not expose them).
+    lane_cpu: float | None
     #: Responses by status code; "no answer" counts requests that got none (a connection error).
     statuses: Counter[int | str]
 
@@ -366,7 +370,7 @@ async def load(
     server: psutil.Process | None = None,
 ) -> Timed:
     """``requests`` requests after ``warmup`` ones: latencies (s), errors, wall time, the service's batch
-    sizes, and the CPU seconds that the server and this process spent meanwhile."""
+    sizes, and the CPU seconds that the server, its inference lanes and this process spent meanwhile."""
     order = itertools.cycle(photos)
     latencies: list[float] = []
     batches: list[int] = []
@@ -404,6 +408,8 @@ async def load(
         statuses.clear()
         errors = answered = 0
         remaining = requests
+        metrics_url = httpx2.URL(url).join("/metrics")
+        lane_cpu = await lane_cpu_seconds(client, metrics_url)
         server_cpu = 0.0 if server is None else cpu_seconds(server)
         own_cpu = time.process_time()
         started = time.perf_counter()
@@ -411,7 +417,27 @@ async def load(
         wall = time.perf_counter() - started
         own_cpu = time.process_time() - own_cpu
         server_cpu = 0.0 if server is None else cpu_seconds(server) - server_cpu
-    return Timed(latencies, answered, errors, wall, batches, server_cpu, own_cpu, statuses)
+        lane_cpu_after = await lane_cpu_seconds(client, metrics_url)
+        lanes = None if lane_cpu is None or lane_cpu_after is None else lane_cpu_after - lane_cpu
+    return Timed(latencies, answered, errors, wall, batches, server_cpu, own_cpu, lanes, statuses)
+
+
+LANE_CPU_METRIC = "trashcam_inference_lane_cpu_seconds_total"
+
+
+async def lane_cpu_seconds(client: httpx2.AsyncClient, metrics_url: httpx2.URL) -> float | None:
+    """The server's inference lanes' CPU seconds so far, from its ``/metrics`` (None where it has none:
+    a service before the counter, or the naive peer)."""
+    try:
+        response = await client.get(metrics_url)
+    except httpx2.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    for line in response.text.splitlines():
+        if line.startswith(LANE_CPU_METRIC + " "):
+            return float(line.split()[1])
+    return None
 
 
 def measure(
@@ -435,6 +461,7 @@ def measure(
         server_cpu_cores=timed.server_cpu / wall,
         loadgen_cpu_cores=timed.own_cpu / wall,
         mean_batch=statistics.mean(timed.batches) if timed.batches else None,
+        lane_cpu_cores=None if timed.lane_cpu is None else timed.lane_cpu / wall,
     )
 
 
@@ -473,6 +500,16 @@ def summarise(rows: list[LoadResult]) -> dict[str, Any]:
         "mean_batch": statistics.median(
             [row.mean_batch for row in rows if row.mean_batch is not None] or [0.0]
         ),
+        # The server's CPU a photo outside its inference lanes: HTTP, decoding, preparing, answering.
+        "outside_lanes_cpu_ms_per_photo": statistics.median(
+            [
+                1000 * (row.server_cpu_cores - row.lane_cpu_cores) / row.photos_per_s
+                for row in rows
+                if row.photos_per_s and row.lane_cpu_cores is not None
+            ]
+        )
+        if any(row.lane_cpu_cores is not None for row in rows)
+        else None,
     }
 
 

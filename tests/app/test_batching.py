@@ -1,5 +1,6 @@
 import asyncio
 import threading
+import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -212,3 +213,23 @@ def test_a_lane_runs_torch_on_its_own_thread_count() -> None:
     assert asyncio.run(run()) == 1
     assert torch.get_num_threads() == before, "the lane's count stays in the lane's thread"
     assert new_thread_count() == new_before, "threads started after the lanes stop get the old count"
+
+
+def test_lanes_count_the_cpu_their_batches_take_and_not_the_time_they_wait() -> None:
+    def busy(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    async def run() -> float:
+        lanes = InferenceLanes(LanePlan(lanes=1, threads=1))
+        lane = await lanes.take()
+        try:
+            await lanes.run(lane, busy, 0.2)
+            await lanes.run(lane, time.sleep, 0.3)  # waiting costs no CPU
+            return lanes.cpu_seconds
+        finally:
+            lanes.give_back(lane)
+            lanes.shutdown()
+
+    assert 0.2 <= asyncio.run(run()) < 0.3
