@@ -36,7 +36,7 @@ from models.runtime import (
     head_gradients,
 )
 from models.similarity import INDEX_FILE, FingerprintIndex, NoIndexError
-from models.transforms import build_eval_transform
+from models.transforms import PixelScaling, square_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ class Predictor:
         self.calibration = Calibration.from_dict(spec.calibration).with_thresholds(
             thresholds or Thresholds(), None if self.feature_bank is None else self.feature_bank.validation
         )
-        self._transform = build_eval_transform(spec)
+        # Photos are prepared as uint8 pixels and scaled a batch at a time on the device: a quarter of
+        # the bytes to stack and move, and one multiply-add a batch rather than one a photo.
+        self._scaling = PixelScaling(spec.mean, spec.std, device)
         #: The model that answers the photos routed to it (set by whoever loads both; None: none).
         self.base: Predictor | None = None
         self._replicas: dict[int, Predictor] = {}
@@ -236,18 +238,23 @@ class Predictor:
         return _merge(result, rows, routed)
 
     def prepare(self, image: Image.Image) -> Tensor:
-        """One photo as the model's input (3, S, S) on the CPU; callers run it off the inference
-        thread, so that a batch only stacks what its requests prepared."""
-        return self._transform(image)
+        """One photo as the model's pixels, uint8 (3, S, S) on the CPU, resized as evaluation resizes
+        (``models.transforms.EvalTransform``); callers run it off the inference thread, so that a batch
+        only stacks what its requests prepared, and :meth:`inputs` normalises it."""
+        return square_pixels(image, self.spec.input_size)
 
     def inputs(self, images: Sequence[Image.Image] | Tensor) -> Tensor:
-        """A batch on the model's device and in its layout, from photos or from :meth:`prepare`'s
-        tensors stacked. The compiled runtime reads the default layout: channels-last would be a copy
-        there and a copy back."""
+        """A batch on the model's device and in its layout, from photos or from tensors stacked:
+        :meth:`prepare`'s uint8 pixels (normalised here, as ``EvalTransform`` does a photo at a time)
+        or inputs normalised already. The compiled runtime reads the default layout: channels-last
+        would be a copy there and a copy back."""
         batch = images if isinstance(images, Tensor) else torch.stack([self.prepare(i) for i in images])
+        batch = batch.to(self.device)
+        if batch.dtype == torch.uint8:
+            batch = self._scaling(batch)
         if self.runtime is not None:
-            return batch.to(self.device).contiguous()
-        return self.precision.inputs(batch.to(self.device))
+            return batch.contiguous()
+        return self.precision.inputs(batch)
 
     def scores(self, logits: Tensor, embeddings: Tensor | None = None, *, backend: str = "torch") -> Scores:
         """Calibrated probabilities, energy scores and (given the pooled ``embeddings`` and a feature

@@ -33,3 +33,31 @@ def test_denormalize_inverts_the_eval_transform() -> None:
         restored[0], torch.from_numpy(np.array(rgb)).permute(2, 0, 1) / 255.0, atol=1e-5, rtol=0
     )
     torch.testing.assert_close(restored[1], torch.full((3, 48, 48), 77 / 255.0), atol=1e-5, rtol=0)
+
+
+def test_a_predictor_prepares_uint8_pixels_and_scales_them_as_the_eval_transform_does() -> None:
+    """Serving stacks uint8 pixels and normalises a batch at once: the model sees exactly the inputs
+    that evaluation's photo-at-a-time transform gives."""
+    import models
+    from models.predictor import Predictor
+
+    torch.manual_seed(0)
+    predictor = Predictor(
+        models.create_model("simple_cnn", num_classes=2, width=4),
+        SPEC,
+        name="small",
+        version="1",
+        device=torch.device("cpu"),
+    )
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)) for _ in range(3)]
+    prepared = [predictor.prepare(photo) for photo in photos]
+    assert all(pixels.dtype == torch.uint8 and pixels.shape == (3, 48, 48) for pixels in prepared)
+    transform = build_eval_transform(SPEC)
+    evaluated = torch.stack([transform(photo) for photo in photos])
+    assert torch.equal(predictor.inputs(torch.stack(prepared)), evaluated)
+    assert torch.equal(predictor.inputs(photos), evaluated)
+    assert torch.equal(predictor.inputs(evaluated), evaluated), "normalised inputs are taken as given"
+    assert torch.equal(
+        predictor.classify(torch.stack(prepared)).probabilities, predictor.classify(evaluated).probabilities
+    )
