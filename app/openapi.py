@@ -7,6 +7,7 @@ from fastapi.routing import APIRoute
 
 from app.access import access_rules
 from app.errors import ERROR_EXAMPLES
+from app.forms import document_forms
 from app.schemas import ErrorPublic
 
 ERROR_REF = {"$ref": f"#/components/schemas/{ErrorPublic.__name__}"}
@@ -130,6 +131,7 @@ class DocumentedAPI(FastAPI):
         # FastAPI caches its document until the routes change; the corrections are idempotent.
         document = super().openapi()
         document_access_errors(document)
+        document_forms(document)
         form_fields_without_null(document)
         settings = getattr(self.state, "settings", None)
         if settings is not None:

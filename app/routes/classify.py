@@ -1,11 +1,13 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import ApiKeyHeader, MetricsDep, ReadAccess, ReviewStoreDep, ServiceDep, SettingsDep
 from app.errors import error_responses
+from app.forms import form_of, multipart_body
 from app.reviewing import (
     REVIEW_SIDE,
     ReviewField,
@@ -22,28 +24,41 @@ from app.uploads import gather_uploads, read_images, refuse_repeated
 router = APIRouter(tags=["inference"], dependencies=[ReadAccess], responses=error_responses(400, 422))
 
 
+# The form of POST /classify, read by app.forms.form_of: the busiest route. (No docstring: it would
+# become the schema's description in the API document.)
+class ClassifyForm(BaseModel):
+    model_config = ConfigDict(title="Body_classify")
+
+    file: Annotated[
+        UploadFile | None, File(description="one photo (given several times: each is classified)")
+    ] = None
+    files: Annotated[list[UploadFile] | None, File(description="several photos")] = None
+    model: ModelField = None
+    site: SiteField = None
+    review: ReviewField = None
+
+
 @router.post(
-    "/classify", response_model=ClassifyPublic, responses=error_responses(401, 403, 409, 413, 415, 422, 503)
+    "/classify",
+    response_model=ClassifyPublic,
+    responses=error_responses(401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=multipart_body(ClassifyForm),
 )
 async def classify_images(
     request: Request,
+    # First: the body is read before anything else is looked up, as FastAPI reads its own forms.
+    form: Annotated[ClassifyForm, Depends(form_of(ClassifyForm))],
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     review_store: ReviewStoreDep,
-    file: Annotated[
-        UploadFile | None, File(description="one photo (given several times: each is classified)")
-    ] = None,
-    files: Annotated[list[UploadFile] | None, File(description="several photos")] = None,
-    model: ModelField = None,
-    site: SiteField = None,
-    review: ReviewField = None,
     api_key: ApiKeyHeader = None,
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class. Photos the review policy
     asks for (unsure ones, or all) are kept for a person to label (``review_id``)."""
     await refuse_repeated(request, "site", "review")
-    site, policy = checked_site(site), checked_policy(review, settings, api_key)
+    site, policy = checked_site(form.site), checked_policy(form.review, settings, api_key)
+    model = form.model
     uploads = await gather_uploads(request, settings)
     predictor = await chosen_predictor(service, model)
     # Decoded no larger than the model's input needs, or a person labelling it.
