@@ -62,7 +62,8 @@ def validated(form: FormData, model: type[FormModel]) -> FormModel:
     values = {
         name: form.getlist(name) if name in repeated else form[name]
         for name in model.model_fields
-        if name in form
+        # An empty text field is one left out, as FastAPI takes it (a form has no other way to say so).
+        if name in form and form[name] != ""
     }
     try:
         return model.model_validate(values)

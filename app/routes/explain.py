@@ -1,11 +1,13 @@
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
 from app.errors import check_cam_options, error_responses, unprocessable
+from app.forms import form_of, multipart_body
 from app.routes.inference_views import ModelField, chosen_predictor, classification
 from app.schemas import ExplanationPublic, TargetPublic
 from app.uploads import read_image, refuse_repeated
@@ -29,15 +31,12 @@ def parse_target(target: str | None, class_names: tuple[str, ...]) -> int | None
     raise unprocessable(f"unknown target {target!r}; valid classes: {valid}")
 
 
-@router.post(
-    "/explain", response_model=ExplanationPublic, responses=error_responses(401, 409, 413, 415, 422, 503)
-)
-async def explain_image(
-    request: Request,
-    service: ServiceDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="one photo")],
+# The form of POST /explain, read by app.forms.form_of. (No docstring: it would become the schema's
+# description in the API document.)
+class ExplainForm(BaseModel):
+    model_config = ConfigDict(title="Body_explain")
+
+    file: Annotated[UploadFile, File(description="one photo")]
     method: Annotated[
         str,
         Form(
@@ -46,27 +45,43 @@ async def explain_image(
             "wait behind; prefer it in /explain/batch",
             json_schema_extra={"enum": list_cam_methods()},
         ),
-    ] = "gradcam",
+    ] = "gradcam"
     target: Annotated[
         str | None, Form(description="class name or index to explain; the predicted class if omitted")
-    ] = None,
-    alpha: Annotated[float, Form(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5,
+    ] = None
+    alpha: Annotated[float, Form(ge=0.0, le=1.0, description="heatmap weight in the overlay")] = 0.5
     colormap: Annotated[
         str,
         Form(
             description=f"one of: {', '.join(list_colormaps())}", json_schema_extra={"enum": list_colormaps()}
         ),
-    ] = "jet",
+    ] = "jet"
     layer: Annotated[
         str | None, Form(description="submodule to explain; the last convolutional stage if omitted")
-    ] = None,
-    model: ModelField = None,
+    ] = None
+    model: ModelField = None
+
+
+@router.post(
+    "/explain",
+    response_model=ExplanationPublic,
+    responses=error_responses(401, 409, 413, 415, 422, 503),
+    openapi_extra=multipart_body(ExplainForm),
+)
+async def explain_image(
+    request: Request,
+    # First: the body is read before anything else is looked up, as FastAPI reads its own forms.
+    form: Annotated[ExplainForm, Depends(form_of(ExplainForm))],
+    service: ServiceDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
     await refuse_repeated(request, "file")
+    file, method, colormap, layer = form.file, form.method, form.colormap, form.layer
     check_cam_options(method, colormap)
-    predictor = await chosen_predictor(service, model)
-    target_index = parse_target(target, predictor.class_names)
+    predictor = await chosen_predictor(service, form.model)
+    target_index = parse_target(form.target, predictor.class_names)
     layer = layer or None
     if layer is not None:
         try:
@@ -96,7 +111,7 @@ async def explain_image(
         heatmap=outcome.heatmap,
         target=outcome.target,
         colormap=colormap,
-        alpha=alpha,
+        alpha=form.alpha,
     )
     return ExplanationPublic(
         **classification(file.filename, outcome, metrics).model_dump(),

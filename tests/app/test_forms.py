@@ -42,3 +42,15 @@ def test_the_document_describes_the_form_as_fastapi_would(client: TestClient) ->
     assert fields["files"]["items"]["contentMediaType"] == "application/octet-stream"
     assert fields["review"]["enum"] == ["off", "unsure", "all"]
     assert set(fields) == {"file", "files", "model", "site", "review"}
+
+
+def test_an_empty_text_field_takes_its_default_and_a_bad_one_is_named(client: TestClient) -> None:
+    photo = {"file": ("a.png", png_bytes(), "image/png")}
+    fine = client.post("/explain", files=photo, data={"alpha": "", "target": "", "method": "gradcam"})
+    assert fine.status_code == 200, fine.text
+    bad = client.post("/explain", files=photo, data={"alpha": "1.5", "colormap": "jet"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"] == "alpha: Input should be less than or equal to 1"
+    missing = client.post("/explain", data={"method": "gradcam"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"] == "file: Field required"
