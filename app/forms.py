@@ -59,12 +59,13 @@ def form_of(model: type[FormModel]) -> Callable[[Request], AsyncIterator[FormMod
 def validated(form: FormData, model: type[FormModel]) -> FormModel:
     """``form`` as ``model`` (422, :class:`RequestValidationError`, naming each field at fault)."""
     repeated = _repeated_fields(model)
-    values = {
-        name: form.getlist(name) if name in repeated else form[name]
-        for name in model.model_fields
+    values: dict[str, Any] = {}
+    for name in model.model_fields:
+        if name in repeated and name in form:
+            values[name] = form.getlist(name)
         # An empty text field is one left out, as FastAPI takes it (a form has no other way to say so).
-        if name in form and form[name] != ""
-    }
+        elif name in form and form[name] != "":
+            values[name] = form[name]
     try:
         return model.model_validate(values)
     except ValidationError as error:
@@ -78,15 +79,19 @@ def multipart_body(model: type[BaseModel]) -> dict[str, Any]:
     which :func:`document_forms` adds to the document's components, as FastAPI does its own forms'."""
     name = model.model_config.get("title") or model.__name__
     DOCUMENTED_FORMS[name] = model
-    return {
-        "requestBody": {
-            "content": {"multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
-        }
+    body: dict[str, Any] = {
+        "content": {"multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
     }
+    if any(field.is_required() for field in model.model_fields.values()):
+        body["required"] = True  # as FastAPI says of a body with a required field
+    return {"requestBody": body}
 
 
 def document_forms(document: dict[str, Any]) -> None:
     """Add the schemas of the forms that routes read themselves to ``document``'s components."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, model in DOCUMENTED_FORMS.items():
-        schemas.setdefault(name, model.model_json_schema())
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for nested, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(nested, definition)
+        schemas.setdefault(name, schema)

@@ -94,8 +94,9 @@ class InferenceLanes:
 
     @property
     def cpu_seconds(self) -> float:
-        """CPU seconds the lanes' threads spent running batches: stacking inputs, the forward passes that
-        torch runs on them and scoring (a compiled runtime's forward passes run on threads of its own)."""
+        """CPU seconds the lanes' own threads spent running batches: stacking and normalising inputs,
+        torch's forward passes and scoring. Work on other threads is not counted: a compiled runtime's
+        forward passes, and torch's worker threads where a lane has more than one thread."""
         return sum(lane.cpu_seconds for lane in self._lanes)
 
     @property

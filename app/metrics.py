@@ -108,8 +108,9 @@ class _LaneCpuCollector(Collector):
     def collect(self) -> Iterable[CounterMetricFamily]:
         yield CounterMetricFamily(
             "trashcam_inference_lane_cpu_seconds",
-            "CPU seconds the inference lanes' threads spent running batches (stacking, forward passes "
-            "torch runs, scoring; a compiled runtime's forward passes run on threads of its own)",
+            "CPU seconds the inference lanes' own threads spent running batches (stacking, torch's forward "
+            "passes, scoring); not counted: a compiled runtime's threads, and torch's worker threads where "
+            "a lane has several",
             value=self.cpu_seconds(),
         )
 

@@ -2,7 +2,8 @@
 
 :class:`InferenceService` prepares each photo in the request's thread and feeds the prepared inputs
 through micro-batchers that share the inference lanes (:mod:`app.lanes`); a lane only stacks what its
-batch's requests prepared and runs the model, on a replica of its own.
+batch's requests prepared (uint8 pixels), normalises the batch and runs the model, on a replica of its
+own.
 """
 
 import functools

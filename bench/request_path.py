@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx2
 import torch
 
 from app.cli import piece_commands, trashcam_command
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     photos = load_photos(args.manifest, args.data, "test")
     rows: dict[str, list[dict[str, float | None]]] = {}
+    plans: dict[str, str | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as var:
         trivial = trivial_checkpoint(args.checkpoint, Path(var) / "trivial.pt")
         servers: list[tuple[str, list[str], int, Path | None]] = [
@@ -68,12 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             server=process,
                         )
                     )
+                    # How the lanes ran (a service before /health named them says nothing).
+                    plans[name] = httpx2.get(f"http://127.0.0.1:{port}/health").json().get("lanes")
                 row = {
                     "photos_per_s": timed.answered / timed.seconds,
                     "server_cpu_ms_per_photo": 1000 * timed.server_cpu / max(1, timed.answered),
                     "loadgen_cpu_ms_per_photo": 1000 * timed.own_cpu / max(1, timed.answered),
-                    # The inference lanes run the trivial model's forward passes: the request path is
-                    # what the server spends outside them.
+                    # The trivial model runs on torch (OpenVINO has no conversion for it), on the lanes'
+                    # own threads where a lane has one thread (a CPU of up to 4 cores): the request path
+                    # is what the server spends outside them.
                     "lane_cpu_ms_per_photo": None
                     if timed.lane_cpu is None
                     else 1000 * timed.lane_cpu / max(1, timed.answered),
@@ -95,7 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(medians, indent=2))
     if args.out is not None:
         record = run_record(
-            "bench.request_path", argv, torch.device("cpu"), clients=args.clients, rounds=rows, median=medians
+            "bench.request_path",
+            argv,
+            torch.device("cpu"),
+            clients=args.clients,
+            lanes=plans,
+            rounds=rows,
+            median=medians,
         )
         write_json(args.out, record)
     return 0

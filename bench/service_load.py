@@ -472,6 +472,11 @@ def rss_mb(process: psutil.Process) -> float:
 def summarise(rows: list[LoadResult]) -> dict[str, Any]:
     """The median of the rounds of one configuration (photos/s and each percentile on its own)."""
     first = rows[0]
+    outside = [
+        1000 * (row.server_cpu_cores - row.lane_cpu_cores) / row.photos_per_s
+        for row in rows
+        if row.photos_per_s and row.lane_cpu_cores is not None
+    ]
     return {
         "server": first.server,
         "endpoint": first.endpoint,
@@ -501,15 +506,7 @@ def summarise(rows: list[LoadResult]) -> dict[str, Any]:
             [row.mean_batch for row in rows if row.mean_batch is not None] or [0.0]
         ),
         # The server's CPU a photo outside its inference lanes: HTTP, decoding, preparing, answering.
-        "outside_lanes_cpu_ms_per_photo": statistics.median(
-            [
-                1000 * (row.server_cpu_cores - row.lane_cpu_cores) / row.photos_per_s
-                for row in rows
-                if row.photos_per_s and row.lane_cpu_cores is not None
-            ]
-        )
-        if any(row.lane_cpu_cores is not None for row in rows)
-        else None,
+        "outside_lanes_cpu_ms_per_photo": statistics.median(outside) if outside else None,
     }
 
 

@@ -54,3 +54,12 @@ def test_an_empty_text_field_takes_its_default_and_a_bad_one_is_named(client: Te
     missing = client.post("/explain", data={"method": "gradcam"})
     assert missing.status_code == 422
     assert missing.json()["detail"] == "file: Field required"
+
+
+def test_an_empty_file_list_is_422_and_a_required_file_makes_the_body_required(client: TestClient) -> None:
+    response = client.post("/classify", data={"files": ""})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "files.0: Value error, Expected UploadFile, received: <class 'str'>"
+    document = client.get("/openapi.json").json()
+    assert document["paths"]["/explain"]["post"]["requestBody"]["required"] is True
+    assert "required" not in document["paths"]["/classify"]["post"]["requestBody"]
