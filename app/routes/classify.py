@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ApiKeyHeader, MetricsDep, ReadAccess, ReviewStoreDep, ServiceDep, SettingsDep
+from app.deps import ApiKeyHeader, ReadAccess, ServingDep
 from app.errors import error_responses
 from app.forms import form_of, multipart_body
 from app.reviewing import (
@@ -48,14 +48,12 @@ async def classify_images(
     request: Request,
     # First: the body is read before anything else is looked up, as FastAPI reads its own forms.
     form: Annotated[ClassifyForm, Depends(form_of(ClassifyForm))],
-    service: ServiceDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    review_store: ReviewStoreDep,
+    serving: ServingDep,
     api_key: ApiKeyHeader = None,
 ) -> ClassifyPublic:
     """Which material each photo shows, with the probability of every class. Photos the review policy
     asks for (unsure ones, or all) are kept for a person to label (``review_id``)."""
+    service, settings, metrics = serving.service, serving.settings, serving.metrics
     await refuse_repeated(request, "site", "review")
     site, policy = checked_site(form.site), checked_policy(form.review, settings, api_key)
     model = form.model
@@ -72,7 +70,7 @@ async def classify_images(
         result = classification(upload.filename, outcome, metrics)
         if wanted(policy, outcome):
             result.review_id = await run_in_threadpool(
-                keep, review_store, photo.image, outcome, site, upload.filename
+                keep, serving.review_store, photo.image, outcome, site, upload.filename
             )
         results.append(result)
     return ClassifyPublic(results=results)

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import MetricsDep, ReadAccess, ServiceDep, SettingsDep
+from app.deps import ReadAccess, ServingDep
 from app.errors import check_cam_options, error_responses, unprocessable
 from app.forms import form_of, multipart_body
 from app.routes.inference_views import ModelField, chosen_predictor, classification
@@ -72,11 +72,10 @@ async def explain_image(
     request: Request,
     # First: the body is read before anything else is looked up, as FastAPI reads its own forms.
     form: Annotated[ExplainForm, Depends(form_of(ExplainForm))],
-    service: ServiceDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    serving: ServingDep,
 ) -> ExplanationPublic:
     """Classify one photo and show why: a class-activation heatmap over it, from the same forward pass."""
+    service, settings, metrics = serving.service, serving.settings, serving.metrics
     await refuse_repeated(request, "file")
     file, method, colormap, layer = form.file, form.method, form.colormap, form.layer
     check_cam_options(method, colormap)
