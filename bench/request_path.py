@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     )
                     # How the lanes ran (a service before /health named them says nothing).
-                    plans[name] = httpx2.get(f"http://127.0.0.1:{port}/health").json().get("lanes")
+                    plans[name] = httpx2.get(f"http://127.0.0.1:{port}/ready").json().get("lanes")
                 row = {
                     "photos_per_s": timed.answered / timed.seconds,
                     "server_cpu_ms_per_photo": 1000 * timed.server_cpu / max(1, timed.answered),
