@@ -115,3 +115,30 @@ def test_a_record_names_the_command_that_made_it(tmp_path: Path) -> None:
     assert "usable cores" in record["machine"]
     write_json(tmp_path / "deep" / "record.json", record)
     assert json.loads((tmp_path / "deep" / "record.json").read_text()) == record
+
+
+def test_the_cpu_outside_the_lanes_is_the_servers_less_the_lanes_a_photo() -> None:
+    from bench.service_load import LoadResult, summarise
+
+    def row(lane_cpu_cores: float | None) -> LoadResult:
+        return LoadResult(
+            server="ours",
+            endpoint="classify",
+            clients=32,
+            requests=100,
+            errors=0,
+            seconds=1.0,
+            photos_per_s=400.0,
+            p50_ms=10.0,
+            p95_ms=20.0,
+            p99_ms=30.0,
+            server_cpu_cores=1.2,
+            loadgen_cpu_cores=0.4,
+            mean_batch=8.0,
+            lane_cpu_cores=lane_cpu_cores,
+        )
+
+    summary = summarise([row(0.4), row(0.4), row(0.8)])
+    assert summary["server_cpu_ms_per_photo"] == pytest.approx(3.0)
+    assert summary["outside_lanes_cpu_ms_per_photo"] == pytest.approx(2.0)  # (1.2 - 0.4) / 400 s
+    assert summarise([row(None)])["outside_lanes_cpu_ms_per_photo"] is None, "a server without the counter"
