@@ -1,10 +1,10 @@
 """Multipart forms that a route reads and validates itself, documented as FastAPI documents its own.
 
-FastAPI's form handling inspects each declared field's annotation again on every request: on
-``/classify`` that took more of the event loop's CPU than parsing the multipart body itself
-(docs/PERFORMANCE.md, "The request path"). A route on the hot path declares its form as a pydantic
-model instead and depends on :func:`form_of` it (Starlette's parser, as FastAPI uses, then one
-validation of every field), documenting it with ``openapi_extra=multipart_body(Model)``.
+FastAPI's form handling inspects each declared field's annotation again on every request, on the event
+loop's one thread (a profile of it under load: ``python -m bench.thread_cpu ... --profile FILE``). A
+route on the hot path declares its form as a pydantic model instead and depends on ``form_of(Model)``
+(Starlette's parser, as FastAPI uses, then one validation of every field), documenting it with
+``openapi_extra=multipart_body(Model)``.
 """
 
 import functools
