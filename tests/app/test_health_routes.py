@@ -101,8 +101,11 @@ def test_metrics_count_requests_per_route_and_batches(client: TestClient) -> Non
     assert 'trashcam_http_request_seconds_count{method="POST",route="/classify"} 2.0' in text
     assert "trashcam_inference_batch_size_count 1.0" in text
     assert "trashcam_model_loaded 1.0" in text
-    lane_cpu = [line for line in text.splitlines() if line.startswith("trashcam_inference_lane_cpu_seconds_total")]
-    assert len(lane_cpu) == 1 and float(lane_cpu[0].split()[1]) > 0, "the batch's CPU is counted"
+    lane_cpu = [
+        line for line in text.splitlines() if line.startswith("trashcam_inference_lane_cpu_seconds_total ")
+    ]
+    assert len(lane_cpu) == 1
+    assert float(lane_cpu[0].split()[1]) > 0, "the batch's CPU is counted"
 
 
 def test_the_app_gives_the_process_its_thread_count_back(settings: Settings) -> None:
