@@ -81,8 +81,8 @@ class Metrics:
         )
 
     def watch_lane_cpu(self, cpu_seconds: Callable[[], float]) -> None:
-        """Expose the inference lanes' CPU seconds (``app.lanes.InferenceLanes.cpu_seconds``): beside the
-        process's own CPU, what its requests cost outside the forward passes."""
+        """Expose the inference lanes' CPU seconds (``app.lanes.InferenceLanes.cpu_seconds``), to set beside
+        the process's own CPU."""
         self._lane_cpu.cpu_seconds = cpu_seconds
 
     def observe_batch(self, size: int, seconds: float) -> None:

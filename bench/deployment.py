@@ -25,6 +25,8 @@ import httpx2
 from app.cli import piece_commands, trashcam_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Training options of a job that takes seconds an epoch on a CPU: a 4-channel simple CNN at 32 px.
+TINY_TRAINING = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4", "input_size": "32"}
 NGINX_TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "trashcam.conf.template"
 #: What the official nginx image's ``nginx.conf`` gives the files of conf.d/, for a server run by a user
 #: that is not root, with every file under its own folder.
@@ -54,6 +56,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_training(
+    api: httpx2.Client, archive: bytes, key: str, *, epochs: int, name: str | None = None
+) -> httpx2.Response:
+    """``POST /train`` of a tiny model (:data:`TINY_TRAINING`) on ``archive``, a zip of class folders."""
+    fields = {**TINY_TRAINING, "epochs": str(epochs), **({} if name is None else {"name": name})}
+    return api.post(
+        "/train", files={"file": ("photos.zip", archive)}, data=fields, headers={"X-API-Key": key}
+    )
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -33,7 +33,7 @@ import torch
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from bench.deployment import Clients, Deployment
+from bench.deployment import Clients, Deployment, start_training
 from bench.record import run_record, write_json
 from core.database import dispose_database
 from core.model_manager import model_store
@@ -46,7 +46,6 @@ API_KEY = "bench-replicas-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
 #: A tiny model at 32 px: a CPU classifies hundreds a second, so the load measures the service.
-TINY = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4", "input_size": "32"}
 
 
 def tiny_model(path: Path, seed: int) -> Path:
@@ -158,12 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.phase_seconds)
 
             # 2. A training worker killed mid-job.
-            created = a.post(
-                "/train",
-                files={"file": ("photos.zip", zip_of(photos))},
-                data={**TINY, "epochs": str(args.epochs), "name": "survivor"},
-                headers=KEY,
-            )
+            created = start_training(a, zip_of(photos), API_KEY, epochs=args.epochs, name="survivor")
             created.raise_for_status()
             job_url, job_id = created.headers["location"], created.json()["id"]
             wait_job(a, job_url, lambda job: job["epoch"] >= 2, 300)
@@ -189,11 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 3. PostgreSQL restarted while clients list jobs and a job trains.
             if args.postgres_restart:
-                training = a.post(
-                    "/train",
-                    files={"file": ("photos.zip", zip_of(photos))},
-                    data={**TINY, "epochs": str(args.epochs), "name": "through-the-restart"},
-                    headers=KEY,
+                training = start_training(
+                    a, zip_of(photos), API_KEY, epochs=args.epochs, name="through-the-restart"
                 )
                 training.raise_for_status()
                 training_url = training.headers["location"]

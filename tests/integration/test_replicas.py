@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from bench.deployment import Clients, Deployment
+from bench.deployment import Clients, Deployment, start_training
 from core.model_manager import model_store
 from core.settings import Settings
 from tests.app.conftest import API_KEY, tiny_checkpoint
@@ -22,8 +22,6 @@ from tests.integration.conftest import zip_folder
 pytestmark = pytest.mark.integration
 KEY = {"X-API-Key": API_KEY}
 REPLICAS = ("api-a", "api-b")
-#: A tiny model at 32 px: seconds an epoch on a CPU.
-TINY = {"model": "simple_cnn", "model_kwargs": '{"width": 4}', "batch_size": "4", "input_size": "32"}
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +90,7 @@ def test_a_job_submitted_through_one_replica_is_followed_and_cancelled_through_t
     deployment: Deployment, trashnet_photos: Path
 ) -> None:
     with client(deployment, "api-a") as a, client(deployment, "api-b") as b:
-        created = a.post(
-            "/train",
-            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
-            data={**TINY, "epochs": "500"},
-            headers=KEY,
-        )
+        created = start_training(a, zip_folder(trashnet_photos), API_KEY, epochs=500)
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
         assert job_id in [job["id"] for job in b.get("/train").json()]
@@ -139,12 +132,7 @@ def test_a_worker_killed_mid_job_is_taken_over_by_the_other_and_the_job_ends_onc
     deployment: Deployment, trashnet_photos: Path
 ) -> None:
     with client(deployment) as api:
-        created = api.post(
-            "/train",
-            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
-            data={**TINY, "epochs": "6", "name": "survivor"},
-            headers=KEY,
-        )
+        created = start_training(api, zip_folder(trashnet_photos), API_KEY, epochs=6, name="survivor")
         url = created.headers["location"]
         job_id = created.json()["id"]
         deadline = time.monotonic() + 120
@@ -167,11 +155,8 @@ def test_while_postgresql_is_away_what_needs_it_is_503_and_nothing_is_lost(
 ) -> None:
     relay = database_relay[0]
     with client(deployment) as api:
-        created = api.post(
-            "/train",
-            files={"file": ("photos.zip", zip_folder(trashnet_photos))},
-            data={**TINY, "epochs": "40", "name": "through-the-outage"},
-            headers=KEY,
+        created = start_training(
+            api, zip_folder(trashnet_photos), API_KEY, epochs=40, name="through-the-outage"
         )
         url = created.headers["location"]
         wait_for_job(api, url, {"running"})
