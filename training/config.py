@@ -288,6 +288,13 @@ class TrainConfig(BaseModel):
         "validation accuracy, or the last one's (for a validation split of a few dozen photos, on which "
         "one photo moves the accuracy by several points and choosing an epoch is mostly noise)",
     )
+    average_epochs: int = Field(
+        0,
+        ge=0,
+        description="with keep_epoch 'last': the model kept is the mean of the weights (batch-norm "
+        "statistics included) at the end of each of the last this many epochs (stochastic weight "
+        "averaging); 0: the last epoch's own",
+    )
     route: bool = Field(
         False,
         description="with a replay manifest and the base's classes: serve the model beside its base, "
@@ -336,6 +343,11 @@ class TrainConfig(BaseModel):
                 self.replay_manifest is not None or not self.replay_data,
                 "replay_data says where a replay manifest's data sets are: give replay_manifest",
             ),
+            (
+                self.average_epochs == 0 or self.keep_epoch == "last",
+                "average_epochs averages the last epochs' weights: set keep_epoch to 'last'",
+            ),
+            (self.average_epochs <= self.epochs, "average_epochs must be at most epochs"),
             (
                 self.pipeline == "loader" or self.paste_background == 0,
                 "the device pipeline has no background paste: set paste_background to 0",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from models import create_model
 from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -227,6 +228,9 @@ class _Run:
                 list(transfer.new_classes),
             )
         self.model = sync_batch_norms(self.model, self.world, self.device).to(self.device)
+        # The mean of the last epochs' weights, batch-norm statistics included: averaging them instead of
+        # recomputing the statistics needs no pass over training photos that replay and augmentation mix.
+        self.averaged = AveragedModel(self.model, use_buffers=True) if config.average_epochs else None
         self.spec = model_spec(
             config,
             manifest,
@@ -380,6 +384,8 @@ class _Run:
         restore_rng_state(state.rng)
         self.epoch, self.history = state.epoch, list(state.history)
         self.best_val_accuracy, self.best_epoch = state.best_val_accuracy, state.best_epoch
+        if self.averaged is not None and state.averaged is not None:
+            self.averaged.load_state_dict(state.averaged)
         self.clock = EtaClock(self._units(self.config.epochs), self._units(self.epoch))
 
     def state(self) -> ResumeState:
@@ -395,6 +401,7 @@ class _Run:
             best_val_accuracy=self.best_val_accuracy,
             best_epoch=self.best_epoch,
             manifest_digest=self.manifest.digest,
+            averaged=self.averaged.state_dict() if self.averaged is not None else None,
         )
 
     def _report(self, phase: Phase, step: int, steps: int, metrics: dict[str, float], done: int) -> None:
@@ -498,10 +505,10 @@ class _Run:
         loss_sum, correct_sum, seen_sum = sum_over_ranks([loss_sum, correct, seen], self.world, self.device)
         return {"loss": loss_sum / seen_sum, "accuracy": correct_sum / seen_sum}
 
-    def val_epoch(self) -> dict[str, float]:
+    def val_epoch(self, model: nn.Module | None = None) -> dict[str, float]:
         done = self._units(self.epoch) + len(self.train_loader)
         predictions = predict(
-            self.model,
+            model or self.model,
             self.val_loader,
             device=self.device,
             amp_dtype=self.amp,
@@ -535,7 +542,16 @@ class _Run:
         }
         self.epoch = epoch
         self.history.append(record)
-        if self.config.keep_epoch == "last" or val["accuracy"] > self.best_val_accuracy:
+        kept = self._average(epoch)
+        if kept is not None:
+            averaged = from_writer(
+                self.val_epoch(kept) if self.world.writer else nothing, self.world, self.device
+            )
+            record.update(averaged_val_loss=averaged["loss"], averaged_val_accuracy=averaged["accuracy"])
+            self.best_val_accuracy, self.best_epoch = averaged["accuracy"], epoch
+            if self.world.writer:
+                self.save_model(BEST_FILE, record, kept)
+        elif self.config.keep_epoch == "last" or val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
             if self.world.writer:
                 self.save_model(BEST_FILE, record)
@@ -560,9 +576,18 @@ class _Run:
         )
         self._report("epoch", len(self.train_loader), len(self.train_loader), record, self._units(epoch))
 
-    def save_model(self, name: str, metrics: dict[str, Any]) -> None:
+    def _average(self, epoch: int) -> nn.Module | None:
+        """The mean of the weights so far when ``epoch`` is one of the last ``average_epochs`` (the
+        epoch's weights added to it), else ``None``. A run stopped early before them keeps its last
+        epoch's weights."""
+        if self.averaged is None or epoch <= self.config.epochs - self.config.average_epochs:
+            return None
+        self.averaged.update_parameters(self.model)
+        return self.averaged.module
+
+    def save_model(self, name: str, metrics: dict[str, Any], model: nn.Module | None = None) -> None:
         spec = ModelSpec.from_dict({**self.spec.to_dict(), "metrics": metrics})
-        save_checkpoint(self.folder.checkpoint(name), self.model, spec)
+        save_checkpoint(self.folder.checkpoint(name), model or self.model, spec)
 
     def write_history(self) -> None:
         write_json(self.folder.history, self.history)

@@ -66,6 +66,7 @@ USER_OPTIONS = (
     "route",
     "early_stop",
     "keep_epoch",
+    "average_epochs",
     "sure_target_accuracy",
     "pipeline",
     "device",

@@ -36,6 +36,8 @@ class ResumeState:
     best_val_accuracy: float
     best_epoch: int
     manifest_digest: str
+    #: The running mean of the last epochs' weights (``AveragedModel.state_dict``), when the run keeps one.
+    averaged: dict[str, torch.Tensor] | None = None
 
 
 def save_resume_state(path: str | os.PathLike[str], state: ResumeState) -> None:
@@ -43,6 +45,8 @@ def save_resume_state(path: str | os.PathLike[str], state: ResumeState) -> None:
     # Not dataclasses.asdict: it would deep-copy every tensor.
     payload = {f.name: getattr(state, f.name) for f in fields(state)}
     payload["model"] = {name: tensor.detach().cpu() for name, tensor in state.model.items()}
+    if state.averaged is not None:
+        payload["averaged"] = {name: tensor.detach().cpu() for name, tensor in state.averaged.items()}
     atomic_save({"format": FORMAT, "version": VERSION, **payload}, path)
 
 

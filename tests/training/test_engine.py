@@ -241,6 +241,54 @@ def test_a_cancel_is_heard_between_the_final_steps_and_the_run_resumes(
     assert (out / "report.json").is_file()
 
 
+def test_a_run_that_averages_its_last_epochs_keeps_their_mean_and_resumes_to_it(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """``average_epochs=2`` of 3: best.pt is the mean of epochs 2 and 3's weights, final.pt the last
+    epoch's own, and a run cancelled inside the window resumes to the same mean to the bit."""
+    out = tmp_path / "run"
+    per_epoch: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep_weights(progress: Progress) -> None:
+        if progress.phase == "epoch":
+            per_epoch[progress.epoch] = load_resume_state(out / "resume.pt").model
+
+    config = tiny_config(
+        image_folder, out, workers=0, keep_epoch="last", average_epochs=2, split=(0.7, 0.3, 0.0)
+    )
+    assert train(config, callback=keep_weights).status == "completed"
+    best, final = checkpoint_weights(out / "best.pt"), checkpoint_weights(out / "final.pt")
+    assert_same_weights(final, per_epoch[3])
+    floating = [name for name, tensor in best.items() if tensor.is_floating_point()]
+    for name in floating:
+        mean = (per_epoch[2][name] + per_epoch[3][name]) / 2
+        torch.testing.assert_close(best[name], mean, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(best[floating[0]], final[floating[0]])
+    history = json.loads((out / "history.json").read_text())
+    assert "averaged_val_accuracy" not in history[0]
+    assert (
+        load_checkpoint(out / "best.pt").spec.metrics["averaged_val_accuracy"]
+        == history[-1]["averaged_val_accuracy"]
+    )
+
+    def cancel_after_epoch_two(progress: Progress) -> None:
+        if progress.phase == "epoch" and progress.epoch == 2:
+            raise TrainingCancelled
+
+    interrupted = tmp_path / "interrupted"
+    config = config.model_copy(update={"out": str(interrupted)})
+    assert train(config, callback=cancel_after_epoch_two).status == "cancelled"
+    assert resume(interrupted).status == "completed"
+    assert_same_weights(checkpoint_weights(interrupted / "best.pt"), best)
+
+
+def test_averaging_epochs_needs_the_last_epoch_kept(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="set keep_epoch to 'last'"):
+        tiny_config(image_folder, tmp_path / "run", average_epochs=2)
+    with pytest.raises(ValueError, match="at most epochs"):
+        tiny_config(image_folder, tmp_path / "run", keep_epoch="last", average_epochs=4)
+
+
 def test_a_run_that_keeps_its_last_epoch_serves_the_last_epochs_weights(
     reference_data: Path, tmp_path: Path
 ) -> None:
