@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from models import create_model
 from models.checkpoint import Checkpoint, CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
@@ -20,6 +19,7 @@ from models.files import read_json, write_json
 from models.precision import amp_dtype, autocast
 from models.predictor import select_device
 from training.augment import build_batch_mix, build_train_transform
+from training.averaging import restart, weight_average
 from training.config import TrainConfig
 from training.data import (
     Batches,
@@ -228,9 +228,6 @@ class _Run:
                 list(transfer.new_classes),
             )
         self.model = sync_batch_norms(self.model, self.world, self.device).to(self.device)
-        # The mean of the last epochs' weights, batch-norm statistics included: averaging them instead of
-        # recomputing the statistics needs no pass over training photos that replay and augmentation mix.
-        self.averaged = AveragedModel(self.model, use_buffers=True) if config.average_epochs else None
         self.spec = model_spec(
             config,
             manifest,
@@ -239,6 +236,8 @@ class _Run:
             ),
         )
         self._build_loaders(root)
+        # After the loaders: the device pipeline makes the model channels-last, and the copy follows.
+        self.averaged = weight_average(self.model) if config.average_epochs else None
         self.optimizer = build_optimizer(self.model, config, self._head_modules())
         self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -373,7 +372,9 @@ class _Run:
         self.model.to(memory_format=torch.channels_last)
 
     def _units(self, epochs: int) -> int:
-        return epochs * (len(self.train_loader) + len(self.val_loader))
+        # An averaged epoch validates the mean of the weights as well.
+        averaged = max(0, epochs - self.config.epochs + self.config.average_epochs)
+        return epochs * (len(self.train_loader) + len(self.val_loader)) + averaged * len(self.val_loader)
 
     def load(self, state: ResumeState) -> None:
         self.model.load_state_dict(state.model)
@@ -506,7 +507,9 @@ class _Run:
         return {"loss": loss_sum / seen_sum, "accuracy": correct_sum / seen_sum}
 
     def val_epoch(self, model: nn.Module | None = None) -> dict[str, float]:
-        done = self._units(self.epoch) + len(self.train_loader)
+        """The validation loss and accuracy of ``model`` (the one training if not given); the mean of the
+        weights is validated after the epoch's own."""
+        done = self._units(self.epoch) + len(self.train_loader) + (len(self.val_loader) if model else 0)
         predictions = predict(
             model or self.model,
             self.val_loader,
@@ -531,6 +534,11 @@ class _Run:
         share_buffers(self.model, self.world)
         nothing = {"loss": float("nan"), "accuracy": float("nan")}
         val = from_writer(self.val_epoch() if self.world.writer else nothing, self.world, self.device)
+        kept, averaged = self._average(epoch), None
+        if kept is not None:
+            averaged = from_writer(
+                self.val_epoch(kept) if self.world.writer else nothing, self.world, self.device
+            )
         record = {
             "epoch": epoch,
             "train_loss": train["loss"],
@@ -540,17 +548,16 @@ class _Run:
             "lr": lr,
             "seconds": time.perf_counter() - started,
         }
+        if averaged is not None:
+            record.update(averaged_val_loss=averaged["loss"], averaged_val_accuracy=averaged["accuracy"])
         self.epoch = epoch
         self.history.append(record)
-        kept = self._average(epoch)
-        if kept is not None:
-            averaged = from_writer(
-                self.val_epoch(kept) if self.world.writer else nothing, self.world, self.device
-            )
-            record.update(averaged_val_loss=averaged["loss"], averaged_val_accuracy=averaged["accuracy"])
+        if kept is not None and averaged is not None:
+            # The kept model's own figures, as every other run's best.pt carries.
             self.best_val_accuracy, self.best_epoch = averaged["accuracy"], epoch
             if self.world.writer:
-                self.save_model(BEST_FILE, record, kept)
+                kept_metrics = {**record, "val_loss": averaged["loss"], "val_accuracy": averaged["accuracy"]}
+                self.save_model(BEST_FILE, kept_metrics, kept)
         elif self.config.keep_epoch == "last" or val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy, self.best_epoch = val["accuracy"], epoch
             if self.world.writer:
@@ -577,11 +584,15 @@ class _Run:
         self._report("epoch", len(self.train_loader), len(self.train_loader), record, self._units(epoch))
 
     def _average(self, epoch: int) -> nn.Module | None:
-        """The mean of the weights so far when ``epoch`` is one of the last ``average_epochs`` (the
-        epoch's weights added to it), else ``None``. A run stopped early before them keeps its last
-        epoch's weights."""
-        if self.averaged is None or epoch <= self.config.epochs - self.config.average_epochs:
+        """The mean of the weights of the last ``average_epochs`` epochs up to ``epoch`` (its own weights
+        added to it), or ``None`` before them. A run stopped early before them keeps its last epoch's
+        weights. A run resumed with more epochs moves the window: the mean starts again."""
+        first = self.config.epochs - self.config.average_epochs + 1
+        if self.averaged is None or epoch < first:
             return None
+        # The mean holds the n epochs before this one, consecutive: it must not reach before the window.
+        if epoch - int(self.averaged.n_averaged) < first:
+            restart(self.averaged)
         self.averaged.update_parameters(self.model)
         return self.averaged.module
 

@@ -106,7 +106,8 @@ def hold_to_base(run: "_Run", root: Path) -> None:
 
 def save_final(run: "_Run", root: Path, test: list[Sample]) -> None:
     """final.pt: the last epoch's weights, with their test metrics when the split has test photos."""
-    metrics = dict(run.history[-1])
+    # The figures of the weights' mean belong to best.pt.
+    metrics = {key: value for key, value in run.history[-1].items() if not key.startswith("averaged_")}
     if test:
         loader = eval_loader(run.spec, root, test, run.loading)
         final_test = predict(run.model, loader, device=run.device)

@@ -8,6 +8,7 @@ from models import precision
 from models.checkpoint import load_checkpoint
 from models.predictor import select_device
 from tests.training.helpers import assert_same_weights, checkpoint_weights, tiny_config, without_timing
+from training.averaging import weight_average
 from training.engine import (
     RunExistsError,
     TrainResult,
@@ -266,10 +267,13 @@ def test_a_run_that_averages_its_last_epochs_keeps_their_mean_and_resumes_to_it(
     assert not torch.equal(best[floating[0]], final[floating[0]])
     history = json.loads((out / "history.json").read_text())
     assert "averaged_val_accuracy" not in history[0]
-    assert (
-        load_checkpoint(out / "best.pt").spec.metrics["averaged_val_accuracy"]
-        == history[-1]["averaged_val_accuracy"]
-    )
+    # best.pt carries its own weights' figures, final.pt the last epoch's.
+    kept_metrics = load_checkpoint(out / "best.pt").spec.metrics
+    assert kept_metrics["val_accuracy"] == history[-1]["averaged_val_accuracy"]
+    assert kept_metrics["val_loss"] == history[-1]["averaged_val_loss"]
+    final_metrics = load_checkpoint(out / "final.pt").spec.metrics
+    assert final_metrics["val_loss"] == history[-1]["val_loss"]
+    assert "averaged_val_loss" not in final_metrics
 
     def cancel_after_epoch_two(progress: Progress) -> None:
         if progress.phase == "epoch" and progress.epoch == 2:
@@ -280,6 +284,29 @@ def test_a_run_that_averages_its_last_epochs_keeps_their_mean_and_resumes_to_it(
     assert train(config, callback=cancel_after_epoch_two).status == "cancelled"
     assert resume(interrupted).status == "completed"
     assert_same_weights(checkpoint_weights(interrupted / "best.pt"), best)
+
+    # Made longer, the window moves to the new last two epochs: the old mean is not carried into it.
+    assert resume(out, epochs=5, callback=keep_weights).status == "completed"
+    extended = checkpoint_weights(out / "best.pt")
+    for name in floating:
+        mean = (per_epoch[4][name] + per_epoch[5][name]) / 2
+        torch.testing.assert_close(extended[name], mean, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_weight_average_averages_batch_norm_statistics_and_keeps_its_counter() -> None:
+    """Batch norm's statistics are averaged like weights; its integer batch counter takes the latest
+    value (an average of it would divide integers, which CUDA refuses)."""
+    norm = torch.nn.BatchNorm1d(3)
+    average = weight_average(norm)
+    seen = []
+    for step in range(3):
+        norm.train()(torch.randn(16, 3) + step)
+        average.update_parameters(norm)
+        seen.append(norm.state_dict()["running_mean"].clone())
+    state = average.module.state_dict()
+    torch.testing.assert_close(state["running_mean"], torch.stack(seen).mean(dim=0))
+    assert state["num_batches_tracked"].dtype == torch.int64
+    assert int(state["num_batches_tracked"]) == 3
 
 
 def test_averaging_epochs_needs_the_last_epoch_kept(image_folder: Path, tmp_path: Path) -> None:
