@@ -249,6 +249,11 @@ class TrainConfig(BaseModel):
         description="with a base model and its training photos at hand (replay_manifest), the share of each "
         "epoch's draws that are those photos, so what the new data lacks is not forgotten",
     )
+    replay_classes: Literal["all", "lacking"] = Field(
+        "all",
+        description="which classes of the base's photos are replayed: 'all', or 'lacking', only those the "
+        "data has no photos of, so that the data's own photos alone say what its classes look like",
+    )
     replay_class_balance: Probability = Field(
         0.5, description="sampling of the replayed photos by n_class**-x (the general recipe's 0.5)"
     )

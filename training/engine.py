@@ -5,7 +5,7 @@ A run's folder and its files are named in ``training.run_folder``.
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -299,6 +299,8 @@ class _Run:
                 class_balance=config.replay_class_balance,
                 source_balance=config.replay_source_balance,
             )
+            if config.replay_classes == "lacking":
+                replayed = lacking_only(replayed, self.replay.samples, {label for _, label in train_samples})
             weights = replay_weights(own, replayed, config.replay)
             # An epoch draws about every photo of the run's own once, and the replayed share beside them.
             size = round(len(train_samples) / (1 - config.replay))
@@ -629,6 +631,19 @@ def background_paste(config: TrainConfig, root: Path, paths: list[str], sources:
         )
         return None
     return BackgroundPaste(root, backgrounds, plain, p=config.paste_background)
+
+
+def lacking_only(weights: list[float], replayed: Sequence[Sample], own_labels: set[int]) -> list[float]:
+    """The replayed photos' sampling ``weights`` with those of the data's own classes at 0: those classes
+    are the data's own photos' to define (a site's "plastic" need not look like the web's). Where the data
+    has every class, all are replayed as before."""
+    kept = [
+        0.0 if label in own_labels else weight for weight, (_, label) in zip(weights, replayed, strict=True)
+    ]
+    if not any(kept):
+        logger.info("the data has photos of every class: the base's photos of all of them are replayed")
+        return weights
+    return kept
 
 
 def plateaued(val_losses: list[float], patience: int) -> bool:

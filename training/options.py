@@ -56,6 +56,7 @@ USER_OPTIONS = (
     "backbone_lr",
     "classes",
     "replay",
+    "replay_classes",
     "replay_class_balance",
     "replay_source_balance",
     "replay_distill",

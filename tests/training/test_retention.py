@@ -209,6 +209,39 @@ def test_replayed_photos_get_their_share_of_the_draws() -> None:
     assert weights[2] == pytest.approx(2 * weights[0])
 
 
+def test_only_the_classes_the_site_lacks_are_replayed_when_asked(
+    base_run: Path, site_photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[list[float]] = []
+
+    def replay_weights_seen(site: list[float], replayed: list[float], share: float) -> list[float]:
+        drawn.append(list(replayed))
+        return replay_weights(site, replayed, share)
+
+    monkeypatch.setattr(engine, "replay_weights", replay_weights_seen)
+    manifest = str(base_run / "manifest.json")
+    finetune(
+        base_run,
+        site_photos,
+        tmp_path / "lacking",
+        epochs=2,
+        replay_manifest=manifest,
+        replay_classes="lacking",
+    )
+    finetune(base_run, site_photos, tmp_path / "all", epochs=2, replay_manifest=manifest)
+    samples = load_replay(base_run / "manifest.json", (), tmp_path / "cache", CLASS_NAMES).samples
+    own = {CLASS_NAMES.index(name) for name in SITE_CLASSES}
+    lacking, every = drawn
+    assert all((weight == 0) == (label in own) for weight, (_, label) in zip(lacking, samples, strict=True))
+    assert all(weight > 0 for weight in every)
+
+
+def test_a_site_with_every_class_replays_every_class() -> None:
+    samples = [("a.png", 0), ("b.png", 1)]
+    assert engine.lacking_only([0.5, 0.5], samples, {0}) == [0.0, 0.5]
+    assert engine.lacking_only([0.5, 0.5], samples, {0, 1}) == [0.5, 0.5]
+
+
 def test_a_base_models_data_is_found_by_name_and_checked(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images" / "set", per_class=2)
     archive = tmp_path / "archives" / "set.tar.gz"
