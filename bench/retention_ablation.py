@@ -80,6 +80,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # plastic on one tray differ in texture more than in shape (FixRes, Touvron et al. 2019, fine-tunes
     # at a larger size than it trained at).
     "recipe-nohold-144px": {"forgetting_limit": 1.0, "input_size": 144},
+    # One camera over one tray: its photos vary far less than the web photos the recipe's augmentation is
+    # sized for. Milder augmentation (larger crops, no TrivialAugment or erasing, a little colour jitter)
+    # keeps the texture that tells paper from plastic.
+    "recipe-mild-augment": {
+        "auto_augment": None,
+        "crop_min_scale": 0.7,
+        "random_erasing": 0.0,
+        "color_jitter": 0.1,
+    },
+    # Label smoothing spreads a tenth of each site photo's target over the six classes, three of which the
+    # site never shows.
+    "recipe-no-smoothing": {"label_smoothing": 0.0},
+    # The mean of the last third of the epochs' weights (stochastic weight averaging, Izmailov et al. 2018):
+    # the last epoch alone is one point of a noisy path on 75 photos.
+    "recipe-average10": {"average_epochs": 10},
+    # The base's photos replayed for the classes the site lacks only: the site's photos alone say what its
+    # own classes look like (a carton that sd files as paper need not look like the web's paper).
+    "recipe-replay-lacking": {"replay_classes": "lacking"},
 }
 
 
