@@ -511,9 +511,10 @@ class _Run:
     def val_epoch(self, model: nn.Module | None = None) -> dict[str, float]:
         """The validation loss and accuracy of ``model`` (the one training if not given); the mean of the
         weights is validated after the epoch's own."""
-        done = self._units(self.epoch) + len(self.train_loader) + (len(self.val_loader) if model else 0)
+        second = model is not None
+        done = self._units(self.epoch) + len(self.train_loader) + (len(self.val_loader) if second else 0)
         predictions = predict(
-            model or self.model,
+            model if model is not None else self.model,
             self.val_loader,
             device=self.device,
             amp_dtype=self.amp,
@@ -600,7 +601,7 @@ class _Run:
 
     def save_model(self, name: str, metrics: dict[str, Any], model: nn.Module | None = None) -> None:
         spec = ModelSpec.from_dict({**self.spec.to_dict(), "metrics": metrics})
-        save_checkpoint(self.folder.checkpoint(name), model or self.model, spec)
+        save_checkpoint(self.folder.checkpoint(name), model if model is not None else self.model, spec)
 
     def write_history(self) -> None:
         write_json(self.folder.history, self.history)
