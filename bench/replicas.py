@@ -45,7 +45,6 @@ from models.transforms import IMAGENET_MEAN, IMAGENET_STD
 API_KEY = "bench-replicas-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
-#: A tiny model at 32 px: a CPU classifies hundreds a second, so the load measures the service.
 
 
 def tiny_model(path: Path, seed: int) -> Path:
