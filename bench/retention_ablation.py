@@ -98,6 +98,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The base's photos replayed for the classes the site lacks only: the site's photos alone say what its
     # own classes look like (a carton that sd files as paper need not look like the web's paper).
     "recipe-replay-lacking": {"replay_classes": "lacking"},
+    # The replayed photos drawn in proportion to their sources' sizes, or with every class equally often:
+    # the general recipe's n_source**-0.5 draws the small single-camera sources (a reverse-vending rail)
+    # far more often than their share, and a camera over a tray looks more like a rig than a web photo.
+    "recipe-replay-by-source-size": {"replay_source_balance": 0.0},
+    "recipe-replay-class-balanced": {"replay_class_balance": 1.0},
+    # Two that each scored higher on seed 2, together: the head fitted first, then a longer schedule.
+    "recipe-probe5-60epochs": {"freeze_epochs": 5, "epochs": 60, "early_stop": 20},
 }
 
 
