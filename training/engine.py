@@ -5,7 +5,7 @@ A run's folder and its files are named in ``training.run_folder``.
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +60,14 @@ from training.hardware import environment
 from training.optim import build_criterion, build_optimizer, build_scheduler
 from training.paste import BackgroundPaste
 from training.progress import EtaClock, Phase, Progress, ProgressCallback, TrainingCancelled
-from training.replay import column_map, distillation_loss, load_replay, replay_record_for, replay_weights
+from training.replay import (
+    column_map,
+    distillation_loss,
+    lacking_only,
+    load_replay,
+    replay_record_for,
+    replay_weights,
+)
 from training.report import plot_curves
 from training.run_folder import BEST_FILE, RunFolder
 from training.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything
@@ -632,19 +639,6 @@ def background_paste(config: TrainConfig, root: Path, paths: list[str], sources:
         )
         return None
     return BackgroundPaste(root, backgrounds, plain, p=config.paste_background)
-
-
-def lacking_only(weights: list[float], replayed: Sequence[Sample], own_labels: set[int]) -> list[float]:
-    """The replayed photos' sampling ``weights`` with those of the data's own classes at 0: those classes
-    are the data's own photos' to define (a site's "plastic" need not look like the web's). Where the data
-    has every class, all are replayed as before."""
-    kept = [
-        0.0 if label in own_labels else weight for weight, (_, label) in zip(weights, replayed, strict=True)
-    ]
-    if not any(kept):
-        logger.info("the data has photos of every class: the base's photos of all of them are replayed")
-        return weights
-    return kept
 
 
 def plateaued(val_losses: list[float], patience: int) -> bool:

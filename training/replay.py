@@ -9,6 +9,7 @@ divergence between the base's and the new model's softened outputs on the new ph
 """
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from models.checkpoint import file_sha256
 from training.data import DataError, Sample
 from training.split import AnyManifest, MixedManifest, load_manifest, manifest_data_root, parse_data_sets
+
+logger = logging.getLogger(__name__)
 
 #: The softening temperature of the distilled outputs (Hinton et al. 2015; LwF uses 2).
 DISTILL_TEMPERATURE = 2.0
@@ -143,6 +146,19 @@ def replay_weights(site: Sequence[float], replayed: Sequence[float], share: floa
     replayed photos get ``share`` of the draws."""
     site_total, replay_total = sum(site), sum(replayed)
     return [w * (1 - share) / site_total for w in site] + [w * share / replay_total for w in replayed]
+
+
+def lacking_only(weights: list[float], replayed: Sequence[Sample], own_labels: set[int]) -> list[float]:
+    """The replayed photos' sampling ``weights`` with those of the data's own classes at 0: those classes
+    are the data's own photos' to define (a site's "plastic" need not look like the web's). Where the data
+    has every class, all are replayed as before."""
+    kept = [
+        0.0 if label in own_labels else weight for weight, (_, label) in zip(weights, replayed, strict=True)
+    ]
+    if not any(kept):
+        logger.info("the data has photos of every class: the base's photos of all of them are replayed")
+        return weights
+    return kept
 
 
 def column_map(base_classes: Sequence[str], class_names: Sequence[str]) -> tuple[list[int], list[int]]:

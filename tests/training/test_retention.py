@@ -20,7 +20,7 @@ from training.config import make_config
 from training.data import Loading, Photos, Sample
 from training.engine import plateaued, train
 from training.evaluation import evaluate_checkpoint, load_for_evaluation, predict
-from training.replay import distillation_loss, find_replay_data, load_replay, replay_weights
+from training.replay import distillation_loss, find_replay_data, lacking_only, load_replay, replay_weights
 from training.retain import keep_within
 from training.split import create_manifest, load_manifest, save_manifest
 from training.transfer import base_options
@@ -238,8 +238,8 @@ def test_only_the_classes_the_site_lacks_are_replayed_when_asked(
 
 def test_a_site_with_every_class_replays_every_class() -> None:
     samples = [("a.png", 0), ("b.png", 1)]
-    assert engine.lacking_only([0.5, 0.5], samples, {0}) == [0.0, 0.5]
-    assert engine.lacking_only([0.5, 0.5], samples, {0, 1}) == [0.5, 0.5]
+    assert lacking_only([0.5, 0.5], samples, {0}) == [0.0, 0.5]
+    assert lacking_only([0.5, 0.5], samples, {0, 1}) == [0.5, 0.5]
 
 
 def test_a_base_models_data_is_found_by_name_and_checked(tmp_path: Path) -> None:
