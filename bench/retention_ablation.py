@@ -1,7 +1,8 @@
 """What keeps a site's fine-tuning from forgetting what the site did not upload: fine-tuning variants on k
 photos per class of site sd, in-process (no service), each scored on sd's other photos and on the test
 split of the base model's data sets (all photos, and those of the classes sd has none of), with weight
-interpolation towards the base (WiSE-FT) at fixed points for one variant.
+interpolation towards the base (WiSE-FT) at fixed points for one variant, and a variant's batch-norm
+statistics estimated again on the site's own photos (``--renormalise``).
 
     python -m bench.retention_ablation --extra ../shared/data/waste-extra-144.tar.gz --seed 1 \\
         --variants sd-only replay-balanced-es5 replay-balanced replay75-balanced replay replay-distill \\
@@ -31,7 +32,7 @@ from models.store import CHECKPOINT_FILE
 from training.config import make_config
 from training.data import Loading, Photos
 from training.engine import train
-from training.evaluation import evaluate_checkpoint
+from training.evaluation import evaluate_checkpoint, load_for_evaluation
 from training.run_folder import RunFolder
 from training.split import manifest_and_root
 from training.transfer import base_options
@@ -108,6 +109,30 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+@torch.no_grad()
+def renormalise(checkpoint: Path, photos: Photos, out: Path) -> Path:
+    """``checkpoint`` with its batch norms' statistics estimated again on ``photos`` alone (AdaBN, Li et
+    al. 2016), its weights unchanged, written to ``out``.
+
+    A site's model trains on batches that are half the base's web photos: its statistics are those of
+    the mix, and it serves the photos that look like the site's (the rest go to its base).
+    """
+    loaded = load_for_evaluation(checkpoint, photos, Loading(torch.device("cpu"), batch_size=64, workers=1))
+    norms = [
+        module
+        for module in loaded.model.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain mean over every batch, not a moving one
+        norm.train()
+    for images, *_ in loaded.loader:
+        loaded.model(images)
+    save_checkpoint(out, loaded.model.eval(), loaded.checkpoint.spec)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,6 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--interpolate", action="append", default=[], metavar="VARIANT=A,B")
+    parser.add_argument(
+        "--renormalise",
+        nargs="+",
+        default=[],
+        metavar="VARIANT",
+        help="score these variants again with their batch norms' statistics estimated on the site's photos",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -134,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "test" / label).mkdir(parents=True, exist_ok=True)
         (args.out / "test" / label / name).write_bytes(photo)
     samples = [(f"{label}/{name}", classes.index(label)) for label, name, _ in test]
+    site_samples = [
+        (f"{label}/{name}", classes.index(label)) for label, items in site.items() for name, _ in items
+    ]
     data = [f"trashnet={args.trashnet}", f"extra={args.extra}"]
     replay = {"replay_manifest": str(BASE_MANIFEST), "replay_data": tuple(data)}
     results = args.out / "results.jsonl"
@@ -176,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             train(make_config("finetune", data=str(args.out / "site"), out=str(out), **options))
             score(RunFolder(out).best, name, time.perf_counter() - started)
+        for name in args.renormalise:
+            path = renormalise(
+                RunFolder(args.out / name).best,
+                Photos(args.out / "site", site_samples, classes),
+                args.out / f"{name}-site-norm.pt",
+            )
+            score(path, f"{name} with the site's batch-norm statistics", 0.0)
         for item in args.interpolate:
             name, _, alphas = item.partition("=")
             base, end = load_checkpoint(BASE), load_checkpoint(RunFolder(args.out / name).best)
