@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import update_bn
 
 from bench.operator_story import draw, read_source
 from bench.retained import retained_accuracy
@@ -109,7 +110,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-@torch.no_grad()
 def renormalise(checkpoint: Path, photos: Photos, out: Path) -> Path:
     """``checkpoint`` with its batch norms' statistics estimated again on ``photos`` alone (AdaBN, Li et
     al. 2016), its weights unchanged, written to ``out``.
@@ -118,18 +118,8 @@ def renormalise(checkpoint: Path, photos: Photos, out: Path) -> Path:
     the mix, and it serves the photos that look like the site's (the rest go to its base).
     """
     loaded = load_for_evaluation(checkpoint, photos, Loading(torch.device("cpu"), batch_size=64, workers=1))
-    norms = [
-        module
-        for module in loaded.model.modules()
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-    ]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain mean over every batch, not a moving one
-        norm.train()
-    for images, *_ in loaded.loader:
-        loaded.model(images)
-    save_checkpoint(out, loaded.model.eval(), loaded.checkpoint.spec)
+    update_bn(loaded.loader, loaded.model)  # a plain mean over every batch, as SWA estimates them
+    save_checkpoint(out, loaded.model, loaded.checkpoint.spec)
     return out
 
 
